@@ -1,0 +1,109 @@
+"""Framer limits and the purity rule: the codec imports no Twisted."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bcast_sp4 import wire
+from bcast_sp4.wire import ecmg_scs as E
+from bcast_sp4.wire import emmg_mux as M
+from bcast_sp4.wire import sp4
+
+TEST = E.ChannelTest(ECM_channel_id=3).encode()
+
+
+def test_codec_imports_no_twisted_in_fresh_interpreter():
+    code = (
+        "import sys, bcast_sp4.wire, bcast_sp4.wire.sp4;"
+        "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_oversize_message_is_skipped_and_reported_then_stream_resumes():
+    big = M.DataProvision(client_id=1, data_id=1, datagram=(bytes(300),)).encode()
+    framer = wire.Framer(max_length=100, interface=wire.Interface.EMMG_MUX)
+    out = framer.feed(TEST + big[:50])
+    assert out[0] == TEST
+    assert isinstance(out[1], wire.MessageTooLong) and out[1].error_status == 0x0004
+    assert out[1].message_type == 0x0211
+    assert framer.buffered == 0  # never buffered
+    assert framer.feed(big[50:200]) == []
+    assert framer.feed(big[200:] + TEST) == [TEST]
+
+
+def test_oversize_message_in_one_chunk():
+    big = E.ECMResponse(ECM_channel_id=1, ECM_stream_id=1, CP_number=1, ECM_datagram=bytes(200)).encode()
+    out = wire.Framer(max_length=64).feed(big + TEST)
+    assert [type(x) for x in out] == [wire.MessageTooLong, bytes]
+
+
+def test_framer_limit_bounds():
+    with pytest.raises(ValueError):
+        wire.Framer(max_length=4)
+    with pytest.raises(ValueError):
+        wire.Framer(max_length=65541)
+
+
+def test_datagram_size_must_match_header():
+    frame = M.DataProvision(client_id=1, data_id=2, datagram=(b"x",)).encode()
+    assert wire.decode_datagram(frame).data_id == 2
+    with pytest.raises(wire.InvalidMessage):
+        wire.decode_datagram(frame + b"\x00")
+    with pytest.raises(wire.MessageTooLong):
+        wire.decode_datagram(frame, max_length=len(frame) - 1)
+
+
+def test_encoder_refuses_what_decoder_would_refuse():
+    bad = [
+        E.ChannelStatus(
+            ECM_channel_id=1, section_TSpkt_flag=3, delay_start=0, delay_stop=0, ECM_rep_period=1,
+            max_streams=0, min_CP_duration=1, lead_CW=1, CW_per_msg=2, max_comp_time=1,
+        ),
+        E.StreamSetup(protocol_version=1, ECM_channel_id=1, ECM_stream_id=1, ECM_id=4, nominal_CP_duration=1),
+        E.StreamSetup(protocol_version=2, ECM_channel_id=1, ECM_stream_id=1, nominal_CP_duration=1),
+        E.CWProvision(ECM_channel_id=1, ECM_stream_id=1, CP_number=1, CP_CW_combination=()),
+        E.CWProvision(protocol_version=1, ECM_channel_id=1, ECM_stream_id=1, CP_number=1,
+                      CP_CW_combination=(wire.CPCWCombination(1, bytes(16)),)),
+        E.ChannelSetup(ECM_channel_id=0x10000, Super_CAS_id=1),
+        E.ChannelSetup(ECM_channel_id=1, Super_CAS_id=None),
+        M.DataProvision(client_id=1, data_id=1, datagram=(b"",)),
+        M.DataProvision(protocol_version=1, client_id=1, data_id=1, data_channel_id=1, data_stream_id=1,
+                        datagram=(b"x",)),
+        M.StreamSetup(client_id=1, data_channel_id=1, data_stream_id=1, data_id=1, data_type=9),
+        E.ChannelSetup(protocol_version=4, ECM_channel_id=1, Super_CAS_id=1),
+        M.DataProvision(client_id=1, data_id=1, datagram=(bytes(40000), bytes(40000))),
+    ]
+    for message in bad:
+        with pytest.raises(wire.LocalProtocolError):
+            message.encode()
+
+
+def test_sp4_helpers():
+    assert sp4.profile_of(0x00010042) is sp4.Profile.DRM
+    assert sp4.profile_of(0x0002FFFF) is sp4.Profile.SMARTCARD
+    assert sp4.profile_of(0x4AE60000) is None
+    assert sp4.user_part(0x0002ABCD) == 0xABCD
+    assert sp4.make_id(sp4.Profile.SMARTCARD, 7) == 0x00020007
+    assert sp4.bcast_error(0) == 0x8000 and sp4.bcast_error(13) == 0x800D
+    assert sp4.bcast_error_number(0x800D) == 13 and sp4.bcast_error_number(0x000B) is None
+    assert sp4.SECTION_TSPKT_FLAG_BCAST == 0x02
+    assert wire.error_name(wire.Interface.EMMG_MUX, 0x8005) == "BCAST error 5"
+    assert wire.error_name(wire.Interface.EMMG_MUX, 0x000F) == "exceeded bandwidth"
+    assert wire.error_name(wire.Interface.ECMG_SCS, 0x000F) == "inconsistent length for DVB parameter"
+    with pytest.raises(ValueError):
+        sp4.bcast_error(0x8000)
+
+
+def test_bcast_flag_accepted_in_both_interfaces():
+    for message in (
+        M.ChannelSetup(client_id=0x00010001, data_channel_id=1, section_TSpkt_flag=sp4.SECTION_TSPKT_FLAG_BCAST),
+        E.ChannelStatus(
+            ECM_channel_id=1, section_TSpkt_flag=2, delay_start=0, delay_stop=0, ECM_rep_period=1,
+            max_streams=0, min_CP_duration=1, lead_CW=1, CW_per_msg=2, max_comp_time=1,
+        ),
+    ):
+        assert wire.decode(message.encode()).section_TSpkt_flag == 2
