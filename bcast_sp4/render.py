@@ -1,0 +1,99 @@
+"""Text and JSON views of decoded SimulCrypt messages (for the decode CLI and logs).
+
+JSON (one object per message; the decode CLI's contract)::
+
+    {"interface": "ecmg-scs" | "emmg-mux", "version": int, "type": "CW_provision",
+     "type_code": int, "params": {...}}
+
+``params`` keys are the spec spellings of the digest's parameter tables; integers are numbers,
+booleans are JSON booleans, byte strings lowercase hex, repeated parameters lists, and
+``CP_CW_combination`` items ``{"CP_number": int, "CW": hex}``. Absent parameters are omitted.
+
+The text view names every field and interprets codes: error names (BCAST errors as 0x8000 + n),
+the BCAST profile of Super_CAS_id / client_id, section_TSpkt_flag and data_type meanings, units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .wire import Message, error_name
+from .wire.params import UNITS, CPCWCombination, DataType, Kind, SectionTSpktFlag
+from .wire.sp4 import profile_of, user_part
+
+_FLAG_MEANING = {
+    SectionTSpktFlag.SECTIONS: "MPEG-2 sections",
+    SectionTSpktFlag.TS_PACKETS: "188-byte TS packets",
+    SectionTSpktFlag.BCAST: "BCAST binary STKM/LTKM",
+}
+_DATA_TYPE_MEANING = {DataType.EMM: "EMM / BCAST LTKM", DataType.PRIVATE_DATA: "private data", DataType.ECM: "DVB reserved (ECM)"}
+
+
+def _present(message: Message):
+    for ptype, _cards in message.PARAMS:
+        value = getattr(message, ptype.name)
+        if value is None or value == ():
+            continue
+        yield ptype, value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, CPCWCombination):
+        return {"CP_number": value.CP_number, "CW": value.CW.hex()}
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    return int(value)
+
+
+def to_json_dict(message: Message) -> dict[str, Any]:
+    """The JSON object of the decode CLI for *message*."""
+    return {
+        "interface": message.INTERFACE.value,
+        "version": message.protocol_version,
+        "type": message.NAME,
+        "type_code": message.MESSAGE_TYPE,
+        "params": {ptype.name: _json_value(value) for ptype, value in _present(message)},
+    }
+
+
+def _describe(message: Message, ptype, value) -> str:
+    name = ptype.name
+    if isinstance(value, CPCWCombination):
+        return f"CP {value.CP_number}, CW {value.CW.hex()} ({len(value.CW)} bytes)"
+    if isinstance(value, bytes):
+        return f"{value.hex()} ({len(value)} bytes)" if value else "(empty)"
+    if name in ("Super_CAS_id", "client_id"):
+        profile = profile_of(value)
+        bcast = (
+            f"; BCAST {profile.name.title()} Profile, user part {user_part(value):#06x}"
+            if profile
+            else "; not a BCAST profile"
+        )
+        return f"{value:#010x} (CA_system_id {value >> 16:#06x}, CA_subsystem_id {value & 0xFFFF:#06x}{bcast})"
+    if name == "section_TSpkt_flag":
+        return f"{value:#04x} ({_FLAG_MEANING.get(value, 'DVB reserved')})"
+    if name == "data_type":
+        return f"{value:#04x} ({_DATA_TYPE_MEANING.get(value, 'DVB reserved')})"
+    if name == "error_status":
+        return f"{value:#06x} ({error_name(message.INTERFACE, value)})"
+    if name in UNITS:
+        factor, unit = UNITS[name]
+        return f"{value} ({value * factor} {unit})" if factor != 1 else f"{value} {unit}"
+    if ptype.kind is Kind.BOOL:
+        return f"{int(value)} ({'true' if value else 'false'})"
+    return str(value)
+
+
+def to_text(message: Message, source: str = "") -> str:
+    """Multi-line human description of *message*."""
+    head = f"{message.INTERFACE.value} v{message.protocol_version} {message.NAME} ({message.MESSAGE_TYPE:#06x})"
+    lines = [f"{head}  {source}".rstrip()]
+    for ptype, value in _present(message):
+        values = value if isinstance(value, tuple) and not isinstance(value, CPCWCombination) else (value,)
+        for item in values:
+            lines.append(f"  {ptype.name:<30} {_describe(message, ptype, item)}")
+    return "\n".join(lines)
