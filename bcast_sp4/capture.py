@@ -1,35 +1,25 @@
 """Minimal packet-capture reader and writer (standard library only).
 
-This module lets the SimulCrypt decode tooling pull TCP/UDP payloads out of
-capture files, and lets tests produce captures that Wireshark accepts
-without complaint.
+Used by the SimulCrypt decode tooling to pull TCP/UDP payloads out of
+captures, and by tests to produce captures that Wireshark accepts cleanly.
 
-Reading
-    :func:`read_packets` understands classic libpcap files (either byte
-    order, microsecond or nanosecond magic) and pcapng files (sections of
-    either byte order, per-interface link type, ``if_tsresol`` and
-    ``if_tsoffset``; Enhanced, Simple and obsolete Packet blocks, all other
-    blocks are skipped).  Supported link types are Ethernet (1, with stacked
-    802.1Q/802.1ad tags), BSD null/loopback (0 and 108, either byte order),
-    Linux cooked SLL (113) and SLL2 (276) and raw IP (101, 12, 14, 228,
-    229).  IPv4 options and IPv6 hop-by-hop/routing/destination-options/AH
-    extension headers are walked.  IP fragments are **not** reassembled:
-    non-first IPv4 fragments and every IPv6 fragment are skipped, a first
-    IPv4 fragment yields whatever transport payload it carries.
-
-    TCP segments are yielded when they carry payload or one of the SYN, FIN
-    or RST flags (so :class:`TcpReassembler` can see connection starts and
-    ends); pure ACKs are dropped.  Every UDP datagram is yielded, including
-    empty ones.  Malformed or truncated packets are skipped silently.
-
-Reassembly
-    :class:`TcpReassembler` turns a sequence of TCP :class:`Segment` objects
-    into in-order byte streams, one per direction.
-
-Writing
-    :class:`PcapWriter` writes little-endian microsecond pcap files with
-    synthetic Ethernet/IPv4/IPv6 frames and correct IP, TCP and UDP
-    checksums; :class:`TcpFlow` drives a complete TCP conversation.
+* :func:`read_packets` reads classic pcap (either byte order, micro- or
+  nanosecond magic) and pcapng (sections of either byte order, per-interface
+  link type, ``if_tsresol``/``if_tsoffset``; Enhanced, Simple and obsolete
+  Packet blocks; other blocks are skipped).  Link types: Ethernet (1, stacked
+  VLAN tags), BSD null/loopback (0, 108; either byte order), Linux SLL (113)
+  and SLL2 (276), raw IP (101, 12, 14, 228, 229).  IPv4 options and IPv6
+  hop-by-hop/routing/destination-options/AH headers are walked.  Fragments
+  are **not** reassembled: non-first IPv4 fragments and all IPv6 fragments
+  are skipped, a first IPv4 fragment yields the payload it carries.  TCP
+  segments are yielded when they carry payload or SYN/FIN/RST (so
+  :class:`TcpReassembler` sees connection starts and ends); pure ACKs are
+  dropped.  Every UDP datagram is yielded, even empty ones.  Malformed or
+  truncated packets are skipped silently.
+* :class:`TcpReassembler` rebuilds in-order byte streams per direction.
+* :class:`PcapWriter` writes little-endian microsecond pcap files of
+  synthetic frames with correct IP/TCP/UDP checksums; :class:`TcpFlow`
+  scripts a whole TCP conversation on top of it.
 """
 
 from __future__ import annotations
@@ -54,8 +44,9 @@ _BOM = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 _MAX_RECORD = 1 << 26  # larger records mean a corrupt file
 _ETH_IPV4, _ETH_IPV6 = 0x0800, 0x86DD
 _VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-_AF_INET6 = (10, 23, 24, 28, 30)  # Linux, Windows, NetBSD/OpenBSD, FreeBSD, macOS
+_AF_INET6 = {10, 23, 24, 28, 30}  # Linux, Windows, NetBSD/OpenBSD, FreeBSD, macOS
 _RAW_LINKTYPES = (101, 12, 14, 228, 229)
+_IP_VERSIONS = ((4, _ETH_IPV4), (6, _ETH_IPV6), (4, None), (6, None))
 
 
 class CaptureError(ValueError):
@@ -85,9 +76,7 @@ class Segment:
     flags: int = 0
 
 
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
+# -- Reading -----------------------------------------------------------------
 
 def read_packets(path) -> Iterator[Segment]:
     """Iterate over the TCP and UDP segments of a pcap or pcapng file.
@@ -112,7 +101,8 @@ def read_packets(path) -> Iterator[Segment]:
             f.seek(0)
             frames = _pcapng_frames(f)
         else:
-            raise CaptureError(f"{path}: not a pcap or pcapng file (magic {head[:4].hex() or 'missing'})")
+            magic = head[:4].hex() or "none, empty file"
+            raise CaptureError(f"{path}: not a pcap or pcapng file (magic: {magic})")
     except BaseException:
         f.close()
         raise
@@ -140,11 +130,8 @@ def _pcap_frames(f: BinaryIO, header: bytes):
         if len(head) < 16:
             return
         sec, frac, caplen, _origlen = rec.unpack(head)
-        if caplen > _MAX_RECORD:
-            return
-        data = f.read(caplen)
-        if len(data) < caplen:
-            return  # file cut short in the middle of a record
+        if caplen > _MAX_RECORD or len(data := f.read(caplen)) < caplen:
+            return  # corrupt, or file cut short in the middle of a record
         yield (sec * ticks + frac) / ticks, linktype, data
 
 
@@ -173,28 +160,23 @@ def _pcapng_frames(f: BinaryIO):
                 return
             endian, ifaces = _BOM[bom], []
             length = struct.unpack(endian + "I", head[4:])[0]
-            if length < 28 or length % 4 or length > _MAX_RECORD:
-                return
-            if len(f.read(length - 12)) < length - 12:
+            if not 28 <= length <= _MAX_RECORD or length % 4 \
+                    or len(f.read(length - 12)) < length - 12:
                 return
             continue
         btype, length = struct.unpack(endian + "II", head)
-        if length < 12 or length % 4 or length > _MAX_RECORD:
+        if not 12 <= length <= _MAX_RECORD or length % 4 \
+                or len(body := f.read(length - 8)) < length - 8:
             return
-        body = f.read(length - 8)
-        if len(body) < length - 8:
-            return
-        body = body[:-4]
+        body = body[:-4]  # drop the trailing copy of the block length
         try:
             if btype == 1:  # Interface Description Block
                 linktype, _, snaplen = struct.unpack_from(endian + "HHI", body)
                 opts = _pcapng_options(body[8:], endian)
-                ticks, offset = 10**6, 0
-                if opts.get(9):
-                    res = opts[9][0]
-                    ticks = 2 ** (res & 0x7F) if res & 0x80 else 10**res
-                if len(opts.get(14, b"")) == 8:
-                    offset = struct.unpack(endian + "q", opts[14])[0]
+                res = (opts.get(9) or b"\x06")[0]  # if_tsresol, default microseconds
+                ticks = 2 ** (res & 0x7F) if res & 0x80 else 10**res
+                tsoffset = opts.get(14, b"")  # if_tsoffset, whole seconds
+                offset = struct.unpack(endian + "q", tsoffset)[0] if len(tsoffset) == 8 else 0
                 ifaces.append((linktype, snaplen, ticks, offset))
             elif btype in (6, 2):  # Enhanced / obsolete Packet Block
                 if btype == 6:
@@ -218,12 +200,7 @@ def _decode(timestamp: float, linktype: int, frame: bytes) -> Segment | None:
     packet = _strip_link(linktype, frame)
     if packet is None:
         return None
-    if packet[0] >> 4 == 4:
-        parsed = _parse_ipv4(packet)
-    elif packet[0] >> 4 == 6:
-        parsed = _parse_ipv6(packet)
-    else:
-        return None
+    parsed = _parse_ipv4(packet) if packet[0] >> 4 == 4 else _parse_ipv6(packet)
     if parsed is None:
         return None
     proto, src_ip, dst_ip, body, fragment = parsed
@@ -253,13 +230,8 @@ def _strip_link(linktype: int, frame: bytes) -> bytes | None:
             pos += 4
     elif linktype in (0, 108):
         families = struct.unpack_from("<I", frame)[0], struct.unpack_from(">I", frame)[0]
-        if 2 in families:
-            ethertype = _ETH_IPV4
-        elif any(fam in _AF_INET6 for fam in families):
-            ethertype = _ETH_IPV6
-        else:
-            return None
-        pos = 4
+        pos, ethertype = 4, (_ETH_IPV4 if 2 in families else _ETH_IPV6
+                             if set(families) & _AF_INET6 else -1)
     elif linktype == 113:
         pos, ethertype = 16, struct.unpack_from("!H", frame, 14)[0]
     elif linktype == 276:
@@ -269,10 +241,7 @@ def _strip_link(linktype: int, frame: bytes) -> bytes | None:
     else:
         return None
     packet = frame[pos:]
-    if not packet:
-        return None
-    version = packet[0] >> 4
-    if (ethertype, version) in ((_ETH_IPV4, 4), (_ETH_IPV6, 6), (None, 4), (None, 6)):
+    if packet and (packet[0] >> 4, ethertype) in _IP_VERSIONS:
         return packet
     return None
 
@@ -293,12 +262,9 @@ def _parse_ipv4(p: bytes):
 
 def _parse_ipv6(p: bytes):
     """Return ``(proto, src, dst, transport bytes, False)`` or ``None``."""
-    if len(p) < 40:
-        return None
-    end, proto = 40 + struct.unpack_from("!H", p, 4)[0], p[6]
+    end, proto, pos = 40 + struct.unpack_from("!H", p, 4)[0], p[6], 40
     if end > len(p):
         return None  # truncated
-    pos = 40
     while proto in (0, 43, 60, 51):  # hop-by-hop, routing, dest. options, AH
         if pos + 8 > end:
             return None
@@ -310,13 +276,10 @@ def _parse_ipv6(p: bytes):
     return proto, src, dst, p[pos:end], False
 
 
-# --------------------------------------------------------------------------
-# TCP reassembly
-# --------------------------------------------------------------------------
+# -- TCP reassembly ----------------------------------------------------------
 
 def _signed32(value: int) -> int:
-    value &= _MASK32
-    return value - (1 << 32) if value & 0x80000000 else value
+    return ((value + 0x80000000) & _MASK32) - 0x80000000
 
 
 class _Direction:
@@ -402,9 +365,7 @@ class TcpReassembler:
                 st.delivered = offset + len(data)
 
 
-# --------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------
+# -- Writing -----------------------------------------------------------------
 
 def _checksum(data: bytes) -> int:
     """Internet checksum (RFC 1071) of *data*."""
@@ -446,10 +407,7 @@ class PcapWriter:
         """
         if len(data) > self.SNAPLEN:
             raise ValueError("frame longer than the snapshot length")
-        if timestamp is None:
-            micros = self._clock_us
-        else:
-            micros = round(timestamp * 10**6)
+        micros = self._clock_us if timestamp is None else round(timestamp * 10**6)
         self._clock_us = max(self._clock_us, micros + 1000)
         sec, usec = divmod(micros, 10**6)
         self._file.write(struct.pack("<IIII", sec, usec, len(data), len(data)) + data)
@@ -476,11 +434,9 @@ class PcapWriter:
             raise ValueError("source and destination address families differ")
         if len(segment) > 0xFFFF - (20 if len(s) == 4 else 0):
             raise ValueError("payload too large for one IP packet")
-        if len(s) == 4:
-            pseudo = s + d + struct.pack("!xBH", proto, len(segment))
-        else:
-            pseudo = s + d + struct.pack("!I3xB", len(segment), proto)
-        csum = _checksum(pseudo + segment[:-1])
+        n = len(segment)
+        pseudo = struct.pack("!xBH", proto, n) if len(s) == 4 else struct.pack("!I3xB", n, proto)
+        csum = _checksum(s + d + pseudo + segment)
         if proto == 17 and csum == 0:
             csum = 0xFFFF  # zero means "no checksum" for UDP
         segment = segment[:csum_at] + struct.pack("!H", csum) + segment[csum_at + 2:]

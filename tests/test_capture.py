@@ -112,6 +112,24 @@ def test_tcp_flow_sequence_numbers_and_splitting(tmp_path, ends):
     assert reasm._dirs == {}  # both FINs seen: everything forgotten
 
 
+def test_tcp_flow_acks_only_when_window_requires():
+    def fill(w):
+        flow = TcpFlow(w)
+        flow.handshake()                # 3 frames
+        flow.send(b"a" * 100000)        # 65000, server ACK, 35000
+        flow.reply(b"b" * 10)           # 1 frame, acknowledges the client data
+        flow.send(b"c" * 60000)         # fits the window again: 1 frame
+        flow.close()                    # 3 frames
+
+    frames = frames_of(fill)
+    tcp_fields = [struct.unpack_from("!IIxB", f, 14 + 20 + 4) for f in frames]
+    assert [(flags, len(f) - 54) for f, (_, _, flags) in zip(frames, tcp_fields)] == [
+        (0x02, 0), (0x12, 0), (0x10, 0), (0x18, 65000), (0x10, 0), (0x18, 35000),
+        (0x18, 10), (0x18, 60000), (0x11, 0), (0x11, 0), (0x10, 0)]
+    assert tcp_fields[4][:2] == (500001, 1000 + 1 + 65000)  # server ACK: seq, ack
+    assert tcp_fields[-1][:2] == (1000 + 1 + 160000 + 1, 500000 + 1 + 10 + 1)
+
+
 def test_writer_is_reproducible(tmp_path):
     def fill(w):
         flow = TcpFlow(w)
@@ -148,6 +166,11 @@ def test_checksums_are_correct():
     def fill(w):
         w.write_tcp(*V4, b"hello, world!", seq=123, ack=456)
         w.write_udp(*V4, b"odd")
+
+    # A payload that makes the UDP sum come out as zero must be sent as 0xFFFF.
+    (zero_payload,) = frames_of(lambda w: w.write_udp(*V4, b"\0\0"))
+    (wrap,) = frames_of(lambda w: w.write_udp(*V4, zero_payload[40:42]))
+    assert wrap[40:42] == b"\xff\xff"
 
     for frame, proto in zip(frames_of(fill), (6, 17)):
         ip = frame[14:]
@@ -248,6 +271,7 @@ def test_truncated_and_malformed_packets_are_skipped(tmp_path):
     def fill(w):
         w.write_frame(good[:30])  # snaplen-style cut inside the IP header
         w.write_frame(good[:-1])  # IP total length exceeds the captured bytes
+        w.write_frame(tcp[:-1])
         w.write_frame(bytes(bad_offset))
         w.write_frame(bytes(bad_ihl))
         w.write_frame(arp)
