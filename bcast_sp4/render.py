@@ -78,6 +78,8 @@ def _describe(message: Message, ptype, value) -> str:
         return f"{value:#04x} ({_FLAG_MEANING.get(value, 'DVB reserved')})"
     if name == "data_type":
         return f"{value:#04x} ({_DATA_TYPE_MEANING.get(value, 'DVB reserved')})"
+    if name == "max_streams" and value == 0:
+        return "0 (no known maximum)"
     if name == "error_status":
         return f"{value:#06x} ({error_name(message.INTERFACE, value)})"
     if name in UNITS:
