@@ -1,0 +1,1 @@
+"""Pure protocol state machines (no reactor, no sockets, no logging): inputs in, outputs out."""

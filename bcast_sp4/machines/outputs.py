@@ -1,0 +1,34 @@
+"""What a state machine asks its adapter to do (STYLE §2): plain frozen records, no behaviour."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..wire import Message
+
+
+@attrs.frozen
+class Send:
+    """Write *message* on the connection."""
+
+    message: Message
+
+
+@attrs.frozen
+class Close:
+    """Close the connection after sending what precedes; *reason* is for the log."""
+
+    reason: str
+
+
+@attrs.frozen
+class Notify:
+    """Something worth a log line or a metric: *event* names it, *fields* are structured."""
+
+    event: str
+    fields: dict[str, Any] = attrs.field(factory=dict)
+
+
+Output = Send | Close | Notify
