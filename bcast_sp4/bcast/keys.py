@@ -1,0 +1,451 @@
+"""Service and programme keys (SEK/PEK), a per-stream key store and the TOML key file.
+
+Spec clause: bcast-keys.md §1.2 (DRM Profile: SEK/PEK 128 bits, SAK/PAK for the STKM MAC), §1.3
+(Smartcard Profile: SEK/PEK = MSK, 128 bits; Key Domain ID 24 bits; SEK/PEK ID = MSK ID 32 bits)
+and SP-4 CR §14.1.1.3.1 (``super_CAS_id`` + ``ECM_id`` identify one STKM stream; the first two bytes of
+``super_CAS_id`` are 0x0001 for the DRM Profile and 0x0002 for the Smartcard Profile).
+
+Confidence: medium for key sizes and ids; the key file format and the store's rules are project
+design. Design decisions on the [R]/[?] points:
+
+* ``key_id`` is one 32-bit number whose meaning depends on the profile: the DRM Profile finds the
+  key by the STKM's 32-bit ``service_CID_extension``/``programme_CID_extension`` (§1.4 step 3), so
+  ``key_id`` is that extension; the Smartcard Profile names the key by Key Domain ID (3 bytes,
+  ``key_domain_id``) + SEK/PEK ID (``key_id``, the MSK ID), RFC 4563 Key ID types 0 and 1.
+* Authentication key: the DRM Profile MAC key (SAK/PAK) arrives with the SEK/PEK in the LTKM; its size
+  is [?] (128 or 160 bits), so 16-64 bytes are accepted and it is **required** for keys used on DRM
+  streams. The Smartcard Profile has no separate authentication key: MIKEY derives the MAC key from
+  the SEK/PEK with the RFC 3830 PRF (stkm_mikey.py), so ``authentication_key`` stays ``None``.
+* Validity is the half-open interval ``not_before <= t < not_after``; either end may be open
+  (``None``). Bounds are timezone-aware datetimes; ints are POSIX seconds (UTC); naive datetimes are
+  rejected because they are ambiguous.
+* ``KeyStore.lookup`` with several valid keys of the same role returns the one with the latest
+  ``not_before`` (key roll-over: the new key wins as soon as it starts).
+
+Key file format (TOML, ``format = 1``; ``etc/keys.example.toml`` is a worked example)::
+
+    format = 1
+
+    [keys.<name>]                 # one table per key; <name> appears in error messages
+    role = "service"              # or "programme" (SEK vs PEK); default "service"
+    key_id = 0x00000001           # uint32: DRM CID extension / Smartcard SEK-PEK (MSK) ID
+    key = "<32 hex digits>"       # the SEK/PEK, 16 bytes
+    authentication_key = "<hex>"  # SAK/PAK, 16-64 bytes; required for DRM streams
+    key_domain_id = "<6 hex>"     # 3 bytes (MCC||MNC); required for Smartcard streams
+    not_before = 2024-01-01T00:00:00Z   # optional; offset datetime or int POSIX seconds
+    not_after  = 2036-01-01T00:00:00Z   # optional, exclusive
+
+    [[streams]]                   # one per STKM stream
+    super_cas_id = 0x00010001     # uint32; high 16 bits 0x0001 (DRM) or 0x0002 (Smartcard)
+    ecm_id = 1                    # uint16 = stkmstream
+    keys = ["<name>", ...]        # keys usable on this stream
+
+Unknown tables or fields are errors (typos must not silently drop a key). Every error is a
+:class:`KeyFileError` naming the file, the key (or stream) and the reason; key bytes never appear.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from os import PathLike
+from typing import Any, Union
+
+import attrs
+
+from .status import KeyFileError, KeyNotValidError, NoKeyError
+
+__all__ = [
+    "KmsProfile",
+    "KeyRole",
+    "ServiceKey",
+    "KeyRef",
+    "KeyLookup",
+    "KeyStore",
+    "as_key_lookup",
+    "load_keyfile",
+    "to_datetime",
+    "NoKeyError",
+    "KeyNotValidError",
+    "KeyFileError",
+]
+
+KEY_FILE_FORMAT = 1
+_KEY_SIZE = 16
+_KDI_SIZE = 3
+_AUTH_KEY_SIZES = range(16, 65)
+
+
+class KmsProfile(enum.IntEnum):
+    """KMS profile, as the first two bytes of ``super_CAS_id`` (SP-4 CR §14.1.1.3.1)."""
+
+    DRM = 0x0001
+    SMARTCARD = 0x0002
+
+    @classmethod
+    def from_super_cas_id(cls, super_cas_id: int) -> "KmsProfile":
+        """Profile of a ``super_CAS_id``.
+
+        :param super_cas_id: the 32-bit ``super_CAS_id``.
+        :returns: the profile.
+        :raises ValueError: if the high 16 bits are neither 0x0001 nor 0x0002.
+        """
+        if not 0 <= super_cas_id <= 0xFFFFFFFF:
+            raise ValueError(f"super_CAS_id {super_cas_id} is not a uint32")
+        try:
+            return cls(super_cas_id >> 16)
+        except ValueError:
+            raise ValueError(
+                f"super_CAS_id {super_cas_id:#010x}: high 16 bits must be 0x0001 (DRM) or 0x0002 (Smartcard)"
+            ) from None
+
+
+class KeyRole(enum.Enum):
+    """Service-level (SEK/SAK) or programme-level (PEK/PAK) key."""
+
+    SERVICE = "service"
+    PROGRAMME = "programme"
+
+
+Timeish = Union[datetime, int, float]
+
+
+def to_datetime(value: Timeish) -> datetime:
+    """Normalise a time to an aware UTC datetime.
+
+    :param value: an aware datetime, or POSIX seconds (int or float).
+    :returns: the UTC datetime.
+    :raises ValueError: for a naive datetime or another type.
+    """
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: give a timezone (UTC) or POSIX seconds")
+        return value.astimezone(timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    raise ValueError(f"expected a datetime or POSIX seconds, got {type(value).__name__}")
+
+
+def _opt_datetime(value: Timeish | None) -> datetime | None:
+    return None if value is None else to_datetime(value)
+
+
+def _opt_bytes(value: object) -> bytes | None:
+    return None if value is None else _bytes(value)
+
+
+def _check_key(_inst: object, _attr: attrs.Attribute, value: bytes) -> None:
+    if len(value) != _KEY_SIZE:
+        raise ValueError(f"key must be {_KEY_SIZE} bytes, got {len(value)}")
+
+
+def _check_auth_key(_inst: object, _attr: attrs.Attribute, value: bytes | None) -> None:
+    if value is not None and len(value) not in _AUTH_KEY_SIZES:
+        raise ValueError(f"authentication_key must be 16-64 bytes, got {len(value)}")
+
+
+def _check_kdi(_inst: object, _attr: attrs.Attribute, value: bytes) -> None:
+    if len(value) not in (0, _KDI_SIZE):
+        raise ValueError(f"key_domain_id must be {_KDI_SIZE} bytes (or empty), got {len(value)}")
+
+
+def _check_u32(_inst: object, attr: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{attr.name} must be a uint32")
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"expected bytes, got {type(value).__name__}")
+
+
+@attrs.frozen(kw_only=True)
+class ServiceKey:
+    """One SEK or PEK with its identity, MAC key and validity (see the module docstring).
+
+    :ivar key_id: DRM CID extension, or Smartcard SEK/PEK (MSK) ID; uint32.
+    :ivar key: the 16-byte SEK/PEK.
+    :ivar authentication_key: DRM SAK/PAK (16-64 bytes) or ``None`` (Smartcard: derived by MIKEY).
+    :ivar role: :class:`KeyRole`.
+    :ivar key_domain_id: Smartcard Key Domain ID (3 bytes) or empty.
+    :ivar not_before: start of validity (inclusive) or ``None``.
+    :ivar not_after: end of validity (exclusive) or ``None``.
+    :ivar name: a label for messages and logs.
+    """
+
+    key_id: int = attrs.field(validator=_check_u32)
+    key: bytes = attrs.field(converter=_bytes, validator=_check_key, repr=False)
+    authentication_key: bytes | None = attrs.field(
+        default=None, converter=_opt_bytes, validator=_check_auth_key, repr=False
+    )
+    role: KeyRole = attrs.field(default=KeyRole.SERVICE, converter=KeyRole)
+    key_domain_id: bytes = attrs.field(default=b"", converter=_bytes, validator=_check_kdi)
+    not_before: datetime | None = attrs.field(default=None, converter=_opt_datetime)
+    not_after: datetime | None = attrs.field(default=None, converter=_opt_datetime)
+    name: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.not_before is not None and self.not_after is not None and self.not_after <= self.not_before:
+            raise ValueError("not_after must be later than not_before")
+
+    @property
+    def label(self) -> str:
+        """``name`` if set, else ``<role> key <key_id>``: safe for messages (no key bytes)."""
+        return self.name or f"{self.role.value} key {self.key_id:#010x}"
+
+    def is_valid_at(self, at_time: Timeish) -> bool:
+        """Whether ``not_before <= at_time < not_after``.
+
+        :param at_time: aware datetime or POSIX seconds.
+        :returns: True inside the validity window.
+        """
+        t = to_datetime(at_time)
+        if self.not_before is not None and t < self.not_before:
+            return False
+        return self.not_after is None or t < self.not_after
+
+    def matches(self, ref: "KeyRef") -> bool:
+        """Whether this key is the one ``ref`` names (a ``None`` in ``ref`` matches anything)."""
+        return (
+            self.key_id == ref.key_id
+            and (ref.role is None or ref.role is self.role)
+            and (ref.key_domain_id is None or ref.key_domain_id == self.key_domain_id)
+        )
+
+
+@attrs.frozen
+class KeyRef:
+    """What a received STKM says about its key: id, and where known the role and Key Domain ID."""
+
+    key_id: int
+    role: KeyRole | None = None
+    key_domain_id: bytes | None = None
+
+
+#: ``lookup(ref) -> ServiceKey | None``: how a parser finds the key an STKM names.
+KeyLookup = Callable[[KeyRef], Union[ServiceKey, None]]
+
+
+class KeyStore:
+    """Keys per STKM stream ``(super_CAS_id, ECM_id)``, for the ECMG; also a :data:`KeyLookup`.
+
+    The store is filled once (by :func:`load_keyfile` or :meth:`add`) and then only read; to reload,
+    build a new store and swap the reference.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[tuple[int, int], list[ServiceKey]] = {}
+
+    def add(self, super_cas_id: int, ecm_id: int, key: ServiceKey) -> None:
+        """Make ``key`` usable on the stream ``(super_cas_id, ecm_id)``.
+
+        :raises ValueError: on an invalid ``super_cas_id`` (see :class:`KmsProfile`) or ``ecm_id``.
+        """
+        KmsProfile.from_super_cas_id(super_cas_id)
+        if not 0 <= ecm_id <= 0xFFFF:
+            raise ValueError(f"ECM_id {ecm_id} is not a uint16")
+        self._streams.setdefault((super_cas_id, ecm_id), []).append(key)
+
+    def streams(self) -> tuple[tuple[int, int], ...]:
+        """All configured ``(super_CAS_id, ECM_id)`` pairs."""
+        return tuple(self._streams)
+
+    def keys(self) -> tuple[ServiceKey, ...]:
+        """Every distinct key in the store."""
+        seen: dict[int, ServiceKey] = {}
+        for keys in self._streams.values():
+            for key in keys:
+                seen.setdefault(id(key), key)
+        return tuple(seen.values())
+
+    def lookup(
+        self, super_cas_id: int, ecm_id: int, at_time: Timeish, *, role: KeyRole = KeyRole.SERVICE
+    ) -> ServiceKey:
+        """The key to use on a stream at a time.
+
+        :param super_cas_id: SimulCrypt ``super_CAS_id``.
+        :param ecm_id: SimulCrypt ``ECM_id`` (= stkmstream).
+        :param at_time: when the STKM applies (crypto-period start): aware datetime or POSIX seconds.
+        :param role: SERVICE (SEK) or PROGRAMME (PEK).
+        :returns: the valid key with the latest ``not_before``.
+        :raises NoKeyError: no key of that role is configured for the stream.
+        :raises KeyNotValidError: keys exist but none is valid at ``at_time``.
+        """
+        candidates = [k for k in self._streams.get((super_cas_id, ecm_id), ()) if k.role is role]
+        if not candidates:
+            raise NoKeyError(
+                f"no {role.value} key for super_CAS_id {super_cas_id:#010x} ECM_id {ecm_id}"
+            )
+        t = to_datetime(at_time)
+        valid = [k for k in candidates if k.is_valid_at(t)]
+        if not valid:
+            names = ", ".join(k.label for k in candidates)
+            raise KeyNotValidError(
+                f"no {role.value} key valid at {t.isoformat()} for super_CAS_id {super_cas_id:#010x}"
+                f" ECM_id {ecm_id} (configured: {names})"
+            )
+        return max(valid, key=lambda k: k.not_before or datetime.min.replace(tzinfo=timezone.utc))
+
+    def find(self, ref: KeyRef) -> ServiceKey | None:
+        """A key matching ``ref`` in any stream (the terminal's view), or ``None``."""
+        for key in self.keys():
+            if key.matches(ref):
+                return key
+        return None
+
+    __call__ = find
+
+
+def as_key_lookup(keys: ServiceKey | Iterable[ServiceKey] | KeyStore | KeyLookup) -> KeyLookup:
+    """Normalise what a caller gives a parser into a :data:`KeyLookup`.
+
+    :param keys: one key, an iterable of keys, a :class:`KeyStore`, or a lookup callable.
+    :returns: ``lookup(ref) -> ServiceKey | None``.
+    """
+    if isinstance(keys, ServiceKey):
+        keys = (keys,)
+    if isinstance(keys, KeyStore):
+        return keys.find
+    if callable(keys):
+        return keys
+    pool = tuple(keys)
+
+    def lookup(ref: KeyRef) -> ServiceKey | None:
+        return next((k for k in pool if k.matches(ref)), None)
+
+    return lookup
+
+
+# ---------------------------------------------------------------------------------------------
+# Key file
+# ---------------------------------------------------------------------------------------------
+
+_KEY_FIELDS = {"role", "key_id", "key", "authentication_key", "key_domain_id", "not_before", "not_after"}
+_STREAM_FIELDS = {"super_cas_id", "ecm_id", "keys"}
+
+
+def load_keyfile(path: str | PathLike[str]) -> KeyStore:
+    """Read a TOML key file (format in the module docstring).
+
+    :param path: the file.
+    :returns: a filled :class:`KeyStore`.
+    :raises KeyFileError: naming file, key and reason, on any unreadable or invalid content.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise KeyFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KeyFileError(path, None, f"not valid TOML: {exc}") from None
+    return _store_from_document(path, doc)
+
+
+def _store_from_document(path: str | PathLike[str], doc: dict[str, Any]) -> KeyStore:
+    unknown = sorted(set(doc) - {"format", "keys", "streams"})
+    if unknown:
+        raise KeyFileError(path, None, f"unknown top-level entries: {', '.join(unknown)}")
+    if doc.get("format") != KEY_FILE_FORMAT:
+        raise KeyFileError(path, None, f"'format' must be {KEY_FILE_FORMAT}")
+    key_tables = doc.get("keys", {})
+    if not isinstance(key_tables, dict):
+        raise KeyFileError(path, None, "'keys' must be a table of named key tables")
+    keys = {name: _key_from_table(path, name, table) for name, table in key_tables.items()}
+
+    streams = doc.get("streams", [])
+    if not isinstance(streams, list) or not streams:
+        raise KeyFileError(path, None, "need at least one [[streams]] entry")
+    store = KeyStore()
+    seen: set[tuple[int, int]] = set()
+    for index, table in enumerate(streams):
+        where = f"streams[{index}]"
+        if not isinstance(table, dict):
+            raise KeyFileError(path, where, "must be a table")
+        extra = sorted(set(table) - _STREAM_FIELDS)
+        if extra:
+            raise KeyFileError(path, where, f"unknown fields: {', '.join(extra)}")
+        super_cas_id = _int_field(path, where, table, "super_cas_id", 0xFFFFFFFF)
+        ecm_id = _int_field(path, where, table, "ecm_id", 0xFFFF)
+        try:
+            profile = KmsProfile.from_super_cas_id(super_cas_id)
+        except ValueError as exc:
+            raise KeyFileError(path, where, str(exc)) from None
+        if (super_cas_id, ecm_id) in seen:
+            raise KeyFileError(path, where, f"duplicate stream super_cas_id {super_cas_id:#010x} ecm_id {ecm_id}")
+        seen.add((super_cas_id, ecm_id))
+        names = table.get("keys")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise KeyFileError(path, where, "'keys' must be a non-empty list of key names")
+        for name in names:
+            if name not in keys:
+                raise KeyFileError(path, where, f"unknown key {name!r}")
+            key = keys[name]
+            if profile is KmsProfile.DRM and key.authentication_key is None:
+                raise KeyFileError(path, f"key {name!r}", "DRM Profile stream needs an authentication_key (SAK/PAK)")
+            if profile is KmsProfile.SMARTCARD and not key.key_domain_id:
+                raise KeyFileError(path, f"key {name!r}", "Smartcard Profile stream needs a key_domain_id")
+            store.add(super_cas_id, ecm_id, key)
+    return store
+
+
+def _key_from_table(path: str | PathLike[str], name: str, table: object) -> ServiceKey:
+    where = f"key {name!r}"
+    if not isinstance(table, dict):
+        raise KeyFileError(path, where, "must be a table")
+    extra = sorted(set(table) - _KEY_FIELDS)
+    if extra:
+        raise KeyFileError(path, where, f"unknown fields: {', '.join(extra)}")
+    role = table.get("role", "service")
+    if role not in ("service", "programme"):
+        raise KeyFileError(path, where, "role must be 'service' or 'programme'")
+    fields: dict[str, Any] = {
+        "name": name,
+        "role": KeyRole(role),
+        "key_id": _int_field(path, where, table, "key_id", 0xFFFFFFFF),
+        "key": _hex_field(path, where, table, "key", (_KEY_SIZE,)),
+    }
+    if "authentication_key" in table:
+        fields["authentication_key"] = _hex_field(path, where, table, "authentication_key", _AUTH_KEY_SIZES)
+    if "key_domain_id" in table:
+        fields["key_domain_id"] = _hex_field(path, where, table, "key_domain_id", (_KDI_SIZE,))
+    for bound in ("not_before", "not_after"):
+        if bound in table:
+            value = table[bound]
+            if isinstance(value, bool) or not isinstance(value, (int, datetime)):
+                raise KeyFileError(path, where, f"{bound} must be an offset date-time or POSIX seconds")
+            try:
+                fields[bound] = to_datetime(value)
+            except (ValueError, OverflowError, OSError) as exc:
+                raise KeyFileError(path, where, f"{bound}: {exc}") from None
+    try:
+        return ServiceKey(**fields)
+    except ValueError as exc:
+        raise KeyFileError(path, where, str(exc)) from None
+
+
+def _int_field(path: str | PathLike[str], where: str, table: dict[str, Any], field: str, maximum: int) -> int:
+    value = table.get(field)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KeyFileError(path, where, f"{field} must be an integer")
+    if not 0 <= value <= maximum:
+        raise KeyFileError(path, where, f"{field} out of range 0..{maximum:#x}")
+    return value
+
+
+def _hex_field(path: str | PathLike[str], where: str, table: dict[str, Any], field: str, sizes: Iterable[int]) -> bytes:
+    value = table.get(field)
+    if not isinstance(value, str):
+        raise KeyFileError(path, where, f"{field} must be a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        # Do not echo the value: it is (part of) a key.
+        raise KeyFileError(path, where, f"{field} is not valid hex") from None
+    sizes = tuple(sizes)
+    if len(raw) not in sizes:
+        want = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        raise KeyFileError(path, where, f"{field} must be {want} bytes, got {len(raw)}")
+    return raw
