@@ -462,7 +462,7 @@ class ECMGConnection:
     # -- messages an ECMG only takes note of -------------------------------------------------
 
     def _peer_status(self, msg: Message, _now: float, _received_at: float | None) -> list[Output]:
-        return self._ok(Notify("peer_status", {"message_type": msg.NAME}))
+        return self._ok(Notify("peer_status", {"message_type": msg.NAME}, "debug"))
 
     def _peer_error(self, msg: m.ChannelError | m.StreamError, _now: float, _received_at: float | None) -> list[Output]:
         return self._ok(
@@ -474,6 +474,7 @@ class ECMGConnection:
                     "stream_id": getattr(msg, "ECM_stream_id", None),
                     "error_status": list(msg.error_status),
                 },
+                "warn",
             )
         )
 
@@ -538,7 +539,7 @@ class ECMGConnection:
         self.invalid_in_a_row += 1
         outputs: list[Output] = [
             Send(reply),
-            Notify(event, {"channel_id": getattr(reply, "ECM_channel_id", None), **fields}),
+            Notify(event, {"channel_id": getattr(reply, "ECM_channel_id", None), **fields}, "warn"),
         ]
         limit = self.config.max_invalid_messages
         if limit and self.invalid_in_a_row >= limit:

@@ -25,10 +25,14 @@ class Close:
 
 @attrs.frozen
 class Notify:
-    """Something worth a log line or a metric: *event* names it, *fields* are structured."""
+    """Something worth a log line or a metric: *event* names it, *fields* are structured.
+
+    *level* is ``"debug"``, ``"info"`` or ``"warn"`` (the peer did something wrong).
+    """
 
     event: str
     fields: dict[str, Any] = attrs.field(factory=dict)
+    level: str = "info"
 
 
 Output = Send | Close | Notify

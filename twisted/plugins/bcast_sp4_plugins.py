@@ -3,3 +3,12 @@
 This module holds ServiceMaker objects only; each imports its tap module lazily. The folder is
 not a package (no __init__.py), as Twisted's plugin system requires.
 """
+
+from twisted.application.service import ServiceMaker
+
+bcast_ecmg = ServiceMaker(
+    "bcast-sp4 ECMG / STKM generator",
+    "bcast_sp4.tap.ecmg",
+    "ECMG<=>SCS server answering CW_provision with OMA BCAST STKMs (DRM Profile, Smartcard Profile MIKEY)",
+    "bcast-ecmg",
+)

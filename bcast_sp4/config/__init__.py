@@ -1,0 +1,11 @@
+"""Role configuration files (TOML) -> frozen attrs. Pure: no Twisted, no sockets.
+
+Every problem is a :class:`ConfigError` naming the file, the key and the reason, raised at start
+so a role never runs half-configured. Paths inside a file are relative to that file. One module
+per role; :mod:`._reader` holds the typed TOML access they share.
+"""
+
+from ._reader import ConfigError
+from .ecmg import ECMGSettings, load_ecmg_settings
+
+__all__ = ["ConfigError", "ECMGSettings", "load_ecmg_settings"]

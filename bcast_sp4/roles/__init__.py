@@ -1,0 +1,1 @@
+"""Twisted adapters: thin protocols and factories over the pure machines, one module per role."""

@@ -1,0 +1,51 @@
+"""ECMG / STKM generator role: a TCP server of ECMG<=>SCS channels (TS 103 197 §5; SP-4 §14.1.1.3.1).
+
+One :class:`ECMGProtocol` per SCS connection wraps one :class:`ECMGConnection` machine; the
+:class:`ECMGFactory` holds what the connections share (:class:`ECMGResources`, the ECM source,
+the clock). Connection loss frees the channel, its streams and ECM_ids.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..machines.ecmg import ECMGConnection, ECMGResources, ECMSource
+from ..machines.outputs import Output
+from ..wire import Interface, Message, PeerProtocolError
+from ._stream import SimulCryptStreamProtocol
+
+
+class ECMGProtocol(SimulCryptStreamProtocol):
+    interface = Interface.ECMG_SCS
+
+    def __init__(self, factory: "ECMGFactory") -> None:
+        super().__init__(factory.clock, factory.max_message_length)
+        self.machine = ECMGConnection(factory.resources, factory.source)
+
+    def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
+        return self.machine.receive(item, now, received_at)
+
+    def connectionLost(self, reason: Failure) -> None:
+        out: list[bytes] = []
+        self._execute(self.machine.connection_lost(), out)
+        self.log.info("connection from {peer} closed", peer=self.peer)
+
+
+class ECMGFactory(Factory):
+    """Builds one :class:`ECMGProtocol` per accepted SCS connection."""
+
+    log = Logger()
+
+    def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int) -> None:
+        self.resources = resources
+        self.source = source
+        self.clock = clock
+        self.max_message_length = max_message_length
+
+    def buildProtocol(self, addr) -> ECMGProtocol:
+        protocol = ECMGProtocol(self)
+        protocol.factory = self
+        return protocol

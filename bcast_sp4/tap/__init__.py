@@ -1,0 +1,1 @@
+"""twistd tap modules: one per tapname (Options + makeService)."""

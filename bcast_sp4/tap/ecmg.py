@@ -1,0 +1,74 @@
+"""``twistd bcast-ecmg``: the ECMG / STKM generator (OMA BCAST SP-4 over ECMG<=>SCS).
+
+``twistd -n bcast-ecmg --config etc/ecmg.toml [--endpoint tcp:2222:interface=127.0.0.1]``
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ..bcast.ecm import STKMSource
+from ..bcast.keys import load_keyfile
+from ..bcast.stkm_drm import LAYOUT_VERSION
+from ..config import ConfigError, ECMGSettings, load_ecmg_settings
+from ..machines.ecmg import ECMGResources
+from ..roles.ecmg_server import ECMGFactory
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE [--endpoint ENDPOINT]"
+    longdesc = (
+        "Run an ECMG / BCAST STKM generator: SCSs connect over TCP (ECMG<=>SCS, TS 103 197 §5, versions 1-3), "
+        "send TEKs in CW_provision and get back STKMs in ECM_response: DRM Profile STKMs for Super_CAS_id "
+        f"0x0001xxxx (provisional layout {LAYOUT_VERSION}), Smartcard Profile MIKEY STKMs for 0x0002xxxx, "
+        "DVB ECM sections for other configured ids."
+    )
+    optParameters = [
+        ["config", "c", "etc/ecmg.toml", "ECMG configuration file (TOML)"],
+        ["endpoint", "e", None, "listening endpoint, overriding the file (e.g. tcp:2222:interface=127.0.0.1)"],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            settings = load_ecmg_settings(self["config"])
+            self["key_store"] = load_keyfile(settings.key_file)
+        except (ConfigError, ValueError) as exc:
+            raise usage.UsageError(str(exc)) from None
+        if self["endpoint"]:
+            settings = attrs.evolve(settings, endpoint=self["endpoint"])
+        self["settings"] = settings
+
+
+def build_service(settings: ECMGSettings, key_store, reactor) -> MultiService:
+    """The ECMG service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+    resources = ECMGResources(settings.ecmg)
+    source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length)
+    top = MultiService()
+    server = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), factory)
+    server.setServiceParent(top)
+    top.factory = factory  # for tests and the lab
+    top.endpoint_service = server
+    log.info(
+        "ECMG on {endpoint}: Super_CAS_ids {ids}, DRM STKM layout {layout}",
+        endpoint=settings.endpoint,
+        ids=", ".join(f"{k:#010x}={v.value}" for k, v in settings.ecmg.cas_modes.items()),
+        layout=LAYOUT_VERSION,
+    )
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build_service(options["settings"], options["key_store"], reactor)
+
+
+__all__ = ["Options", "build_service", "makeService"]
