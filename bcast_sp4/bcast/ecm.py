@@ -105,14 +105,15 @@ class STKMSource:
             return section if request.mode is CasMode.DVB_SECTIONS else packetize(section)
         by_cp = dict(cws)
         try:
+            access = stkm_drm.decode_access_criteria(request.access_criteria) if request.access_criteria else ()
+        except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
+            raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
+        try:
             material = decode_cw(None, by_cp[request.CP_number])
             following = by_cp.get((request.CP_number + 1) & 0xFFFF)
             next_material = decode_cw(material.PROTECTION, following) if following is not None else None
-            access = stkm_drm.decode_access_criteria(request.access_criteria) if request.access_criteria else ()
         except BcastError as exc:
             raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
-        except ValueError as exc:
-            raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
         key = self._service_key(request.super_CAS_id, request.ECM_id, request.now)
         try:
             if request.mode is CasMode.DRM_PROFILE:

@@ -412,9 +412,8 @@ class ECMGConnection:
                 cp_number=msg.CP_number,
                 got=[c.CP_number for c in msg.CP_CW_combination],
             )
-        if msg.access_criteria is not None:
-            stream.access_criteria = msg.access_criteria
-        elif self.config.access_criteria_transfer_mode:
+        access_criteria = msg.access_criteria if msg.access_criteria is not None else stream.access_criteria
+        if msg.access_criteria is None and self.config.access_criteria_transfer_mode:
             return self._invalid(self._stream_error(stream.stream_id, MISSING_PARAMETER, 0x000D), "no_access_criteria")
         if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
             return self._invalid(
@@ -432,7 +431,7 @@ class ECMGConnection:
             CP_number=msg.CP_number,
             CP_CW_combination=tuple(by_cp[cp] for cp in wanted),
             CP_duration=msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
-            access_criteria=stream.access_criteria,
+            access_criteria=access_criteria,
             CW_encryption=msg.CW_encryption,
             now=now,
         )
@@ -447,6 +446,7 @@ class ECMGConnection:
                 detail=exc.detail,
             )
         self.invalid_in_a_row = 0
+        stream.access_criteria = access_criteria  # remembered once an ECM was made with them
         return [
             Send(
                 m.ECMResponse(

@@ -318,3 +318,14 @@ def test_repeated_invalid_messages_close_and_valid_ones_reset():
     assert isinstance(outputs[-1], Close)
     assert isinstance(sent(outputs)[0], m.StreamError)  # the error is still sent first
     assert resources.channels == {} and resources.streams == 0
+
+
+def test_refused_access_criteria_are_not_remembered():
+    _, source, conn = make()
+    opened(conn)
+    stream(conn)
+    one(conn.receive(provision(1, access_criteria=b"good"), 0), m.ECMResponse)
+    source.fail_next = 0x0011
+    assert error_of(conn.receive(provision(2, access_criteria=b"bad"), 0), m.StreamError) == 0x0011
+    one(conn.receive(provision(3), 0), m.ECMResponse)
+    assert source.requests[-1].access_criteria == b"good"

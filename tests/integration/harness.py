@@ -1,0 +1,115 @@
+"""Loopback harness: run a role as a real ``twistd`` process, talk to it over real sockets.
+
+Only 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bcast_sp4 import wire
+
+ROOT = Path(__file__).resolve().parents[2]
+DRM_SCID, CARD_SCID, DVB_SCID = 0x00010001, 0x00020001, 0x4AE60000
+
+
+class RoleProcess:
+    """``twistd -n <tapname> --config FILE`` on an ephemeral port; stopped with SIGTERM."""
+
+    def __init__(self, tapname: str, config: Path, port_pattern: str, extra: tuple[str, ...] = ()) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.log_path = config.with_suffix(".log")
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             tapname, "--config", str(config), *extra],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=str(config.parent),
+            env=env,
+        )
+        self.port = self._wait_for(port_pattern)
+
+    def _wait_for(self, pattern: str, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text()
+            match = regex.search(text)
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.proc.args} exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise RuntimeError(f"no port in log after {timeout} s:\n{self.log_path.read_text()}")
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns 0 for a clean stop (twistd re-raises the signal it stopped on)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        code = self.proc.returncode
+        if code == -signal.SIGTERM and "Server Shut Down." in self.text():
+            return 0
+        return code
+
+
+class Client:
+    """A blocking SimulCrypt client for tests; records every byte for capture files."""
+
+    def __init__(self, port: int, interface: wire.Interface = wire.Interface.ECMG_SCS, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.interface = interface
+        self.framer = wire.Framer()
+        self.ready: list = []
+        self.transcript: list[tuple[str, bytes]] = []  # ("c" client->server | "s", bytes)
+
+    def send(self, message) -> None:
+        data = message if isinstance(message, bytes) else message.encode()
+        self.transcript.append(("c", data))
+        self.sock.sendall(data)
+
+    def recv(self):
+        """The next message from the server (decoded), or raise on timeout / close."""
+        while not self.ready:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.transcript.append(("s", data))
+            self.ready.extend(self.framer.feed(data))
+        return wire.decode(self.ready.pop(0), self.interface)
+
+    def request(self, message):
+        self.send(message)
+        return self.recv()
+
+    def is_closed_by_peer(self, timeout: float = 5.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.transcript.append(("s", data))
+                self.ready.extend(self.framer.feed(data))
+        except (socket.timeout, ConnectionResetError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
