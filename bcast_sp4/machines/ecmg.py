@@ -203,6 +203,8 @@ class ECMGConnection:
         self.version: int | None = None
         self.streams: dict[int, _Stream] = {}
         self.invalid_in_a_row = 0
+        # CWs before CP_number in each CW_provision (digest §3.4: n-(CW_per_msg-1-lead_CW)..n+lead_CW)
+        self._cws_before = self.config.channel.CW_per_msg - 1 - self.config.channel.lead_CW
         self._handlers: dict[type[Message], Callable[[Message, float, float | None], list[Output]]] = {
             m.ChannelSetup: self._channel_setup,
             m.ChannelTest: self._channel_test,
@@ -398,20 +400,24 @@ class ECMGConnection:
     # -- CW_provision ------------------------------------------------------------------------
 
     def _cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> list[Output]:
-        stream, refused = self._known_stream(msg)
-        if refused:
-            return refused
+        # The per-STKM hot path: the common case is checked with few operations.
+        stream = self.streams.get(msg.ECM_stream_id) if msg.ECM_channel_id == self.channel_id else None
+        if stream is None:
+            return self._known_stream(msg)[1]
         p = self.config.channel
-        first = (msg.CP_number - (p.CW_per_msg - 1 - p.lead_CW)) & 0xFFFF
-        by_cp = {c.CP_number: c for c in msg.CP_CW_combination}
+        combos = msg.CP_CW_combination
+        first = (msg.CP_number - self._cws_before) & 0xFFFF
+        cps = [c.CP_number for c in combos]
         wanted = [(first + k) & 0xFFFF for k in range(p.CW_per_msg)]
-        if len(msg.CP_CW_combination) != p.CW_per_msg or sorted(by_cp) != sorted(wanted):
-            return self._invalid(
-                self._stream_error(stream.stream_id, NOT_ENOUGH_CWS, 0x0014),
-                "not_enough_cws",
-                cp_number=msg.CP_number,
-                got=[c.CP_number for c in msg.CP_CW_combination],
-            )
+        if cps != wanted:
+            if len(cps) != len(wanted) or sorted(cps) != sorted(wanted):
+                return self._invalid(
+                    self._stream_error(stream.stream_id, NOT_ENOUGH_CWS, 0x0014),
+                    "not_enough_cws",
+                    cp_number=msg.CP_number,
+                    got=cps,
+                )
+            combos = tuple(sorted(combos, key=lambda c: wanted.index(c.CP_number)))
         access_criteria = msg.access_criteria if msg.access_criteria is not None else stream.access_criteria
         if msg.access_criteria is None and self.config.access_criteria_transfer_mode:
             return self._invalid(self._stream_error(stream.stream_id, MISSING_PARAMETER, 0x000D), "no_access_criteria")
@@ -429,7 +435,7 @@ class ECMGConnection:
             channel_id=self.channel_id,
             stream_id=stream.stream_id,
             CP_number=msg.CP_number,
-            CP_CW_combination=tuple(by_cp[cp] for cp in wanted),
+            CP_CW_combination=combos,
             CP_duration=msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
             access_criteria=access_criteria,
             CW_encryption=msg.CW_encryption,
