@@ -1,0 +1,183 @@
+"""The session manager: one registry of channels, streams and peers per process, with Deferreds.
+
+Every role registers what it sets up and publishes the events others wait on; co-located roles
+find each other here (the SCS hands STKMs to an in-process MUX, the EMMG its LTKMs), so the same
+role code works in one lab process and in separate processes (where the link is SimulCrypt).
+
+Events are *topics* keyed by ids:
+
+=================  ==========================================  ===============================
+topic              key                                         value
+=================  ==========================================  ===============================
+``channel``        (role, peer, channel_id)                    the role's channel record
+``stream``         (role, peer, channel_id, stream_id)         the role's stream record
+``stkm``           (super_CAS_id, ECM_id, CP_number)           STKM bytes
+``allocation``     (client_id, data_id)                        granted bandwidth, kbit/s
+``peer_lost``      peer                                        the reason (a string)
+=================  ==========================================  ===============================
+
+:meth:`SessionManager.when` hands each caller a fresh Deferred (STYLE §5), fired on a later
+reactor turn so no callback re-enters a role mid-transition; an event already published fires it
+at once (on the next turn). A timeout errbacks with :class:`twisted.internet.defer.TimeoutError`;
+:meth:`SessionManager.fail` (e.g. a channel going away) errbacks every waiter of that key with
+the given error. The store of published values is bounded per topic (oldest evicted first).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Hashable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+TOPICS = ("channel", "stream", "stkm", "allocation", "peer_lost")
+
+
+class ChannelLost(Exception):
+    """What a waiter gets when the channel, stream or peer it waited on went away."""
+
+
+class _Topic:
+    def __init__(self, limit: int) -> None:
+        self.values: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+        self.waiters: dict[Hashable, list[Deferred]] = {}
+        self.limit = limit
+
+
+class SessionManager:
+    """Shared by every role of one process (created in ``makeService``; the lab shares one).
+
+    :param clock: the reactor (or a ``Clock`` in tests).
+    :param limit: published values kept per topic.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, limit: int = 100_000) -> None:
+        self.clock = clock
+        self._topics = {name: _Topic(limit) for name in TOPICS}
+        self._services: dict[str, Any] = {}
+
+    # -- generic publish / wait ----------------------------------------------------------------
+
+    def publish(self, topic: str, key: Hashable, value: Any) -> None:
+        """Record *value* for *key* and fire everyone waiting on it."""
+        store = self._topics[topic]
+        store.values[key] = value
+        store.values.move_to_end(key)
+        while len(store.values) > store.limit:
+            store.values.popitem(last=False)
+        for d in store.waiters.pop(key, ()):
+            self.clock.callLater(0, self._fire, d, value)
+
+    def forget(self, topic: str, key: Hashable) -> None:
+        """Drop a published value (the channel or stream is gone)."""
+        self._topics[topic].values.pop(key, None)
+
+    def fail(self, topic: str, key: Hashable, error: Exception) -> None:
+        """Errback every waiter of *key* with *error* and drop its value."""
+        store = self._topics[topic]
+        store.values.pop(key, None)
+        for d in store.waiters.pop(key, ()):
+            self.clock.callLater(0, self._fire, d, Failure(error))
+
+    def current(self, topic: str, key: Hashable, default: Any = None) -> Any:
+        """The value published for *key*, if any (no waiting)."""
+        return self._topics[topic].values.get(key, default)
+
+    def when(self, topic: str, key: Hashable, timeout: float | None = None) -> Deferred:
+        """A fresh Deferred that fires with the value of *key* (already published, or when it is)."""
+        store = self._topics[topic]
+
+        def cancel(d: Deferred) -> None:
+            waiting = store.waiters.get(key, [])
+            if d in waiting:
+                waiting.remove(d)
+                if not waiting:
+                    del store.waiters[key]
+
+        d: Deferred = Deferred(cancel)
+        if key in store.values:
+            self.clock.callLater(0, self._fire, d, store.values[key])
+        else:
+            store.waiters.setdefault(key, []).append(d)
+        if timeout is not None:
+            d.addTimeout(timeout, self.clock)
+        return d
+
+    def waiting(self, topic: str) -> int:
+        """How many Deferreds wait on *topic* (for tests and metrics)."""
+        return sum(len(v) for v in self._topics[topic].waiters.values())
+
+    @staticmethod
+    def _fire(d: Deferred, result: Any) -> None:
+        if not d.called:
+            d.callback(result) if not isinstance(result, Failure) else d.errback(result)
+
+    # -- named events ----------------------------------------------------------------------------
+
+    def channel_ready(self, role: str, peer: str, channel_id: int, record: Any) -> None:
+        self.publish("channel", (role, peer, channel_id), record)
+
+    def when_channel_ready(self, role: str, peer: str, channel_id: int, timeout: float | None = None) -> Deferred:
+        return self.when("channel", (role, peer, channel_id), timeout)
+
+    def stream_ready(self, role: str, peer: str, channel_id: int, stream_id: int, record: Any) -> None:
+        self.publish("stream", (role, peer, channel_id, stream_id), record)
+
+    def when_stream_ready(self, role: str, peer: str, channel_id: int, stream_id: int, timeout: float | None = None) -> Deferred:
+        return self.when("stream", (role, peer, channel_id, stream_id), timeout)
+
+    def channel_lost(self, role: str, peer: str, channel_id: int, reason: str) -> None:
+        """The channel and every stream of it are gone: waiters get :class:`ChannelLost`."""
+        error = ChannelLost(f"{role} channel {channel_id} with {peer}: {reason}")
+        self.fail("channel", (role, peer, channel_id), error)
+        for topic in ("stream",):
+            store = self._topics[topic]
+            for key in [k for k in list(store.values) + list(store.waiters) if k[:3] == (role, peer, channel_id)]:
+                self.fail(topic, key, error)
+
+    def stkm_ready(self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes) -> None:
+        self.publish("stkm", (super_cas_id, ecm_id, cp_number), stkm)
+
+    def when_stkm(self, super_cas_id: int, ecm_id: int, cp_number: int, timeout: float | None = None) -> Deferred:
+        return self.when("stkm", (super_cas_id, ecm_id, cp_number), timeout)
+
+    def allocation_granted(self, client_id: int, data_id: int, kbps: int | None) -> None:
+        self.publish("allocation", (client_id, data_id), kbps)
+
+    def when_allocation(self, client_id: int, data_id: int, timeout: float | None = None) -> Deferred:
+        return self.when("allocation", (client_id, data_id), timeout)
+
+    def peer_lost(self, peer: str, reason: str) -> None:
+        self.publish("peer_lost", peer, reason)
+
+    def when_peer_lost(self, peer: str, timeout: float | None = None) -> Deferred:
+        self.forget("peer_lost", peer)  # only a loss after this call counts
+        return self.when("peer_lost", peer, timeout)
+
+    # -- co-located roles --------------------------------------------------------------------------
+
+    def register(self, name: str, service: Any) -> None:
+        """Make an in-process role API findable (e.g. ``"mux"`` for the MUX's STKM/LTKM intake)."""
+        if name in self._services:
+            raise ValueError(f"a {name!r} is already registered in this process")
+        self._services[name] = service
+
+    def unregister(self, name: str) -> None:
+        self._services.pop(name, None)
+
+    def lookup(self, name: str) -> Any | None:
+        """The in-process role registered as *name*, or ``None`` (then use the network link)."""
+        return self._services.get(name)
+
+    def call_guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call into another role; an exception there is logged, never propagated to the caller."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.log.failure("{what} failed", Failure(), what=what)
+            return None

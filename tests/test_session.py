@@ -1,0 +1,84 @@
+"""SessionManager: fresh Deferreds per caller, later-turn firing, timeouts, failure, bounds."""
+
+import pytest
+from twisted.internet.defer import TimeoutError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from bcast_sp4.session import ChannelLost, SessionManager
+
+
+class SessionTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.session = SessionManager(self.clock, limit=3)
+
+    def test_waiters_fire_on_a_later_turn_with_the_value(self):
+        a = self.session.when_stkm(1, 2, 3)
+        b = self.session.when_stkm(1, 2, 3)
+        assert a is not b
+        self.session.stkm_ready(1, 2, 3, b"stkm")
+        self.assertNoResult(a)  # not re-entrant
+        self.clock.advance(0)
+        assert self.successResultOf(a) == b"stkm" and self.successResultOf(b) == b"stkm"
+
+    def test_already_published_fires_next_turn(self):
+        self.session.allocation_granted(0x00010001, 5, 200)
+        d = self.session.when_allocation(0x00010001, 5)
+        self.clock.advance(0)
+        assert self.successResultOf(d) == 200
+
+    def test_timeout(self):
+        d = self.session.when_channel_ready("scs", "ecmg-a", 1, timeout=5)
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.failureResultOf(d, TimeoutError)
+        assert self.session.waiting("channel") == 0
+
+    def test_cancel_removes_the_waiter(self):
+        d = self.session.when_stream_ready("scs", "p", 1, 2)
+        d.cancel()
+        self.failureResultOf(d)
+        assert self.session.waiting("stream") == 0
+
+    def test_channel_lost_fails_channel_and_its_streams_only(self):
+        ch = self.session.when_channel_ready("scs", "p", 1)
+        st = self.session.when_stream_ready("scs", "p", 1, 9)
+        other = self.session.when_stream_ready("scs", "p", 2, 9)
+        self.session.stream_ready("scs", "p", 1, 8, "record")
+        self.session.channel_lost("scs", "p", 1, "TCP lost")
+        self.clock.advance(0)
+        assert "TCP lost" in str(self.failureResultOf(ch, ChannelLost).value)
+        self.failureResultOf(st, ChannelLost)
+        self.assertNoResult(other)
+        assert self.session.current("stream", ("scs", "p", 1, 8)) is None
+
+    def test_published_values_are_bounded(self):
+        for cp in range(10):
+            self.session.stkm_ready(1, 1, cp, bytes([cp]))
+        assert [self.session.current("stkm", (1, 1, cp)) for cp in (6, 7, 8, 9)] == [None, b"\x07", b"\x08", b"\x09"]
+
+    def test_peer_lost_counts_only_after_the_call(self):
+        self.session.peer_lost("mux", "earlier")
+        d = self.session.when_peer_lost("mux")
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        self.session.peer_lost("mux", "now")
+        self.clock.advance(0)
+        assert self.successResultOf(d) == "now"
+
+    def test_registry_of_colocated_roles(self):
+        self.session.register("mux", self)
+        assert self.session.lookup("mux") is self and self.session.lookup("emmg") is None
+        with pytest.raises(ValueError):
+            self.session.register("mux", object())
+        self.session.unregister("mux")
+        assert self.session.lookup("mux") is None
+
+    def test_guarded_call_logs_and_survives(self):
+        def boom():
+            raise RuntimeError("other role's bug")
+
+        assert self.session.call_guarded("submit", boom) is None
+        assert len(self.flushLoggedErrors(RuntimeError)) == 1
