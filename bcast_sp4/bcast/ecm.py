@@ -147,8 +147,8 @@ class STKMSource:
             raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
 
     def _optional_key(self, super_cas_id: int, ecm_id: int | None, now: float, role: KeyRole) -> ServiceKey | None:
-        try:
-            return self.keys.lookup(super_cas_id, ecm_id or 0, now, role=role)
+        try:  # default=None: no exception per STKM on streams without a programme key
+            return self.keys.lookup(super_cas_id, ecm_id or 0, now, role=role, default=None)
         except BcastError:
             return None
 

@@ -20,7 +20,12 @@ design. Design decisions on the [R]/[?] points:
   (``None``). Bounds are timezone-aware datetimes; ints are POSIX seconds (UTC); naive datetimes are
   rejected because they are ambiguous.
 * ``KeyStore.lookup`` with several valid keys of the same role returns the one with the latest
-  ``not_before`` (key roll-over: the new key wins as soon as it starts).
+  ``not_before`` (key roll-over: the new key wins as soon as it starts). The store answers from a
+  per-stream index of the validity boundaries (microsecond integers, built on first use and dropped
+  by :meth:`KeyStore.add`); the answer is the linear scan's, evaluated once per interval between
+  boundaries, and POSIX-second times are rounded to microseconds exactly as ``to_datetime`` rounds.
+* :class:`PerKeyCache` holds state derived from a key (cipher contexts, MAC states) for the STKM
+  codecs, keyed on the identity of the (immutable) :class:`ServiceKey` and dropped with it.
 
 Key file format (TOML, ``format = 1``; ``etc/keys.example.toml`` is a worked example)::
 
@@ -47,11 +52,14 @@ Unknown tables or fields are errors (typos must not silently drop a key). Every 
 from __future__ import annotations
 
 import enum
+import math
 import tomllib
+import weakref
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from os import PathLike
-from typing import Any, Union
+from typing import Any, Generic, TypeVar, Union
 
 import attrs
 
@@ -64,6 +72,7 @@ __all__ = [
     "KeyRef",
     "KeyLookup",
     "KeyStore",
+    "PerKeyCache",
     "as_key_lookup",
     "load_keyfile",
     "to_datetime",
@@ -126,6 +135,37 @@ def to_datetime(value: Timeish) -> datetime:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, timezone.utc)
     raise ValueError(f"expected a datetime or POSIX seconds, got {type(value).__name__}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+# POSIX seconds handled without a datetime: far inside datetime's range on every platform.
+_FAST_SECONDS = (0, 10_000_000_000)
+
+
+def _posix_us(value: object) -> int | None:
+    """``to_datetime(value)`` as integer microseconds since the epoch, or ``None`` (use to_datetime).
+
+    Only plain ints and floats in ``_FAST_SECONDS`` are converted. A float is split and its fraction
+    rounded half-to-even to microseconds as CPython's ``datetime.fromtimestamp`` does
+    (``_PyTime_DoubleToDenominator``), so both give the same microsecond.
+    """
+    kind = type(value)
+    if kind is float:
+        if not _FAST_SECONDS[0] <= value < _FAST_SECONDS[1]:  # type: ignore[operator]  # NaN: False
+            return None
+        frac, whole = math.modf(value)  # type: ignore[arg-type]
+        us = round(frac * 1e6)
+        if us >= 1_000_000:
+            return (int(whole) + 1) * 1_000_000 + us - 1_000_000
+        return int(whole) * 1_000_000 + us
+    if kind is int and _FAST_SECONDS[0] <= value < _FAST_SECONDS[1]:  # type: ignore[operator]
+        return value * 1_000_000  # type: ignore[operator]
+    return None
+
+
+def _datetime_us(value: datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
 
 
 def _opt_datetime(value: Timeish | None) -> datetime | None:
@@ -229,6 +269,9 @@ class KeyRef:
 KeyLookup = Callable[[KeyRef], Union[ServiceKey, None]]
 
 
+_RAISE: Any = object()
+
+
 class KeyStore:
     """Keys per STKM stream ``(super_CAS_id, ECM_id)``, for the ECMG; also a :data:`KeyLookup`.
 
@@ -238,6 +281,8 @@ class KeyStore:
 
     def __init__(self) -> None:
         self._streams: dict[tuple[int, int], list[ServiceKey]] = {}
+        # (super_CAS_id, ECM_id, role) -> (boundaries in µs, answer per interval); see lookup().
+        self._index: dict[tuple[int, int, KeyRole], tuple[list[int], list[ServiceKey | None]]] = {}
 
     def add(self, super_cas_id: int, ecm_id: int, key: ServiceKey) -> None:
         """Make ``key`` usable on the stream ``(super_cas_id, ecm_id)``.
@@ -248,6 +293,7 @@ class KeyStore:
         if not 0 <= ecm_id <= 0xFFFF:
             raise ValueError(f"ECM_id {ecm_id} is not a uint16")
         self._streams.setdefault((super_cas_id, ecm_id), []).append(key)
+        self._index.clear()
 
     def streams(self) -> tuple[tuple[int, int], ...]:
         """All configured ``(super_CAS_id, ECM_id)`` pairs."""
@@ -262,7 +308,14 @@ class KeyStore:
         return tuple(seen.values())
 
     def lookup(
-        self, super_cas_id: int, ecm_id: int, at_time: Timeish, *, role: KeyRole = KeyRole.SERVICE
+        self,
+        super_cas_id: int,
+        ecm_id: int,
+        at_time: Timeish,
+        *,
+        role: KeyRole = KeyRole.SERVICE,
+        default: Any = _RAISE,
+        reference: bool = False,
     ) -> ServiceKey:
         """The key to use on a stream at a time.
 
@@ -270,24 +323,76 @@ class KeyStore:
         :param ecm_id: SimulCrypt ``ECM_id`` (= stkmstream).
         :param at_time: when the STKM applies (crypto-period start): aware datetime or POSIX seconds.
         :param role: SERVICE (SEK) or PROGRAMME (PEK).
+        :param default: if given, returned instead of raising :class:`NoKeyError` or
+            :class:`KeyNotValidError` (an optional key costs no exception).
+        :param reference: answer by scanning the stream's keys (the definition the index is tested
+            against) instead of from the index.
         :returns: the valid key with the latest ``not_before``.
         :raises NoKeyError: no key of that role is configured for the stream.
         :raises KeyNotValidError: keys exist but none is valid at ``at_time``.
         """
-        candidates = [k for k in self._streams.get((super_cas_id, ecm_id), ()) if k.role is role]
+        if not reference:
+            index = self._index.get((super_cas_id, ecm_id, role))
+            if index is None and (super_cas_id, ecm_id) in self._streams:
+                index = self._build_index(super_cas_id, ecm_id, role)
+            if index is not None:
+                us = _posix_us(at_time)
+                if us is not None:
+                    key = index[1][bisect_right(index[0], us)]
+                    if key is not None:
+                        return key
+                    if default is not _RAISE:  # no key of the role, or none valid then
+                        return default
+        if default is _RAISE:
+            return self._scan(super_cas_id, ecm_id, at_time, role)
+        try:
+            return self._scan(super_cas_id, ecm_id, at_time, role)
+        except (NoKeyError, KeyNotValidError):
+            return default
+
+    def _candidates(self, super_cas_id: int, ecm_id: int, role: KeyRole) -> list[ServiceKey]:
+        return [k for k in self._streams.get((super_cas_id, ecm_id), ()) if k.role is role]
+
+    def _scan(self, super_cas_id: int, ecm_id: int, at_time: Timeish, role: KeyRole) -> ServiceKey:
+        """The reference answer (and every error) of :meth:`lookup`."""
+        candidates = self._candidates(super_cas_id, ecm_id, role)
         if not candidates:
             raise NoKeyError(
                 f"no {role.value} key for super_CAS_id {super_cas_id:#010x} ECM_id {ecm_id}"
             )
         t = to_datetime(at_time)
-        valid = [k for k in candidates if k.is_valid_at(t)]
-        if not valid:
+        chosen = _select(candidates, t)
+        if chosen is None:
             names = ", ".join(k.label for k in candidates)
             raise KeyNotValidError(
                 f"no {role.value} key valid at {t.isoformat()} for super_CAS_id {super_cas_id:#010x}"
                 f" ECM_id {ecm_id} (configured: {names})"
             )
-        return max(valid, key=lambda k: k.not_before or datetime.min.replace(tzinfo=timezone.utc))
+        return chosen
+
+    def _build_index(
+        self, super_cas_id: int, ecm_id: int, role: KeyRole
+    ) -> tuple[list[int], list[ServiceKey | None]]:
+        # Which keys are valid changes only at a not_before / not_after, so the scan's answer is
+        # constant on each interval between consecutive boundaries: evaluate it once per interval,
+        # at its first instant inside _FAST_SECONDS (only such times reach the index). ``None`` =
+        # no valid key, or no fast time in the interval: lookup() then runs the scan, which raises.
+        candidates = self._candidates(super_cas_id, ecm_id, role)
+        bounds = sorted(
+            {_datetime_us(b) for k in candidates for b in (k.not_before, k.not_after) if b is not None}
+        )
+        lowest, highest = _FAST_SECONDS[0] * 1_000_000, _FAST_SECONDS[1] * 1_000_000
+        answers: list[ServiceKey | None] = []
+        for i in range(len(bounds) + 1):
+            # interval i = [bounds[i-1], bounds[i]); any instant in it gives the same answer
+            at = max(bounds[i - 1], lowest) if i else lowest
+            end = bounds[i] if i < len(bounds) else highest
+            if at >= min(end, highest):
+                answers.append(None)  # no fast time falls in this interval
+            else:
+                answers.append(_select(candidates, _EPOCH + at * _MICROSECOND))
+        self._index[(super_cas_id, ecm_id, role)] = (bounds, answers)
+        return bounds, answers
 
     def find(self, ref: KeyRef) -> ServiceKey | None:
         """A key matching ``ref`` in any stream (the terminal's view), or ``None``."""
@@ -297,6 +402,64 @@ class KeyStore:
         return None
 
     __call__ = find
+
+
+_DATETIME_MIN = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _select(candidates: list[ServiceKey], t: datetime) -> ServiceKey | None:
+    """The valid key with the latest ``not_before`` (the first such in ``candidates``), or ``None``."""
+    valid = [k for k in candidates if k.is_valid_at(t)]
+    if not valid:
+        return None
+    return max(valid, key=lambda k: k.not_before or _DATETIME_MIN)
+
+
+_T = TypeVar("_T")
+
+
+class PerKeyCache(Generic[_T]):
+    """State derived from a key object, computed once and kept only while that object lives.
+
+    Entries are keyed on the identity of the :class:`ServiceKey` (frozen, so the derived state
+    never goes stale) and held through a weak reference: when the key object is collected, its
+    entry goes too. Two equal key objects get separate entries; no entry is ever shared between
+    different objects. ``derive(key)`` must depend on the key's fields only.
+
+    :param derive: computes the state for one key.
+    """
+
+    __slots__ = ("_derive", "_entries")
+
+    def __init__(self, derive: Callable[[ServiceKey], _T]) -> None:
+        self._derive = derive
+        self._entries: dict[int, tuple[weakref.ref, _T]] = {}
+
+    def __repr__(self) -> str:
+        return f"<PerKeyCache of {getattr(self._derive, '__name__', 'derive')}: {len(self._entries)} keys>"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __call__(self, key: ServiceKey) -> _T:
+        """The state for ``key`` (derived on first use).
+
+        :param key: the key object.
+        :returns: ``derive(key)``, cached.
+        """
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0]() is key:
+            return entry[1]
+        value = self._derive(key)
+        ident, entries = id(key), self._entries
+
+        def forget(ref: weakref.ref, ident: int = ident, entries: dict = entries) -> None:
+            current = entries.get(ident)
+            if current is not None and current[0] is ref:
+                del entries[ident]
+
+        entries[ident] = (weakref.ref(key, forget), value)
+        return value
 
 
 def as_key_lookup(keys: ServiceKey | Iterable[ServiceKey] | KeyStore | KeyLookup) -> KeyLookup:

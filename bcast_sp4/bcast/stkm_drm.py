@@ -55,15 +55,36 @@ Decisions on the [R]/[?] points (bcast-keys.md §12.8):
     SimulCrypt ``access_criteria`` parameter carries the same concatenated descriptors
     (:func:`decode_access_criteria`).
 
-Construct use (STYLE §7): the table is declared once; ``_STKM_BUILDER`` (compiled) builds our own
-messages, the plain ``STKM_LAYOUT`` parses received ones. No crypto in the schema: MACs are built as
-placeholders and patched afterwards.
+Construct use (STYLE §7): the table is declared once; the plain ``STKM_LAYOUT`` parses received
+messages. Building has two paths that give the same bytes:
+
+* the default **fast path** (the ECMG's hot path): ``struct`` and ``bytes.join`` with layout facts
+  *derived from the table at import* -- header bit positions and widths from ``HEADER``, the field
+  order from ``STKM_LAYOUT``, the MAC block from ``MAC_BLOCK`` -- so reordering the table reorders
+  the fast path too; the key block's two variants are written out by hand. The import fails if the
+  table takes a shape the fast path cannot follow (MAC blocks not at the tail, fields added to or
+  removed from the table, ``HEADER``, ``KEY_BLOCK`` or the descriptor). Inputs of other types than
+  the fast path is written for (e.g. subclasses of the material or key classes) take the reference;
+* the **reference** (``reference=True``): ``_STKM_BUILDER``, the compiled table, with the MACs built
+  as placeholders and patched afterwards. A hypothesis test checks both agree byte for byte.
+
+:func:`decode_access_criteria` walks the (tag, length, data) bytes directly and leaves a truncated
+value to ``_ACCESS_CRITERIA_LOOP``, which raises; ``reference=True`` parses with the schema only.
+
+No crypto in the schema. Crypto on the fast path and in :func:`parse_stkm` uses per-key state
+cached with :class:`~bcast_sp4.bcast.keys.PerKeyCache` (on the identity of the ``ServiceKey``,
+dropped with it): one AES-128-ECB encryptor / decryptor context per SEK/PEK, on which the
+zero-IV CBC of decision 6 is computed block by block (an ECB context fed whole blocks keeps no
+state between calls), and one HMAC-SHA-1 state per SAK/PAK, copied per MAC. The contexts are
+shared, so one key's state must not be used by two threads at once (a CPython-with-GIL caller is
+fine; the ECMG is single-threaded). The reference path uses fresh objects per call.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -90,10 +111,23 @@ from construct import (
 )
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .keys import KeyLookup, KeyRef, KeyRole, KeyStore, ServiceKey, Timeish, as_key_lookup, to_datetime
+from .keys import (
+    KeyLookup,
+    KeyRef,
+    KeyRole,
+    KeyStore,
+    PerKeyCache,
+    ServiceKey,
+    Timeish,
+    _posix_us,
+    as_key_lookup,
+    to_datetime,
+)
 from .status import NoKeyError, STKMError, TrafficKeyError
 from .traffic import (
     IPsecMaterial,
+    ISMACrypMaterial,
+    SRTPMaterial,
     TrafficKeyMaterial,
     TrafficProtection,
     key_material_length,
@@ -189,6 +223,47 @@ STKM_LAYOUT = Struct(
 _MAC_BLOCK_SIZE = MAC_BLOCK.sizeof()
 _STKM_BUILDER = STKM_LAYOUT.compile()
 
+# --- the fast path's view of THE TABLE (derived, not restated) ----------------------------------
+
+
+def _header_bits(header: Any) -> dict[str, tuple[int, int]]:
+    """``name -> (shift, width)`` of each field of a BitStruct, most significant first."""
+    fields = [(sc.name, sc.sizeof()) for sc in header.subcon.subcons]  # sizeof() = bits inside Bitwise
+    shift = sum(width for _, width in fields)
+    out = {}
+    for name, width in fields:
+        shift -= width
+        out[name] = (shift, width)
+    return out
+
+
+_HEADER_BITS = _header_bits(HEADER)
+_HEADER_WORD = struct.Struct({1: ">B", 2: ">H", 4: ">I"}[HEADER.sizeof()])
+_LAYOUT_FIELDS = tuple(sc.name for sc in STKM_LAYOUT.subcons if sc.name)
+_MAC_BLOCK_FIELDS = tuple((sc.name, sc.subcon) for sc in MAC_BLOCK.subcons)
+if (
+    _LAYOUT_FIELDS[-2:] != ("programme", "service")
+    or [name for name, _ in _MAC_BLOCK_FIELDS] != ["cid_extension", "mac_offset", "mac"]
+    or _MAC_BLOCK_FIELDS[2][1].sizeof() != MAC_SIZE
+):  # pragma: no cover - guards a table edit
+    raise ImportError("STKM_LAYOUT: the fast path needs the MAC blocks (cid, MAC) at the tail; see build_stkm")
+if (
+    set(_HEADER_BITS) != {
+        "protocol_version", "protection_after_reception", "reserved_for_future_use", "access_criteria_flag",
+        "traffic_protection_protocol", "traffic_authentication_flag", "next_traffic_key_flag", "timestamp_flag",
+        "programme_flag", "service_flag",
+    }
+    or tuple(sc.name for sc in KEY_BLOCK.subcons) != ("traffic_key_id", "encrypted_traffic_key_material")
+    or tuple(sc.name for sc in ACCESS_CRITERIA_DESCRIPTOR.subcons) != ("tag", "data")
+):  # pragma: no cover - guards a table edit
+    raise ImportError("HEADER / KEY_BLOCK / descriptor fields changed: teach build_stkm's fast path")
+_CID_EXTENSION = struct.Struct(_MAC_BLOCK_FIELDS[0][1].fmtstr)
+# build_stkm's fast path computes the other fields in this fixed order; the table's order picks them.
+_FAST_FIELDS = ("header", "current", "next", "timestamp", "encrypted_PEK", "access_criteria")
+if set(_FAST_FIELDS) != set(_LAYOUT_FIELDS[:-2]):  # pragma: no cover - guards a table edit
+    raise ImportError("STKM_LAYOUT gained or lost a field: teach build_stkm's fast path")
+_IN_TABLE_ORDER = tuple(_FAST_FIELDS.index(name) for name in _LAYOUT_FIELDS[:-2])
+
 # The SimulCrypt access_criteria parameter: descriptors back to back, no count byte.
 _ACCESS_CRITERIA_LOOP = Struct("descriptors" / GreedyRange(ACCESS_CRITERIA_DESCRIPTOR), Terminated)
 
@@ -245,15 +320,30 @@ def encode_access_criteria(descriptors: Iterable[AccessCriteriaDescriptor]) -> b
     return b"".join(bytes((d.tag, len(d.data))) + d.data for d in descriptors)
 
 
-def decode_access_criteria(data: bytes) -> tuple[AccessCriteriaDescriptor, ...]:
+def decode_access_criteria(data: bytes, *, reference: bool = False) -> tuple[AccessCriteriaDescriptor, ...]:
     """Split a SimulCrypt ``access_criteria`` value into descriptors (project convention).
 
     :param data: concatenated (tag 8, length 8, data) descriptors.
+    :param reference: parse with the construct schema (``_ACCESS_CRITERIA_LOOP``) instead of the
+        byte walk (same result and error; the ECMG decodes this parameter per CW_provision).
     :returns: the descriptors.
     :raises STKMError: on a truncated descriptor.
     """
+    data = bytes(data)
+    if not reference:
+        descriptors = []
+        pos, end = 0, len(data)
+        while pos + 2 <= end:
+            stop = pos + 2 + data[pos + 1]
+            if stop > end:
+                break
+            descriptors.append(AccessCriteriaDescriptor(data[pos], data[pos + 2 : stop]))
+            pos = stop
+        if pos == end:
+            return tuple(descriptors)
+        # a truncated descriptor: let the schema report it
     try:
-        parsed = _ACCESS_CRITERIA_LOOP.parse(bytes(data))
+        parsed = _ACCESS_CRITERIA_LOOP.parse(data)
     except ConstructError:
         raise STKMError("malformed access criteria descriptors") from None
     return tuple(AccessCriteriaDescriptor(d.tag, d.data) for d in parsed.descriptors)
@@ -320,6 +410,115 @@ def _check_key(key: ServiceKey, role: KeyRole, what: str) -> None:
         raise STKMError(f"{what} {key.label} has no authentication key (SAK/PAK) for the DRM Profile MAC")
 
 
+# --- per-key crypto state (fast path and parse) ---------------------------------------------------
+
+class _KeyState:
+    """AES-128-ECB contexts under a SEK/PEK and the HMAC-SHA-1 state under its SAK/PAK."""
+
+    __slots__ = ("encryptor", "decryptor", "mac")
+
+    def __init__(self, key: ServiceKey) -> None:
+        ecb = Cipher(algorithms.AES(key.key), modes.ECB())  # the block cipher under CBC, see below
+        self.encryptor = ecb.encryptor()
+        self.decryptor = ecb.decryptor()
+        auth = key.authentication_key
+        self.mac = hmac.new(auth, digestmod=hashlib.sha1) if auth is not None else None
+
+    def __repr__(self) -> str:
+        return "<_KeyState>"
+
+
+_KEY_STATE: PerKeyCache[_KeyState] = PerKeyCache(_KeyState)
+
+
+def _key_state(key: ServiceKey) -> _KeyState | None:
+    """The cached state of a real :class:`ServiceKey`; ``None`` for anything else (use one-shot crypto)."""
+    return _KEY_STATE(key) if type(key) is ServiceKey else None
+
+
+def _cached_mac(state: _KeyState, data: bytes) -> bytes:
+    h = state.mac.copy()  # type: ignore[union-attr]
+    h.update(data)
+    return h.digest()[:MAC_SIZE]
+
+
+def _cbc_zero_iv_encrypt(encryptor: Any, first: bytes, second: bytes | None) -> tuple[bytes, bytes | None]:
+    """AES-CBC with a zero IV of one or two messages (equal lengths, whole blocks) on an ECB context.
+
+    ``C_1 = E(P_1)``, ``C_j = E(P_j xor C_(j-1))``; the j-th blocks of both messages share one ECB call.
+    """
+    if second is None:
+        out = block = encryptor.update(first[:_BLOCK])
+        for j in range(_BLOCK, len(first), _BLOCK):
+            chained = int.from_bytes(first[j : j + _BLOCK], "big") ^ int.from_bytes(block, "big")
+            block = encryptor.update(chained.to_bytes(_BLOCK, "big"))
+            out += block
+        return out, None
+    row = encryptor.update(first[:_BLOCK] + second[:_BLOCK])
+    out_first, out_second = row[:_BLOCK], row[_BLOCK:]
+    for j in range(_BLOCK, len(first), _BLOCK):
+        chained = int.from_bytes(first[j : j + _BLOCK] + second[j : j + _BLOCK], "big") ^ int.from_bytes(row, "big")
+        row = encryptor.update(chained.to_bytes(2 * _BLOCK, "big"))
+        out_first += row[:_BLOCK]
+        out_second += row[_BLOCK:]
+    return out_first, out_second
+
+
+def _cbc_zero_iv_decrypt(decryptor: Any, data: bytes) -> bytes:
+    """Inverse of :func:`_cbc_zero_iv_encrypt` for one message (whole blocks): ``P_j = D(C_j) xor C_(j-1)``."""
+    chained = int.from_bytes(data[:-_BLOCK], "big") if len(data) > _BLOCK else 0
+    return (int.from_bytes(decryptor.update(data), "big") ^ chained).to_bytes(len(data), "big")
+
+
+# --- fast-path encoders ----------------------------------------------------------------------------
+
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_BCD = tuple(((v // 10) << 4) | (v % 10) for v in range(60))
+_TIMESTAMP = struct.Struct(">HBBB")  # 16-bit MJD + BCD hh mm ss (encode_timestamp)
+assert _TIMESTAMP.size == _TIMESTAMP_SIZE
+_MJD_OF_UNIX_EPOCH = (date(1970, 1, 1) - _MJD_EPOCH).days
+_TIMESTAMP_FAST_END_US = (0x10000 - _MJD_OF_UNIX_EPOCH) * 86_400_000_000  # first instant of MJD 0x10000
+
+
+def _timestamp_fast(when: Timeish) -> bytes:
+    """:func:`encode_timestamp`, by arithmetic for POSIX seconds it can take (same bytes)."""
+    us = _posix_us(when)
+    if us is None or us >= _TIMESTAMP_FAST_END_US:
+        return encode_timestamp(when)  # datetimes, the far past / future, and its errors
+    days, secs = divmod(us // 1_000_000, 86_400)
+    return _TIMESTAMP.pack(days + _MJD_OF_UNIX_EPOCH, _BCD[secs // 3600], _BCD[secs // 60 % 60], _BCD[secs % 60])
+
+
+_FAST_MATERIALS = frozenset({IPsecMaterial, SRTPMaterial, ISMACrypMaterial})
+_PADDED_SIZE = {(p, a): _padded(key_material_length(p, a)) for p in TrafficProtection for a in (False, True)}
+_PV_BITS = STKM_PROTOCOL_VERSION << _HEADER_BITS["protocol_version"][0]  # reserved_for_future_use = 0
+_PAR_SHIFT = _HEADER_BITS["protection_after_reception"][0]
+_PROTOCOL_SHIFT = _HEADER_BITS["traffic_protection_protocol"][0]
+_AC_FLAG = 1 << _HEADER_BITS["access_criteria_flag"][0]
+_AUTH_FLAG = 1 << _HEADER_BITS["traffic_authentication_flag"][0]
+_NEXT_FLAG = 1 << _HEADER_BITS["next_traffic_key_flag"][0]
+_TIMESTAMP_FLAG = 1 << _HEADER_BITS["timestamp_flag"][0]
+_PROGRAMME_FLAG = 1 << _HEADER_BITS["programme_flag"][0]
+_SERVICE_FLAG = 1 << _HEADER_BITS["service_flag"][0]
+
+
+def _fast_path_applies(
+    material: object,
+    service_key: object,
+    programme_key: object,
+    protection_after_reception: object,
+    access_criteria: tuple,
+) -> bool:
+    """Inputs of exactly the types the fast path is written for; anything else takes the reference."""
+    return (
+        type(material) in _FAST_MATERIALS
+        and (service_key is None or type(service_key) is ServiceKey)
+        and (programme_key is None or type(programme_key) is ServiceKey)
+        and type(protection_after_reception) is int
+        and all(type(d) is AccessCriteriaDescriptor for d in access_criteria)
+    )
+
+
 # --- build -------------------------------------------------------------------------------------
 
 def build_stkm(
@@ -334,6 +533,7 @@ def build_stkm(
     traffic_authentication: bool | None = None,
     access_criteria: Sequence[AccessCriteriaDescriptor] = (),
     explicit_key_material_length: bool = True,
+    reference: bool = False,
 ) -> bytes:
     """Build a DRM Profile STKM (PROV-2) carrying ``material``.
 
@@ -348,6 +548,8 @@ def build_stkm(
         material has an authentication key; SRTP/ISMACryp: False). For IPsec it must match the material.
     :param access_criteria: descriptors for the access-criteria loop (sets ``access_criteria_flag``).
     :param explicit_key_material_length: layout variant (decision 2); True = §12.4 vector B.
+    :param reference: build with the compiled construct table and one-shot crypto objects (the
+        reference the default fast path is tested against; same bytes, several times slower).
     :returns: the STKM bytes.
     :raises STKMError: on inconsistent arguments (no key, wrong role, missing SAK/PAK, mismatched
         protection, out-of-range values).
@@ -372,8 +574,114 @@ def build_stkm(
     if len(access_criteria) > 0xFF:
         raise STKMError("more than 255 access criteria descriptors")
 
+    size = _PADDED_SIZE.get((prot, auth))
+    if size is None:  # not one of our protections: the reference path reports it
+        size = _padded(key_material_length(prot, auth))
+    if not reference and _fast_path_applies(
+        material, service_key, programme_key, protection_after_reception, access_criteria
+    ):
+        return _build_fast(
+            material, service_key, programme_key, next_material, timestamp, protection_after_reception,
+            prot, auth, access_criteria, explicit_key_material_length, size,
+        )
+    return _build_reference(
+        material, service_key, programme_key, next_material, timestamp, protection_after_reception,
+        prot, auth, access_criteria, explicit_key_material_length, size,
+    )
+
+
+def _build_fast(
+    material: TrafficKeyMaterial,
+    service_key: ServiceKey | None,
+    programme_key: ServiceKey | None,
+    next_material: TrafficKeyMaterial | None,
+    timestamp: Timeish | None,
+    par: int,
+    prot: TrafficProtection,
+    auth: bool,
+    access_criteria: tuple[AccessCriteriaDescriptor, ...],
+    explicit: bool,
+    size: int,
+) -> bytes:
+    """The bytes of :func:`_build_reference` from struct/join and cached key state (arguments checked)."""
+    tek_state = _KEY_STATE(programme_key if programme_key is not None else service_key)  # type: ignore[arg-type]
+    plain = key_material_plaintext(material)
+    if len(plain) != size:
+        plain += bytes(size - len(plain))
+    if next_material is None:
+        next_plain = None
+    else:
+        next_plain = key_material_plaintext(next_material)
+        if len(next_plain) != size:
+            next_plain += bytes(size - len(next_plain))
+    encrypted, next_encrypted = _cbc_zero_iv_encrypt(tek_state.encryptor, plain, next_plain)
+    # KEY_BLOCK: IPsec SPI as Bytes(4), else Prefixed(Int8ub); then the material, explicit length or not
+    length = _BYTE[size] if explicit else b""
+    ident = material.identifier
+    current = (ident if prot is TrafficProtection.IPSEC else _BYTE[len(ident)] + ident) + length + encrypted
+    if next_material is None:
+        following = b""
+    else:
+        ident = next_material.identifier
+        identifier_field = ident if prot is TrafficProtection.IPSEC else _BYTE[len(ident)] + ident
+        following = identifier_field + length + next_encrypted  # type: ignore[operator]
+
+    word = _PV_BITS | (par << _PAR_SHIFT) | (int(prot) << _PROTOCOL_SHIFT)
+    if access_criteria:
+        word |= _AC_FLAG
+    if auth:
+        word |= _AUTH_FLAG
+    if next_material is not None:
+        word |= _NEXT_FLAG
+    if timestamp is not None:
+        word |= _TIMESTAMP_FLAG
+    if programme_key is not None:
+        word |= _PROGRAMME_FLAG
+    if service_key is not None:
+        word |= _SERVICE_FLAG
+    fields = (
+        _HEADER_WORD.pack(word),
+        current,
+        following,
+        _timestamp_fast(timestamp) if timestamp is not None else b"",
+        (
+            _KEY_STATE(service_key).encryptor.update(programme_key.key)  # one block: CBC = ECB
+            if service_key is not None and programme_key is not None
+            else b""
+        ),
+        (
+            _BYTE[len(access_criteria)]
+            + b"".join([_BYTE[d.tag] + _BYTE[len(d.data)] + d.data for d in access_criteria])
+            if access_criteria
+            else b""
+        ),
+    )
+    out = b"".join([fields[i] for i in _IN_TABLE_ORDER])
+    # The MAC blocks, programme then service, each MAC over every byte before it (decision 8).
+    if programme_key is not None:
+        out += _CID_EXTENSION.pack(programme_key.key_id)
+        out += _cached_mac(_KEY_STATE(programme_key), out)
+    if service_key is not None:
+        out += _CID_EXTENSION.pack(service_key.key_id)
+        out += _cached_mac(_KEY_STATE(service_key), out)
+    return out
+
+
+def _build_reference(
+    material: TrafficKeyMaterial,
+    service_key: ServiceKey | None,
+    programme_key: ServiceKey | None,
+    next_material: TrafficKeyMaterial | None,
+    timestamp: Timeish | None,
+    protection_after_reception: int,
+    prot: TrafficProtection,
+    auth: bool,
+    access_criteria: tuple[AccessCriteriaDescriptor, ...],
+    explicit_key_material_length: bool,
+    size: int,
+) -> bytes:
+    """The reference build: the compiled table, MAC placeholders patched afterwards (arguments checked)."""
     tek_key = programme_key.key if programme_key is not None else service_key.key  # type: ignore[union-attr]
-    size = _padded(key_material_length(prot, auth))
 
     def block(m: TrafficKeyMaterial) -> dict[str, bytes]:
         plain = key_material_plaintext(m)
@@ -447,6 +755,7 @@ def parse_stkm(
     keys: ServiceKey | Iterable[ServiceKey] | KeyStore | KeyLookup,
     *,
     explicit_key_material_length: bool = True,
+    reference: bool = False,
 ) -> ParsedSTKM:
     """Verify and decrypt a DRM Profile STKM (PROV-2).
 
@@ -459,6 +768,7 @@ def parse_stkm(
     :param data: the STKM bytes.
     :param keys: a key, keys, a :class:`~bcast_sp4.bcast.keys.KeyStore` or a lookup callable.
     :param explicit_key_material_length: layout variant (must match the sender).
+    :param reference: use one-shot crypto objects instead of the cached per-key state (same result).
     :returns: the parsed, verified message.
     :raises STKMError: truncation, trailing bytes, bad lengths or padding, a MAC mismatch, an
         unsupported protocol version, or no MAC at all.
@@ -503,7 +813,9 @@ def parse_stkm(
             continue
         if key.authentication_key is None:
             raise STKMError(f"{name} key {key.label} has no authentication key (SAK/PAK)")
-        want = _mac(key.authentication_key, data[: blk.mac_offset])
+        state = None if reference else _key_state(key)
+        covered = data[: blk.mac_offset]
+        want = _mac(key.authentication_key, covered) if state is None else _cached_mac(state, covered)
         if not hmac.compare_digest(want, blk.mac):
             raise STKMError(f"{name}_MAC mismatch")
         verified.append(name)
@@ -511,16 +823,19 @@ def parse_stkm(
     if header.programme_flag:
         if programme_key is not None:
             tek_key = programme_key.key
+            tek_state = None if reference else _key_state(programme_key)
         elif header.service_flag and service_key is not None:
             tek_key = _aes_cbc_zero_iv(service_key.key, msg.encrypted_PEK, encrypt=False)
+            tek_state = None  # a PEK known only from this message: nothing to cache it on
         else:
             raise NoKeyError(f"no key for programme_CID_extension {msg.programme.cid_extension:#010x}")
     elif service_key is not None:
         tek_key = service_key.key
+        tek_state = None if reference else _key_state(service_key)
     else:
         raise NoKeyError(f"no key for service_CID_extension {msg.service.cid_extension:#010x}")
 
-    materials = [_decrypt_block(protection, tek_key, blk, plain_size) for blk in blocks]
+    materials = [_decrypt_block(protection, tek_key, blk, plain_size, tek_state) for blk in blocks]
     return ParsedSTKM(
         layout_version=LAYOUT_VERSION,
         protocol_version=header.protocol_version,
@@ -539,8 +854,14 @@ def parse_stkm(
     )
 
 
-def _decrypt_block(protection: TrafficProtection, key: bytes, blk: Any, plain_size: int) -> TrafficKeyMaterial:
-    plain = _aes_cbc_zero_iv(key, blk.encrypted_traffic_key_material, encrypt=False)
+def _decrypt_block(
+    protection: TrafficProtection, key: bytes, blk: Any, plain_size: int, state: _KeyState | None
+) -> TrafficKeyMaterial:
+    encrypted = blk.encrypted_traffic_key_material
+    if state is None:
+        plain = _aes_cbc_zero_iv(key, encrypted, encrypt=False)
+    else:
+        plain = _cbc_zero_iv_decrypt(state.decryptor, encrypted)
     if any(plain[plain_size:]):
         raise STKMError("key material padding is not zero (wrong key?)")
     try:

@@ -46,15 +46,27 @@ over 256-bit chunks of the key); encr key / auth key / salt with labels ``0x1505
 ``(salt XOR (0x0000 || CSB ID || T64)) || 0x0000`` with the 32-bit counter left-padded to 64 bits;
 MAC = HMAC-SHA-1-160 over everything from HDR up to and including the KEMAC MAC-alg byte.
 
-Construct use (STYLE §7): payload schemas declared once; compiled copies build our messages, the plain
-schemas parse received ones payload by payload along the ``next payload`` chain.
+Construct use (STYLE §7): payload schemas declared once; the plain schemas parse received messages
+payload by payload along the ``next payload`` chain. :func:`build_stkm` has two paths that give the
+same bytes: the default fast path packs the payloads with ``struct`` in the order and with the
+``next payload`` codes of ``_PAYLOAD_ORDER`` (derived from it at import); ``reference=True`` builds
+with the compiled schemas. A hypothesis test checks both agree byte for byte.
+
+Per-key state: the message keys of the default CSB ID (= SEK/PEK ID) are derived once per
+``ServiceKey`` object and cached with :class:`~bcast_sp4.bcast.keys.PerKeyCache` (dropped with the
+key): an AES-128-ECB encryptor context under the encr key, on which AES-CM's keystream is computed
+from the counter blocks, the HMAC-SHA-1 state under the auth key (copied per MAC) and the salt.
+Other CSB IDs (and ``reference=True``) derive per call. As in stkm_drm.py, one key's cached context
+must not be used by two threads at once.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 import io
+import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -82,11 +94,13 @@ from construct import (
 )
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .keys import KeyLookup, KeyRef, KeyStore, ServiceKey, as_key_lookup
+from .keys import KeyLookup, KeyRef, KeyStore, PerKeyCache, ServiceKey, as_key_lookup
 from .status import NoKeyError, STKMError, TrafficKeyError
 from .stkm_drm import ACCESS_CRITERIA_DESCRIPTOR, AccessCriteriaDescriptor
 from .traffic import (
     IPsecMaterial,
+    ISMACrypMaterial,
+    SRTPMaterial,
     TrafficKeyMaterial,
     TrafficProtection,
     key_material_plaintext,
@@ -356,6 +370,48 @@ def _aes_cm(key: bytes, salt: bytes, csb_id: int, t64: int, data: bytes) -> byte
     return ctx.update(data) + ctx.finalize()
 
 
+class _MessageKeys:
+    """The keys of :func:`derive_message_keys` for one (SEK/PEK, CSB ID), as reusable crypto state."""
+
+    __slots__ = ("encryptor", "mac", "salt")
+
+    def __init__(self, psk: bytes, csb_id: int) -> None:
+        encr_key, auth_key, salt = derive_message_keys(psk, csb_id)
+        self.encryptor = Cipher(algorithms.AES(encr_key), modes.ECB()).encryptor()  # AES-CM's block cipher
+        self.mac = hmac.new(auth_key, digestmod=hashlib.sha1)
+        self.salt = int.from_bytes(salt, "big")
+
+    def __repr__(self) -> str:
+        return "<_MessageKeys>"
+
+    def aes_cm(self, csb_id: int, t64: int, data: bytes) -> bytes:
+        """:func:`_aes_cm`: CTR keystream = E(IV || 0x0000 + i), i = 0, 1, ... (128-bit counter)."""
+        if not data:
+            return b""
+        base = ((self.salt ^ ((csb_id << 64) | t64)) << 16) & _MASK128
+        blocks = b"".join([((base + i) & _MASK128).to_bytes(16, "big") for i in range(-(-len(data) // 16))])
+        stream = self.encryptor.update(blocks)
+        n = len(data)
+        return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
+
+    def digest(self, data: bytes) -> bytes:
+        h = self.mac.copy()
+        h.update(data)
+        return h.digest()
+
+
+_MASK128 = (1 << 128) - 1
+# Only the default CSB ID (= key_id, decision 1) is cached: a parsed message names its own CSB ID,
+# and caching every one a peer sends would grow without bound.
+_MESSAGE_KEYS: PerKeyCache[_MessageKeys] = PerKeyCache(lambda key: _MessageKeys(key.key, key.key_id))
+
+
+def _message_keys(key: ServiceKey, csb_id: int) -> _MessageKeys:
+    if type(key) is ServiceKey and csb_id == key.key_id:
+        return _MESSAGE_KEYS(key)
+    return _MessageKeys(key.key, csb_id)
+
+
 # --- build -------------------------------------------------------------------------------------
 
 _KEY_DATA_TYPE = {
@@ -396,6 +452,7 @@ def build_stkm(
     traffic_authentication: bool | None = None,
     access_criteria: Sequence[AccessCriteriaDescriptor] = (),
     encryption: EncrAlg = EncrAlg.AES_CM_128,
+    reference: bool = False,
 ) -> bytes:
     """Build a Smartcard Profile STKM (MIKEY MTK message + EXT BCAST).
 
@@ -410,6 +467,8 @@ def build_stkm(
     :param traffic_authentication: as in :func:`bcast_sp4.bcast.stkm_drm.build_stkm`.
     :param access_criteria: descriptors for the BCAST EXT body.
     :param encryption: ``AES_CM_128``; ``NULL`` only for dissector checks (TEK in clear).
+    :param reference: build with the compiled construct schemas and freshly derived keys (the
+        reference the default fast path is tested against; same bytes, several times slower).
     :returns: the MIKEY message bytes.
     :raises STKMError: on inconsistent arguments or out-of-range values.
     """
@@ -442,6 +501,37 @@ def build_stkm(
     if len(access_criteria) > 0xFF:
         raise STKMError("more than 255 access criteria descriptors")
 
+    if not reference and (
+        type(material) in _FAST_MATERIALS
+        and type(service_key) is ServiceKey
+        and type(counter) is int
+        and type(csb_id) is int
+        and type(protection_after_reception) is int
+        and all(type(d) is AccessCriteriaDescriptor for d in access_criteria)
+    ):
+        return _build_fast(
+            material, service_key, counter, next_material, csb_id, protection_after_reception, prot, auth,
+            access_criteria, encryption,
+        )
+    return _build_reference(
+        material, service_key, counter, next_material, csb_id, protection_after_reception, prot, auth,
+        access_criteria, encryption,
+    )
+
+
+def _build_reference(
+    material: TrafficKeyMaterial,
+    service_key: ServiceKey,
+    counter: int,
+    next_material: TrafficKeyMaterial | None,
+    csb_id: int,
+    protection_after_reception: int,
+    prot: TrafficProtection,
+    auth: bool,
+    access_criteria: tuple[AccessCriteriaDescriptor, ...],
+    encryption: EncrAlg,
+) -> bytes:
+    """The reference build with the compiled schemas (arguments checked by :func:`build_stkm`)."""
     materials = [material] + ([next_material] if next_material is not None else [])
     key_data = b"".join(
         _KEY_DATA_BUILDER.build(
@@ -505,6 +595,88 @@ def build_stkm(
     return message + hmac.digest(auth_key, message, "sha1")
 
 
+_FAST_MATERIALS = frozenset({IPsecMaterial, SRTPMaterial, ISMACrypMaterial})
+_BYTE = tuple(bytes((i,)) for i in range(256))
+# The fast path writes each payload with its next_payload code from _NEXT_PAYLOAD and joins them in
+# the order of _PAYLOAD_ORDER; the payloads' own layouts are written out below (and property-tested
+# against the compiled schemas).
+_PAYLOAD_NAMES = tuple(name for name, _, _ in _PAYLOAD_ORDER)
+_FAST_PAYLOADS = ("hdr", "key_id", "t", "bcast", "kemac")
+if set(_PAYLOAD_NAMES) != set(_FAST_PAYLOADS) or _PAYLOAD_NAMES[-1] != "kemac":  # pragma: no cover
+    raise ImportError("_PAYLOAD_ORDER changed: teach the fast path (KEMAC must stay last: its MAC ends the message)")
+_IN_PAYLOAD_ORDER = tuple(_FAST_PAYLOADS.index(name) for name in _PAYLOAD_NAMES)
+_HDR = struct.Struct(">BBBBIBB")  # version, data type, next payload, V|PRF, CSB ID, #CS, CS ID map type
+_HDR_FIXED = (MIKEY_VERSION, _DATA_TYPE_PSK, _NEXT_PAYLOAD["hdr"], (0 << 7) | _PRF_MIKEY_1)  # V = 0
+_EXT_HEAD = struct.Struct(">BBH")  # next payload, type, length (Prefixed(Int16ub))
+_T_PAYLOAD = struct.Struct(">BBI")  # next payload, TS type COUNTER, 32-bit value
+_KEMAC_HEAD = struct.Struct(">BBH")  # next payload, encr alg, encr data length
+_KEY_DATA_HEAD = struct.Struct(">BBH")  # next payload, type|KV, key length
+_U16 = struct.Struct(">H")
+_KEY_ID_SERVICE = bytes((KeyIdType.SERVICE_KEY_ID, 4))
+_KEY_ID_DOMAIN = bytes((KeyIdType.KEY_DOMAIN_ID, 3))
+_MAC_ALG_BYTE = bytes((MacAlg.HMAC_SHA1_160,))
+
+
+def _key_data_fast(material: TrafficKeyMaterial, next_payload: int) -> bytes:
+    """One Key data sub-payload (decision 4): :func:`_key_data_fields` through ``KEY_DATA``."""
+    identifier = material.identifier
+    kv = KeyValidity.SPI if identifier else KeyValidity.NULL
+    kv_data = _BYTE[len(identifier)] + identifier if identifier else b""
+    if type(material) is IPsecMaterial:
+        key = material.encryption_key + material.authentication_key
+        head = _KEY_DATA_HEAD.pack(next_payload, (KeyDataType.TGK << 4) | kv, len(key))
+        return head + key + kv_data
+    if type(material) is SRTPMaterial:
+        key, salt = material.master_key, material.master_salt
+    else:
+        key, salt = material.key, material.salt  # type: ignore[union-attr]
+    head = _KEY_DATA_HEAD.pack(next_payload, (KeyDataType.TGK_SALT << 4) | kv, len(key))
+    return b"".join((head, key, _U16.pack(len(salt)), salt, kv_data))
+
+
+def _build_fast(
+    material: TrafficKeyMaterial,
+    service_key: ServiceKey,
+    counter: int,
+    next_material: TrafficKeyMaterial | None,
+    csb_id: int,
+    par: int,
+    prot: TrafficProtection,
+    auth: bool,
+    access_criteria: tuple[AccessCriteriaDescriptor, ...],
+    encryption: EncrAlg,
+) -> bytes:
+    """The bytes of :func:`_build_reference` from struct and cached message keys (arguments checked)."""
+    if next_material is None:
+        key_data = _key_data_fast(material, PayloadType.LAST)
+    else:
+        key_data = _key_data_fast(material, PayloadType.KEY_DATA) + _key_data_fast(next_material, PayloadType.LAST)
+    keys = _message_keys(service_key, csb_id)
+    if encryption is EncrAlg.AES_CM_128:
+        key_data = keys.aes_cm(csb_id, counter, key_data)
+
+    key_domain_id = service_key.key_domain_id
+    key_ids = _KEY_ID_SERVICE + service_key.key_id.to_bytes(4, "big")
+    if key_domain_id:
+        key_ids = _KEY_ID_DOMAIN + key_domain_id + key_ids
+    flags = (par << 6) | (bool(access_criteria) << 5) | (int(prot) << 2) | (auth << 1)  # reserved bit 0
+    bcast_body = _BYTE[BcastSubtype.STKM] + _BYTE[flags]
+    if access_criteria:
+        bcast_body += _BYTE[len(access_criteria)] + b"".join(
+            [_BYTE[d.tag] + _BYTE[len(d.data)] + d.data for d in access_criteria]
+        )
+    # Lengths fit their fields: two Key data sub-payloads take at most ~600 bytes, the EXTs < 1 KiB.
+    payloads = (
+        _HDR.pack(*_HDR_FIXED, csb_id, 0, _CS_ID_MAP_EMPTY),
+        _EXT_HEAD.pack(_NEXT_PAYLOAD["key_id"], ExtType.KEY_ID, len(key_ids)) + key_ids,
+        _T_PAYLOAD.pack(_NEXT_PAYLOAD["t"], TsType.COUNTER, counter),
+        _EXT_HEAD.pack(_NEXT_PAYLOAD["bcast"], ExtType.OMA_BCAST, len(bcast_body)) + bcast_body,
+        _KEMAC_HEAD.pack(_NEXT_PAYLOAD["kemac"], encryption, len(key_data)) + key_data + _MAC_ALG_BYTE,
+    )
+    message = b"".join([payloads[i] for i in _IN_PAYLOAD_ORDER])
+    return message + keys.digest(message)
+
+
 # --- parse -------------------------------------------------------------------------------------
 
 def parse_stkm(
@@ -512,6 +684,7 @@ def parse_stkm(
     keys: ServiceKey | Iterable[ServiceKey] | KeyStore | KeyLookup,
     *,
     allow_null_encryption: bool = False,
+    reference: bool = False,
 ) -> ParsedMikeySTKM:
     """Verify and decrypt a Smartcard Profile STKM.
 
@@ -521,6 +694,7 @@ def parse_stkm(
     :param data: the MIKEY message.
     :param keys: a key, keys, a :class:`~bcast_sp4.bcast.keys.KeyStore` or a lookup callable.
     :param allow_null_encryption: accept a NULL-encrypted KEMAC (debugging only).
+    :param reference: derive the message keys afresh instead of using the per-key cache (same result).
     :returns: the parsed, verified message.
     :raises STKMError: truncation, trailing bytes, an unexpected payload or value, a MAC mismatch.
     :raises UnsupportedTrafficProtectionError: (an ``STKMError``) for DCF or reserved protocol codes.
@@ -581,13 +755,21 @@ def parse_stkm(
     key = lookup(KeyRef(key_id, key_domain_id=key_domain_id if key_domain_id else None))
     if key is None:
         raise NoKeyError(f"no key for SEK/PEK ID {key_id:#010x}")
-    encr_key, auth_key, salt = derive_message_keys(key.key, hdr.csb_id)
-    if not hmac.compare_digest(hmac.digest(auth_key, data[:mac_offset], "sha1"), mac):
+    if reference:
+        encr_key, auth_key, salt = derive_message_keys(key.key, hdr.csb_id)
+        want = hmac.digest(auth_key, data[:mac_offset], "sha1")
+    else:
+        message_keys = _message_keys(key, hdr.csb_id)
+        want = message_keys.digest(data[:mac_offset])
+    if not hmac.compare_digest(want, mac):
         raise STKMError("KEMAC MAC mismatch")
 
     t64 = int.from_bytes(t.ts_value, "big")
     if kemac.encr_alg == EncrAlg.AES_CM_128:
-        plain = _aes_cm(encr_key, salt, hdr.csb_id, t64, kemac.encr_data)
+        if reference:
+            plain = _aes_cm(encr_key, salt, hdr.csb_id, t64, kemac.encr_data)
+        else:
+            plain = message_keys.aes_cm(hdr.csb_id, t64, kemac.encr_data)
     elif kemac.encr_alg == EncrAlg.NULL and allow_null_encryption:
         plain = kemac.encr_data
     else:

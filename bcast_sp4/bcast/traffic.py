@@ -54,14 +54,19 @@ Every length byte is checked against the protection's fixed sizes and no trailin
 allowed; any violation raises :class:`TrafficKeyError` (a ``ValueError``). Lengths are explicit
 although implied, so a CWG that sends the wrong shape fails loudly, not silently.
 
-The schema is declared once with construct; a compiled copy builds our own CWs, the plain copy
-parses the SCS's bytes (STYLE §7).
+The schema is declared once with construct (``CW_LAYOUT``, STYLE §7). :func:`encode_cw` and
+:func:`decode_cw` take a ``struct`` fast path (the ECMG decodes two CWs per STKM): it handles only
+well-formed CWs of the three layouts above, with the field sizes fixed by the protection, and
+hands everything else to the construct path, so every error is the construct path's. With
+``reference=True`` they use construct only (a compiled copy builds, the plain copy parses); a
+hypothesis test checks both paths give the same bytes, materials and errors.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import struct
 from typing import Callable, ClassVar, Union
 
 import attrs
@@ -451,13 +456,63 @@ _CW_BUILDER = CW_LAYOUT.compile()
 _CW_FIELDS = {p: tuple(s.name for s in body.subcons) for p, body in _CW_BODY.items()}
 
 
-def encode_cw(material: TrafficKeyMaterial) -> bytes:
+_CW_IPSEC = struct.Struct(">BBIBB16sBB")  # head, spi, encryption alg + length + key, authentication alg + length
+_CW_IPSEC_HEAD = struct.Struct(">BBIBB")  # head, spi, encryption alg + length
+_IPSEC_PLAIN_CW_SIZE = _CW_IPSEC.size  # no authentication key
+_IPSEC_AUTH_CW_SIZE = _CW_IPSEC.size + 20
+_AES_CBC = int(IPsecEncryption.AES_CBC)
+_HMAC_SHA1_96 = int(IPsecAuthentication.HMAC_SHA1_96)
+_NO_AUTH = int(IPsecAuthentication.NONE)
+_SRTP_TAIL = _AES128_KEY_SIZE + _SRTP_SALT_SIZE + 2  # master key and salt, each with its length byte
+_ISMACRYP_TAIL = _AES128_KEY_SIZE + _ISMACRYP_SALT_SIZE + 2
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_PROTECTION_BY_CODE = {int(p): p for p in TrafficProtection}
+_SRTP_HEAD = bytes((CW_LAYOUT_VERSION, TrafficProtection.SRTP))
+_ISMACRYP_HEAD = bytes((CW_LAYOUT_VERSION, TrafficProtection.ISMACRYP))
+_KEY_LENGTH = _BYTE[_AES128_KEY_SIZE]
+_SRTP_SALT_LENGTH = _BYTE[_SRTP_SALT_SIZE]
+_ISMACRYP_SALT_LENGTH = _BYTE[_ISMACRYP_SALT_SIZE]
+
+
+def encode_cw(material: TrafficKeyMaterial, *, reference: bool = False) -> bytes:
     """Encode TEK material as the CW bytes of one SimulCrypt ``CP_CW_combination`` (layout v1).
 
     :param material: TEK material.
+    :param reference: build with the compiled construct table instead of the struct fast path
+        (same bytes; what the fast path is tested against).
     :returns: the CW bytes.
     :raises TypeError: if ``material`` is not one of the material classes.
     """
+    if not reference:
+        cls = type(material)
+        if cls is SRTPMaterial:
+            mki = material.mki  # type: ignore[union-attr]
+            return b"".join((
+                _SRTP_HEAD, _BYTE[len(mki)], mki, _KEY_LENGTH, material.master_key,  # type: ignore[union-attr]
+                _SRTP_SALT_LENGTH, material.master_salt,  # type: ignore[union-attr]
+            ))
+        if cls is ISMACrypMaterial:
+            ki = material.key_indicator  # type: ignore[union-attr]
+            return b"".join((
+                _ISMACRYP_HEAD, _BYTE[len(ki)], ki, _KEY_LENGTH, material.key,  # type: ignore[union-attr]
+                _ISMACRYP_SALT_LENGTH, material.salt,  # type: ignore[union-attr]
+            ))
+        if cls is IPsecMaterial:
+            enc_key, auth_key = material.encryption_key, material.authentication_key  # type: ignore[union-attr]
+            return b"".join((
+                _CW_IPSEC_HEAD.pack(
+                    CW_LAYOUT_VERSION, TrafficProtection.IPSEC, material.spi,  # type: ignore[union-attr]
+                    material.encryption_algorithm, len(enc_key),  # type: ignore[union-attr]
+                ),
+                enc_key,
+                _BYTE[material.authentication_algorithm],  # type: ignore[union-attr]
+                _BYTE[len(auth_key)],
+                auth_key,
+            ))
+    return _encode_cw_reference(material)
+
+
+def _encode_cw_reference(material: TrafficKeyMaterial) -> bytes:
     protection = getattr(type(material), "PROTECTION", None)
     if protection is None or not isinstance(material, _MATERIAL_CLASS[protection]):
         raise TypeError(f"not traffic key material: {type(material).__name__}")
@@ -467,12 +522,14 @@ def encode_cw(material: TrafficKeyMaterial) -> bytes:
     )
 
 
-def decode_cw(protection: TrafficProtection | None, data: bytes) -> TrafficKeyMaterial:
+def decode_cw(protection: TrafficProtection | None, data: bytes, *, reference: bool = False) -> TrafficKeyMaterial:
     """Decode CW bytes (layout v1) into TEK material.
 
     :param protection: the protection the stream is configured for; the CW must carry the same
         code. ``None`` accepts whichever supported protection the CW names.
     :param data: the CW bytes from a ``CP_CW_combination``.
+    :param reference: parse with the construct table only (same results and errors; what the
+        struct fast path is tested against).
     :returns: the material object.
     :raises TrafficKeyError: on a wrong version, protection mismatch, bad length, truncation or
         trailing bytes.
@@ -483,12 +540,97 @@ def decode_cw(protection: TrafficProtection | None, data: bytes) -> TrafficKeyMa
         raise TrafficKeyError(f"CW too short: {len(data)} bytes")
     if data[0] != CW_LAYOUT_VERSION:
         raise TrafficKeyError(f"unsupported CW layout version {data[0]} (want {CW_LAYOUT_VERSION})")
-    found = TrafficProtection.from_code(data[1])
-    if protection is not None and found is not TrafficProtection(protection):
+    found = _PROTECTION_BY_CODE.get(data[1])
+    if found is None:
+        found = TrafficProtection.from_code(data[1])  # raises
+    if protection is not None and protection is not found and found is not TrafficProtection(protection):
         raise TrafficKeyError(f"CW carries {found.name} material, stream expects {TrafficProtection(protection).name}")
+    if not reference:
+        material = _decode_cw_fast(found, data)
+        if material is not None:
+            return material
     try:
         parsed = CW_LAYOUT.parse(data)
     except ConstructError:
         raise TrafficKeyError(f"malformed {found.name} CW ({len(data)} bytes)") from None
     fields = {name: parsed.material[name] for name in _CW_FIELDS[found]}
     return _MATERIAL_CLASS[found](**fields)
+
+
+# The fast decoder creates materials the way attrs' own __init__ stores fields (object.__setattr__
+# on the frozen slots), without re-running converters and validators: it sets only values it has
+# already checked against what they demand (fixed key and salt sizes, identifier <= 255 bytes,
+# SPI >= 256, supported algorithm ids as enum members, bytes objects). The field lists are checked
+# against the classes here, so a new field makes the import fail rather than leave it unset.
+_new = object.__new__
+_set = object.__setattr__
+if (
+    tuple(a.name for a in attrs.fields(IPsecMaterial))
+    != ("spi", "encryption_key", "authentication_key", "encryption_algorithm", "authentication_algorithm")
+    or tuple(a.name for a in attrs.fields(SRTPMaterial)) != ("master_key", "master_salt", "mki")
+    or tuple(a.name for a in attrs.fields(ISMACrypMaterial)) != ("key", "salt", "key_indicator")
+):  # pragma: no cover - guards a class edit
+    raise ImportError("traffic key material fields changed: update _decode_cw_fast")
+
+
+def _checked_ipsec(
+    spi: int, encryption_key: bytes, authentication_key: bytes, authentication: IPsecAuthentication
+) -> IPsecMaterial:
+    obj = _new(IPsecMaterial)
+    _set(obj, "spi", spi)
+    _set(obj, "encryption_key", encryption_key)
+    _set(obj, "authentication_key", authentication_key)
+    _set(obj, "encryption_algorithm", IPsecEncryption.AES_CBC)
+    _set(obj, "authentication_algorithm", authentication)
+    return obj
+
+
+def _checked_srtp(master_key: bytes, master_salt: bytes, mki: bytes) -> SRTPMaterial:
+    obj = _new(SRTPMaterial)
+    _set(obj, "master_key", master_key)
+    _set(obj, "master_salt", master_salt)
+    _set(obj, "mki", mki)
+    return obj
+
+
+def _checked_ismacryp(key: bytes, salt: bytes, key_indicator: bytes) -> ISMACrypMaterial:
+    obj = _new(ISMACrypMaterial)
+    _set(obj, "key", key)
+    _set(obj, "salt", salt)
+    _set(obj, "key_indicator", key_indicator)
+    return obj
+
+
+def _decode_cw_fast(found: TrafficProtection, data: bytes) -> TrafficKeyMaterial | None:
+    """The material of a well-formed CW whose sizes the material classes accept, else ``None``."""
+    n = len(data)
+    if n < 3:
+        return None
+    if found is TrafficProtection.SRTP:
+        id_len = data[2]
+        if n != 3 + id_len + _SRTP_TAIL:
+            return None
+        at = 3 + id_len
+        if data[at] != _AES128_KEY_SIZE or data[at + 17] != _SRTP_SALT_SIZE:
+            return None
+        return _checked_srtp(data[at + 1 : at + 17], data[at + 18 :], data[3:at])
+    if found is TrafficProtection.ISMACRYP:
+        id_len = data[2]
+        if n != 3 + id_len + _ISMACRYP_TAIL:
+            return None
+        at = 3 + id_len
+        if data[at] != _AES128_KEY_SIZE or data[at + 17] != _ISMACRYP_SALT_SIZE:
+            return None
+        return _checked_ismacryp(data[at + 1 : at + 17], data[at + 18 :], data[3:at])
+    if n == _IPSEC_PLAIN_CW_SIZE or n == _IPSEC_AUTH_CW_SIZE:
+        _, _, spi, enc_alg, enc_len, enc_key, auth_alg, auth_len = _CW_IPSEC.unpack_from(data)
+        if enc_alg != _AES_CBC or enc_len != _AES128_KEY_SIZE or spi < _MIN_SPI:
+            return None
+        if n == _IPSEC_PLAIN_CW_SIZE:
+            if auth_alg != _NO_AUTH or auth_len != 0:
+                return None
+            return _checked_ipsec(spi, enc_key, b"", IPsecAuthentication.NONE)
+        if auth_alg != _HMAC_SHA1_96 or auth_len != 20:
+            return None
+        return _checked_ipsec(spi, enc_key, data[_IPSEC_PLAIN_CW_SIZE:], IPsecAuthentication.HMAC_SHA1_96)
+    return None
