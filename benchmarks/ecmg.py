@@ -18,6 +18,7 @@ Every figure is a median over --runs runs. Only 127.0.0.1; every loop is bounded
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import selectors
 import socket
@@ -259,6 +260,8 @@ def paced(port: int, streams: int, period: float, seconds: float, base_channel: 
     for conn in conns:
         sel.register(conn.sock, selectors.EVENT_READ, conn)
     latencies: list[float] = []
+    gc.collect()
+    gc.freeze()  # keep the load generator's own GC pauses out of the figures
     t0 = time.perf_counter()
     periods = max(1, int(seconds / period))
     index, total = 0, len(schedule) * periods
@@ -272,7 +275,7 @@ def paced(port: int, streams: int, period: float, seconds: float, base_channel: 
             if due > now:
                 break
             cp, frame = frames[conn.channel_id, s][(index // len(schedule)) % 8]
-            conn.queue(frame, s, cp, due)
+            conn.queue(frame, s, cp, now)  # response time counts from the send, not the plan
             index += 1
         for conn in conns:
             conn.flush()

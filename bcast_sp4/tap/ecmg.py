@@ -66,9 +66,16 @@ def build_service(settings: ECMGSettings, key_store, reactor) -> MultiService:
 
 
 def makeService(options: Options) -> MultiService:
+    import gc
+
     from twisted.internet import reactor
 
-    return build_service(options["settings"], options["key_store"], reactor)
+    service = build_service(options["settings"], options["key_store"], reactor)
+    # The key store and configuration live as long as the process: move them out of the cyclic
+    # GC's sight, so full collections stay short (with 60,000 streams they cost tens of ms).
+    gc.collect()
+    gc.freeze()
+    return service
 
 
 __all__ = ["Options", "build_service", "makeService"]
