@@ -7,5 +7,18 @@ per role; :mod:`._reader` holds the typed TOML access they share.
 
 from ._reader import ConfigError
 from .ecmg import ECMGSettings, load_ecmg_settings
+from .emmg import EMMGSettings, StreamSources, load_emmg_settings
+from .mux import MuxSettings, load_mux_settings, parse_host_port, parse_udp_listen
 
-__all__ = ["ConfigError", "ECMGSettings", "load_ecmg_settings"]
+__all__ = [
+    "ConfigError",
+    "ECMGSettings",
+    "EMMGSettings",
+    "MuxSettings",
+    "StreamSources",
+    "load_ecmg_settings",
+    "load_emmg_settings",
+    "load_mux_settings",
+    "parse_host_port",
+    "parse_udp_listen",
+]

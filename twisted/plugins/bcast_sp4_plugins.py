@@ -12,3 +12,17 @@ bcast_ecmg = ServiceMaker(
     "ECMG<=>SCS server answering CW_provision with OMA BCAST STKMs (DRM Profile, Smartcard Profile MIKEY)",
     "bcast-ecmg",
 )
+
+bcast_mux = ServiceMaker(
+    "bcast-sp4 MUX (LTKM / STKM play-out)",
+    "bcast_sp4.tap.mux",
+    "EMMG/PDG<=>MUX server (TCP + UDP) emitting OMA BCAST LTKMs and STKMs as paced UDP datagrams",
+    "bcast-mux",
+)
+
+bcast_emmg = ServiceMaker(
+    "bcast-sp4 EMMG / LTKM generator",
+    "bcast_sp4.tap.emmg",
+    "EMMG/PDG<=>MUX client sending DRM Profile LTKMs (subscriber file, spool directory) over TCP or UDP",
+    "bcast-emmg",
+)

@@ -1,0 +1,659 @@
+"""EMMG / LTKM generator side of EMMG/PDG<=>MUX: setup, bandwidth, paced data_provision, pure.
+
+TS 103 197 §6 (digest ``simulcrypt.md`` §4, §5.2, §6.3-§6.5); OMA BCAST SP-4 seed §14.1.1.3.4-.5:
+the BSM's LTKM generator opens one channel (client_id 0x0001xxxx, section_TSpkt_flag 0x02), one
+stream per data_id (data_type 0x00), asks for bandwidth and sends LTKMs as ``datagram`` parameters
+over TCP or UDP, never faster than allocated.
+
+One :class:`EMMGSession` per process outlives TCP connections: its per-stream LTKM queues survive a
+reconnect, so nothing queued is lost; after every (re)connect it repeats the whole setup and resumes.
+Inputs: :meth:`connection_made`, :meth:`receive` (decoded messages or the codec's error),
+:meth:`timer_fired`, :meth:`connection_lost`, :meth:`enqueue` / :meth:`poke` (new LTKMs),
+:meth:`shutdown`; ``now`` is always passed in. Outputs: ``Send`` (TCP), :class:`SendDatagram`
+(data_provision to the MUX's UDP port), ``Close``, ``Notify``, :class:`StartTimer` /
+:class:`CancelTimer` (keys ``"response"``, ``"pace"``, ``"udp_end_wait"``), :class:`Delivered` (the
+tokens of queued LTKMs just handed to the transport: the role moves spool files aside) and
+:class:`Ready` (setup complete).
+
+State table (streams are set up, then given bandwidth, one after the other, in config order)::
+
+  state               input                               action                                  next
+  DISCONNECTED        connection_made                     channel_setup; timer response           WAIT_CHANNEL_STATUS
+  WAIT_CHANNEL_STATUS channel_status (our client, channel, stream_setup(first); timer response     WAIT_STREAM_STATUS
+                      flag 0x02)
+  WAIT_STREAM_STATUS  stream_status (our ids, data_id,    next stream_setup, or first             WAIT_STREAM_STATUS /
+                      data_type)                          stream_BW_request; timer response       WAIT_BW_ALLOCATION
+  WAIT_BW_ALLOCATION  stream_BW_allocation (our ids)      rate := allocation; next request, or    WAIT_BW_ALLOCATION /
+                                                          Ready + pace                            READY
+  READY               stream_BW_allocation (unsolicited)  rate := allocation; pace                READY
+  READY               timer pace / enqueue                data_provision while the stream's       READY
+                                                          token bucket allows; timer pace
+  READY               shutdown                            TCP: stream_close_request(s); UDP:      CLOSING /
+                                                          first wait udp_end_wait (100 ms, as     DRAINING
+                                                          TSDuck) so UDP data is not overtaken
+  DRAINING            timer udp_end_wait                  stream_close_request(s)                 CLOSING
+  CLOSING             stream_close_response (last)        channel_close; Close                    CLOSED
+  WAIT_*              channel_error, stream_error,        Close (ClientService reconnects with    (DISCONNECTED on
+                      status with other ids, timeout      backoff)                                connection_lost)
+  READY               channel_error / stream_error        noted (0x000F warned; 0x7001: Close)    READY
+  channel open        channel_test                        channel_status (own parameters)         same
+  channel open        stream_test                         stream_status, stream_error 0x0005      same
+                                                          for a stream not set up
+  *                   message only an EMMG sends          channel_error 0x0001                    same
+  *                   message in another version          channel_error 0x0002                    same
+  *                   codec error                         channel_error with its code             same
+  *                   connection_lost                     timers cancelled; queues kept           DISCONNECTED
+  CLOSED              anything                            ignored                                 CLOSED
+
+Pacing (:mod:`.pacing`): per stream a token bucket at the allocation (kbit/s of datagram payload)
+with ``pacing_burst`` seconds of depth (default 10 ms: enough to absorb timer lateness, so the long
+run equals the allocation). A message goes out while the bucket is not in debt; over any window
+*T* at most ``allocation * T + depth + one message`` bytes leave. An allocation of 0 stops the
+stream until the MUX grants more. A stream_BW_allocation without a bandwidth value means "what was
+requested" (the MUX did not restrict it; TSDuck's MUX omits it when unlimited) -- a decision,
+TSDuck's own EMMG reads it as 0.
+
+Invalid messages from the MUX are answered (channel_error) and counted; ``max_invalid_messages``
+in a row close the connection, like the MUX and the ECMG do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Any, Callable, Hashable
+
+import attrs
+
+from ..wire import Message, PeerProtocolError
+from ..wire import emmg_mux as m
+from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
+from ..wire.params import DataType, SectionTSpktFlag
+from .outputs import Close, Notify, Output, Send
+from .pacing import TokenBucket, kbit_to_bytes
+
+INVALID_MESSAGE = 0x0001
+UNSUPPORTED_VERSION = 0x0002
+UNKNOWN_STREAM = 0x0005
+EXCEEDED_BANDWIDTH = 0x000F
+UNRECOVERABLE = 0x7001
+
+#: largest UDP payload over IPv4: one UDP data_provision must fit
+MAX_UDP_MESSAGE = 65507
+# client_id TLV (8) + data_id TLV (6), plus data_channel_id / data_stream_id TLVs (12) on TCP
+_UDP_OVERHEAD = HEADER_SIZE + 8 + 6
+_TCP_OVERHEAD = _UDP_OVERHEAD + 12
+_DATAGRAM_TLV = 4
+
+
+@attrs.frozen(repr=False)
+class SendDatagram:
+    """Send *message* (a data_provision) as one UDP datagram to the MUX.
+
+    *tokens* is aligned with ``message.datagram`` (``None`` where an LTKM has no token): once the
+    datagram is out, they are delivered; if the send fails, hand both to :meth:`EMMGSession.requeue`.
+    """
+
+    message: Message
+    tokens: tuple[Hashable | None, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"SendDatagram({self.message.NAME}, {len(self.message.datagram)} datagrams)"
+
+
+@attrs.frozen
+class StartTimer:
+    """(Re)start the timer *key*: call :meth:`EMMGSession.timer_fired` after *seconds*."""
+
+    key: str
+    seconds: float
+
+
+@attrs.frozen
+class CancelTimer:
+    """Cancel the timer *key* if it runs."""
+
+    key: str
+
+
+@attrs.frozen
+class Delivered:
+    """The LTKMs carrying these tokens were handed to the transport (each exactly once)."""
+
+    tokens: tuple[Hashable, ...]
+
+
+@attrs.frozen
+class Ready:
+    """Channel, streams and bandwidth are set up; data flows."""
+
+
+@attrs.frozen(kw_only=True)
+class EMMGStreamConfig:
+    """One data stream (one data_id -> one LTKM flow at the MUX)."""
+
+    data_stream_id: int
+    data_id: int
+    bandwidth: int  # kbit/s requested
+    data_type: int = DataType.EMM
+    max_queue: int = 10_000  # LTKMs waiting
+
+
+@attrs.frozen(kw_only=True)
+class EMMGConfig:
+    """The EMMG's behaviour (units as on the wire unless stated)."""
+
+    client_id: int
+    streams: tuple[EMMGStreamConfig, ...]
+    data_channel_id: int = 1
+    protocol_version: int = 3
+    udp: bool = False  # data_provision over UDP
+    response_timeout: float = 5.0  # s
+    udp_end_wait: float = 0.1  # s between the last UDP data and stream_close_request
+    datagrams_per_message: int = 1
+    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_MESSAGE
+    pacing_burst: float = 0.01  # s of allocation
+    max_invalid_messages: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        if not self.streams:
+            raise ValueError("an EMMG needs at least one stream")
+        if len({s.data_stream_id for s in self.streams}) != len(self.streams):
+            raise ValueError("data_stream_id values must be distinct")
+        if len({s.data_id for s in self.streams}) != len(self.streams):
+            raise ValueError("data_id values must be distinct")
+        if self.protocol_version < 2:
+            raise ValueError("protocol version 1 has no data_id; use 2..5")
+        if self.datagrams_per_message < 1:
+            raise ValueError("datagrams_per_message must be >= 1")
+
+    @property
+    def message_limit(self) -> int:
+        """Largest data_provision in bytes on the configured transport."""
+        return min(self.max_message_length, MAX_UDP_MESSAGE) if self.udp else self.max_message_length
+
+    @property
+    def max_datagram(self) -> int:
+        """Largest LTKM that fits alone in one data_provision."""
+        overhead = _UDP_OVERHEAD if self.udp else _TCP_OVERHEAD
+        return min(0xFFFF, self.message_limit - overhead - _DATAGRAM_TLV)
+
+
+class State(enum.Enum):
+    DISCONNECTED = "DISCONNECTED"
+    WAIT_CHANNEL_STATUS = "WAIT_CHANNEL_STATUS"
+    WAIT_STREAM_STATUS = "WAIT_STREAM_STATUS"
+    WAIT_BW_ALLOCATION = "WAIT_BW_ALLOCATION"
+    READY = "READY"
+    DRAINING = "DRAINING"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+#: states in which the MUX knows our channel (tests are answered)
+_CHANNEL_OPEN = frozenset(
+    {State.WAIT_STREAM_STATUS, State.WAIT_BW_ALLOCATION, State.READY, State.DRAINING, State.CLOSING}
+)
+_SETTING_UP = frozenset({State.WAIT_CHANNEL_STATUS, State.WAIT_STREAM_STATUS, State.WAIT_BW_ALLOCATION})
+
+
+@attrs.define(eq=False)
+class _StreamState:
+    config: EMMGStreamConfig
+    queue: deque = attrs.field(factory=deque)  # (datagram, token)
+    open: bool = False  # stream_status received on this connection
+    allocation: int | None = None  # kbit/s; None until the first allocation of this connection
+    bucket: TokenBucket = attrs.field(factory=lambda: TokenBucket(rate=0.0, depth=0.0))
+    sent_datagrams: int = 0
+    sent_bytes: int = 0
+
+
+class EMMGSession:
+    """The LTKM generator's protocol state and LTKM queues (one per process)."""
+
+    def __init__(self, config: EMMGConfig) -> None:
+        self.config = config
+        self.state = State.DISCONNECTED
+        self.streams: dict[int, _StreamState] = {s.data_stream_id: _StreamState(s) for s in config.streams}
+        self.by_data_id: dict[int, _StreamState] = {s.config.data_id: s for s in self.streams.values()}
+        self._order = [s.data_stream_id for s in config.streams]
+        self._step = 0  # index into _order during setup
+        self._closing: set[int] = set()
+        self.invalid_in_a_row = 0
+        self.connections = 0
+        self._table: dict[tuple[State, type], Callable[[Any, float], list[Output]]] = {
+            (State.WAIT_CHANNEL_STATUS, m.ChannelStatus): self._on_channel_status,
+            (State.WAIT_STREAM_STATUS, m.StreamStatus): self._on_stream_status,
+            (State.WAIT_BW_ALLOCATION, m.StreamBWAllocation): self._on_bw_allocation,
+            (State.READY, m.StreamBWAllocation): self._on_bw_allocation,
+            (State.DRAINING, m.StreamBWAllocation): self._on_bw_allocation,
+            (State.CLOSING, m.StreamCloseResponse): self._on_close_response,
+        }
+
+    # -- LTKM intake ---------------------------------------------------------------------------
+
+    def room(self, data_id: int) -> int:
+        """How many more LTKMs the stream of *data_id* can queue."""
+        stream = self.by_data_id[data_id]
+        return max(0, stream.config.max_queue - len(stream.queue))
+
+    def queued(self, data_id: int) -> int:
+        return len(self.by_data_id[data_id].queue)
+
+    def enqueue(self, data_id: int, datagram: bytes, token: Hashable | None = None) -> bool:
+        """Queue one LTKM for *data_id*; ``False`` when the queue is full.
+
+        :param token: returned in :class:`Delivered` once the LTKM is sent (e.g. its spool path).
+        :raises KeyError: no stream for *data_id*.
+        :raises ValueError: empty, or too long for one data_provision on this transport.
+        """
+        stream = self.by_data_id[data_id]
+        if not 1 <= len(datagram) <= self.config.max_datagram:
+            raise ValueError(f"LTKM of {len(datagram)} bytes outside 1..{self.config.max_datagram}")
+        if len(stream.queue) >= stream.config.max_queue:
+            return False
+        stream.queue.append((bytes(datagram), token))
+        return True
+
+    def requeue(self, data_id: int, datagrams: tuple[bytes, ...], tokens: tuple[Hashable | None, ...]) -> None:
+        """Put LTKMs whose UDP send failed back at the head of their queue, in order.
+
+        The queue may exceed ``max_queue`` by these few: they were already accepted once.
+        """
+        stream = self.by_data_id[data_id]
+        tokens = tuple(tokens) + (None,) * (len(datagrams) - len(tokens))
+        for datagram, token in reversed(list(zip(datagrams, tokens))):
+            stream.queue.appendleft((datagram, token))
+        stream.sent_datagrams -= len(datagrams)
+        stream.sent_bytes -= sum(len(d) for d in datagrams)
+
+    def poke(self, now: float) -> list[Output]:
+        """New LTKMs were queued: send what the allocation allows now."""
+        if self.state in (State.READY, State.DRAINING):
+            return self._pump(now)
+        return []
+
+    # -- connection events -------------------------------------------------------------------
+
+    def connection_made(self, now: float) -> list[Output]:
+        """A TCP connection to the MUX is up: start the setup."""
+        if self.state is State.CLOSED:
+            return [Close("session closed")]
+        self.connections += 1
+        self.state = State.WAIT_CHANNEL_STATUS
+        self.invalid_in_a_row = 0
+        for stream in self.streams.values():
+            stream.open = False
+            stream.allocation = None
+            stream.bucket = TokenBucket(rate=0.0, depth=0.0, stamp=now)
+        c = self.config
+        return [
+            Send(
+                m.ChannelSetup(
+                    protocol_version=c.protocol_version,
+                    client_id=c.client_id,
+                    data_channel_id=c.data_channel_id,
+                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
+                )
+            ),
+            StartTimer("response", c.response_timeout),
+            Notify("connected", {"client_id": c.client_id, "channel_id": c.data_channel_id, "connection": self.connections}),
+        ]
+
+    def connection_lost(self, now: float) -> list[Output]:
+        """The TCP connection is gone: the MUX has freed everything; queues stay for the next one."""
+        outputs: list[Output] = [CancelTimer("response"), CancelTimer("pace"), CancelTimer("udp_end_wait")]
+        if self.state is not State.CLOSED:
+            outputs.append(
+                Notify(
+                    "disconnected",
+                    {"state": self.state.value, "queued": sum(len(s.queue) for s in self.streams.values())},
+                    "info" if self.state is State.DISCONNECTED else "warn",
+                )
+            )
+            self.state = State.DISCONNECTED
+        for stream in self.streams.values():
+            stream.open = False
+        return outputs
+
+    def timer_fired(self, key: str, now: float) -> list[Output]:
+        if key == "pace":
+            return self.poke(now)
+        if key == "udp_end_wait" and self.state is State.DRAINING:
+            return self._close_streams()
+        if key == "response" and (self.state in _SETTING_UP or self.state is State.CLOSING):
+            return [Notify("timeout", {"state": self.state.value}, "warn"), Close(f"no answer in {self.state.value}")]
+        return []
+
+    def shutdown(self, now: float) -> list[Output]:
+        """Close streams and channel in order, then the connection (or just stop when not ready)."""
+        state = self.state
+        if state is State.READY:
+            if self.config.udp:
+                self.state = State.DRAINING
+                return [CancelTimer("pace"), StartTimer("udp_end_wait", self.config.udp_end_wait)]
+            return [CancelTimer("pace")] + self._close_streams()
+        if state in (State.DRAINING, State.CLOSING):
+            return []
+        if state in _CHANNEL_OPEN:
+            self.state = State.CLOSED
+            return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown")]
+        self.state = State.CLOSED
+        return [CancelTimer("response"), Close("shutdown")] if state is not State.DISCONNECTED else []
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
+        """Handle one message from the MUX (or the codec's error for one)."""
+        if self.state is State.CLOSED:
+            return []
+        if isinstance(item, PeerProtocolError):
+            return self._invalid(
+                self._channel_error(item.error_status, item.error_information), "decode_error",
+                error_status=item.error_status, detail=item.detail,
+            )
+        if item.protocol_version != self.config.protocol_version:
+            return self._invalid(self._channel_error(UNSUPPORTED_VERSION, 0), "version_mismatch", message_version=item.protocol_version)
+        handler = self._table.get((self.state, type(item)))
+        if handler is not None:
+            return handler(item, now)
+        kind = type(item)
+        if kind is m.ChannelTest:
+            return self._on_channel_test(item)
+        if kind is m.StreamTest:
+            return self._on_stream_test(item)
+        if kind in (m.ChannelError, m.StreamError):
+            return self._on_error(item)
+        if kind in (m.ChannelStatus, m.StreamStatus, m.StreamBWAllocation, m.StreamCloseResponse):
+            # An answer we did not wait for (e.g. to a test we never sent): note it, no reply.
+            if self.state in _SETTING_UP:
+                return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn"),
+                        Close(f"unexpected {item.NAME} in {self.state.value}")]
+            return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn")]
+        return self._invalid(self._channel_error(INVALID_MESSAGE, 1), "wrong_direction", message_type=item.NAME)
+
+    def _on_channel_status(self, msg: m.ChannelStatus, now: float) -> list[Output]:
+        c = self.config
+        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != (c.client_id, c.data_channel_id, SectionTSpktFlag.BCAST):
+            return self._setup_failed("channel_status_mismatch", client_id=msg.client_id, channel_id=msg.data_channel_id)
+        self.invalid_in_a_row = 0
+        self.state = State.WAIT_STREAM_STATUS
+        self._step = 0
+        return [Notify("channel_open", {"client_id": c.client_id, "channel_id": c.data_channel_id}),
+                Send(self._stream_setup(self._order[0])), StartTimer("response", c.response_timeout)]
+
+    def _on_stream_status(self, msg: m.StreamStatus, now: float) -> list[Output]:
+        c = self.config
+        stream = self.streams[self._order[self._step]]
+        sc = stream.config
+        if (msg.client_id, msg.data_channel_id, msg.data_stream_id, msg.data_id, msg.data_type) != (
+            c.client_id, c.data_channel_id, sc.data_stream_id, sc.data_id, sc.data_type
+        ):
+            return self._setup_failed("stream_status_mismatch", stream_id=msg.data_stream_id, data_id=msg.data_id)
+        self.invalid_in_a_row = 0
+        stream.open = True
+        outputs: list[Output] = [Notify("stream_open", {"stream_id": sc.data_stream_id, "data_id": sc.data_id})]
+        self._step += 1
+        if self._step < len(self._order):
+            outputs += [Send(self._stream_setup(self._order[self._step])), StartTimer("response", c.response_timeout)]
+            return outputs
+        self.state = State.WAIT_BW_ALLOCATION
+        self._step = 0
+        return outputs + [Send(self._bw_request(self._order[0])), StartTimer("response", c.response_timeout)]
+
+    def _on_bw_allocation(self, msg: m.StreamBWAllocation, now: float) -> list[Output]:
+        c = self.config
+        stream = self.streams.get(msg.data_stream_id)
+        if msg.client_id != c.client_id or msg.data_channel_id != c.data_channel_id or stream is None or not stream.open:
+            if self.state is State.WAIT_BW_ALLOCATION:
+                return self._setup_failed("allocation_mismatch", stream_id=msg.data_stream_id)
+            return [Notify("unexpected_answer", {"message_type": msg.NAME, "stream_id": msg.data_stream_id}, "warn")]
+        self.invalid_in_a_row = 0
+        granted = stream.config.bandwidth if msg.bandwidth is None else msg.bandwidth
+        stream.allocation = granted
+        rate = kbit_to_bytes(granted)
+        stream.bucket.set_rate(rate, rate * c.pacing_burst, now)
+        outputs: list[Output] = [
+            Notify(
+                "bandwidth",
+                {"stream_id": msg.data_stream_id, "requested": stream.config.bandwidth, "allocation": granted,
+                 "stated": msg.bandwidth is not None},
+                "warn" if granted == 0 else "info",
+            )
+        ]
+        if self.state is State.WAIT_BW_ALLOCATION:
+            if msg.data_stream_id != self._order[self._step]:
+                return outputs
+            self._step += 1
+            if self._step < len(self._order):
+                return outputs + [Send(self._bw_request(self._order[self._step])), StartTimer("response", c.response_timeout)]
+            self.state = State.READY
+            outputs += [CancelTimer("response"), Ready(), Notify("ready", {"client_id": c.client_id, "udp": c.udp})]
+        if self.state is State.READY:
+            outputs += self._pump(now)
+        return outputs
+
+    def _on_close_response(self, msg: m.StreamCloseResponse, now: float) -> list[Output]:
+        self.invalid_in_a_row = 0
+        self._closing.discard(msg.data_stream_id)
+        stream = self.streams.get(msg.data_stream_id)
+        if stream is not None:
+            stream.open = False
+        if self._closing:
+            return []
+        self.state = State.CLOSED
+        return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown complete")]
+
+    def _on_channel_test(self, msg: m.ChannelTest) -> list[Output]:
+        c = self.config
+        if self.state not in _CHANNEL_OPEN or (msg.client_id, msg.data_channel_id) != (c.client_id, c.data_channel_id):
+            return self._invalid(self._channel_error(0x0006 if msg.client_id == c.client_id else 0x000E), "unknown_channel")
+        self.invalid_in_a_row = 0
+        return [
+            Send(
+                m.ChannelStatus(
+                    protocol_version=c.protocol_version,
+                    client_id=c.client_id,
+                    data_channel_id=c.data_channel_id,
+                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
+                )
+            )
+        ]
+
+    def _on_stream_test(self, msg: m.StreamTest) -> list[Output]:
+        c = self.config
+        stream = self.streams.get(msg.data_stream_id)
+        if self.state not in _CHANNEL_OPEN or (msg.client_id, msg.data_channel_id) != (c.client_id, c.data_channel_id):
+            return self._invalid(self._channel_error(0x0006 if msg.client_id == c.client_id else 0x000E), "unknown_channel")
+        if stream is None or not stream.open:
+            return self._invalid(self._stream_error(msg.data_stream_id, UNKNOWN_STREAM), "unknown_stream")
+        self.invalid_in_a_row = 0
+        sc = stream.config
+        return [
+            Send(
+                m.StreamStatus(
+                    protocol_version=c.protocol_version,
+                    client_id=c.client_id,
+                    data_channel_id=c.data_channel_id,
+                    data_stream_id=sc.data_stream_id,
+                    data_id=sc.data_id,
+                    data_type=sc.data_type,
+                )
+            )
+        ]
+
+    def _on_error(self, msg: m.ChannelError | m.StreamError) -> list[Output]:
+        fields = {
+            "message_type": msg.NAME,
+            "channel_id": msg.data_channel_id,
+            "stream_id": getattr(msg, "data_stream_id", None),
+            "error_status": list(msg.error_status),
+            "state": self.state.value,
+        }
+        if self.state in _SETTING_UP:
+            return [Notify("setup_refused", fields, "warn"), Close(f"{msg.NAME} {msg.error_status[0]:#06x} during setup")]
+        if UNRECOVERABLE in msg.error_status:
+            return [Notify("unrecoverable_error", fields, "warn"), Close("unrecoverable error from the MUX")]
+        event = "exceeded_bandwidth" if EXCEEDED_BANDWIDTH in msg.error_status else "peer_error"
+        return [Notify(event, fields, "warn")]
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _pump(self, now: float) -> list[Output]:
+        """Send every message the token buckets allow now; arm the pace timer for the next one."""
+        c = self.config
+        outputs: list[Output] = []
+        wait = None
+        limit = c.message_limit - (_UDP_OVERHEAD if c.udp else _TCP_OVERHEAD)
+        per_message = c.datagrams_per_message
+        for stream in self.streams.values():
+            queue = stream.queue
+            if not stream.open:
+                continue
+            bucket = stream.bucket
+            while queue and bucket.ready(now):
+                datagrams: list[bytes] = []
+                tokens: list[Hashable | None] = []
+                size = room = 0
+                while queue and len(datagrams) < per_message:
+                    datagram, token = queue[0]
+                    if datagrams and room + len(datagram) + _DATAGRAM_TLV > limit:
+                        break
+                    queue.popleft()
+                    datagrams.append(datagram)
+                    tokens.append(token)
+                    size += len(datagram)
+                    room += len(datagram) + _DATAGRAM_TLV
+                bucket.take(size)
+                stream.sent_datagrams += len(datagrams)
+                stream.sent_bytes += size
+                outputs += self._data_provision(stream, tuple(datagrams), tuple(tokens))
+            if queue:
+                delay = bucket.delay(now)
+                if wait is None or delay < wait:
+                    wait = delay
+        if wait is not None and wait != float("inf"):
+            outputs.append(StartTimer("pace", wait))
+        return outputs
+
+    def _data_provision(
+        self, stream: _StreamState, datagrams: tuple[bytes, ...], tokens: tuple[Hashable | None, ...]
+    ) -> list[Output]:
+        c = self.config
+        if c.udp:
+            message = m.DataProvision(
+                protocol_version=c.protocol_version, client_id=c.client_id, data_id=stream.config.data_id, datagram=datagrams
+            )
+            return [SendDatagram(message, tokens if any(t is not None for t in tokens) else ())]
+        message = m.DataProvision(
+            protocol_version=c.protocol_version,
+            client_id=c.client_id,
+            data_channel_id=c.data_channel_id,
+            data_stream_id=stream.config.data_stream_id,
+            data_id=stream.config.data_id,
+            datagram=datagrams,
+        )
+        delivered = tuple(t for t in tokens if t is not None)
+        return [Send(message), Delivered(delivered)] if delivered else [Send(message)]
+
+    def _close_streams(self) -> list[Output]:
+        c = self.config
+        self.state = State.CLOSING
+        self._closing = {sid for sid, s in self.streams.items() if s.open}
+        if not self._closing:
+            self.state = State.CLOSED
+            return [Send(self._channel_close()), Close("shutdown complete")]
+        return [
+            Send(
+                m.StreamCloseRequest(
+                    protocol_version=c.protocol_version, client_id=c.client_id, data_channel_id=c.data_channel_id, data_stream_id=sid
+                )
+            )
+            for sid in self._order
+            if sid in self._closing
+        ] + [StartTimer("response", c.response_timeout)]
+
+    # -- message builders --------------------------------------------------------------------
+
+    def _stream_setup(self, stream_id: int) -> m.StreamSetup:
+        c, sc = self.config, self.streams[stream_id].config
+        return m.StreamSetup(
+            protocol_version=c.protocol_version,
+            client_id=c.client_id,
+            data_channel_id=c.data_channel_id,
+            data_stream_id=stream_id,
+            data_id=sc.data_id,
+            data_type=sc.data_type,
+        )
+
+    def _bw_request(self, stream_id: int) -> m.StreamBWRequest:
+        c, sc = self.config, self.streams[stream_id].config
+        return m.StreamBWRequest(
+            protocol_version=c.protocol_version,
+            client_id=c.client_id,
+            data_channel_id=c.data_channel_id,
+            data_stream_id=stream_id,
+            bandwidth=sc.bandwidth,
+        )
+
+    def _channel_close(self) -> m.ChannelClose:
+        c = self.config
+        return m.ChannelClose(protocol_version=c.protocol_version, client_id=c.client_id, data_channel_id=c.data_channel_id)
+
+    def _channel_error(self, code: int, info: int | None = None) -> m.ChannelError:
+        c = self.config
+        return m.ChannelError(
+            protocol_version=c.protocol_version,
+            client_id=c.client_id,
+            data_channel_id=c.data_channel_id,
+            error_status=(code,),
+            error_information=() if info is None else ((info & 0xFFFF).to_bytes(2, "big"),),
+        )
+
+    def _stream_error(self, stream_id: int, code: int) -> m.StreamError:
+        c = self.config
+        return m.StreamError(
+            protocol_version=c.protocol_version,
+            client_id=c.client_id,
+            data_channel_id=c.data_channel_id,
+            data_stream_id=stream_id,
+            error_status=(code,),
+        )
+
+    def _setup_failed(self, event: str, **fields) -> list[Output]:
+        return [Notify(event, {"state": self.state.value, **fields}, "warn"), Close(f"{event} during setup")]
+
+    def _invalid(self, reply: Message, event: str, **fields) -> list[Output]:
+        self.invalid_in_a_row += 1
+        outputs: list[Output] = [Send(reply), Notify(event, {"error_status": reply.error_status[0], **fields}, "warn")]
+        limit = self.config.max_invalid_messages
+        if limit and self.invalid_in_a_row >= limit:
+            outputs.append(Close(f"{self.invalid_in_a_row} invalid messages in a row"))
+        return outputs
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[int, dict[str, int | None]]:
+        """Per data_id: queued, sent datagrams and bytes, current allocation."""
+        return {
+            s.config.data_id: {
+                "queued": len(s.queue),
+                "sent_datagrams": s.sent_datagrams,
+                "sent_bytes": s.sent_bytes,
+                "allocation": s.allocation,
+            }
+            for s in self.streams.values()
+        }
+
+
+__all__ = [
+    "CancelTimer",
+    "Delivered",
+    "EMMGConfig",
+    "EMMGSession",
+    "EMMGStreamConfig",
+    "Ready",
+    "SendDatagram",
+    "StartTimer",
+    "State",
+]

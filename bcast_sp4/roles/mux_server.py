@@ -1,0 +1,327 @@
+"""MUX role: TCP server of EMMG/PDG<=>MUX channels, UDP data_provision port, UDP play-out (TS 103 197 §6).
+
+Adapters only (STYLE §4): :class:`MuxProtocol` feeds one TCP connection to a
+:class:`~bcast_sp4.machines.mux.MuxConnection`; :class:`MuxDatagramProtocol` feeds UDP
+data_provision to :meth:`MuxCore.receive_udp`; :class:`PlayOut` executes :class:`Emit` outputs on
+one connected UDP socket per route (unicast or multicast, TTL set), runs :meth:`MuxCore.tick` when
+input made something due and at :meth:`MuxCore.next_wakeup` (one keyed ``IDelayedCall``), and
+routes :class:`Deliver` outputs to the connection they name. :class:`MuxServer` ties them together
+and offers :meth:`MuxServer.submit_stkm`, the in-process STKM path for a co-located SCS.
+
+A socket error on play-out is not silent: the datagram is counted as dropped (``egress_error``) and
+logged through the core's drop reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Iterable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
+from ..machines.outputs import Notify, Output, Send
+from ..wire import VERSION_GROUPS, Interface, Message, PeerProtocolError, decode_datagram
+from ._stream import SimulCryptStreamProtocol
+
+log = Logger()
+
+
+def _log_notify(logger: Logger, event: Notify, **context) -> None:
+    fields = dict(event.fields)
+    text = " ".join(["{event}"] + [f"{k}={{{k}}}" for k in fields])
+    emit = {"debug": logger.debug, "warn": logger.warn}.get(event.level, logger.info)
+    emit(text, event=event.event, **context, **fields)
+
+
+class _EgressProtocol(DatagramProtocol):
+    """Play-out sockets never expect input; an ICMP refusal shows up on the next send."""
+
+    noisy = False
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # pragma: no cover - nothing sends to us
+        pass
+
+    def connectionRefused(self) -> None:
+        pass
+
+
+class PlayOut(Service):
+    """Executes the core's egress: one connected UDP socket per route, the tick timer, deliveries.
+
+    :param core: the shared :class:`MuxCore`.
+    :param reactor: provides ``listenUDP`` and the clock.
+    :param interface: source address of the play-out sockets (and the multicast interface).
+    """
+
+    log = Logger()
+
+    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1") -> None:
+        self.core = core
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.interface = interface
+        self.ports: dict[RouteKey, object] = {}
+        self.sockets: dict[RouteKey, socket.socket] = {}
+        self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
+        self._timer = None
+        self._wake_at: float | None = None
+
+    # -- service -----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for key, route in self.core.routes.items():
+            cfg = route.config
+            port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface)
+            port.connect(*cfg.destination)
+            sock = port.getHandle()
+            if cfg.multicast:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.interface))
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
+            self.ports[key] = port
+            self.sockets[key] = sock
+            self.log.info(
+                "route client_id={client_id:#010x} {kind} {data_id} -> {host}:{port} ttl={ttl}",
+                client_id=key[0], kind=cfg.kind.value, data_id=key[1], host=cfg.destination[0], port=cfg.destination[1],
+                ttl=cfg.ttl,
+            )
+        self.run()
+
+    def stopService(self):
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        ports, self.ports = self.ports, {}
+        self.sockets = {}
+        for port in ports.values():
+            port.stopListening()
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Input arrived: run the core now if it has something new to emit."""
+        if self.core.dirty:
+            self.run()
+
+    def run(self) -> None:
+        """Tick the core, emit what is due, and arm the timer for the next due time."""
+        now = self.clock.seconds()
+        self.execute(self.core.tick(now))
+        wake = self.core.next_wakeup(self.clock.seconds())
+        if wake is None:
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer, self._wake_at = None, None
+            return
+        delay = max(0.0, wake - self.clock.seconds())
+        if self._timer is not None and self._timer.active():
+            if self._wake_at == wake:
+                return
+            self._timer.reset(delay)
+        else:
+            self._timer = self.clock.callLater(delay, self._fire)
+        self._wake_at = wake
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.run()
+
+    def emit(self, output: Emit) -> None:
+        """Send one datagram on its route's socket; a failure is counted and logged as a drop."""
+        sock = self.sockets.get(output.route)
+        if sock is None:
+            self.execute(self.core.egress_failed(output.route, "not started", self.clock.seconds()))
+            return
+        try:
+            sock.send(output.payload)
+        except OSError as exc:
+            reason = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
+
+    def execute(self, outputs: Iterable[Output]) -> None:
+        """Carry out core outputs (Emit, Deliver, Notify)."""
+        emit = self.emit
+        for output in outputs:
+            kind = type(output)
+            if kind is Emit:
+                emit(output)
+            elif kind is Deliver:
+                protocol = self.protocols.get(output.connection)
+                if protocol is not None:
+                    protocol.send(output.message)
+            elif kind is Notify:
+                _log_notify(self.log, output)
+            else:  # pragma: no cover - the core emits nothing else
+                self.log.error("unexpected play-out output {output!r}", output=output)
+
+
+class MuxProtocol(SimulCryptStreamProtocol):
+    """One EMMG/PDG (or SCS) TCP connection."""
+
+    interface = Interface.EMMG_MUX
+
+    def __init__(self, factory: "MuxFactory") -> None:
+        super().__init__(factory.clock, factory.max_message_length)
+        self.play_out = factory.play_out
+        self.machine = MuxConnection(factory.core)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.play_out.protocols[self.machine] = self
+
+    def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
+        return self.machine.receive(item, now)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.play_out.kick()
+
+    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> str | None:
+        basic: list[Output] = []
+        other: list[Output] = []
+        for output in outputs:
+            (other if type(output) in (Emit, Deliver) else basic).append(output)
+        if other:
+            self.play_out.execute(other)
+        return super()._execute(basic, out)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.play_out.protocols.pop(self.machine, None)
+        self.play_out.execute(
+            o for o in self.machine.connection_lost(self.clock.seconds()) if type(o) is not Send
+        )
+        self.log.info("connection from {peer} closed", peer=self.peer)
+
+
+class MuxFactory(Factory):
+    """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden)."""
+
+    protocol = MuxProtocol
+
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+        self.core = core
+        self.play_out = play_out
+        self.clock = clock
+        self.max_message_length = max_message_length
+
+    def buildProtocol(self, addr) -> MuxProtocol:
+        protocol = self.protocol(self)
+        protocol.factory = self
+        return protocol
+
+
+#: The usual UDP data_provision (digest §4.5 and example M8; what our EMMG sends): header, then
+#: client_id (4), data_id (2) and ONE datagram, in that order, no channel/stream ids:
+#: version, message_type, message_length, 0x0001, 4, client_id, 0x0008, 2, data_id, 0x0005, length
+_UDP_SHAPE = struct.Struct(">BHHHHIHHHHH")
+_UDP_SHAPE_SIZE = _UDP_SHAPE.size  # 23
+_EMMG_VERSIONS = frozenset(v for v in VERSION_GROUPS[Interface.EMMG_MUX] if v >= 2)
+
+
+def parse_usual_udp(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """``(version, client_id, data_id, datagram)`` when *data* is exactly the usual UDP shape.
+
+    A fast path for the MUX's UDP port: it accepts only byte strings that the codec decodes to a
+    data_provision with those values and nothing else (``tests/roles`` checks this against
+    ``decode_datagram``); for anything else it returns ``None`` and the full codec decides.
+    """
+    n = len(data)
+    if n <= _UDP_SHAPE_SIZE:
+        return None
+    version, kind, length, t1, l1, client_id, t2, l2, data_id, t3, l3 = _UDP_SHAPE.unpack_from(data)
+    if (
+        kind != 0x0211
+        or length != n - 5
+        or (t1, l1, t2, l2, t3) != (0x0001, 4, 0x0008, 2, 0x0005)
+        or l3 != n - _UDP_SHAPE_SIZE
+        or version not in _EMMG_VERSIONS
+    ):
+        return None
+    return version, client_id, data_id, data[_UDP_SHAPE_SIZE:]
+
+
+class MuxDatagramProtocol(DatagramProtocol):
+    """The MUX's UDP port: one data_provision per datagram (digest §4.5)."""
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+        self.core = core
+        self.play_out = play_out
+        self.clock = clock
+        self.max_message_length = min(max_message_length, 65535)
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        core = self.core
+        now = self.clock.seconds()
+        outputs = None
+        usual = parse_usual_udp(data) if len(data) <= self.max_message_length else None
+        if usual is not None:
+            outputs = core.receive_udp_fast(*usual, now)
+        if outputs is None:
+            try:
+                item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
+            except PeerProtocolError as exc:
+                item = exc
+            outputs = core.receive_udp(item, now)
+        if outputs:
+            if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
+                self.play_out.emit(outputs[0])
+            else:
+                self.play_out.execute(outputs)
+        if core.dirty:
+            self.play_out.run()
+
+
+class MuxServer:
+    """The MUX's parts, and the in-process API for a co-located SCS."""
+
+    def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int) -> None:
+        self.core = core
+        self.clock: IReactorTime = reactor
+        self.play_out = PlayOut(core, reactor, interface)
+        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length)
+        self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
+
+    def submit_stkm(
+        self,
+        super_cas_id: int,
+        ecm_id: int,
+        stkm_bytes: bytes,
+        on_air_from: float | None = None,
+        repetition_ms: int | None = None,
+    ) -> None:
+        """Make *stkm_bytes* the current STKM of (super_cas_id, ecm_id), at once or from *on_air_from*.
+
+        :param on_air_from: reactor time (``clock.seconds()``) of the switch; ``None`` = now.
+        :param repetition_ms: repetition period from then on; ``None`` keeps the route's.
+        :raises bcast_sp4.machines.mux.UnknownRoute: no STKM route for the pair.
+        :raises ValueError: empty or over-long STKM, repetition period outside 1..65535 ms.
+        """
+        self.play_out.execute(
+            self.core.submit_stkm(super_cas_id, ecm_id, stkm_bytes, on_air_from, self.clock.seconds(), repetition_ms)
+        )
+        self.play_out.run()
+
+    def submit(
+        self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes, on_air_from: float, repetition_ms: int
+    ) -> None:
+        """The SCS's ``STKMSink`` interface (``bcast_sp4.stkm_sink``): :meth:`submit_stkm` by another name.
+
+        *cp_number* is only for the SCS's bookkeeping; the MUX airs whatever is current.
+        """
+        self.submit_stkm(super_cas_id, ecm_id, stkm, on_air_from, repetition_ms)
+
+
+__all__ = ["MuxDatagramProtocol", "MuxFactory", "MuxProtocol", "MuxServer", "PlayOut", "parse_usual_udp"]

@@ -1,0 +1,90 @@
+"""``twistd bcast-mux``: the MUX (LTKM and STKM play-out over EMMG/PDG<=>MUX, OMA BCAST SP-4).
+
+``twistd -n bcast-mux --config etc/mux.toml [--endpoint tcp:5000:interface=127.0.0.1] [--udp udp:5000]``
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application import internet
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ..config import ConfigError, MuxSettings, load_mux_settings, parse_udp_listen
+from ..machines.mux import MuxCore
+from ..roles.mux_server import MuxServer
+
+log = Logger()
+
+#: bytes read per UDP datagram: the largest IPv4 UDP payload fits
+UDP_READ_SIZE = 65536
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE [--endpoint ENDPOINT] [--udp udp:PORT[:interface=ADDR]|off]"
+    longdesc = (
+        "Run a MUX for OMA BCAST SP-4: LTKM generators (EMMGs) and SCSs connect over TCP (EMMG/PDG<=>MUX, "
+        "TS 103 197 §6, versions 2-5), set up streams, get bandwidth and send LTKMs / STKMs over TCP or UDP; "
+        "the MUX emits them as UDP datagrams to the destination configured for each data_id / ECM_id: LTKMs "
+        "paced at the stream's allocation, the current STKM of each ECM_id repeated at its repetition period."
+    )
+    optParameters = [
+        ["config", "c", "etc/mux.toml", "MUX configuration file (TOML)"],
+        ["endpoint", "e", None, "TCP listening endpoint, overriding the file (e.g. tcp:5000:interface=127.0.0.1)"],
+        ["udp", "u", None, "UDP data_provision port, overriding the file: udp:PORT[:interface=ADDR], or 'off'"],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            settings = load_mux_settings(self["config"])
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        if self["endpoint"]:
+            settings = attrs.evolve(settings, endpoint=self["endpoint"])
+        if self["udp"]:
+            if self["udp"] == "off":
+                settings = attrs.evolve(settings, udp=None)
+            else:
+                try:
+                    settings = attrs.evolve(settings, udp=parse_udp_listen(self["udp"]))
+                except ValueError as exc:
+                    raise usage.UsageError(f"--udp: {exc}") from None
+        self["settings"] = settings
+
+
+def build_service(settings: MuxSettings, reactor) -> MultiService:
+    """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+    core = MuxCore(settings.mux)
+    server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length)
+    top = MultiService()
+    server.play_out.setServiceParent(top)  # play-out sockets before any input
+    tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
+    tcp.setServiceParent(top)
+    udp = None
+    if settings.udp is not None:
+        port, interface = settings.udp
+        # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
+        udp = internet.UDPServer(port, server.udp_protocol, interface=interface, maxPacketSize=UDP_READ_SIZE, reactor=reactor)
+        udp.setServiceParent(top)
+    top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
+    top.tcp_service = tcp
+    top.udp_service = udp
+    log.info(
+        "MUX on {endpoint}, UDP {udp}: clients {clients}",
+        endpoint=settings.endpoint,
+        udp="off" if settings.udp is None else f"{settings.udp[1]}:{settings.udp[0]}",
+        clients=", ".join(f"{c:#010x}" for c in settings.mux.clients),
+    )
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build_service(options["settings"], reactor)
+
+
+__all__ = ["Options", "build_service", "makeService"]

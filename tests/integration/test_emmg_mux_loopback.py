@@ -1,0 +1,353 @@
+"""EMMG -> MUX -> UDP receiver on real loopback sockets (trial on the real reactor).
+
+* over TCP and over UDP, every LTKM (spool files, subscriber-file LTKMs, LTKMs queued in-process)
+  reaches the configured UDP destination byte-identical, none lost, at the allocated bandwidth;
+* a stream allocated 200 kbit/s is played out at 200 kbit/s +- 1 %, measured over 10 s by the
+  receiving socket;
+* the wire bytes of a whole EMMG session (TCP control and data, UDP data) decode in tshark with
+  nothing malformed;
+* a client sending garbage, over-running its allocation and spraying bad UDP does not disturb a
+  well-behaved EMMG.
+
+Every loop is bounded and every port and connection is closed (trial reports a dirty reactor).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from bcast_sp4 import wire
+from bcast_sp4.bcast.ltkm_drm import parse_ltkm
+from bcast_sp4.bcast.subscribers import load_subscribers
+from bcast_sp4.capture import PcapWriter, TcpFlow
+from bcast_sp4.config.emmg import EMMGSettings, StreamSources
+from bcast_sp4.machines.emmg import EMMGConfig, EMMGStreamConfig
+from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig, RouteKind
+from bcast_sp4.roles.emmg_client import EMMGService
+from bcast_sp4.roles.mux_server import MuxProtocol, MuxServer
+from bcast_sp4.wire import emmg_mux as m
+
+REPO = Path(__file__).resolve().parents[2]
+BSM, NEIGHBOUR = 0x00010001, 0x00010002
+DATA_ID = 0x0100
+
+
+class Receiver(DatagramProtocol):
+    """The test's receiving socket: counts (arrival time, bytes) of every datagram."""
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, bytes]] = []
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        self.got.append((reactor.seconds(), data))
+
+
+class RecordingMuxProtocol(MuxProtocol):
+    """Records the TCP bytes of each connection, both ways, in order (for the capture)."""
+
+    records: list  # set per test: [(connection number, "c" | "s", bytes)]
+
+    def makeConnection(self, transport) -> None:
+        self.number = len({n for n, _d, _b in self.records})
+        write = transport.write
+        records = self.records
+
+        def recording_write(data: bytes) -> None:
+            records.append((self.number, "s", bytes(data)))
+            write(data)
+
+        transport.write = recording_write
+        records.append((self.number, "open", b""))
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.records.append((self.number, "c", bytes(data)))
+        super().dataReceived(data)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class Lab:
+    """A MUX (TCP + UDP + play-out) and its receivers on loopback; EMMGs added on demand."""
+
+    def __init__(self, test: TestCase, *, mux_kw=None, record=False) -> None:
+        self.test = test
+        self.receivers = {BSM: Receiver(), NEIGHBOUR: Receiver()}
+        self.receiver_ports = {
+            c: reactor.listenUDP(0, r, interface="127.0.0.1", maxPacketSize=65536) for c, r in self.receivers.items()
+        }
+        clients = {
+            client: ClientConfig(
+                client_id=client,
+                max_bandwidth=10_000,
+                routes={
+                    DATA_ID: RouteConfig(
+                        kind=RouteKind.LTKM,
+                        data_id=DATA_ID,
+                        destination=("127.0.0.1", self.receiver_ports[client].getHost().port),
+                        max_bandwidth=5_000,
+                    )
+                },
+            )
+            for client in (BSM, NEIGHBOUR)
+        }
+        self.core = MuxCore(MuxConfig(clients=clients, **(mux_kw or {})))
+        self.mux = MuxServer(self.core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH)
+        self.records: list = []
+        self.udp_records: list[bytes] = []
+        if record:
+            RecordingMuxProtocol.records = self.records
+            self.mux.factory.protocol = RecordingMuxProtocol
+            receive = self.mux.udp_protocol.datagramReceived
+
+            def recording_receive(data, addr):
+                self.udp_records.append(bytes(data))
+                receive(data, addr)
+
+            self.mux.udp_protocol.datagramReceived = recording_receive
+        self.mux.play_out.startService()
+        self.tcp_port = reactor.listenTCP(0, self.mux.factory, interface="127.0.0.1")
+        self.udp_port = reactor.listenUDP(0, self.mux.udp_protocol, interface="127.0.0.1", maxPacketSize=65536)
+        self.emmgs: list[EMMGService] = []
+        test.addCleanup(self.close)
+
+    def emmg(self, *, udp: bool, kbit: int, client=BSM, subscribers=False, spool: Path | None = None) -> EMMGService:
+        settings = EMMGSettings(
+            connect=f"tcp:host=127.0.0.1:port={self.tcp_port.getHost().port}",
+            emmg=EMMGConfig(
+                client_id=client,
+                streams=(EMMGStreamConfig(data_stream_id=1, data_id=DATA_ID, bandwidth=kbit, max_queue=100_000),),
+                udp=udp,
+            ),
+            mux_udp=("127.0.0.1", self.udp_port.getHost().port),
+            udp_interface="127.0.0.1",
+            sources={
+                DATA_ID: StreamSources(
+                    subscribers=load_subscribers(REPO / "etc" / "subscribers.example.toml") if subscribers else None,
+                    spool=spool,
+                    poll_interval=0.05,
+                )
+            },
+            retry_max_delay=1.0,
+            source_path=REPO / "etc" / "emmg.toml",
+        )
+        service = EMMGService(settings, reactor)
+        service.startService()
+        self.emmgs.append(service)
+        return service
+
+    async def close(self) -> None:
+        for service in self.emmgs:
+            if service.running:
+                await service.stopService()
+        for protocol in list(self.mux.play_out.protocols.values()):
+            protocol.transport.loseConnection()
+        await self.tcp_port.stopListening()
+        await wait_for(lambda: not self.mux.play_out.protocols, 5.0, "MUX connections to close")
+        await self.udp_port.stopListening()
+        self.mux.play_out.stopService()
+        for port in self.receiver_ports.values():
+            await port.stopListening()
+
+
+def random_ltkms(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randint(60, 1400)) for _ in range(n)]
+
+
+class LoopbackTests(TestCase):
+    timeout = 40
+
+    async def _deliver_everything(self, udp: bool, record: bool = False) -> Lab:
+        lab = Lab(self, record=record)
+        spool = Path(self.mktemp())
+        spool.mkdir(parents=True)
+        files = random_ltkms(40, seed=1)
+        for k, data in enumerate(files):
+            (spool / f"{k:04d}.ltkm").write_bytes(data)
+        emmg = lab.emmg(udp=udp, kbit=4000, subscribers=True, spool=spool)
+        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+        queued = random_ltkms(200, seed=2) + [bytes(range(256)) * 120]  # and one of 30720 bytes
+        for data in queued:
+            self.assertTrue(emmg.enqueue_ltkm(DATA_ID, data))
+        expected = len(files) + 3 + len(queued)
+        receiver = lab.receivers[BSM]
+        await wait_for(lambda: len(receiver.got) >= expected, 10.0, f"{expected} LTKMs at the receiver")
+        await deferLater(reactor, 0.2, lambda: None)  # nothing extra arrives
+        got = [d for _t, d in receiver.got]
+        self.assertEqual(len(got), expected)
+        self.assertEqual(sorted(got), sorted(files + queued + [g for g in got if g not in files and g not in queued]))
+        # byte-identical: every spool file and every queued LTKM, in order within its source
+        self.assertEqual([g for g in got if g in files], files)
+        self.assertEqual([g for g in got if g in queued], queued)
+        keys = load_subscribers(REPO / "etc" / "subscribers.example.toml").device_keys()
+        issued = [parse_ltkm(g, keys.get) for g in got if g not in files and g not in queued]
+        self.assertEqual(sorted(p.device_id.hex() for p in issued), ["0ba5e0000001", "0ba5e0000002", "0ba5e0000003"])
+        self.assertEqual(sorted(p.name for p in (spool / "sent").iterdir()), [f"{k:04d}.ltkm" for k in range(40)])
+        self.assertEqual(lab.core.dropped, {})
+        self.assertEqual(lab.core.counters["overruns"], 0)
+        self.assertEqual(lab.core.counters["udp_messages"], expected if udp else 0)
+        return lab
+
+    async def test_tcp_every_ltkm_arrives_byte_identical(self):
+        await self._deliver_everything(udp=False)
+
+    async def test_udp_every_ltkm_arrives_and_the_session_decodes_in_tshark(self):
+        lab = await self._deliver_everything(udp=True, record=True)
+        for service in lab.emmgs:
+            await service.stopService()  # stream_close_request, channel_close: into the capture too
+        await wait_for(lambda: not lab.mux.play_out.protocols, 5.0, "the EMMG connection to close")
+        self._check_capture(lab)
+
+    def _check_capture(self, lab: Lab) -> None:
+        tshark = shutil.which("tshark")
+        if tshark is None:
+            self.fail("tshark is not installed: the capture cannot be checked (apt-get install tshark)")
+        path = Path(self.mktemp() + ".pcap")
+        tcp_messages = 0
+        with open(path, "wb") as f:
+            writer = PcapWriter(f)
+            flow = TcpFlow(writer, ("127.0.0.1", 40100), ("127.0.0.1", 5000))
+            flow.handshake()
+            framers = {"c": wire.Framer(), "s": wire.Framer()}
+            for _number, side, data in lab.records:
+                if side == "c":
+                    flow.send(data)
+                elif side == "s":
+                    flow.reply(data)
+                else:
+                    continue
+                tcp_messages += len(framers[side].feed(data))
+            for datagram in lab.udp_records:
+                writer.write_udp(("127.0.0.1", 40101), ("127.0.0.1", 5000), datagram)
+            flow.close()
+        self.assertGreater(tcp_messages, 8)  # setup, allocation, close: both ways
+        result = subprocess.run(
+            [tshark, "-r", str(path), "-T", "json", "--no-duplicate-keys",
+             "-d", "tcp.port==5000,simulcrypt", "-d", "udp.port==5000,simulcrypt"],
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        packets = [p["_source"]["layers"] for p in json.loads(result.stdout)]
+        self.assertEqual(problems(packets), [])
+        pdus = {"tcp": 0, "udp": 0}
+        types = set()
+        for layers in packets:
+            if "simulcrypt" not in layers:
+                continue
+            items = layers["simulcrypt"] if isinstance(layers["simulcrypt"], list) else [layers["simulcrypt"]]
+            pdus["udp" if "udp" in layers else "tcp"] += len(items)
+            types |= {int(i["simulcrypt.header"]["simulcrypt.message.type"], 0) for i in items}
+        self.assertEqual(pdus, {"tcp": tcp_messages, "udp": len(lab.udp_records)})
+        self.assertTrue({0x0011, 0x0013, 0x0111, 0x0113, 0x0117, 0x0118, 0x0211, 0x0114, 0x0115, 0x0014} <= types)
+
+    async def test_egress_rate_of_a_200_kbit_stream_over_10_seconds_is_within_1_percent(self):
+        lab = Lab(self)
+        emmg = lab.emmg(udp=False, kbit=200)
+        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+        for k in range(620):  # 500-byte LTKMs: 310000 bytes, 12.4 s at 25000 bytes/s
+            emmg.enqueue_ltkm(DATA_ID, k.to_bytes(4, "big") * 125)
+        receiver = lab.receivers[BSM]
+        await wait_for(lambda: receiver.got, 5.0, "the first LTKM")
+        start = receiver.got[0][0] + 0.5
+        await wait_for(lambda: receiver.got[-1][0] > start + 10.0, 14.0, "10 s of play-out")
+        window = sum(len(d) for t, d in receiver.got if start < t <= start + 10.0)
+        rate = window * 8 / 10.0
+        print(f"measured egress {rate:.0f} bit/s")
+        self.assertLess(abs(rate - 200_000) / 200_000, 0.01, f"{rate:.0f} bit/s")
+        self.assertEqual([d for _t, d in receiver.got], [k.to_bytes(4, "big") * 125 for k in range(len(receiver.got))])
+        self.assertEqual(lab.core.dropped, {})
+
+    async def test_a_misbehaving_client_does_not_disturb_another(self):
+        lab = Lab(self, mux_kw=dict(overrun_limit=2, queue_datagrams=16, max_invalid_messages=0))
+        emmg = lab.emmg(udp=True, kbit=800, client=NEIGHBOUR)
+        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+
+        replies: list[bytes] = []
+
+        class Rogue(Protocol):
+            def dataReceived(self, data):
+                replies.append(data)
+
+        rogue = await _connect(lab.tcp_port.getHost().port, Rogue)
+        ids = dict(client_id=BSM, data_channel_id=1)
+        rogue.transport.write(
+            m.ChannelSetup(**ids, section_TSpkt_flag=2).encode()
+            + m.StreamSetup(**ids, data_stream_id=1, data_id=DATA_ID, data_type=0).encode()
+            + m.StreamBWRequest(**ids, data_stream_id=1, bandwidth=8).encode()
+        )
+        spray = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        mux_udp = ("127.0.0.1", lab.udp_port.getHost().port)
+        good = random_ltkms(150, seed=3)
+        for k, data in enumerate(good):
+            emmg.enqueue_ltkm(DATA_ID, data)
+            if k % 10 == 0:  # the rogue floods its 8 kbit/s stream, sends junk and foreign UDP
+                flood = m.DataProvision(**ids, data_stream_id=1, data_id=DATA_ID, datagram=(bytes(1000),) * 8)
+                rogue.transport.write(flood.encode() * 5 + bytes.fromhex("03 0999 0000") + b"\xff" * 7)
+                spray.write(b"\x03\x02\x11\x00\x01\x00", mux_udp)
+                spray.write(m.DataProvision(client_id=NEIGHBOUR, data_id=0x0777, datagram=(b"x",)).encode(), mux_udp)
+                await deferLater(reactor, 0.005, lambda: None)
+        receiver = lab.receivers[NEIGHBOUR]
+        await wait_for(lambda: len(receiver.got) >= len(good), 10.0, "the neighbour's LTKMs")
+        self.assertEqual([d for _t, d in receiver.got], good)
+        codes = {e.error_status for e in _decode_all(b"".join(replies)) if hasattr(e, "error_status")}
+        self.assertIn((0x000F,), codes)  # the rogue was told it exceeds its allocation
+        self.assertIn((0x0003,), codes)  # and that its junk is junk
+        self.assertGreater(lab.core.dropped.get("queue_full", 0), 0)
+        self.assertGreater(lab.core.dropped.get("udp_invalid", 0) + lab.core.dropped.get("udp_unknown", 0), 0)
+        await spray.stopListening()
+        rogue.transport.loseConnection()
+
+
+async def _connect(port: int, protocol_class) -> Protocol:
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    factory = Factory.forProtocol(protocol_class)
+    factory.noisy = False
+    return await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+
+
+def _decode_all(data: bytes) -> list:
+    out = []
+    for frame in wire.Framer().feed(data):
+        try:
+            out.append(wire.decode(frame, wire.Interface.EMMG_MUX))
+        except wire.PeerProtocolError:
+            pass
+    return out
+
+
+WARNING = 0x600000  # Wireshark expert severity "warning"
+
+
+def problems(node, path="$") -> list[str]:
+    """Malformed-packet markers and expert infos of warning severity or worse, anywhere."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_ws.malformed":
+                found.append(f"{path}: malformed")
+            if key == "_ws.expert.severity" and int(value) >= WARNING:
+                found.append(f"{path}: {node.get('_ws.expert.message')}")
+            found += problems(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += problems(value, f"{path}[{index}]")
+    return found
