@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Write etc/samples/sp4-session.pcap: SP-4 sessions produced by bcast-sp4's own role machines.
+
+* ECMG<=>SCS on tcp/2222: a DRM Profile and a Smartcard Profile STKM session (channel and stream
+  setup, channel_test, three CW_provision / ECM_response pairs with real STKMs made with the
+  example keys of etc/keys.example.toml, stream close, channel close);
+* EMMG<=>MUX on tcp/5000: channel, stream, bandwidth request and an LTKM (PROV-LTKM-1) in a
+  data_provision; a second LTKM as UDP data_provision to udp/5000.
+
+The replies are what the project's ECMG and MUX machines answer. Rerun after a format change:
+``python3 scripts/make_sample_capture.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bcast_sp4.bcast import ltkm_drm, traffic  # noqa: E402
+from bcast_sp4.bcast.ecm import STKMSource  # noqa: E402
+from bcast_sp4.bcast.keys import KeyRole, load_keyfile  # noqa: E402
+from bcast_sp4.capture import PcapWriter, TcpFlow  # noqa: E402
+from bcast_sp4.machines.ecmg import CasMode, ECMGConfig, ECMGConnection, ECMGResources  # noqa: E402
+from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxConnection, MuxCore, RouteConfig, RouteKind  # noqa: E402
+from bcast_sp4.machines.outputs import Send  # noqa: E402
+from bcast_sp4.wire import ecmg_scs as e  # noqa: E402
+from bcast_sp4.wire import emmg_mux as x  # noqa: E402
+from bcast_sp4.wire.params import CPCWCombination  # noqa: E402
+
+NOW = 1_764_000_000.0  # 2025-11-24, inside the example keys' validity
+DRM, CARD, CLIENT = 0x00010001, 0x00020001, 0x00010001
+
+
+def ecmg_session(writer: PcapWriter, machine: ECMGConnection, port: int, scid: int, protection, channel: int) -> None:
+    flow = TcpFlow(writer, ("127.0.0.1", port), ("127.0.0.1", 2222))
+    flow.handshake()
+
+    def exchange(message) -> None:
+        flow.send(message.encode())
+        for output in machine.receive(message, NOW):
+            if isinstance(output, Send):
+                flow.reply(output.message.encode())
+
+    exchange(e.ChannelSetup(ECM_channel_id=channel, Super_CAS_id=scid))
+    exchange(e.ChannelTest(ECM_channel_id=channel))
+    exchange(e.StreamSetup(ECM_channel_id=channel, ECM_stream_id=1, ECM_id=1, nominal_CP_duration=100))
+    teks = [traffic.encode_cw(traffic.generate(protection)) for _ in range(4)]
+    for cp in range(3):
+        exchange(e.CWProvision(ECM_channel_id=channel, ECM_stream_id=1, CP_number=cp, CP_duration=100,
+                               CP_CW_combination=(CPCWCombination(cp, teks[cp]), CPCWCombination(cp + 1, teks[cp + 1]))))
+    exchange(e.StreamCloseRequest(ECM_channel_id=channel, ECM_stream_id=1))
+    exchange(e.ChannelClose(ECM_channel_id=channel))
+    flow.close()
+
+
+def emmg_session(writer: PcapWriter, keys) -> None:
+    route = RouteConfig(kind=RouteKind.LTKM, data_id=1, destination=("127.0.0.1", 6001), max_bandwidth=200)
+    core = MuxCore(MuxConfig(clients={CLIENT: ClientConfig(client_id=CLIENT, routes={1: route})}))
+    machine = MuxConnection(core)
+    flow = TcpFlow(writer, ("127.0.0.1", 40010), ("127.0.0.1", 5000))
+    flow.handshake()
+
+    def exchange(message) -> None:
+        flow.send(message.encode())
+        for output in machine.receive(message, NOW):
+            if isinstance(output, Send):
+                flow.reply(output.message.encode())
+
+    sek = next(k for k in keys.keys() if k.role is KeyRole.SERVICE and k.authentication_key)
+    ltkms = [ltkm_drm.build_ltkm(f"device-{n:04d}".encode(), bytes(range(n, n + 16)), [sek], issued_at=NOW, sequence=n)
+             for n in (1, 2)]
+    exchange(x.ChannelSetup(client_id=CLIENT, data_channel_id=1, section_TSpkt_flag=2))
+    exchange(x.StreamSetup(client_id=CLIENT, data_channel_id=1, data_stream_id=1, data_id=1, data_type=0))
+    exchange(x.StreamBWRequest(client_id=CLIENT, data_channel_id=1, data_stream_id=1, bandwidth=100))
+    exchange(x.DataProvision(client_id=CLIENT, data_channel_id=1, data_stream_id=1, data_id=1, datagram=(ltkms[0],)))
+    writer.write_udp(("127.0.0.1", 40011), ("127.0.0.1", 5000),
+                     x.DataProvision(client_id=CLIENT, data_id=1, datagram=(ltkms[1],)).encode())
+    exchange(x.StreamCloseRequest(client_id=CLIENT, data_channel_id=1, data_stream_id=1))
+    exchange(x.ChannelClose(client_id=CLIENT, data_channel_id=1))
+    flow.close()
+
+
+def main() -> int:
+    keys = load_keyfile(ROOT / "etc" / "keys.example.toml")
+    modes = {DRM: CasMode.DRM_PROFILE, CARD: CasMode.SMARTCARD_PROFILE}
+    resources = ECMGResources(ECMGConfig(cas_modes=modes))
+    source = STKMSource(keys, modes)
+    out = ROOT / "etc" / "samples" / "sp4-session.pcap"
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "wb") as f:
+        writer = PcapWriter(f)
+        ecmg_session(writer, ECMGConnection(resources, source), 40001, DRM, traffic.TrafficProtection.SRTP, 1)
+        ecmg_session(writer, ECMGConnection(resources, source), 40002, CARD, traffic.TrafficProtection.IPSEC, 2)
+        emmg_session(writer, keys)
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
