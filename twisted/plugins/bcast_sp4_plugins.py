@@ -26,3 +26,10 @@ bcast_emmg = ServiceMaker(
     "EMMG/PDG<=>MUX client sending DRM Profile LTKMs (subscriber file, spool directory) over TCP or UDP",
     "bcast-emmg",
 )
+
+bcast_scs = ServiceMaker(
+    "bcast-sp4 SCS (SimulCrypt synchroniser, TEK generator, scrambler)",
+    "bcast_sp4.tap.scs",
+    "ECMG<=>SCS client: TEK per crypto-period, STKMs synchronised to the MUX, SRTP / IPsec / ISMACryp scrambling",
+    "bcast-scs",
+)

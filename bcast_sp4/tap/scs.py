@@ -1,0 +1,107 @@
+"""``twistd bcast-scs``: the SimulCrypt synchroniser with TEK generator and scrambler (OMA BCAST SP-4).
+
+``twistd -n bcast-scs --config etc/scs.toml``
+
+One ``ClientService`` per ECMG channel (primary endpoint, then the backup), one UDP port per
+service's scrambler, the crypto-period schedulers in one :class:`SCSRunner`; STKMs go to the
+configured MUX sink.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import ClientService, UDPServer
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ..config import ConfigError, SCSSettings, load_scs_settings
+from ..config.scs import MuxMode
+from ..machines.scs import SCSCore
+from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
+from ..scrambler import Scrambler
+from ..stkm_sink import JSONLinesSink, RecordingSink, STKMSink
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    longdesc = (
+        "Run a SimulCrypt synchroniser (SCS) for OMA BCAST services: connects to ECMGs / STKM generators "
+        "(ECMG<=>SCS, TS 103 197 §5), generates a TEK per crypto-period, provisions it, synchronises the "
+        "STKMs with their crypto-periods, hands them to the MUX and scrambles each service's UDP content "
+        "(SRTP, IPsec ESP or ISMACryp) with the TEK of the period."
+    )
+    optParameters = [["config", "c", "etc/scs.toml", "SCS configuration file (TOML)"]]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = load_scs_settings(self["config"])
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None) -> MultiService:
+    """The SCS service tree for *settings* on *reactor*.
+
+    :param sink: where STKMs go; by default from ``[mux]`` (an in-process :class:`RecordingSink`
+        for ``in-process``, :class:`JSONLinesSink` for ``file``).
+    :param tek_factory: ``(service, n) -> material`` instead of the CSPRNG (tests only).
+    """
+    if sink is None:
+        if settings.mux.mode is MuxMode.FILE:
+            sink = JSONLinesSink(open(settings.mux.path, "a"), reactor.seconds)
+        else:
+            sink = RecordingSink(reactor.seconds, limit=100_000)
+    core = SCSCore(settings.channels, [s.spec for s in settings.services], settings.timing, tek_factory)
+    scramblers = {
+        s.spec.name: Scrambler(s.spec.name, s.spec.protection, srtp_profile=s.scrambler.srtp_profile,
+                               inner_destination=s.scrambler.inner_destination or s.scrambler.output)
+        for s in settings.services
+    }
+    endpoints = {
+        c.name: FailoverEndpoint([(e, clientFromString(reactor, e)) for e in (c.endpoint, c.backup_endpoint) if e])
+        for c in settings.channels
+    }
+    settle = None
+    if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
+        settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
+    runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
+                       gc_tuning_after=settle)
+    top = MultiService()
+    top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
+    top.clients = {}
+    rc = settings.reconnect
+    for channel in settings.channels:
+        machine = core.channels[channel.name]
+        client = ClientService(
+            endpoints[channel.name],
+            SCSClientFactory(runner, channel.name),
+            retryPolicy=retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
+            clock=reactor,
+            prepareConnection=lambda protocol: protocol.start_channel(),
+        )
+        client.setServiceParent(top)
+        top.clients[channel.name] = client
+    for service in settings.services:
+        s = service.scrambler
+        udp = UDPServer(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor),
+                        interface=s.input_interface, reactor=reactor)
+        udp.setServiceParent(top)
+        top.udp[service.spec.name] = udp
+    runner.setServiceParent(top)  # last: starts after the clients, stops (closing channels) first
+    log.info(
+        "SCS: {services} services, {channels} ECMG channels, MUX {mux}",
+        services=len(settings.services), channels=len(settings.channels), mux=settings.mux.mode.value,
+    )
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build_service(options["settings"], reactor)
+
+
+__all__ = ["Options", "build_service", "makeService"]

@@ -1,0 +1,318 @@
+"""The SCS adapters with test doubles (StringTransport, Clock, MemoryReactorClock), the tap, the config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from twisted.internet.defer import fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.python import usage
+
+from bcast_sp4 import wire
+from bcast_sp4.bcast import traffic
+from bcast_sp4.config import ConfigError, load_scs_settings
+from bcast_sp4.config.scs import MuxMode
+from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing
+from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy
+from bcast_sp4.scrambler import Scrambler
+from bcast_sp4.stkm_sink import JSONLinesSink, RecordingSink
+from bcast_sp4.tap import scs as tap
+from bcast_sp4.wire import ecmg_scs as m
+
+from ..integration.harness import ROOT
+
+SCID = 0x00010001
+
+
+def replies(transport: StringTransport) -> list:
+    out = [wire.decode(f, wire.Interface.ECMG_SCS) for f in wire.Framer().feed(transport.value())]
+    transport.clear()
+    return out
+
+
+def status() -> m.ChannelStatus:
+    return m.ChannelStatus(ECM_channel_id=1, section_TSpkt_flag=2, delay_start=-200, delay_stop=0, ECM_rep_period=100,
+                           max_streams=0, min_CP_duration=10, lead_CW=1, CW_per_msg=2, max_comp_time=100)
+
+
+def connected_runner():
+    clock = Clock()
+    clock.advance(2000.0)
+    channel = ChannelSpec(name="c", endpoint="tcp:host=127.0.0.1:port=1", backup_endpoint=None, super_CAS_id=SCID,
+                          ECM_channel_id=1)
+    service = ServiceSpec(name="svc", crypto_period=10, protection=traffic.TrafficProtection.SRTP,
+                          links=(LinkSpec(channel="c", super_CAS_id=SCID, ECM_stream_id=1, ECM_id=5),))
+    core = SCSCore([channel], [service], Timing(channel_test_interval=3.0))
+    sink = RecordingSink(clock.seconds)
+    scrambler = Scrambler("svc", traffic.TrafficProtection.SRTP)
+    runner = SCSRunner(core, clock, sink, {"svc": scrambler})
+    runner.startService()
+    protocol = SCSClientFactory(runner, "c").buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.start_channel()  # what ClientService's prepareConnection does
+    return clock, runner, protocol, transport, sink, scrambler
+
+
+def test_adapter_runs_the_whole_cycle_on_a_clock():
+    with capturedLogs() as events:
+        clock, runner, protocol, transport, sink, scrambler = connected_runner()
+        (setup,) = replies(transport)
+        assert isinstance(setup, m.ChannelSetup) and setup.Super_CAS_id == SCID
+        protocol.dataReceived(status().encode())
+        (stream_setup,) = replies(transport)
+        assert stream_setup.ECM_id == 5 and stream_setup.nominal_CP_duration == 10
+        protocol.dataReceived(m.StreamStatus(ECM_channel_id=1, ECM_stream_id=1, ECM_id=5,
+                                             access_criteria_transfer_mode=False).encode())
+        scheduler = runner.core.services["svc"]
+        first = scheduler.first_period
+        clock.advance(scheduler.provision_at(0, first) - clock.seconds() - 0.01)
+        assert replies(transport) == []  # not yet
+        clock.advance(0.02)
+        (provision,) = replies(transport)
+        assert provision.CP_number == first & 0xFFFF
+        # the ECM_response makes the period READY: STKM to the sink, TEK to the scrambler
+        protocol.dataReceived(m.ECMResponse(ECM_channel_id=1, ECM_stream_id=1, CP_number=provision.CP_number,
+                                            ECM_datagram=b"an stkm").encode())
+        (submission,) = sink.submissions
+        assert (submission.ecm_id, submission.stkm, submission.on_air_from) == (5, b"an stkm", scheduler.period_start(first) - 0.2)
+        assert scrambler.protect(b"\x80" + bytes(20), scheduler.period_start(first) - 0.001) is None
+        clock.advance(scheduler.period_start(first) - clock.seconds())
+        assert scrambler.current_cp == first & 0xFFFF  # switched by the timer at T(n)
+        assert runner.switch_log[-1][1].jitter == 0.0
+        # keep-alive through the clock, and its answer
+        clock.advance(3.0 - (clock.seconds() % 3.0) + 0.001)
+        assert any(isinstance(x, m.ChannelTest) for x in replies(transport))
+        tek = traffic.key_material_plaintext(scrambler.current.material).hex()
+    text = "\n".join(str(e) for e in events)
+    assert "channel_open" in text and tek not in text and tek[:16] not in text
+
+
+def test_connection_loss_cancels_timers_and_the_stream():
+    clock, runner, protocol, transport, sink, _ = connected_runner()
+    protocol.dataReceived(status().encode())
+    assert ("channel", "c", "test") in runner.timers
+    protocol.connectionLost(None)
+    assert ("channel", "c", "test") not in runner.timers and "c" not in runner.protocols
+    assert runner.core.channels["c"].streams[1].state.value == "IDLE"
+    runner.stopService()
+    assert not runner.timers
+
+
+def test_refused_channel_closes_the_connection_and_lengthens_backoff():
+    clock, runner, protocol, transport, _, _ = connected_runner()
+    replies(transport)
+    protocol.dataReceived(m.ChannelError(ECM_channel_id=1, error_status=(0x0005,)).encode())
+    assert transport.disconnecting
+    machine = runner.core.channels["c"]
+    policy = retry_policy(1.0, 100.0, 2.0, 0.0, lambda: machine.refusals)
+    assert machine.refusals == 1 and policy(1) == 4.0
+
+
+def test_failover_endpoint_tries_the_backup_and_rotates():
+    calls = []
+
+    class Endpoint:
+        def __init__(self, name, ok):
+            self.name, self.ok = name, ok
+
+        def connect(self, factory):
+            calls.append(self.name)
+            return succeed(self.name) if self.ok else fail(ConnectionRefusedError())
+
+    endpoint = FailoverEndpoint([("p", Endpoint("p", False)), ("b", Endpoint("b", True))])
+    results = []
+    endpoint.connect(None).addCallback(results.append)
+    assert results == ["b"] and calls == ["p", "b"] and endpoint.current_name == "b"
+    endpoint.rotate()  # lost: next time the primary first
+    assert endpoint.current_name is None and endpoint.preferred == 0
+    dead = FailoverEndpoint([("p", Endpoint("p", False)), ("b", Endpoint("b", False))])
+    failures = []
+    dead.connect(None).addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(ConnectionRefusedError)
+
+
+class MemoryReactorUDP(MemoryReactorClock):
+    """MemoryReactorClock has no listenUDP: record the calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.udpPorts = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        self.udpPorts.append((port, protocol, interface))
+
+        class Port:
+            def stopListening(self):
+                return None
+
+        return Port()
+
+
+def test_build_service_from_the_example_config(tmp_path):
+    settings = load_scs_settings(ROOT / "etc" / "scs.toml")
+    assert settings.mux.mode is MuxMode.FILE and len(settings.services) == 2 and len(settings.channels) == 2
+    reactor = MemoryReactorUDP()
+    top = tap.build_service(settings, reactor, sink=RecordingSink(reactor.seconds))
+    top.startService()
+    assert sorted(port for port, _, _ in reactor.udpPorts) == [5004, 5006]
+    assert {(host, port) for host, port, *_ in reactor.tcpClients} == {("127.0.0.1", 2222)}
+    assert set(top.core.services) == {"news", "radio"}
+    assert top.core.channels[settings.channels[0].name].streams.keys() == {1, 2}  # shared DRM channel
+    top.stopService()
+
+
+def test_options_and_plugin():
+    options = tap.Options()
+    options.parseOptions(["--config", str(ROOT / "etc" / "scs.toml")])
+    assert options["settings"].services[0].spec.name == "news"
+    with pytest.raises(usage.UsageError, match="file not found"):
+        tap.Options().parseOptions(["--config", "/nonexistent/scs.toml"])
+    from twisted.application.service import IServiceMaker
+    from twisted.plugin import getPlugins
+
+    assert "bcast-scs" in {maker.tapname for maker in getPlugins(IServiceMaker)}
+
+
+def test_json_lines_sink(tmp_path):
+    import io
+    import json
+
+    stream = io.StringIO()
+    JSONLinesSink(stream, lambda: 5.0).submit(SCID, 3, 9, b"\x01\x02", 6.0, 100)
+    assert json.loads(stream.getvalue()) == {"super_cas_id": SCID, "ecm_id": 3, "cp_number": 9, "stkm": "0102",
+                                             "on_air_from": 6.0, "repetition_ms": 100, "received_at": 5.0}
+
+
+SERVICE = {"name": '"a"', "crypto_period": "1.0", "protection": '"srtp"', "input": '"udp:5004"',
+           "output": '"127.0.0.1:6004"'}
+ECMG = {"endpoint": '"tcp:host=127.0.0.1:port=2222"', "super_CAS_id": "0x00010001", "ECM_channel_id": "1",
+        "ECM_stream_id": "1", "ECM_id": "1"}
+
+
+def config_text(service: str = "", ecmg: str = "", tail: str = "") -> str:
+    """The base config; ``key = value`` lines in *service* / *ecmg* replace or extend those tables,
+    other lines of *service* (sub-tables) follow the service's keys."""
+
+    def table(base: dict, text: str) -> tuple[str, str]:
+        values, extra = dict(base), []
+        for line in text.splitlines():
+            key = line.split("=")[0].strip()
+            if "=" in line and not line.startswith("[") and not extra:
+                values[key] = line.split("=", 1)[1].strip()
+            else:
+                extra.append(line)
+        return "\n".join(f"{k} = {v}" for k, v in values.items()), "\n".join(extra)
+
+    keys, sub = table(SERVICE, service)
+    ecmg_keys, _ = table(ECMG, ecmg)
+    return f'[mux]\nmode = "in-process"\n[[service]]\n{keys}\n{sub}\n[[service.ecmg]]\n{ecmg_keys}\n{tail}\n'
+
+
+SECOND = """[[service]]
+name = "b"
+crypto_period = 1.0
+protection = "ipsec"
+input = "udp:5006"
+output = "127.0.0.1:6006"
+[[service.ecmg]]
+endpoint = "tcp:host=127.0.0.1:port=2222"
+super_CAS_id = {scid}
+ECM_channel_id = 1
+ECM_stream_id = {sid}
+ECM_id = {ecm}
+"""
+
+
+@pytest.mark.parametrize(
+    ("service", "ecmg", "tail", "key", "reason"),
+    [
+        ("", "", "[scs]\ncolour = 1\n", "scs.colour", "unknown key"),
+        ("", "", "[scs]\nmax_attempts = 0\n", "scs.max_attempts", "outside"),
+        ("", "", '[scs]\nretry_delay = "soon"\n', "scs.retry_delay", "number"),
+        ("", "", '[mux]\nmode = "carrier-pigeon"\n', "-", "not valid TOML"),  # [mux] twice
+        ("crypto_period = 1.05", "", "", "service[0].crypto_period", "multiple of 0.1"),
+        ('protection = "dcf"', "", "", "service[0].protection", "not one of"),
+        ('input = "5004"', "", "", "service[0].input", "udp:PORT"),
+        ('output = "localhost"', "", "", "service[0].output", "HOST:PORT"),
+        ("[service.ipsec]\nauthenticated = true", "", "", "service[0].ipsec", "but protection is srtp"),
+        ("[service.srtp]\nprofile = \"AES256\"", "", "", "service[0].srtp.profile", "not one of"),
+        ("", 'endpoint = "localhost:2222"', "", "service[0].ecmg[0].endpoint", "endpoint string"),
+        ("", "protocol_version = 4", "", "service[0].ecmg[0].protocol_version", "outside"),
+        ("", 'access_criteria = "zz"', "", "service[0].ecmg[0].access_criteria", "hex"),
+        ("", 'cw_encryption = { algorithm = "rot13", key_id = 1, key = "00" }', "",
+         "service[0].ecmg[0].cw_encryption.algorithm", "not one of"),
+        ("", 'cw_encryption = { algorithm = "aes128-cbc", key_id = 1, key = "00" }', "",
+         "service[0].ecmg[0].cw_encryption.key", "16 bytes"),
+        ("", "", SECOND.format(scid="0x00020001", sid=2, ecm=2), "service[1].ecmg[0].ECM_channel_id", "another super_CAS_id"),
+        ("", "", SECOND.format(scid="0x00010001", sid=1, ecm=2), "service[1].ecmg[0].ECM_stream_id", "used twice"),
+        ("", "", SECOND.format(scid="0x00010001", sid=2, ecm=1), "service[1].ecmg[0].ECM_id", "already used"),
+        ("", "", SECOND.format(scid="0x00010001", sid=2, ecm=2).replace('name = "b"', 'name = "a"'),
+         "service[1].name", "twice"),
+    ],
+)
+def test_config_errors_name_file_key_and_reason(tmp_path, service, ecmg, tail, key, reason):
+    text = config_text(service, ecmg, tail)
+    path = tmp_path / "scs.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_scs_settings(path)
+    assert info.value.key == key and reason in info.value.reason and str(path) in str(info.value)
+
+
+def test_config_without_services_or_ecmgs_and_remote_mux(tmp_path):
+    path = tmp_path / "scs.toml"
+    path.write_text("[scs]\n")
+    with pytest.raises(ConfigError, match="no service"):
+        load_scs_settings(path)
+    path.write_text(config_text().replace('mode = "in-process"', 'mode = "remote"'))
+    with pytest.raises(ConfigError, match="TODO"):
+        load_scs_settings(path)
+    path.write_text(config_text().replace('mode = "in-process"', 'mode = "carrier-pigeon"'))
+    with pytest.raises(ConfigError) as info:
+        load_scs_settings(path)
+    assert info.value.key == "mux.mode" and "not one of" in info.value.reason
+
+
+def test_stagger_spreads_phases(tmp_path):
+    path = tmp_path / "scs.toml"
+    path.write_text(config_text(tail=SECOND.format(scid="0x00010001", sid=2, ecm=2)))
+    assert [s.spec.phase for s in load_scs_settings(path).services] == [0.0, 0.5]
+    path.write_text("[scs]\nstagger = false\n" + path.read_text())
+    assert [s.spec.phase for s in load_scs_settings(path).services] == [0.0, 0.0]
+
+
+def test_pure_modules_import_no_twisted():
+    code = (
+        "import sys, bcast_sp4.machines.scs, bcast_sp4.scrambler, bcast_sp4.stkm_sink, bcast_sp4.config.scs;"
+        "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_runner_tunes_the_garbage_collector_once_set_up(monkeypatch):
+    import bcast_sp4.roles.scs_client as module
+
+    calls = []
+    monkeypatch.setattr(module, "tune_gc", lambda: calls.append("tuned"))
+    clock = Clock()
+    core = SCSCore([], [], Timing())
+    runner = SCSRunner(core, clock, RecordingSink(clock.seconds), {}, gc_tuning_after=20.0)
+    runner.startService()
+    clock.advance(19.9)
+    assert calls == []
+    clock.advance(0.2)
+    assert calls == ["tuned"]
+    runner.stopService()
+    stopped = SCSRunner(core, clock, RecordingSink(clock.seconds), {}, gc_tuning_after=5.0)
+    stopped.startService()
+    stopped.stopService()
+    clock.advance(10)
+    assert calls == ["tuned"] and not clock.getDelayedCalls()
