@@ -14,6 +14,8 @@ Every loop is bounded and every port and connection is closed (trial reports a d
 
 from __future__ import annotations
 
+import tempfile
+
 import json
 import random
 import shutil
@@ -177,7 +179,7 @@ class LoopbackTests(TestCase):
 
     async def _deliver_everything(self, udp: bool, record: bool = False) -> Lab:
         lab = Lab(self, record=record)
-        spool = Path(self.mktemp())
+        spool = Path(tempfile.mkdtemp(prefix='bcast-spool-')) / 'spool'  # not trial's mktemp: that writes into the cwd
         spool.mkdir(parents=True)
         files = random_ltkms(40, seed=1)
         for k, data in enumerate(files):
@@ -220,7 +222,7 @@ class LoopbackTests(TestCase):
         tshark = shutil.which("tshark")
         if tshark is None:
             self.fail("tshark is not installed: the capture cannot be checked (apt-get install tshark)")
-        path = Path(self.mktemp() + ".pcap")
+        path = Path(tempfile.mkdtemp(prefix="bcast-cap-")) / "emmg.pcap"
         tcp_messages = 0
         with open(path, "wb") as f:
             writer = PcapWriter(f)
