@@ -278,7 +278,7 @@ class EMMGSession:
     def connection_made(self, now: float) -> list[Output]:
         """A TCP connection to the MUX is up: start the setup."""
         if self.state is State.CLOSED:
-            return [Close("session closed")]
+            return [Close("session closed", "info")]
         self.connections += 1
         self.state = State.WAIT_CHANNEL_STATUS
         self.invalid_in_a_row = 0
@@ -337,9 +337,9 @@ class EMMGSession:
             return []
         if state in _CHANNEL_OPEN:
             self.state = State.CLOSED
-            return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown")]
+            return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown", "info")]
         self.state = State.CLOSED
-        return [CancelTimer("response"), Close("shutdown")] if state is not State.DISCONNECTED else []
+        return [CancelTimer("response"), Close("shutdown", "info")] if state is not State.DISCONNECTED else []
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -442,7 +442,7 @@ class EMMGSession:
         if self._closing:
             return []
         self.state = State.CLOSED
-        return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown complete")]
+        return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown complete", "info")]
 
     def _on_channel_test(self, msg: m.ChannelTest) -> list[Output]:
         c = self.config
@@ -562,7 +562,7 @@ class EMMGSession:
         self._closing = {sid for sid, s in self.streams.items() if s.open}
         if not self._closing:
             self.state = State.CLOSED
-            return [Send(self._channel_close()), Close("shutdown complete")]
+            return [Send(self._channel_close()), Close("shutdown complete", "info")]
         return [
             Send(
                 m.StreamCloseRequest(

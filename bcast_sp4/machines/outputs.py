@@ -18,9 +18,13 @@ class Send:
 
 @attrs.frozen
 class Close:
-    """Close the connection after sending what precedes; *reason* is for the log."""
+    """Close the connection after sending what precedes; *reason* is for the log.
+
+    *level* is ``"warn"`` when something went wrong, ``"info"`` for an orderly close.
+    """
 
     reason: str
+    level: str = "warn"
 
 
 @attrs.frozen

@@ -475,7 +475,7 @@ class SCSChannel:
             out.append(Send(m.ChannelClose(protocol_version=self.version, ECM_channel_id=self.spec.ECM_channel_id)))
         out += self._streams_down("shutdown")
         if self.state is not ChannelState.DISCONNECTED:
-            out.append(Close("shutdown"))
+            out.append(Close("shutdown", "info"))
         self.state = ChannelState.DISCONNECTED
         return out
 

@@ -53,7 +53,7 @@ class SimulCryptStreamProtocol(Protocol):
             except Exception:
                 # Our bug, not the peer's: log it, drop this connection, keep the process serving.
                 self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
-                outputs = [Close("internal error")]
+                outputs = [Close("internal error", "warn")]
             close_reason = self._execute(outputs, out)
             if close_reason is not None:
                 break
@@ -61,17 +61,18 @@ class SimulCryptStreamProtocol(Protocol):
             self.transport.write(b"".join(out))
         if close_reason is not None:
             self._closing = True
-            self.log.warn("closing connection from {peer}: {reason}", peer=self.peer, reason=close_reason)
+            emit = self.log.info if close_reason.level == "info" else self.log.warn
+            emit("closing connection with {peer}: {reason}", peer=self.peer, reason=close_reason.reason)
             self.transport.loseConnection()
 
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> str | None:
+    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
         for output in outputs:
             if type(output) is Send:
                 out.append(output.message.encode())
             elif type(output) is Notify:
                 self._log_event(output)
             elif type(output) is Close:
-                return output.reason
+                return output
         return None
 
     def _log_event(self, event: Notify) -> None:

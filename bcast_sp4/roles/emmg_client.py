@@ -180,7 +180,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         return self.service.session.receive(item, now)
 
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> str | None:
+    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
         basic: list[Output] = []
         for output in outputs:
             if type(output) in (Send, Notify, Close):
@@ -199,7 +199,8 @@ class EMMGProtocol(SimulCryptStreamProtocol):
             self.transport.write(b"".join(out))
         if close is not None:
             self._closing = True
-            self.log.info("closing connection to {peer}: {reason}", peer=self.peer, reason=close)
+            emit = self.log.info if close.level == "info" else self.log.warn
+            emit("closing connection to {peer}: {reason}", peer=self.peer, reason=close.reason)
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:

@@ -186,7 +186,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
         super().dataReceived(data)
         self.play_out.kick()
 
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> str | None:
+    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
         basic: list[Output] = []
         other: list[Output] = []
         for output in outputs:
