@@ -33,3 +33,17 @@ bcast_scs = ServiceMaker(
     "ECMG<=>SCS client: TEK per crypto-period, STKMs synchronised to the MUX, SRTP / IPsec / ISMACryp scrambling",
     "bcast-scs",
 )
+
+bcast_terminal = ServiceMaker(
+    "bcast-sp4 reference terminal",
+    "bcast_sp4.tap.terminal",
+    "OMA BCAST reference terminal (LTKM -> SEK/PEK, STKM -> TEK, SRTP / IPsec / ISMACryp decryption) and lab content source",
+    "bcast-terminal",
+)
+
+bcast_lab = ServiceMaker(
+    "bcast-sp4 lab head-end",
+    "bcast_sp4.tap.lab",
+    "MUX, ECMGs, EMMG, SCS, scramblers and a reference terminal in one process, with a per-period report",
+    "bcast-lab",
+)

@@ -1,0 +1,48 @@
+"""``twistd bcast-terminal``: the reference terminal (and lab content source).
+
+``twistd -n bcast-terminal --config etc/lab/terminal.toml [--periods N]``: joins the LTKM, STKM and
+content destinations, turns LTKMs into SEK/PEK and STKMs into TEKs, decrypts SRTP, IPsec ESP and
+ISMACryp content and checks it; with ``--periods N`` it stops after N periods of content and exits
+with status 0 only if every packet was decrypted intact in both profiles.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from ..config._reader import ConfigError
+from ..config.terminal import TerminalSettings, load_terminal_settings
+from ..roles.terminal import TerminalService
+from ._exit import stop_with_status
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE [--periods N]"
+    longdesc = "Reference OMA BCAST terminal: LTKM -> SEK/PEK, STKM -> TEK, decrypt and check content."
+    optParameters = [
+        ["config", "c", "etc/lab/terminal.toml", "terminal configuration file (TOML)"],
+        ["periods", "p", "0", "stop after N periods of content with a verdict (0 = run until stopped)", int],
+    ]
+
+    def postOptions(self) -> None:
+        if self["periods"] < 0:
+            raise usage.UsageError("--periods must be >= 0")
+        try:
+            self["settings"] = load_terminal_settings(self["config"])
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:
+    top = MultiService()
+    terminal = TerminalService(settings, reactor, periods, on_done, out)
+    terminal.setServiceParent(top)
+    top.terminal = terminal
+    return top
+
+
+def makeService(options: Options) -> MultiService:
+    from twisted.internet import reactor
+
+    return build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
