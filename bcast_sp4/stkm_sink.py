@@ -13,9 +13,9 @@ Sinks here are pure (no Twisted, no sockets):
 * :class:`JSONLinesSink` — one JSON object per submission on a text stream (lab / debugging;
   an STKM is encrypted key material, so writing it is no leak of a TEK).
 
-TODO(#6): the remote sink over EMMG/PDG<=>MUX (the SCS as a data client: client_id =
-super_CAS_id, data_id = ECM_id, section_TSpkt_flag 0x02) waits for the EMMG client
-(``bcast_sp4/roles/emmg_client.py``), which does not exist yet.
+The remote sink over EMMG/PDG<=>MUX (the SCS as a data client: client_id = super_CAS_id, data_id =
+ECM_id, section_TSpkt_flag 0x02) needs Twisted and lives in :mod:`bcast_sp4.roles.stkm_link`
+(``RemoteMuxSink``).
 """
 
 from __future__ import annotations

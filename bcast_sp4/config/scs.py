@@ -5,11 +5,19 @@ its parameters, content input / output UDP addresses and one or more ECMGs. ECMG
 different services that name the same endpoint and ECM_channel_id share that channel (one TCP
 connection, one stream per service); they must then agree on backup endpoint, super_CAS_id and
 protocol version. Every problem is a :class:`ConfigError` naming the file, key and reason.
+
+``[mux]`` says where STKMs go. ``mode = "remote"`` carries them to a MUX over EMMG/PDG<=>MUX
+(TS 103 197 §6; the link itself is :mod:`bcast_sp4.roles.stkm_link`): the SCS is a data client
+per super_CAS_id (client_id = super_CAS_id, data_id = ECM_id, data_type 0x02), so in that mode
+every super_CAS_id must name an SP-4 profile (0x0001xxxx / 0x0002xxxx: the MUX routes STKMs for
+nothing else) and an ECM_id may appear once per super_CAS_id over all ECMGs and services (the
+MUX has one route, one current STKM, per pair).
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from ..bcast.traffic import TrafficProtection
 from ..machines.scs import ChannelSpec, CWEncryptionSpec, LinkSpec, ServiceSpec, Timing
 from ..scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
+from ..wire.sp4 import profile_of
 from ._reader import ConfigError, Reader, load_toml
 
 
@@ -28,7 +37,7 @@ class MuxMode(enum.Enum):
 
     IN_PROCESS = "in-process"  # a MUX (or the lab's recorder) in the same process
     FILE = "file"  # JSON lines (lab / debugging)
-    REMOTE = "remote"  # EMMG/PDG<=>MUX data client: TODO(#6)
+    REMOTE = "remote"  # EMMG/PDG<=>MUX data client (bcast_sp4.roles.stkm_link)
 
 
 @attrs.frozen(kw_only=True)
@@ -43,8 +52,17 @@ class ReconnectPolicy:
 
 @attrs.frozen(kw_only=True)
 class MuxSettings:
+    """``[mux]``: the sink of the STKMs; the remaining fields only matter for ``mode = "remote"``."""
+
     mode: MuxMode = MuxMode.IN_PROCESS
-    path: Path | None = None
+    path: Path | None = None  # file
+    connect: str | None = None  # remote: client endpoint string of the MUX's TCP port
+    data_channel_id: int = 2  # remote: per super_CAS_id; 2 so an LTKM generator on the same BSM id keeps 1
+    bandwidth: int = 16  # remote: kbit/s requested per STKM stream (one stream per ECM_id)
+    protocol_version: int = 3  # remote: EMMG/PDG<=>MUX version, 2..5
+    udp: bool = False  # remote: data_provision over UDP to mux_udp instead of the TCP connection
+    mux_udp: tuple[str, int] | None = None  # remote, udp: the MUX's UDP data_provision port
+    udp_interface: str = "127.0.0.1"  # remote, udp: local address of the data socket
 
 
 @attrs.frozen(kw_only=True)
@@ -134,6 +152,40 @@ def _hex(reader: Reader, key: str) -> bytes | None:
         raise reader.fail(key, "must be a hex string") from None
 
 
+def _mux_settings(path: Path, table: Reader) -> MuxSettings:
+    """``[mux]``: mode and the keys of that mode (any other key is an error)."""
+    mode = _choice(table, "mode", {m.value: m for m in MuxMode}, MuxMode.IN_PROCESS.value)
+    if mode is MuxMode.FILE:
+        settings = MuxSettings(mode=mode, path=(path.parent / table.string("path")).resolve())
+    elif mode is MuxMode.REMOTE:
+        connect = _endpoint(table, "connect")
+        transport = table.string("transport", "tcp")
+        if transport not in ("tcp", "udp"):
+            raise table.fail("transport", f"must be 'tcp' or 'udp', not {transport!r}")
+        mux_udp = _host_port(table, "mux_udp", None)
+        if transport == "udp" and mux_udp is None:
+            raise table.fail("mux_udp", "missing: transport 'udp' needs the MUX's UDP data port as HOST:PORT")
+        udp_interface = table.string("udp_interface", "127.0.0.1")
+        try:
+            ipaddress.IPv4Address(udp_interface)
+        except ValueError:
+            raise table.fail("udp_interface", f"{udp_interface!r} is not an IPv4 address") from None
+        settings = MuxSettings(
+            mode=mode,
+            connect=connect,
+            data_channel_id=table.integer("data_channel_id", 2),
+            bandwidth=table.integer("bandwidth", 16, 1, 0xFFFF),
+            protocol_version=table.integer("protocol_version", 3, 2, 5),
+            udp=transport == "udp",
+            mux_udp=mux_udp,
+            udp_interface=udp_interface,
+        )
+    else:
+        settings = MuxSettings(mode=mode)
+    table.no_unknown_keys()
+    return settings
+
+
 def load_scs_settings(path: str | Path) -> SCSSettings:
     """Read an SCS configuration file (see ``etc/scs.toml``).
 
@@ -167,21 +219,14 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
     rc.no_unknown_keys()
     top.no_unknown_keys()
 
-    mux_table = root.sub("mux")
-    mode = _choice(mux_table, "mode", {m.value: m for m in MuxMode}, MuxMode.IN_PROCESS.value)
-    mux_path = None
-    if mode is MuxMode.FILE:
-        mux_path = (path.parent / mux_table.string("path")).resolve()
-    elif mode is MuxMode.REMOTE:
-        raise mux_table.fail(
-            "mode", "remote MUX not available yet (TODO(#6): needs the EMMG client, bcast_sp4/roles/emmg_client.py)"
-        )
-    mux_table.no_unknown_keys()
+    mux = _mux_settings(path, root.sub("mux"))
+    mode = mux.mode
 
     channels: dict[tuple[str, int], ChannelSpec] = {}
     channel_where: dict[tuple[str, int], str] = {}
     stream_ids: set[tuple[str, int]] = set()
     ecm_ids: dict[tuple[str, int, int], str] = {}
+    stkm_routes: dict[tuple[int, int], str] = {}
     services: list[ServiceSettings] = []
     names: set[str] = set()
     entries = root.list_of_tables("service")
@@ -261,6 +306,15 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             if owner is not None:
                 raise ecmg.fail("ECM_id", f"{ecm_id} for super_CAS_id {scid:#010x} on {endpoint} already used by {owner}")
             ecm_ids[(endpoint, scid, ecm_id)] = name
+            if mode is MuxMode.REMOTE:
+                if profile_of(scid) is None:
+                    raise ecmg.fail("super_CAS_id", f"{scid:#010x}: with [mux] mode 'remote' STKMs go to the MUX as "
+                                                    "client_id = super_CAS_id, which must be 0x0001xxxx or 0x0002xxxx")
+                routed = stkm_routes.get((scid, ecm_id))
+                if routed is not None:
+                    raise ecmg.fail("ECM_id", f"{ecm_id} for super_CAS_id {scid:#010x} already used by {routed}: "
+                                              "with [mux] mode 'remote' one (super_CAS_id, ECM_id) is one MUX route")
+                stkm_routes[(scid, ecm_id)] = f"{name} ({endpoint})"
             links.append(LinkSpec(channel=spec.name, super_CAS_id=scid, ECM_stream_id=stream_id, ECM_id=ecm_id,
                                   access_criteria=access, cw_encryption=cw))
         svc.no_unknown_keys()
@@ -272,7 +326,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
         ))
     root.no_unknown_keys()
     return SCSSettings(timing=timing, reconnect=reconnect, channels=tuple(channels.values()), services=tuple(services),
-                       mux=MuxSettings(mode=mode, path=mux_path), max_message_length=max_length, gc_tuning=gc_tuning,
+                       mux=mux, max_message_length=max_length, gc_tuning=gc_tuning,
                        source_path=path)
 
 

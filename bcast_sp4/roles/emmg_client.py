@@ -288,6 +288,9 @@ class EMMGService(Service):
         if self.settings.emmg.udp:
             self.udp_port = self.reactor.listenUDP(0, EMMGDatagramProtocol(), interface=self.settings.udp_interface)
             self.udp_port.connect(*self.settings.mux_udp)
+            # Not read: a read-watched connected UDP port is closed by the epoll reactor on an ICMP
+            # "port unreachable" (MUX not up yet, or restarting); the send error requeues instead.
+            self.udp_port.stopReading()
             self.udp_socket = self.udp_port.getHandle()
         self._refiller.start(self.poll_interval, now=True)
         self.client_service.startService()

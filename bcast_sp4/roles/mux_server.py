@@ -41,7 +41,7 @@ def _log_notify(logger: Logger, event: Notify, **context) -> None:
 
 
 class _EgressProtocol(DatagramProtocol):
-    """Play-out sockets never expect input; an ICMP refusal shows up on the next send."""
+    """Play-out sockets never expect input (they are not read); an ICMP refusal shows up on the next send."""
 
     noisy = False
 
@@ -81,6 +81,10 @@ class PlayOut(Service):
             cfg = route.config
             port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface)
             port.connect(*cfg.destination)
+            # Never read: with the epoll reactor a readable connected UDP port that meets an ICMP
+            # "port unreachable" (receiver not up yet) is closed for good. Unwatched, the refusal
+            # surfaces on the next send as ECONNREFUSED, which is counted as a drop.
+            port.stopReading()
             sock = port.getHandle()
             if cfg.multicast:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)

@@ -4,7 +4,9 @@
 
 One ``ClientService`` per ECMG channel (primary endpoint, then the backup), one UDP port per
 service's scrambler, the crypto-period schedulers in one :class:`SCSRunner`; STKMs go to the
-configured MUX sink.
+configured MUX sink. With ``[mux] mode = "remote"`` that sink is a :class:`RemoteMuxSink` (one
+EMMG/PDG<=>MUX data channel per super_CAS_id), the first service of the tree: it starts before the
+runner can submit and stops after it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..config import ConfigError, SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs import SCSCore
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
+from ..roles.stkm_link import RemoteMuxSink
 from ..scrambler import Scrambler
 from ..stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 
@@ -46,14 +49,19 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     """The SCS service tree for *settings* on *reactor*.
 
     :param sink: where STKMs go; by default from ``[mux]`` (an in-process :class:`RecordingSink`
-        for ``in-process``, :class:`JSONLinesSink` for ``file``).
+        for ``in-process``, :class:`JSONLinesSink` for ``file``, :class:`RemoteMuxSink` for ``remote``).
     :param tek_factory: ``(service, n) -> material`` instead of the CSPRNG (tests only).
     """
+    link = None
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
             sink = JSONLinesSink(open(settings.mux.path, "a"), reactor.seconds)
+        elif settings.mux.mode is MuxMode.REMOTE:
+            sink = link = RemoteMuxSink(settings, reactor)
         else:
             sink = RecordingSink(reactor.seconds, limit=100_000)
+    elif isinstance(sink, RemoteMuxSink) and sink.parent is None:
+        link = sink
     core = SCSCore(settings.channels, [s.spec for s in settings.services], settings.timing, tek_factory)
     scramblers = {
         s.spec.name: Scrambler(s.spec.name, s.spec.protection, srtp_profile=s.scrambler.srtp_profile,
@@ -72,6 +80,9 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     top = MultiService()
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
+    top.mux_link = link
+    if link is not None:  # first: up before the runner submits, stopped (closing its channels) last
+        link.setServiceParent(top)
     rc = settings.reconnect
     for channel in settings.channels:
         machine = core.channels[channel.name]

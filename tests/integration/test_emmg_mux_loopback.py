@@ -353,3 +353,64 @@ def problems(node, path="$") -> list[str]:
         for index, value in enumerate(node):
             found += problems(value, f"{path}[{index}]")
     return found
+
+
+def test_receiver_that_starts_late_loses_only_what_was_sent_before_it(tmp_path):
+    """Regression: the MUX's play-out socket once died on the first ICMP 'port unreachable'."""
+    import socket
+    import time
+
+    config = tmp_path / "mux.toml"
+    config.write_text(
+        """[mux]
+endpoint = "tcp:0:interface=127.0.0.1"
+[[client]]
+client_id = 0x00010001
+[[client.stkm]]
+ecm_id = 1
+destination = "127.0.0.1:%d"
+repetition_period = 50
+""" % _free_udp_port()
+    )
+    from .harness import RoleProcess
+
+    port_line = r"MuxFactory starting on (\d+)"
+    process = RoleProcess("bcast-mux", config, port_line)
+    try:
+        destination = int(config.read_text().split('127.0.0.1:')[1].split('"')[0])
+        client = socket.create_connection(("127.0.0.1", process.port), timeout=5)
+        from bcast_sp4 import wire
+        from bcast_sp4.wire import emmg_mux as x
+
+        framer = wire.Framer()
+
+        def request(message):
+            client.sendall(message.encode())
+            frames = []
+            while not frames:
+                frames = framer.feed(client.recv(65536))
+            return wire.decode(frames[0])
+
+        assert isinstance(request(x.ChannelSetup(client_id=0x00010001, data_channel_id=1, section_TSpkt_flag=2)), x.ChannelStatus)
+        assert isinstance(request(x.StreamSetup(client_id=0x00010001, data_channel_id=1, data_stream_id=1, data_id=1, data_type=2)),
+                          x.StreamStatus)
+        request(x.StreamBWRequest(client_id=0x00010001, data_channel_id=1, data_stream_id=1, bandwidth=16))
+        client.sendall(x.DataProvision(client_id=0x00010001, data_channel_id=1, data_stream_id=1, data_id=1,
+                                       datagram=(b"stkm-bytes",)).encode())
+        time.sleep(0.5)  # about ten copies go out to nobody: ICMP refusals
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", destination))
+        receiver.settimeout(2)
+        assert receiver.recvfrom(100)[0] == b"stkm-bytes"  # the route survived the refusals
+        receiver.close()
+        client.close()
+    finally:
+        assert process.stop() == 0
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

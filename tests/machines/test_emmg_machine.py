@@ -265,7 +265,7 @@ def test_shutdown_over_tcp_closes_streams_then_channel():
     assert s.receive(m.StreamCloseResponse(**IDS, data_stream_id=1), 1.0) == []
     out = s.receive(m.StreamCloseResponse(**IDS, data_stream_id=2), 1.0)
     assert isinstance(sent(out)[0], m.ChannelClose) and isinstance(out[-1], Close) and s.state is State.CLOSED
-    assert s.receive(m.ChannelTest(**IDS), 2.0) == [] and s.connection_made(3.0) == [Close("session closed")]
+    assert s.receive(m.ChannelTest(**IDS), 2.0) == [] and s.connection_made(3.0) == [Close("session closed", "info")]
 
 
 def test_shutdown_over_udp_waits_for_the_data_to_land_first():

@@ -34,12 +34,16 @@ class FakeUDPPort:
     connected: tuple[str, int] | None = None
     socket: FakeSocket = attrs.field(factory=FakeSocket)
     listening: bool = True
+    reading: bool = True
 
     def __attrs_post_init__(self) -> None:
         self.protocol.makeConnection(self)
 
     def connect(self, host: str, port: int) -> None:
         self.connected = (host, port)
+
+    def stopReading(self) -> None:
+        self.reading = False
 
     def getHandle(self) -> FakeSocket:
         return self.socket

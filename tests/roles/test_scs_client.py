@@ -271,7 +271,7 @@ def test_config_without_services_or_ecmgs_and_remote_mux(tmp_path):
     with pytest.raises(ConfigError, match="no service"):
         load_scs_settings(path)
     path.write_text(config_text().replace('mode = "in-process"', 'mode = "remote"'))
-    with pytest.raises(ConfigError, match="TODO"):
+    with pytest.raises(ConfigError, match="mux.connect: missing"):
         load_scs_settings(path)
     path.write_text(config_text().replace('mode = "in-process"', 'mode = "carrier-pigeon"'))
     with pytest.raises(ConfigError) as info:

@@ -1,0 +1,344 @@
+"""SCS -> MUX: STKMs over EMMG/PDG<=>MUX, the SCS as a data client (TS 103 197 §6; SP-4 seed §14.1.1.2).
+
+TS 103 197 leaves the SCS->MUX link to the implementer. This project carries STKMs over the
+EMMG/PDG<=>MUX protocol: per super_CAS_id one data channel (client_id = super_CAS_id,
+``data_channel_id`` from ``[mux]``, section_TSpkt_flag 0x02), per ECM_id one data stream (data_id =
+ECM_id, data_type 0x02, the DVB value for ECMs), each STKM one ``datagram`` of a data_provision, over
+the TCP connection or (``transport = "udp"``) the MUX's UDP port. The channel machinery is the EMMG
+client's: one :class:`~bcast_sp4.roles.emmg_client.EMMGService` per super_CAS_id (``ClientService``
+with back-off, setup after every reconnect, paced sending, orderly close).
+:class:`RemoteMuxSink` owns them and implements :class:`~bcast_sp4.stkm_sink.STKMSink`.
+
+Rules (where an STKM differs from an LTKM)::
+
+  when                                  what the sink does
+  submit(..., on_air_from, ...)         keep the STKM; hand it to the link at on_air_from
+                                        (callLater(max(0, on_air_from - now))): the MUX makes the
+                                        newest data_provision of a stream its current STKM at once,
+                                        so the hand-over time IS the switch time
+  on_air_from, link READY               data_provision now (paced by the stream's allocation: the
+                                        first STKM after a quiet spell leaves at once)
+  on_air_from, link not READY           hold it: only the newest held STKM per ECM_id is kept (an
+                                        older one is superseded: counted, logged); it is sent as
+                                        soon as the link is READY again (late, counted)
+  a newer STKM goes out or is held      older STKMs of that ECM_id still in the session's queue
+                                        (queued while READY, not yet paced out, or kept across a
+                                        reconnect) are removed, counted as superseded: the
+                                        EMMG session keeps its queues across reconnects because
+                                        every LTKM must arrive; for STKMs only the newest counts
+  stopService                           STKMs not yet due and held ones are dropped (counted); each
+                                        EMMGService closes its streams and channel in order
+
+Repetition: ``repetition_ms`` (the ECMG's ECM_rep_period) has no parameter on EMMG/PDG<=>MUX
+(neither stream_setup nor data_provision carries one). The MUX repeats the current STKM at the
+``repetition_period`` of its ``[[client.stkm]]`` route; keep the two equal by configuration. The
+SCS learns nothing of the MUX's value, so there is nothing to compare: the ECMG's value is logged
+once per (super_CAS_id, ECM_id), and again when it changes, for the operator to check.
+
+Timing at the MUX: an STKM arrives at on_air_from plus this process's timer lateness plus transit;
+the MUX airs the first copy at once, unless its previous copy left less than a quarter repetition
+period before (then at that quarter). ``bandwidth`` (kbit/s per stream) only bounds how soon an
+STKM can follow the previous one of the same ECM_id (its size / allocation); the MUX does not
+police STKM ingress. A MUX granting 0 kbit/s stops the stream: STKMs then wait in the session
+queue and each newer one supersedes the older.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+from typing import Callable
+
+import attrs
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from ..config.emmg import EMMGSettings
+from ..config.scs import MuxMode, SCSSettings
+from ..machines.emmg import EMMGConfig, EMMGStreamConfig, State
+from ..wire.params import DataType
+from .emmg_client import EMMGService
+
+#: handed over this long after on_air_from or later: counted and logged as late (timer lateness is not)
+LATE_AFTER = 0.05
+#: s between two looks at a link whose connection is closing (READY, but nothing may be written)
+RECHECK_INTERVAL = 0.05
+#: STKMs per stream in the EMMG session's queue (newer ones supersede older ones, so 1 is normal)
+_MAX_QUEUE = 2
+
+PairKey = tuple[int, int]  # (super_cas_id, ecm_id)
+
+
+class UnknownSTKMLink(ValueError):
+    """:meth:`RemoteMuxSink.submit` named a (super_CAS_id, ECM_id) absent from the SCS settings."""
+
+
+@attrs.frozen
+class HeldSTKM:
+    """One STKM between :meth:`RemoteMuxSink.submit` and its hand-over to the link."""
+
+    cp_number: int
+    stkm: bytes = attrs.field(repr=False)
+    on_air_from: float
+
+
+def link_settings(settings: SCSSettings) -> dict[int, EMMGSettings]:
+    """One EMMG client configuration per super_CAS_id of the SCS's ECMG entries.
+
+    Streams: one per ECM_id of that super_CAS_id, data_stream_id 1, 2, ... in ECM_id order,
+    data_type 0x02, ``[mux] bandwidth`` kbit/s requested. Setup answers are awaited
+    ``[scs] setup_timeout`` s; the reconnect back-off is ``[scs.reconnect]``'s.
+
+    :raises ValueError: ``[mux] mode`` is not ``remote``.
+    """
+    mux = settings.mux
+    if mux.mode is not MuxMode.REMOTE or mux.connect is None:
+        raise ValueError(f"[mux] mode is {mux.mode.value!r}, not 'remote' with a connect endpoint")
+    ecm_ids: dict[int, set[int]] = {}
+    for service in settings.services:
+        for link in service.spec.links:
+            ecm_ids.setdefault(link.super_CAS_id, set()).add(link.ECM_id)
+    out: dict[int, EMMGSettings] = {}
+    for scid, ids in ecm_ids.items():
+        streams = tuple(
+            EMMGStreamConfig(data_stream_id=k, data_id=ecm_id, bandwidth=mux.bandwidth, data_type=DataType.ECM,
+                             max_queue=_MAX_QUEUE)
+            for k, ecm_id in enumerate(sorted(ids), 1)
+        )
+        config = EMMGConfig(
+            client_id=scid,
+            streams=streams,
+            data_channel_id=mux.data_channel_id,
+            protocol_version=mux.protocol_version,
+            udp=mux.udp,
+            response_timeout=settings.timing.setup_timeout,
+        )
+        out[scid] = EMMGSettings(
+            connect=mux.connect,
+            emmg=config,
+            mux_udp=mux.mux_udp,
+            udp_interface=mux.udp_interface,
+            sources={},
+            retry_max_delay=settings.reconnect.max_delay,
+            source_path=settings.source_path or Path("scs.toml"),
+        )
+    return out
+
+
+class RemoteMuxSink(MultiService):
+    """The SCS's :class:`~bcast_sp4.stkm_sink.STKMSink` for a MUX reached over EMMG/PDG<=>MUX.
+
+    A ``MultiService`` whose children are the :class:`EMMGService` of each super_CAS_id (in
+    :attr:`links`); add it to the SCS's tree before the runner, so it runs before the first STKM.
+
+    :param settings: the SCS settings (``[mux] mode = "remote"``).
+    :param reactor: clock and connector (tests pass a memory reactor).
+    :param endpoints: super_CAS_id -> client endpoint, instead of ``[mux] connect`` (tests).
+    :param retry_policy: reconnect delays, instead of ``[scs.reconnect]``'s back-off (tests).
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: SCSSettings, reactor, *, endpoints: dict[int, object] | None = None,
+                 retry_policy: Callable[[int], float] | None = None) -> None:
+        super().__init__()
+        self.clock = reactor
+        self.settings = settings
+        rc = settings.reconnect
+        policy = retry_policy or backoffPolicy(rc.initial_delay, rc.max_delay, rc.factor,
+                                               jitter=lambda: random.random() * rc.jitter)
+        self.links: dict[int, EMMGService] = {}
+        for scid, emmg_settings in sorted(link_settings(settings).items()):
+            link = EMMGService(emmg_settings, reactor, endpoint=(endpoints or {}).get(scid), retry_policy=policy)
+            link.setName(f"stkm-link-{scid:#010x}")
+            link.setServiceParent(self)
+            self.links[scid] = link
+        self.counters = {"submitted": 0, "handed_over": 0, "late": 0, "superseded": 0, "dropped_stopped": 0,
+                         "dropped_queue_full": 0}
+        #: per (super_cas_id, ecm_id): the cp_number last handed to the link
+        self.last_handed_over: dict[PairKey, int] = {}
+        self._scheduled: dict[int, IDelayedCall] = {}
+        self._tokens = itertools.count()
+        self._held: dict[PairKey, HeldSTKM] = {}
+        self._superseded_while_held: dict[PairKey, int] = {}
+        self._awaiting: set[int] = set()
+        self._rechecks: dict[int, IDelayedCall] = {}
+        self._repetition: dict[PairKey, int] = {}
+
+    # -- service -------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        mux = self.settings.mux
+        self.log.info(
+            "STKM link to the MUX at {connect} ({transport}): {clients} client_ids, {streams} STKM streams, "
+            "data_channel_id {channel_id}",
+            connect=mux.connect, transport="udp" if mux.udp else "tcp", clients=len(self.links),
+            streams=sum(len(link.session.streams) for link in self.links.values()), channel_id=mux.data_channel_id,
+        )
+
+    def stopService(self) -> Deferred:
+        """Drop what is not yet handed over (counted), then close every link's streams and channel."""
+        scheduled, self._scheduled = self._scheduled, {}
+        for call in scheduled.values():
+            if call.active():
+                call.cancel()
+        rechecks, self._rechecks = self._rechecks, {}
+        for call in rechecks.values():
+            if call.active():
+                call.cancel()
+        dropped = len(scheduled) + len(self._held)
+        self._held.clear()
+        self._awaiting.clear()
+        if dropped:
+            self.counters["dropped_stopped"] += dropped
+            self.log.info("stopping: {count} STKMs not yet handed to the MUX dropped", count=dropped)
+        return super().stopService()
+
+    def when_ready(self, super_cas_id: int | None = None) -> Deferred:
+        """A new Deferred firing once the link of *super_cas_id* (default: every link) is READY."""
+        links = self.links.values() if super_cas_id is None else [self.links[super_cas_id]]
+        return gatherResults([link.when_ready() for link in links]).addCallback(lambda _r: None)
+
+    def is_ready(self, super_cas_id: int) -> bool:
+        """The link of *super_cas_id* is set up and may send now."""
+        return self._ready(self.links[super_cas_id])
+
+    # -- STKMSink ------------------------------------------------------------------------------
+
+    def submit(self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes, on_air_from: float,
+               repetition_ms: int) -> None:
+        """Hand *stkm* to the MUX at *on_air_from* (see the module docstring).
+
+        :raises UnknownSTKMLink: no ECMG entry of the SCS has this (super_cas_id, ecm_id).
+        :raises ValueError: empty, or too long for one data_provision.
+        """
+        key = (super_cas_id, ecm_id)
+        link = self.links.get(super_cas_id)
+        if link is None or ecm_id not in link.session.by_data_id:
+            raise UnknownSTKMLink(f"no STKM stream for super_CAS_id {super_cas_id:#010x} ECM_id {ecm_id}")
+        stkm = bytes(stkm)
+        limit = link.settings.emmg.max_datagram
+        if not 1 <= len(stkm) <= limit:
+            raise ValueError(f"STKM of {len(stkm)} bytes outside 1..{limit}")
+        self.counters["submitted"] += 1
+        self._note_repetition(key, repetition_ms)
+        if not self.running:
+            self.counters["dropped_stopped"] += 1
+            self.log.warn("STKM for super_cas_id={super_cas_id:#010x} ecm_id={ecm_id} cp_number={cp_number} "
+                          "dropped: the MUX link is stopped", super_cas_id=super_cas_id, ecm_id=ecm_id, cp_number=cp_number)
+            return
+        item = HeldSTKM(cp_number, stkm, on_air_from)
+        token = next(self._tokens)
+        delay = max(0.0, on_air_from - self.clock.seconds())
+        self._scheduled[token] = self.clock.callLater(delay, self._due, token, key, item)
+
+    # -- hand-over -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _ready(link: EMMGService) -> bool:
+        protocol = link.protocol
+        return link.session.state is State.READY and protocol is not None and not protocol.closing
+
+    def _due(self, token: int, key: PairKey, item: HeldSTKM) -> None:
+        self._scheduled.pop(token, None)
+        if self._ready(self.links[key[0]]):
+            self._hand_over(key, item)
+        else:
+            self._hold(key, item)
+
+    def _hold(self, key: PairKey, item: HeldSTKM) -> None:
+        scid, ecm_id = key
+        self._purge_queue(key)
+        older = self._held.get(key)
+        if older is not None:
+            self._supersede(key, 1, older.cp_number)
+        elif not any(k[0] == scid for k in self._held):
+            self.log.warn("MUX link for super_cas_id={super_cas_id:#010x} not ready at on_air_from: holding the newest "
+                          "STKM per ECM_id until it is", super_cas_id=scid)
+        self._held[key] = item
+        self._await_ready(scid)
+
+    def _await_ready(self, scid: int) -> None:
+        if scid in self._awaiting:
+            return
+        self._awaiting.add(scid)
+        link = self.links[scid]
+        if link.session.state is State.READY:  # READY, but its connection is closing: look again soon
+            self._rechecks[scid] = self.clock.callLater(RECHECK_INTERVAL, self._link_ready, scid)
+            return
+        d = link.when_ready()
+        d.addCallback(lambda _protocol: self._link_ready(scid))
+        d.addErrback(lambda failure: self.log.failure("STKM link {super_cas_id:#010x}: ready observer failed",
+                                                      failure, super_cas_id=scid))
+
+    def _link_ready(self, scid: int) -> None:
+        self._rechecks.pop(scid, None)
+        if scid not in self._awaiting or not self.running:
+            return
+        self._awaiting.discard(scid)
+        if not self._ready(self.links[scid]):
+            self._await_ready(scid)
+            return
+        for key in sorted(k for k in self._held if k[0] == scid):
+            self._hand_over(key, self._held.pop(key))
+
+    def _hand_over(self, key: PairKey, item: HeldSTKM) -> None:
+        scid, ecm_id = key
+        older = self._held.pop(key, None)  # held while the link was down, older than *item*
+        if older is not None:
+            self._supersede(key, 1, older.cp_number)
+        self._purge_queue(key)
+        link = self.links[scid]
+        if not link.enqueue_ltkm(ecm_id, item.stkm):  # pragma: no cover - the queue was just emptied
+            self.counters["dropped_queue_full"] += 1
+            self.log.error("STKM super_cas_id={super_cas_id:#010x} ecm_id={ecm_id} cp_number={cp_number} dropped: "
+                           "queue full", super_cas_id=scid, ecm_id=ecm_id, cp_number=item.cp_number)
+            return
+        self.counters["handed_over"] += 1
+        self.last_handed_over[key] = item.cp_number
+        late = self.clock.seconds() - item.on_air_from
+        superseded = self._superseded_while_held.pop(key, 0)
+        if late > LATE_AFTER:
+            self.counters["late"] += 1
+            self.log.warn(
+                "STKM super_cas_id={super_cas_id:#010x} ecm_id={ecm_id} cp_number={cp_number} handed to the MUX "
+                "{late_ms} ms after on_air_from ({superseded} older ones superseded meanwhile)",
+                super_cas_id=scid, ecm_id=ecm_id, cp_number=item.cp_number, late_ms=round(late * 1000, 1),
+                superseded=superseded,
+            )
+
+    def _purge_queue(self, key: PairKey) -> None:
+        """Remove older STKMs of *key* still queued in the EMMG session (a newer one replaces them)."""
+        scid, ecm_id = key
+        queue = self.links[scid].session.by_data_id[ecm_id].queue
+        if queue:
+            count = len(queue)
+            queue.clear()
+            self._supersede(key, count, None)
+
+    def _supersede(self, key: PairKey, count: int, cp_number: int | None) -> None:
+        self.counters["superseded"] += count
+        first = key not in self._superseded_while_held
+        self._superseded_while_held[key] = self._superseded_while_held.get(key, 0) + count
+        if first:  # one line per outage and pair; the hand-over reports the total
+            self.log.warn("super_cas_id={super_cas_id:#010x} ecm_id={ecm_id}: {count} STKM(s) superseded before "
+                          "reaching the MUX (cp_number {cp_number})", super_cas_id=key[0], ecm_id=key[1], count=count,
+                          cp_number="queued" if cp_number is None else cp_number)
+
+    def _note_repetition(self, key: PairKey, repetition_ms: int) -> None:
+        if self._repetition.get(key) == repetition_ms:
+            return
+        self._repetition[key] = repetition_ms
+        self.log.info(
+            "super_cas_id={super_cas_id:#010x} ecm_id={ecm_id}: ECM_rep_period {repetition_ms} ms cannot travel over "
+            "EMMG/PDG<=>MUX; the MUX repeats this STKM at its route's repetition_period",
+            super_cas_id=key[0], ecm_id=key[1], repetition_ms=repetition_ms,
+        )
+
+
+__all__ = ["HeldSTKM", "LATE_AFTER", "RemoteMuxSink", "UnknownSTKMLink", "link_settings"]
