@@ -159,6 +159,32 @@ class SessionManager:
         self.forget("peer_lost", peer)  # only a loss after this call counts
         return self.when("peer_lost", peer, timeout)
 
+    # -- what the roles report -----------------------------------------------------------------
+
+    def observe(self, role: str, peer: str, event: str, fields: dict[str, Any]) -> None:
+        """Turn a role's lifecycle event (its machines' ``Notify``) into session state and events.
+
+        ``channel_open`` / ``stream_open`` publish the channel / stream, ``channel_closed`` fails
+        everything waiting on that channel and its streams, ``stream_closed`` forgets the stream,
+        ``bandwidth_allocated`` publishes the allocation of (client_id, data_id). Other events
+        are not the session's business.
+        """
+        channel = fields.get("channel_id", 0)
+        if event == "channel_open":
+            self.channel_ready(role, peer, channel, dict(fields))
+        elif event == "stream_open":
+            self.stream_ready(role, peer, channel, fields.get("stream_id", 0), dict(fields))
+        elif event == "channel_closed":
+            self.channel_lost(role, peer, channel, str(fields.get("why", "closed")))
+        elif event == "stream_closed":
+            self.fail("stream", (role, peer, channel, fields.get("stream_id", 0)), ChannelLost("stream closed"))
+        elif event == "bandwidth_allocated" and "client_id" in fields:
+            self.allocation_granted(fields["client_id"], fields.get("data_id", 0), fields.get("allocation"))
+
+    def connection_lost(self, role: str, peer: str, reason: str) -> None:
+        """A role lost its connection to *peer*."""
+        self.peer_lost(f"{role}:{peer}", reason)
+
     # -- co-located roles --------------------------------------------------------------------------
 
     def register(self, name: str, service: Any) -> None:

@@ -82,3 +82,45 @@ class SessionTests(SynchronousTestCase):
 
         assert self.session.call_guarded("submit", boom) is None
         assert len(self.flushLoggedErrors(RuntimeError)) == 1
+
+
+class ObserveTests(SynchronousTestCase):
+    """Role lifecycle events (the machines' Notify) become session state and fired Deferreds."""
+
+    def test_lifecycle_events(self):
+        clock = Clock()
+        session = SessionManager(clock)
+        channel = session.when_channel_ready("ecmg", "peer", 3)
+        stream = session.when_stream_ready("ecmg", "peer", 3, 1)
+        allocation = session.when_allocation(0x00010001, 0x100)
+        session.observe("ecmg", "peer", "channel_open", {"channel_id": 3, "super_cas_id": 0x00010001})
+        session.observe("ecmg", "peer", "stream_open", {"channel_id": 3, "stream_id": 1, "ecm_id": 9})
+        session.observe("mux", "p2", "bandwidth_allocated", {"client_id": 0x00010001, "data_id": 0x100, "allocation": 64})
+        session.observe("ecmg", "peer", "not_enough_cws", {"channel_id": 3})  # not the session's business
+        clock.advance(0)
+        assert self.successResultOf(channel)["super_cas_id"] == 0x00010001
+        assert self.successResultOf(stream)["ecm_id"] == 9
+        assert self.successResultOf(allocation) == 64
+        later = session.when_stream_ready("ecmg", "peer", 3, 2)
+        session.observe("ecmg", "peer", "channel_closed", {"channel_id": 3, "why": "connection_lost"})
+        clock.advance(0)
+        self.failureResultOf(later, ChannelLost)
+        assert session.current("channel", ("ecmg", "peer", 3)) is None
+
+
+def test_lab_roles_report_into_one_session():
+    """Every lab role reaches the shared session manager (no sockets: a memory reactor)."""
+    from bcast_sp4.tap import lab
+
+    from .integration.harness import ROOT
+    from .roles.helpers import UDPMemoryReactor
+
+    settings = lab.load_lab_settings(ROOT / "etc" / "lab" / "lab.toml")
+    service = lab.build_service(settings, UDPMemoryReactor())
+    session = service.session
+    assert session.lookup("mux") is service.mux.mux and session.lookup("emmg") is service.emmg.emmg
+    assert service.mux.mux.factory.session is session
+    assert all(e.factory.session is session for e in service.ecmgs)
+    from bcast_sp4.roles.emmg_client import _Factory
+
+    assert service.scs.runner.session is session and _Factory(service.emmg.emmg).session is session

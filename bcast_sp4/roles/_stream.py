@@ -75,7 +75,15 @@ class SimulCryptStreamProtocol(Protocol):
                 return output
         return None
 
+    @property
+    def session(self):
+        """The process's :class:`~bcast_sp4.session.SessionManager`, when the factory has one."""
+        return getattr(getattr(self, "factory", None), "session", None)
+
     def _log_event(self, event: Notify) -> None:
+        session = self.session
+        if session is not None:
+            session.observe(self.interface.value + ":" + type(self).__name__, self.peer, event.event, event.fields)
         fields = dict(event.fields)
         text = "{peer} {event} " + " ".join(f"{k}={{{k}}}" for k in fields)
         emit = {"debug": self.log.debug, "warn": self.log.warn}.get(event.level, self.log.info)

@@ -224,6 +224,11 @@ class _Factory(Factory):
     def __init__(self, service: "EMMGService") -> None:
         self.service = service
 
+    @property
+    def session(self):
+        """The process's SessionManager, if the EMMG was given one (``service.session_manager``)."""
+        return getattr(self.service, "session_manager", None)
+
     def buildProtocol(self, addr) -> EMMGProtocol:
         protocol = EMMGProtocol(self.service)
         protocol.factory = self

@@ -308,6 +308,9 @@ class SCSRunner(Service):
 
     def _log_event(self, event: Notify) -> None:
         fields = dict(event.fields)
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.observe("scs", str(fields.get("channel", "")), event.event, fields)
         text = "{event} " + " ".join(f"{k}={{{k}}}" for k in fields)
         emit = {"debug": self.log.debug, "warn": self.log.warn, "error": self.log.error}.get(event.level, self.log.info)
         emit(text, event=event.event, **fields)

@@ -106,17 +106,22 @@ def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None
     top.mux = mux_tap.build_service(settings.mux, reactor)
     top.mux.setServiceParent(top)
     session.register("mux", top.mux.mux)
+    top.mux.mux.factory.session = session
     top.ecmgs = []
     for ecmg in settings.ecmgs:
         service = ecmg_tap.build_service(ecmg, load_keyfile(ecmg.key_file), reactor)
+        service.factory.session = session
         service.setServiceParent(top)
         top.ecmgs.append(service)
     top.emmg = emmg_tap.build_service(settings.emmg, reactor)
     top.emmg.setServiceParent(top)
     session.register("emmg", top.emmg.emmg)
+    top.emmg.emmg.session_manager = session
     top.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session))
+    top.scs.runner.session = session
     top.scs.setServiceParent(top)
     top.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out)
+    top.terminal.terminal.session = session
     top.terminal.setServiceParent(top)
     return top
 
