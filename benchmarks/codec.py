@@ -47,7 +47,7 @@ def median_us(fn, number: int, repeat: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=20000, help="calls per timing run")
-    parser.add_argument("--repeat", type=int, default=7, help="timing runs (median reported)")
+    parser.add_argument("--repeat", type=int, default=15, help="timing runs (median reported)")
     args = parser.parse_args()
     n, r = args.number, args.repeat
     target = 5.0

@@ -170,6 +170,7 @@ def _namespace(cls: type[Message]) -> dict[str, Any]:
     ns: dict[str, Any] = {
         "_cls": cls,
         "_TL": TLV.unpack_from,
+        "_StructError": struct.error,
         "_pack_tl": TLV.pack,
         "_pack_header": HEADER.pack,
         "_CPCW": CPCWCombination,
@@ -236,11 +237,12 @@ def _decoder_source(cls: type[Message], group: int) -> str:
     lines = ["def decode(b, end, version):"]
     for i, _pt, card in allowed:
         lines.append(f"    f{i} = []" if card.repeated else f"    f{i} = None")
+    # b is exactly the message (end == len(b)), so a TLV header cut short makes _TL raise
+    # struct.error: caught once outside the loop instead of a bounds test per parameter.
     lines += [
         "    pos = 5",
+        "    try:",
         "    while pos < end:",
-        "        if pos + 4 > end:",
-        "            raise _Invalid('truncated parameter header at byte %d' % pos, error_information=pos)",
         "        t, n = _TL(b, pos)",
         "        p = pos + 4",
         "        pos = p + n",
@@ -290,6 +292,11 @@ def _decoder_source(cls: type[Message], group: int) -> str:
         f"            raise _Unknown('parameter_type 0x%04x not allowed in %s v%d' % (t, _NAME, version),"
         " error_information=t)"
     )
+    # indent the loop (from "while" on) into the try block
+    start = lines.index("    while pos < end:")
+    lines[start:] = ["    " + line for line in lines[start:]]
+    lines.append("    except _StructError:")
+    lines.append("        raise _Invalid('truncated parameter header at byte %d' % pos, error_information=pos) from None")
     for i, pt, card in allowed:
         if card in (ONE, SOME):
             test = f"not f{i}" if card is SOME else f"f{i} is None"
