@@ -1,27 +1,45 @@
 #!/usr/bin/env python3
 """MUX throughput and pacing on loopback: ingest over TCP (Mbit/s) and UDP (datagrams/s), pacing error.
 
-The MUX runs in this process on the real reactor (``MuxServer``: the same adapters as ``twistd
-bcast-mux``); a separate sender process (this script with ``--sender``) drives it with plain
-blocking sockets, so the two share no interpreter. Egress goes to a bound UDP sink socket.
+The MUX runs in a measuring process on the real reactor (``MuxServer``: the same adapters as
+``twistd bcast-mux``); a separate sender process (this script with ``--sender``) drives it with
+plain blocking sockets, so the two share no interpreter. Egress goes to a bound UDP sink socket.
 
 * ``tcp``: one EMMG channel and stream set up over TCP, then pre-encoded data_provision messages
   as fast as the socket takes them, egress unthrottled (``[egress] unthrottled``: no pacing, no
   policing). Reported: datagram payload accepted by the MUX per second (Mbit/s), and every
   datagram also emitted on the play-out socket.
-* ``udp``: the stream is set up over TCP, then data_provision datagrams over UDP as fast as the
-  sender can; reported: UDP data_provisions the MUX processed per second (datagrams the kernel
-  dropped before the MUX read them are not counted, and are reported).
+* ``udp``: the stream is set up over TCP, then data_provision datagrams over UDP at a fixed
+  offered load (``--rate``); reported: UDP data_provisions the MUX processed per second
+  (datagrams the kernel dropped before the MUX read them are not counted, and are reported).
 * ``pacing``: a stream allocated ``--kbit`` (default 200) with its MUX queue pre-filled; a receiver
   socket measures the egress rate over ``--pace-seconds`` (default 10); reported: error in %.
 
-Targets (issue #4): >= 500 Mbit/s TCP, >= 100,000 datagrams/s UDP, pacing within 1 %.
+Baselines, measured in the same run with the same sender process and message sizes:
+
+* TCP: a bare Twisted ``Protocol`` that only cuts the byte stream into messages with
+  ``bcast_sp4.wire.Framer`` and discards them (no decode, no MUX core, no egress; it answers the
+  sender's three set-up messages with canned replies). Its Mbit/s are the datagram payload of the
+  messages it framed, so the figure is in the MUX's unit.
+* UDP: a bare Twisted ``DatagramProtocol`` that counts datagrams and discards them (same
+  maxPacketSize and SO_RCVBUF as the MUX's UDP port; the set-up goes to the bare TCP server).
+  It cannot count more than the sender offers: when it reaches the offered load, the rate ratio is
+  an upper bound of the MUX's share of the ceiling; the CPU ratio below is not capped so.
+
+Every figure is the median over ``--runs`` runs (min and max in brackets); MUX and baseline runs
+alternate, each in its own process (a reactor runs once per process). Ratios are MUX / baseline:
+of the rates, and of the measuring process's CPU time per message taken in (``x``).
+
+Targets (issue #4), judged on the medians: >= 500 Mbit/s TCP, >= 100,000 datagrams/s UDP,
+pacing within 1 % (median of |error|).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +53,9 @@ from bcast_sp4.wire import emmg_mux as m  # noqa: E402
 
 CLIENT, DATA_ID = 0x00010001, 0x0100
 IDS = dict(client_id=CLIENT, data_channel_id=1)
+UDP_MAX_PACKET = 65536
+UDP_RCVBUF = 8 << 20
+DEFAULT_SIZE = {"tcp": 1024, "udp": 200, "pacing": 500}
 
 
 # -- sender process -----------------------------------------------------------------------------
@@ -79,8 +100,9 @@ def sender(args) -> None:
             ahead = sent / args.rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
-        time.sleep(1.0)  # keep the TCP control connection (and so the stream) while the MUX drains
-        print(sent, flush=True)
+        elapsed = time.monotonic() - start
+        time.sleep(0.5)  # keep the TCP control connection (and so the stream) while the MUX drains
+        print(sent, elapsed, flush=True)
     else:  # pacing: fill the MUX queue once (the MUX paces, the sender does not)
         for k in range(args.count):
             payload = k.to_bytes(4, "big") * (args.size // 4)
@@ -89,11 +111,11 @@ def sender(args) -> None:
     sock.close()
 
 
-# -- MUX process --------------------------------------------------------------------------------
+# -- measuring process: the MUX or a baseline ------------------------------------------------------
 
 
-def run_mux(mode: str, args) -> dict:
-    from twisted.internet import reactor
+def build_mux(mode: str, reactor):
+    """The MUX under test; returns (tcp port, udp port, started(), counts(), extra(), got)."""
     from twisted.internet.protocol import DatagramProtocol
 
     from bcast_sp4.roles.mux_server import MuxServer
@@ -127,12 +149,77 @@ def run_mux(mode: str, args) -> dict:
     server = MuxServer(core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH)
     server.play_out.startService()
     tcp = reactor.listenTCP(0, server.factory, interface="127.0.0.1")
-    udp = reactor.listenUDP(0, server.udp_protocol, interface="127.0.0.1", maxPacketSize=65536)
-    udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    udp = reactor.listenUDP(0, server.udp_protocol, interface="127.0.0.1", maxPacketSize=UDP_MAX_PACKET)
+    udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+    c = core.counters
+    counter = "udp_messages" if mode == "udp" else "data_provisions"
+
+    def extra() -> dict:
+        return {"emitted": c["datagrams_out"], "accepted": c["datagrams_in"], "dropped": dict(core.dropped),
+                "processed": c["udp_messages"]}
+
+    return (tcp.getHost().port, udp.getHost().port, lambda: c["datagrams_in"] > 0,
+            lambda: (c["bytes_in"], c[counter]), extra, got)
+
+
+def build_baseline(mode: str, reactor, payload: int):
+    """The baseline: bare Twisted reception, no decode, no MUX core, no egress."""
+    from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+    framed = [0]  # data messages framed over TCP (the set-up ones not counted)
+    received = [0]  # UDP datagrams
+    canned = [
+        m.ChannelStatus(**IDS, section_TSpkt_flag=2).encode(),
+        m.StreamStatus(**IDS, data_stream_id=1, data_id=DATA_ID, data_type=0).encode(),
+        m.StreamBWAllocation(**IDS, data_stream_id=1, bandwidth=0xFFFF).encode(),
+    ]
+
+    class BareTCP(Protocol):
+        def connectionMade(self):
+            self.framer = wire.Framer()
+            self.setup = list(canned)  # one canned reply to each of the sender's set-up messages
+
+        def dataReceived(self, data):
+            frames = self.framer.feed(data)
+            if self.setup:
+                answered, self.setup = self.setup[: len(frames)], self.setup[len(frames):]
+                self.transport.write(b"".join(answered))
+                framed[0] += len(frames) - len(answered)
+            else:
+                framed[0] += len(frames)
+
+    class BareUDP(DatagramProtocol):
+        noisy = False
+
+        def datagramReceived(self, data, addr):
+            received[0] += 1
+
+    factory = Factory.forProtocol(BareTCP)
+    factory.noisy = False
+    tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    udp = reactor.listenUDP(0, BareUDP(), interface="127.0.0.1", maxPacketSize=UDP_MAX_PACKET)
+    udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+    count = received if mode == "udp" else framed
+
+    def extra() -> dict:
+        return {"processed": received[0]}
+
+    return (tcp.getHost().port, udp.getHost().port, lambda: count[0] > 0,
+            lambda: (count[0] * payload, count[0]), extra, [])
+
+
+def measure(mode: str, target: str, args) -> dict:
+    """One run of *mode* against *target* (``mux`` or ``baseline``), in this process."""
+    from twisted.internet import reactor
+
+    if target == "mux":
+        tcp_port, udp_port, started, counts, extra, got = build_mux(mode, reactor)
+    else:
+        tcp_port, udp_port, started, counts, extra, got = build_baseline(mode, reactor, args.size * args.per_message)
     seconds = args.pace_seconds + 2.0 if mode == "pacing" else args.seconds
     cmd = [
-        sys.executable, __file__, "--sender", mode, "--tcp-port", str(tcp.getHost().port),
-        "--udp-port", str(udp.getHost().port), "--seconds", str(seconds), "--size", str(args.size),
+        sys.executable, __file__, "--sender", mode, "--tcp-port", str(tcp_port),
+        "--udp-port", str(udp_port), "--seconds", str(seconds), "--size", str(args.size),
         "--per-message", str(args.per_message), "--kbit", str(args.kbit if mode == "pacing" else 0xFFFF),
         "--count", str(int(args.kbit * 125 * (args.pace_seconds + 2.0) / args.size) + 10), "--rate", str(args.rate),
     ]
@@ -140,17 +227,18 @@ def run_mux(mode: str, args) -> dict:
     marks: dict[str, tuple[float, int, int, float]] = {}
 
     def mark(name):
-        c = core.counters
-        marks[name] = (reactor.seconds(), c["bytes_in"], c["udp_messages"] if mode == "udp" else c["data_provisions"],
-                       time.process_time())
+        marks[name] = (reactor.seconds(), *counts(), time.process_time())
 
     # Measure a steady window that starts when the sender's data does (the sender is a fresh
-    # interpreter: its start-up is no part of the MUX's throughput) and ends before it stops.
+    # interpreter: its start-up is no part of the throughput) and ends before it stops. The
+    # pacing run needs only its egress window (first egress + 1 s + --pace-seconds).
+    stop_after = {"tcp": seconds + 0.3, "udp": seconds + 0.8, "pacing": args.pace_seconds + 1.4}[mode]
+
     def watch():
-        if "start" not in marks and core.counters["datagrams_in"]:
+        if "start" not in marks and started():
             reactor.callLater(0.3, mark, "start")
-            reactor.callLater(seconds - 0.5, mark, "end")
-            reactor.callLater(seconds + (1.3 if mode == "udp" else 0.3), reactor.stop)
+            reactor.callLater(min(seconds - 0.5, stop_after - 0.1), mark, "end")
+            reactor.callLater(stop_after, reactor.stop)
             marks["start"] = None
             return
         reactor.callLater(0.01, watch)
@@ -158,7 +246,11 @@ def run_mux(mode: str, args) -> dict:
     reactor.callLater(0.01, watch)
     reactor.callLater(seconds + 15.0, reactor.stop)  # the sender never came: give up
     reactor.run()
+    if mode == "pacing":
+        proc.terminate()  # it only sleeps on its connection now
     out, _ = proc.communicate(timeout=30)
+    if not marks.get("end"):
+        raise SystemExit(f"{mode} {target}: the sender's data never arrived")
     (t0, b0, n0, c0), (t1, b1, n1, c1) = marks["start"], marks["end"]
     elapsed = t1 - t0
     result = {
@@ -166,13 +258,12 @@ def run_mux(mode: str, args) -> dict:
         "mbit_s": (b1 - b0) * 8 / elapsed / 1e6,
         "messages_s": (n1 - n0) / elapsed,
         "cpu": (c1 - c0) / elapsed,
-        "emitted": core.counters["datagrams_out"],
-        "accepted": core.counters["datagrams_in"],
-        "dropped": dict(core.dropped),
+        **extra(),
     }
     if mode == "udp":
-        result["sent"] = int(out.strip() or 0)
-        result["processed"] = core.counters["udp_messages"]
+        sent, sending = out.split()
+        result["sent"] = int(sent)
+        result["offered_s"] = int(sent) / float(sending)
     if mode == "pacing":
         start = got[0][0] + 1.0
         window = sum(n for t, n in got if start < t <= start + args.pace_seconds)
@@ -182,15 +273,39 @@ def run_mux(mode: str, args) -> dict:
     return result
 
 
+# -- orchestration ------------------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``median [min-max]`` of *values*, each formatted with *fmt*."""
+    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
+
+
+def us(result: dict) -> float:
+    """CPU µs the measuring process spent per message (data_provision or datagram) it took in."""
+    return result["cpu"] / max(result["messages_s"], 1e-9) * 1e6
+
+
+def child(mode: str, target: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--target", target, "--seconds", str(args.seconds),
+           "--per-message", str(args.per_message), "--kbit", str(args.kbit), "--pace-seconds", str(args.pace_seconds),
+           "--rate", str(args.rate), "--size", str(args.size or DEFAULT_SIZE[mode])]
+    done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sender", choices=["tcp", "udp", "pacing"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["tcp", "udp", "pacing"], help=argparse.SUPPRESS)
+    parser.add_argument("--target", choices=["mux", "baseline"], default="mux", help=argparse.SUPPRESS)
     parser.add_argument("--tcp-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--udp-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=150_000, help="UDP load offered, datagrams/s")
     parser.add_argument("--mode", choices=["tcp", "udp", "pacing", "all"], default="all")
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each throughput run")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (median reported)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--size", type=int, default=None, help="datagram (LTKM) size in bytes")
     parser.add_argument("--per-message", type=int, default=1, help="datagrams per data_provision")
     parser.add_argument("--kbit", type=int, default=200, help="allocation of the pacing run, kbit/s")
@@ -200,39 +315,90 @@ def main() -> None:
         args.mode = args.sender
         sender(args)
         return
+    if args.child:
+        print(json.dumps(measure(args.child, args.target, args)), flush=True)
+        return
+
+    import twisted
+
     modes = ["tcp", "udp", "pacing"] if args.mode == "all" else [args.mode]
+    print(f"bcast-sp4 MUX benchmark (python {sys.version.split()[0]}, twisted {twisted.__version__}): "
+          f"{args.runs} runs; throughput runs {args.seconds:g} s, pacing window {args.pace_seconds:g} s; "
+          f"medians [min..max]", flush=True)
+    summary, verdicts = [], []
     for mode in modes:
-        # Each mode in its own process: a reactor runs once per process.
-        if len(modes) > 1:
-            cmd = [sys.executable, __file__, "--mode", mode, "--seconds", str(args.seconds), "--per-message",
-                   str(args.per_message), "--kbit", str(args.kbit), "--pace-seconds", str(args.pace_seconds),
-                   "--rate", str(args.rate)]
-            if args.size:
-                cmd += ["--size", str(args.size)]
-            subprocess.run(cmd, check=True)
-            continue
-        if args.size is None:
-            args.size = {"tcp": 1024, "udp": 200, "pacing": 500}[mode]
-        r = run_mux(mode, args)
+        size = args.size or DEFAULT_SIZE[mode]
+        shape = f"{args.per_message} x {size}-byte datagram(s) per data_provision"
+        ours: list[dict] = []
+        base: list[dict] = []
+        for run in range(args.runs):
+            if mode == "pacing":
+                ours.append(child(mode, "mux", args))
+                r = ours[-1]
+                print(f"  pacing run {run + 1}: {r['pacing_kbit']:.2f} kbit/s, error {r['pacing_error_pct']:+.3f} %",
+                      flush=True)
+                continue
+            # alternate which goes first, so a drift of the machine does not favour either
+            order = ("mux", "baseline") if run % 2 == 0 else ("baseline", "mux")
+            results = {target: child(mode, target, args) for target in order}
+            ours.append(results["mux"])
+            base.append(results["baseline"])
+            o, b = results["mux"], results["baseline"]
+            if mode == "tcp":
+                print(f"  tcp run {run + 1}: MUX {o['mbit_s']:,.0f} Mbit/s ({us(o):.1f} µs CPU/message), baseline "
+                      f"{b['mbit_s']:,.0f} Mbit/s ({us(b):.1f} µs CPU/message); MUX / baseline: rate "
+                      f"{o['mbit_s'] / b['mbit_s']:.2f}, CPU per message {us(o) / us(b):.1f}x", flush=True)
+            else:
+                print(f"  udp run {run + 1}: MUX {o['messages_s']:,.0f} datagrams/s ({us(o):.1f} µs CPU/datagram), "
+                      f"baseline {b['messages_s']:,.0f} datagrams/s ({us(b):.1f} µs CPU/datagram); MUX / baseline: "
+                      f"rate {o['messages_s'] / b['messages_s']:.2f}, CPU per datagram {us(o) / us(b):.1f}x; offered "
+                      f"{o['offered_s']:,.0f} / {b['offered_s']:,.0f} datagrams/s", flush=True)
+        if mode in ("tcp", "udp"):
+            med = lambda results, key: statistics.median(r[key] for r in results)  # noqa: E731
+            cpu_ratio = statistics.median(map(us, ours)) / statistics.median(map(us, base))
+            drops: dict[str, int] = {}
+            for r in ours:
+                for reason, n in r["dropped"].items():
+                    drops[reason] = drops.get(reason, 0) + n
         if mode == "tcp":
-            print(
-                f"TCP ingest, {args.per_message} x {args.size}-byte datagram(s) per data_provision, egress unthrottled: "
-                f"{r['mbit_s']:.0f} Mbit/s of datagrams ({r['messages_s']:,.0f} messages/s, MUX CPU {r['cpu']:.0%}); "
-                f"target >= 500 Mbit/s; emitted {r['emitted']:,} of {r['accepted']:,}, drops {r['dropped'] or 'none'}"
+            mbit, base_mbit = med(ours, "mbit_s"), med(base, "mbit_s")
+            summary.append(
+                f"TCP ingest, {shape}, egress unthrottled: MUX {spread([r['mbit_s'] for r in ours], ',.0f')} "
+                f"Mbit/s of datagrams ({med(ours, 'messages_s'):,.0f} messages/s, CPU {med(ours, 'cpu'):.0%}, "
+                f"{statistics.median(map(us, ours)):.1f} µs/message); baseline bare Protocol + Framer "
+                f"{spread([r['mbit_s'] for r in base], ',.0f')} Mbit/s (CPU {med(base, 'cpu'):.0%}, "
+                f"{statistics.median(map(us, base)):.1f} µs/message); MUX / baseline = {mbit / base_mbit:.2f} (rate), "
+                f"{cpu_ratio:.1f}x (CPU per message); emitted {sum(r['emitted'] for r in ours):,} of "
+                f"{sum(r['accepted'] for r in ours):,}, drops {drops or 'none'}"
             )
+            verdicts.append(f"TCP {mbit:.0f} Mbit/s >= 500: {'met' if mbit >= 500 else 'NOT met'}")
         elif mode == "udp":
-            lost = r["sent"] - r["processed"]
-            print(
-                f"UDP ingest, {args.per_message} x {args.size}-byte datagram(s) per data_provision, egress unthrottled: "
-                f"{r['messages_s']:,.0f} datagrams/s (MUX CPU {r['cpu']:.0%}); target >= 100,000; "
-                f"sender sent {r['sent']:,}, MUX processed {r['processed']:,} (kernel dropped {lost:,}), "
-                f"emitted {r['emitted']:,}, drops {r['dropped'] or 'none'}"
+            rate, base_rate = med(ours, "messages_s"), med(base, "messages_s")
+            offered = med(ours + base, "offered_s")
+            capped = ": baseline at the offered load, an upper bound" if base_rate >= 0.97 * offered else ""
+            summary.append(
+                f"UDP ingest, {shape}, egress unthrottled, offered {offered:,.0f} datagrams/s: MUX "
+                f"{spread([r['messages_s'] for r in ours], ',.0f')} datagrams/s (CPU {med(ours, 'cpu'):.0%}, "
+                f"{statistics.median(map(us, ours)):.1f} µs/datagram); baseline bare DatagramProtocol "
+                f"{spread([r['messages_s'] for r in base], ',.0f')} datagrams/s (CPU {med(base, 'cpu'):.0%}, "
+                f"{statistics.median(map(us, base)):.1f} µs/datagram); MUX / baseline = {rate / base_rate:.2f} "
+                f"(rate{capped}), {cpu_ratio:.1f}x (CPU per datagram); kernel dropped "
+                f"{sum(r['sent'] - r['processed'] for r in ours):,} of {sum(r['sent'] for r in ours):,} sent to the "
+                f"MUX, {sum(r['sent'] - r['processed'] for r in base):,} of {sum(r['sent'] for r in base):,} to the "
+                f"baseline; MUX drops {drops or 'none'}"
             )
+            verdicts.append(f"UDP {rate:,.0f} datagrams/s >= 100,000: {'met' if rate >= 100_000 else 'NOT met'}")
         else:
-            print(
-                f"Pacing, allocation {args.kbit} kbit/s, {args.size}-byte LTKMs, {args.pace_seconds:.0f} s window: "
-                f"{r['pacing_kbit']:.2f} kbit/s, error {r['pacing_error_pct']:+.3f} % (target within 1 %)"
+            errors = [r["pacing_error_pct"] for r in ours]
+            worst = statistics.median(abs(e) for e in errors)
+            summary.append(
+                f"Pacing, allocation {args.kbit} kbit/s, {size}-byte LTKMs, {args.pace_seconds:g} s window: "
+                f"{spread([r['pacing_kbit'] for r in ours], '.2f')} kbit/s, error {spread(errors, '+.3f')} %"
             )
+            verdicts.append(f"pacing median |error| {worst:.3f} % within 1 %: {'met' if worst <= 1.0 else 'NOT met'}")
+    for line in summary:
+        print(line)
+    print("targets (medians): " + "; ".join(verdicts))
 
 
 if __name__ == "__main__":
