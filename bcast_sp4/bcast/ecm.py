@@ -50,6 +50,7 @@ from ..machines.ecmg import CasMode, ECMGenerationError, ECMRequest
 from . import stkm_drm, stkm_mikey
 from .cw_encryption import decrypt as decrypt_cws
 from .keys import KeyRole, KeyStore, ServiceKey
+from .keys import _posix_us  # the key store's own time rounding, so cached spans agree with it
 from .status import BcastError, simulcrypt_code
 from .traffic import decode_cw
 
@@ -81,6 +82,10 @@ class STKMSource:
         self.cw_encryption_keys = cw_encryption_keys or {}
         self.rng = rng
         self._counters: dict[tuple[int, bytes], int] = {}
+        #: per (Super_CAS_id, ECM_id): the last TEK(n+1) CW and its decoded material
+        self._last_next: dict[tuple[int, int], tuple[bytes, object]] = {}
+        #: per (Super_CAS_id, ECM_id): (start_us, end_us, SEK, PEK or None) valid on [start, end)
+        self._key_spans: dict[tuple[int, int], tuple[int, int, ServiceKey, ServiceKey | None]] = {}
 
     # -- ECMSource ---------------------------------------------------------------------------
 
@@ -108,16 +113,21 @@ class STKMSource:
             access = stkm_drm.decode_access_criteria(request.access_criteria) if request.access_criteria else ()
         except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
             raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
+        stream = (request.super_CAS_id, request.ECM_id or 0)
         try:
-            material = decode_cw(None, by_cp[request.CP_number])
+            current = by_cp[request.CP_number]
+            # CW(n) of this provision is usually CW(n+1) of the stream's previous one: decoded then.
+            last = self._last_next.get(stream)
+            material = last[1] if last is not None and last[0] == current else decode_cw(None, current)
             following = by_cp.get((request.CP_number + 1) & 0xFFFF)
             next_material = decode_cw(material.PROTECTION, following) if following is not None else None
         except BcastError as exc:
             raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
-        key = self._service_key(request.super_CAS_id, request.ECM_id, request.now)
+        if next_material is not None:
+            self._last_next[stream] = (following, next_material)
+        key, programme = self._stream_keys(stream, request.now)
         try:
             if request.mode is CasMode.DRM_PROFILE:
-                programme = self._optional_key(request.super_CAS_id, request.ECM_id, request.now, KeyRole.PROGRAMME)
                 return stkm_drm.build_stkm(
                     material,
                     key,
@@ -137,6 +147,21 @@ class STKMSource:
             raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
 
     # -- keys --------------------------------------------------------------------------------
+
+    def _stream_keys(self, stream: tuple[int, int], now: float) -> tuple[ServiceKey, ServiceKey | None]:
+        """SEK and optional PEK of a stream now, cached for the interval on which they hold."""
+        span = self._key_spans.get(stream)
+        if span is not None:
+            us = _posix_us(now)  # rounded exactly as the key store's index rounds
+            if us is not None and span[0] <= us < span[1]:
+                return span[2], span[3]
+        sek = self.keys.lookup_span(stream[0], stream[1], now)
+        pek = self.keys.lookup_span(stream[0], stream[1], now, KeyRole.PROGRAMME)
+        if sek is None or sek[0] is None or pek is None:  # unknown, unindexed or no valid SEK: the slow path
+            key = self._service_key(stream[0], stream[1], now)
+            return key, self._optional_key(stream[0], stream[1], now, KeyRole.PROGRAMME)
+        self._key_spans[stream] = (max(sek[1], pek[1]), min(sek[2], pek[2]), sek[0], pek[0])
+        return sek[0], pek[0]
 
     def _service_key(self, super_cas_id: int, ecm_id: int | None, now: float) -> ServiceKey:
         if ecm_id is None:  # protocol v1 has no ECM_id: use stkmstream 0

@@ -350,6 +350,28 @@ class KeyStore:
         except (NoKeyError, KeyNotValidError):
             return default
 
+    def lookup_span(self, super_cas_id: int, ecm_id: int, at_time: float, role: KeyRole = KeyRole.SERVICE):
+        """The indexed answer of :meth:`lookup` with the interval on which it holds.
+
+        :returns: ``(key or None, start_us, end_us)``: ``lookup`` gives the same answer for every
+            POSIX time whose microseconds (rounded as :func:`_posix_us` rounds) lie in
+            ``[start_us, end_us)``; ``None`` when *at_time* is outside the indexed range or the
+            stream is unknown (then call :meth:`lookup`, which raises the right error).
+        """
+        index = self._index.get((super_cas_id, ecm_id, role))
+        if index is None:
+            if (super_cas_id, ecm_id) not in self._streams:
+                return None
+            index = self._build_index(super_cas_id, ecm_id, role)
+        us = _posix_us(at_time)
+        if us is None:
+            return None
+        bounds, answers = index
+        i = bisect_right(bounds, us)
+        start = bounds[i - 1] if i else _FAST_SECONDS[0] * 1_000_000
+        end = bounds[i] if i < len(bounds) else _FAST_SECONDS[1] * 1_000_000
+        return answers[i], start, end
+
     def _candidates(self, super_cas_id: int, ecm_id: int, role: KeyRole) -> list[ServiceKey]:
         return [k for k in self._streams.get((super_cas_id, ecm_id), ()) if k.role is role]
 
