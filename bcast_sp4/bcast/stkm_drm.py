@@ -485,8 +485,17 @@ def _timestamp_fast(when: Timeish) -> bytes:
     us = _posix_us(when)
     if us is None or us >= _TIMESTAMP_FAST_END_US:
         return encode_timestamp(when)  # datetimes, the far past / future, and its errors
-    days, secs = divmod(us // 1_000_000, 86_400)
-    return _TIMESTAMP.pack(days + _MJD_OF_UNIX_EPOCH, _BCD[secs // 3600], _BCD[secs // 60 % 60], _BCD[secs % 60])
+    whole = us // 1_000_000
+    cached = _timestamp_cache
+    if cached[0] == whole:  # one-second resolution: an ECMG making many STKMs a second reuses it
+        return cached[1]
+    days, secs = divmod(whole, 86_400)
+    packed = _TIMESTAMP.pack(days + _MJD_OF_UNIX_EPOCH, _BCD[secs // 3600], _BCD[secs // 60 % 60], _BCD[secs % 60])
+    _timestamp_cache[:] = (whole, packed)
+    return packed
+
+
+_timestamp_cache: list = [None, b""]  # [POSIX second, its encoded timestamp]
 
 
 _FAST_MATERIALS = frozenset({IPsecMaterial, SRTPMaterial, ISMACrypMaterial})

@@ -47,7 +47,7 @@ connection (TSDuck closes after 3); any valid message resets the count.
 from __future__ import annotations
 
 import enum
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import attrs
 
@@ -126,9 +126,11 @@ class ECMGConfig:
     max_invalid_messages: int = 3
 
 
-@attrs.frozen(kw_only=True)
-class ECMRequest:
-    """Everything an ECM / STKM is computed from (CWs ordered by CP_number, oldest first)."""
+class ECMRequest(NamedTuple):
+    """Everything an ECM / STKM is computed from (CWs ordered by CP_number, oldest first).
+
+    A NamedTuple rather than an attrs class: one is built per STKM on the ECMG's hot path.
+    """
 
     super_CAS_id: int
     mode: CasMode
@@ -136,11 +138,17 @@ class ECMRequest:
     channel_id: int
     stream_id: int
     CP_number: int
-    CP_CW_combination: tuple[CPCWCombination, ...] = attrs.field(repr=False)
+    CP_CW_combination: tuple[CPCWCombination, ...]
     CP_duration: int  # x 100 ms: the message's CP_duration, else the stream's nominal one
     access_criteria: bytes | None
-    CW_encryption: bytes | None = attrs.field(repr=False)
+    CW_encryption: bytes | None
     now: float
+
+    def __repr__(self) -> str:  # the CWs (and their encryption header) stay out of logs
+        return (
+            f"ECMRequest(super_CAS_id={self.super_CAS_id:#010x}, ECM_id={self.ECM_id}, channel_id={self.channel_id}, "
+            f"stream_id={self.stream_id}, CP_number={self.CP_number}, {len(self.CP_CW_combination)} CWs)"
+        )
 
 
 class ECMGenerationError(Exception):
@@ -407,9 +415,17 @@ class ECMGConnection:
         p = self.config.channel
         combos = msg.CP_CW_combination
         first = (msg.CP_number - self._cws_before) & 0xFFFF
-        cps = [c.CP_number for c in combos]
-        wanted = [(first + k) & 0xFFFF for k in range(p.CW_per_msg)]
-        if cps != wanted:
+        in_order = len(combos) == p.CW_per_msg
+        if in_order:
+            expected = first
+            for combo in combos:
+                if combo[0] != expected:
+                    in_order = False
+                    break
+                expected = (expected + 1) & 0xFFFF
+        if not in_order:
+            cps = [c.CP_number for c in combos]
+            wanted = [(first + k) & 0xFFFF for k in range(p.CW_per_msg)]
             if len(cps) != len(wanted) or sorted(cps) != sorted(wanted):
                 return self._invalid(
                     self._stream_error(stream.stream_id, NOT_ENOUGH_CWS, 0x0014),
@@ -429,17 +445,17 @@ class ECMGConnection:
                 waited_ms=round((now - received_at) * 1000.0, 1),
             )
         request = ECMRequest(
-            super_CAS_id=self.super_CAS_id,
-            mode=self.mode,
-            ECM_id=stream.ECM_id,
-            channel_id=self.channel_id,
-            stream_id=stream.stream_id,
-            CP_number=msg.CP_number,
-            CP_CW_combination=combos,
-            CP_duration=msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
-            access_criteria=access_criteria,
-            CW_encryption=msg.CW_encryption,
-            now=now,
+            self.super_CAS_id,
+            self.mode,
+            stream.ECM_id,
+            self.channel_id,
+            stream.stream_id,
+            msg.CP_number,
+            combos,
+            msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
+            access_criteria,
+            msg.CW_encryption,
+            now,
         )
         try:
             datagram = self.source.generate(request)

@@ -136,7 +136,7 @@ def test_internal_error_drops_only_that_connection():
     def boom(*args):
         raise RuntimeError("bug")
 
-    protocol.machine.receive = boom
+    protocol.handle = boom  # what dataReceived calls for each message (the machine's receive)
     with capturedLogs() as events:
         protocol.dataReceived(m.ChannelTest(ECM_channel_id=1).encode())
     assert transport.disconnecting
