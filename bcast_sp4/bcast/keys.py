@@ -519,26 +519,35 @@ def load_keyfile(path: str | PathLike[str]) -> KeyStore:
     :returns: a filled :class:`KeyStore`.
     :raises KeyFileError: naming file, key and reason, on any unreadable or invalid content.
     """
+    return _store_from_document(path, read_toml(path))
+
+
+def read_toml(path: str | PathLike[str]) -> dict[str, Any]:
+    """A key or subscriber file's TOML document; any problem is a :class:`KeyFileError`."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
         raise KeyFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise KeyFileError(path, None, f"not valid TOML: {exc}") from None
-    return _store_from_document(path, doc)
+
+
+def key_tables(path: str | PathLike[str], doc: dict[str, Any], top_level: set[str], file_format: int) -> dict[str, ServiceKey]:
+    """Check the top level and ``format`` of *doc*, then parse its ``[keys.<name>]`` tables."""
+    unknown = sorted(set(doc) - top_level)
+    if unknown:
+        raise KeyFileError(path, None, f"unknown top-level entries: {', '.join(unknown)}")
+    if doc.get("format") != file_format:
+        raise KeyFileError(path, None, f"'format' must be {file_format}")
+    tables = doc.get("keys", {})
+    if not isinstance(tables, dict):
+        raise KeyFileError(path, None, "'keys' must be a table of named key tables")
+    return {name: _key_from_table(path, name, table) for name, table in tables.items()}
 
 
 def _store_from_document(path: str | PathLike[str], doc: dict[str, Any]) -> KeyStore:
-    unknown = sorted(set(doc) - {"format", "keys", "streams"})
-    if unknown:
-        raise KeyFileError(path, None, f"unknown top-level entries: {', '.join(unknown)}")
-    if doc.get("format") != KEY_FILE_FORMAT:
-        raise KeyFileError(path, None, f"'format' must be {KEY_FILE_FORMAT}")
-    key_tables = doc.get("keys", {})
-    if not isinstance(key_tables, dict):
-        raise KeyFileError(path, None, "'keys' must be a table of named key tables")
-    keys = {name: _key_from_table(path, name, table) for name, table in key_tables.items()}
+    keys = key_tables(path, doc, {"format", "keys", "streams"}, KEY_FILE_FORMAT)
 
     streams = doc.get("streams", [])
     if not isinstance(streams, list) or not streams:

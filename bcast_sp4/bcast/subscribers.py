@@ -29,7 +29,6 @@ key bytes are never echoed.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from datetime import datetime
 from os import PathLike
@@ -37,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from .keys import ServiceKey, Timeish, _hex_field, _key_from_table, to_datetime
+from .keys import ServiceKey, Timeish, _hex_field, key_tables, read_toml, to_datetime
 from .ltkm_drm import MAX_DEVICE_ID, build_ltkm
 from .status import KeyFileError
 
@@ -130,27 +129,12 @@ def load_subscribers(path: str | PathLike[str]) -> Subscribers:
 
     :raises KeyFileError: naming file, entry and reason.
     """
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise KeyFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise KeyFileError(path, None, f"not valid TOML: {exc}") from None
-    return subscribers_from_document(path, doc)
+    return subscribers_from_document(path, read_toml(path))
 
 
 def subscribers_from_document(path: str | PathLike[str], doc: dict[str, Any]) -> Subscribers:
     """Build :class:`Subscribers` from a parsed TOML document (see :func:`load_subscribers`)."""
-    unknown = sorted(set(doc) - {"format", "keys", "devices"})
-    if unknown:
-        raise KeyFileError(path, None, f"unknown top-level entries: {', '.join(unknown)}")
-    if doc.get("format") != SUBSCRIBER_FILE_FORMAT:
-        raise KeyFileError(path, None, f"'format' must be {SUBSCRIBER_FILE_FORMAT}")
-    tables = doc.get("keys", {})
-    if not isinstance(tables, dict):
-        raise KeyFileError(path, None, "'keys' must be a table of named key tables")
-    keys = {name: _key_from_table(path, name, table) for name, table in tables.items()}
+    keys = key_tables(path, doc, {"format", "keys", "devices"}, SUBSCRIBER_FILE_FORMAT)
     for name, key in keys.items():
         if key.authentication_key is None:
             raise KeyFileError(path, f"key {name!r}", "DRM Profile LTKMs need an authentication_key (SAK/PAK)")
