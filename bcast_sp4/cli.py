@@ -16,8 +16,8 @@ import sys
 from typing import Iterator, TextIO
 
 from . import __version__
-from .render import to_json_dict, to_text
-from .wire import Framer, InvalidMessage, MessageTooLong, PeerProtocolError, decode, decode_datagram, error_name
+from .render import describe_error, to_json_dict, to_text
+from .wire import Framer, InvalidMessage, MessageTooLong, PeerProtocolError, decode, decode_datagram
 from .wire.message import MAX_MESSAGE_LENGTH
 
 _HEX_NOISE = re.compile(r"[\s:]|0x", re.IGNORECASE)
@@ -42,7 +42,7 @@ class _Output:
     def error(self, source: str, exc: PeerProtocolError | str) -> None:
         self.errors += 1
         if isinstance(exc, PeerProtocolError):
-            what = f"error_status {exc.error_status:#06x} ({error_name(exc.interface, exc.error_status)}): {exc.detail}"
+            what = f"error_status {exc.error_status:#06x} ({describe_error(exc.interface, exc.error_status)}): {exc.detail}"
         else:
             what = exc
         self.err.write(f"bcast-sp4 decode: {source}: {what}\n")

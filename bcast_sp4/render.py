@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bcast.status import BcastStatus
 from .wire import Message, error_name
 from .wire.params import UNITS, CPCWCombination, DataType, Kind, SectionTSpktFlag
 from .wire.sp4 import profile_of, user_part
@@ -27,6 +28,17 @@ _FLAG_MEANING = {
     SectionTSpktFlag.BCAST: "BCAST binary STKM/LTKM",
 }
 _DATA_TYPE_MEANING = {DataType.EMM: "EMM / BCAST LTKM", DataType.PRIVATE_DATA: "private data", DataType.ECM: "DVB reserved (ECM)"}
+
+
+def describe_error(interface, code: int) -> str:
+    """The name of an error_status; BCAST codes (0x8000 + n) also by their BcastStatus name."""
+    text = error_name(interface, code)
+    if code >= 0x8000:
+        try:
+            text += f" {BcastStatus(code - 0x8000).name}"
+        except ValueError:
+            pass
+    return text
 
 
 def _present(message: Message):
@@ -81,7 +93,7 @@ def _describe(message: Message, ptype, value) -> str:
     if name == "max_streams" and value == 0:
         return "0 (no known maximum)"
     if name == "error_status":
-        return f"{value:#06x} ({error_name(message.INTERFACE, value)})"
+        return f"{value:#06x} ({describe_error(message.INTERFACE, value)})"
     if name in UNITS:
         factor, unit = UNITS[name]
         return f"{value} ({value * factor} {unit})" if factor != 1 else f"{value} {unit}"

@@ -139,3 +139,9 @@ def test_module_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"]["error_status"] == [0x000B]
+
+
+def test_bcast_error_codes_are_named():
+    frame = "0301060012000e00020001000f0002000170000002ff01"  # stream_error 0x8000 + 0x7F01
+    status, out, _ = run(["decode", frame])
+    assert status == 0 and "0xff01 (BCAST error 32513 NO_KEY_FOR_STREAM)" in out
