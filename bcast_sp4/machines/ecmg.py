@@ -469,17 +469,7 @@ class ECMGConnection:
             )
         self.invalid_in_a_row = 0
         stream.access_criteria = access_criteria  # remembered once an ECM was made with them
-        return [
-            Send(
-                m.ECMResponse(
-                    protocol_version=self.version,
-                    ECM_channel_id=self.channel_id,
-                    ECM_stream_id=stream.stream_id,
-                    CP_number=msg.CP_number,
-                    ECM_datagram=datagram,
-                )
-            )
-        ]
+        return [Send(m.ECMResponse.make(self.version, self.channel_id, stream.stream_id, msg.CP_number, datagram))]
 
     # -- messages an ECMG only takes note of -------------------------------------------------
 

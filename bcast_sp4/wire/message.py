@@ -99,7 +99,7 @@ class Message:
 
     protocol_version: int = 3
 
-    #: filled in by :func:`message`
+    #: filled in by :func:`message`; ``make(protocol_version, *fields)`` builds one positionally
     INTERFACE: ClassVar[Interface]
     MESSAGE_TYPE: ClassVar[int]
     NAME: ClassVar[str]
@@ -146,12 +146,23 @@ def message(interface: Interface, message_type: int, name: str, table: dict[str,
             decoders.append(_compile(_decoder_source(cls, group), cls, "decode"))
             encoders.append(_compile(_encoder_source(cls, group), cls, "encode"))
         cls._DECODERS = {v: decoders[g] for v, g in VERSION_GROUPS[interface].items()}
+        cls.make = staticmethod(_compile(_maker_source(cls), cls, "make"))
         cls._ENCODERS = {v: encoders[g] for v, g in VERSION_GROUPS[interface].items()}
         assert message_type not in MESSAGE_CLASSES
         MESSAGE_CLASSES[message_type] = cls
         return cls
 
     return wrap
+
+
+def _maker_source(cls: type[Message]) -> str:
+    """``make(protocol_version, <every field in declaration order>)``: a positional constructor
+    for hot paths (same instance as the keyword ``__init__``; messages have no validators)."""
+    names = [ptype.name for ptype, _cards in cls.PARAMS]
+    lines = [f"def make(protocol_version, {', '.join(names)}):", "    m = _new(_cls)", "    _set_protocol_version(m, protocol_version)"]
+    lines += [f"    _set{i}(m, {name})" for i, name in enumerate(names)]
+    lines.append("    return m")
+    return "\n".join(lines) + "\n"
 
 
 def generated_source(cls: type[Message], version: int) -> str:

@@ -107,3 +107,13 @@ def test_bcast_flag_accepted_in_both_interfaces():
         ),
     ):
         assert wire.decode(message.encode()).section_TSpkt_flag == 2
+
+
+def test_positional_make_equals_keyword_construction():
+    from bcast_sp4.wire.message import MESSAGE_CLASSES
+
+    made = E.ECMResponse.make(2, 1, 3, 7, b"stkm")
+    assert made == E.ECMResponse(protocol_version=2, ECM_channel_id=1, ECM_stream_id=3, CP_number=7, ECM_datagram=b"stkm")
+    assert wire.decode(made.encode()) == made
+    for cls in MESSAGE_CLASSES.values():  # every class has one, taking exactly its fields
+        assert cls.make.__code__.co_argcount == 1 + len(cls.PARAMS)
