@@ -54,7 +54,7 @@ import attrs
 from ..wire import Message, PeerProtocolError
 from ..wire import ecmg_scs as m
 from ..wire.params import CPCWCombination, SectionTSpktFlag
-from .outputs import Close, Notify, Output, Send
+from .outputs import Close, Notify, Output, Send, error_information
 
 # error_status values used here (TS 103 197 §5.6)
 INVALID_MESSAGE = 0x0001
@@ -191,10 +191,6 @@ class _Stream:
 class State(enum.Enum):
     NO_CHANNEL = "NO_CHANNEL"
     CHANNEL_OPEN = "CHANNEL_OPEN"
-
-
-def _info(value: int | None) -> tuple[bytes, ...]:
-    return () if value is None else ((value & 0xFFFF).to_bytes(2, "big"),)
 
 
 class ECMGConnection:
@@ -529,7 +525,7 @@ class ECMGConnection:
             protocol_version=self._reply_version(version),
             ECM_channel_id=channel_id & 0xFFFF,
             error_status=(code,),
-            error_information=_info(info),
+            error_information=error_information(info),
         )
 
     def _stream_error(
@@ -540,7 +536,7 @@ class ECMGConnection:
             ECM_channel_id=(self.channel_id if channel_id is None else channel_id) & 0xFFFF,
             ECM_stream_id=stream_id,
             error_status=(code,),
-            error_information=_info(info),
+            error_information=error_information(info),
         )
 
     def _ok(self, *outputs: Output) -> list[Output]:

@@ -118,7 +118,7 @@ import attrs
 from ..wire import Message, PeerProtocolError
 from ..wire import emmg_mux as m
 from ..wire.params import DataType, SectionTSpktFlag
-from .outputs import Close, Notify, Output, Send
+from .outputs import Close, Notify, Output, Send, error_information
 from .pacing import TokenBucket, kbit_to_bytes
 
 # error_status values used here (TS 103 197 §6.2.6, digest §5.2)
@@ -759,10 +759,6 @@ class State(enum.Enum):
     CHANNEL_OPEN = "CHANNEL_OPEN"
 
 
-def _info(value: int | None) -> tuple[bytes, ...]:
-    return () if value is None else ((value & 0xFFFF).to_bytes(2, "big"),)
-
-
 class MuxConnection:
     """The MUX end of one TCP connection (one data channel)."""
 
@@ -1122,7 +1118,7 @@ class MuxConnection:
             client_id=(client_id if client_id is not None else self.client_id or 0) & 0xFFFFFFFF,
             data_channel_id=(channel_id if channel_id is not None else self.channel_id or 0) & 0xFFFF,
             error_status=(code,),
-            error_information=_info(info),
+            error_information=error_information(info),
         )
 
     def _stream_error(
@@ -1135,7 +1131,7 @@ class MuxConnection:
             data_channel_id=(channel_id if channel_id is not None else self.channel_id or 0) & 0xFFFF,
             data_stream_id=stream_id,
             error_status=(code,),
-            error_information=_info(info),
+            error_information=error_information(info),
         )
 
     def _ok(self, *outputs: Output) -> list[Output]:
