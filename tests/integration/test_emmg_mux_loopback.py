@@ -38,6 +38,8 @@ from bcast_sp4.roles.emmg_client import EMMGService
 from bcast_sp4.roles.mux_server import MuxProtocol, MuxServer
 from bcast_sp4.wire import emmg_mux as m
 
+from ..tshark_json import problems
+
 REPO = Path(__file__).resolve().parents[2]
 BSM, NEIGHBOUR = 0x00010001, 0x00010002
 DATA_ID = 0x0100
@@ -334,25 +336,6 @@ def _decode_all(data: bytes) -> list:
         except wire.PeerProtocolError:
             pass
     return out
-
-
-WARNING = 0x600000  # Wireshark expert severity "warning"
-
-
-def problems(node, path="$") -> list[str]:
-    """Malformed-packet markers and expert infos of warning severity or worse, anywhere."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_ws.malformed":
-                found.append(f"{path}: malformed")
-            if key == "_ws.expert.severity" and int(value) >= WARNING:
-                found.append(f"{path}: {node.get('_ws.expert.message')}")
-            found += problems(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += problems(value, f"{path}[{index}]")
-    return found
 
 
 def test_receiver_that_starts_late_loses_only_what_was_sent_before_it(tmp_path):

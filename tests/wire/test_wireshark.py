@@ -17,6 +17,8 @@ from bcast_sp4.capture import PcapWriter, TcpFlow
 from bcast_sp4.wire.message import ABSENT, ONE, SOME, VERSION_GROUPS
 from bcast_sp4.wire.params import CPCWCombination, Kind
 
+from ..tshark_json import problems
+
 ECMG_PORT, EMMG_PORT = 2222, 5000
 
 
@@ -83,23 +85,6 @@ def run_tshark(path):
 
 #: parameters whose value packet-simulcrypt.c does not decode (digest simulcrypt.md §3.2)
 UNDECODED = {"CW_encryption"}
-WARNING = 0x600000  # Wireshark expert severities: chat 0x200000, note 0x400000, warn, error
-
-
-def problems(node, path="$"):
-    """Malformed-packet markers and expert infos of warning severity or worse, anywhere."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_ws.malformed":
-                found.append(f"{path}: malformed")
-            if key == "_ws.expert.severity" and int(value) >= WARNING:
-                found.append(f"{path}: {node.get('_ws.expert.message')}")
-            found += problems(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += problems(value, f"{path}[{index}]")
-    return found
 
 
 def as_list(x):
