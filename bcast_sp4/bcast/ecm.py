@@ -84,8 +84,9 @@ class STKMSource:
         self._counters: dict[tuple[int, bytes], int] = {}
         #: per (Super_CAS_id, ECM_id): the last TEK(n+1) CW and its decoded material
         self._last_next: dict[tuple[int, int], tuple[bytes, object]] = {}
-        #: per (Super_CAS_id, ECM_id): (start_us, end_us, SEK, PEK or None) valid on [start, end)
-        self._key_spans: dict[tuple[int, int], tuple[int, int, ServiceKey, ServiceKey | None]] = {}
+        #: per (Super_CAS_id, ECM_id): (start_us, end_us, SEK, PEK or None, start_s, end_s): the keys
+        #: valid on [start_us, end_us), and that span shrunk by 2 µs at both ends, in seconds
+        self._key_spans: dict[tuple[int, int], tuple] = {}
 
     # -- ECMSource ---------------------------------------------------------------------------
 
@@ -152,7 +153,11 @@ class STKMSource:
         """SEK and optional PEK of a stream now, cached for the interval on which they hold."""
         span = self._key_spans.get(stream)
         if span is not None:
-            us = _posix_us(now)  # rounded exactly as the key store's index rounds
+            # Well inside the span (2 µs away from its ends) float seconds decide; near an end,
+            # the key store's own microsecond rounding does, so a boundary is exact.
+            if span[4] < now < span[5]:
+                return span[2], span[3]
+            us = _posix_us(now)
             if us is not None and span[0] <= us < span[1]:
                 return span[2], span[3]
         sek = self.keys.lookup_span(stream[0], stream[1], now)
@@ -160,7 +165,8 @@ class STKMSource:
         if sek is None or sek[0] is None or pek is None:  # unknown, unindexed or no valid SEK: the slow path
             key = self._service_key(stream[0], stream[1], now)
             return key, self._optional_key(stream[0], stream[1], now, KeyRole.PROGRAMME)
-        self._key_spans[stream] = (max(sek[1], pek[1]), min(sek[2], pek[2]), sek[0], pek[0])
+        start, end = max(sek[1], pek[1]), min(sek[2], pek[2])
+        self._key_spans[stream] = (start, end, sek[0], pek[0], start / 1e6 + 2e-6, end / 1e6 - 2e-6)
         return sek[0], pek[0]
 
     def _service_key(self, super_cas_id: int, ecm_id: int | None, now: float) -> ServiceKey:

@@ -495,12 +495,18 @@ _TIMESTAMP_FAST_END_US = (0x10000 - _MJD_OF_UNIX_EPOCH) * 86_400_000_000  # firs
 
 def _timestamp_fast(when: Timeish) -> bytes:
     """:func:`encode_timestamp`, by arithmetic for POSIX seconds it can take (same bytes)."""
+    cached = _timestamp_cache
+    if type(when) is float and cached[0] is not None:
+        # one-second resolution: an ECMG making many STKMs a second reuses the last encoding
+        # (only well inside the second, where microsecond rounding cannot change which one it is)
+        fraction = when - cached[0]
+        if 1e-5 < fraction < 1 - 1e-5:
+            return cached[1]
     us = _posix_us(when)
     if us is None or us >= _TIMESTAMP_FAST_END_US:
         return encode_timestamp(when)  # datetimes, the far past / future, and its errors
     whole = us // 1_000_000
-    cached = _timestamp_cache
-    if cached[0] == whole:  # one-second resolution: an ECMG making many STKMs a second reuses it
+    if cached[0] == whole:
         return cached[1]
     days, secs = divmod(whole, 86_400)
     packed = _TIMESTAMP.pack(days + _MJD_OF_UNIX_EPOCH, _BCD[secs // 3600], _BCD[secs // 60 % 60], _BCD[secs % 60])
@@ -685,7 +691,7 @@ def _build_fast(
         out += _cached_mac(_KEY_STATE(programme_key), out)
     if service_key is not None:
         out += _CID_EXTENSION.pack(service_key.key_id)
-        out += _cached_mac(_KEY_STATE(service_key), out)
+        out += _cached_mac(tek_state if programme_key is None else _KEY_STATE(service_key), out)
     return out
 
 
