@@ -546,6 +546,21 @@ def key_tables(path: str | PathLike[str], doc: dict[str, Any], top_level: set[st
     return {name: _key_from_table(path, name, table) for name, table in tables.items()}
 
 
+def validity_bounds(path: str | PathLike[str], where: str, table: dict[str, Any]) -> dict[str, datetime]:
+    """The ``not_before`` / ``not_after`` entries of a key or device table, as aware datetimes."""
+    bounds: dict[str, datetime] = {}
+    for bound in ("not_before", "not_after"):
+        if bound in table:
+            value = table[bound]
+            if isinstance(value, bool) or not isinstance(value, (int, datetime)):
+                raise KeyFileError(path, where, f"{bound} must be an offset date-time or POSIX seconds")
+            try:
+                bounds[bound] = to_datetime(value)
+            except (ValueError, OverflowError, OSError) as exc:
+                raise KeyFileError(path, where, f"{bound}: {exc}") from None
+    return bounds
+
+
 def _store_from_document(path: str | PathLike[str], doc: dict[str, Any]) -> KeyStore:
     keys = key_tables(path, doc, {"format", "keys", "streams"}, KEY_FILE_FORMAT)
 
@@ -605,15 +620,7 @@ def _key_from_table(path: str | PathLike[str], name: str, table: object) -> Serv
         fields["authentication_key"] = _hex_field(path, where, table, "authentication_key", _AUTH_KEY_SIZES)
     if "key_domain_id" in table:
         fields["key_domain_id"] = _hex_field(path, where, table, "key_domain_id", (_KDI_SIZE,))
-    for bound in ("not_before", "not_after"):
-        if bound in table:
-            value = table[bound]
-            if isinstance(value, bool) or not isinstance(value, (int, datetime)):
-                raise KeyFileError(path, where, f"{bound} must be an offset date-time or POSIX seconds")
-            try:
-                fields[bound] = to_datetime(value)
-            except (ValueError, OverflowError, OSError) as exc:
-                raise KeyFileError(path, where, f"{bound}: {exc}") from None
+    fields.update(validity_bounds(path, where, table))
     try:
         return ServiceKey(**fields)
     except ValueError as exc:

@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from .keys import ServiceKey, Timeish, _hex_field, key_tables, read_toml, to_datetime
+from .keys import ServiceKey, Timeish, _hex_field, key_tables, read_toml, validity_bounds
 from .ltkm_drm import MAX_DEVICE_ID, build_ltkm
 from .status import KeyFileError
 
@@ -163,16 +163,7 @@ def subscribers_from_document(path: str | PathLike[str], doc: dict[str, Any]) ->
         missing = [n for n in names if n not in keys]
         if missing:
             raise KeyFileError(path, where, f"unknown key {missing[0]!r}")
-        bounds: dict[str, datetime] = {}
-        for bound in ("not_before", "not_after"):
-            if bound in table:
-                value = table[bound]
-                if isinstance(value, bool) or not isinstance(value, (int, datetime)):
-                    raise KeyFileError(path, where, f"{bound} must be an offset date-time or POSIX seconds")
-                try:
-                    bounds[bound] = to_datetime(value)
-                except (ValueError, OverflowError, OSError) as exc:
-                    raise KeyFileError(path, where, f"{bound}: {exc}") from None
+        bounds = validity_bounds(path, where, table)
         if "not_before" in bounds and "not_after" in bounds and bounds["not_after"] <= bounds["not_before"]:
             raise KeyFileError(path, where, "not_after must be later than not_before")
         devices.append(

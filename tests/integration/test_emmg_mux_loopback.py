@@ -211,7 +211,9 @@ class LoopbackTests(TestCase):
         return lab
 
     async def test_tcp_every_ltkm_arrives_byte_identical(self):
-        await self._deliver_everything(udp=False)
+        lab = await self._deliver_everything(udp=False)  # checks every LTKM at its destination
+        self.assertEqual(lab.core.counters["udp_messages"], 0)  # and that all of them came over TCP
+        self.assertEqual(lab.core.dropped, {})
 
     async def test_udp_every_ltkm_arrives_and_the_session_decodes_in_tshark(self):
         lab = await self._deliver_everything(udp=True, record=True)

@@ -1,7 +1,5 @@
-"""Framer limits and the purity rule: the codec imports no Twisted."""
+"""Framer limits, datagram framing, encoder strictness and the SP-4 helpers (purity: tests/test_purity.py)."""
 
-import subprocess
-import sys
 
 import pytest
 
@@ -11,16 +9,6 @@ from bcast_sp4.wire import emmg_mux as M
 from bcast_sp4.wire import sp4
 
 TEST = E.ChannelTest(ECM_channel_id=3).encode()
-
-
-def test_codec_imports_no_twisted_in_fresh_interpreter():
-    code = (
-        "import sys, bcast_sp4.wire, bcast_sp4.wire.sp4;"
-        "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'));"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=".")
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_oversize_message_is_skipped_and_reported_then_stream_resumes():
