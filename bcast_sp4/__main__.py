@@ -1,8 +1,8 @@
-"""``python -m bcast_sp4``: see :mod:`bcast_sp4.cli`."""
+"""``python -m bcast_sp4``: see :mod:`bcast_sp4.tools.cli`."""
 
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

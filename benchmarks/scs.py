@@ -54,8 +54,8 @@ from twisted.internet.task import deferLater  # noqa: E402
 from bcast_sp4.bcast.traffic import TrafficProtection  # noqa: E402
 from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing  # noqa: E402
 from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy, tune_gc  # noqa: E402
-from bcast_sp4.scrambler import Scrambler  # noqa: E402
-from bcast_sp4.stkm_sink import RecordingSink  # noqa: E402
+from bcast_sp4.media.scrambler import Scrambler  # noqa: E402
+from bcast_sp4.roles.stkm_sink import RecordingSink  # noqa: E402
 
 SCID = 0x00010001
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`bcast_sp4.capture` (pcap/pcapng reading, writing, TCP reassembly)."""
+"""Tests for :mod:`bcast_sp4.tools.capture` (pcap/pcapng reading, writing, TCP reassembly)."""
 
 import io
 import random
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from bcast_sp4.capture import (CaptureError, PcapWriter, Segment, TcpFlow, TcpReassembler,
+from bcast_sp4.tools.capture import (CaptureError, PcapWriter, Segment, TcpFlow, TcpReassembler,
                                read_packets)
 
 T0 = 1700000000.0

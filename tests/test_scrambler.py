@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from bcast_sp4.bcast import traffic
-from bcast_sp4.scrambler import (
+from bcast_sp4.media.scrambler import (
     ESPContext,
     ISMACrypContext,
     Scrambler,

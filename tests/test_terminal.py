@@ -2,12 +2,12 @@
 
 import pytest
 
-from bcast_sp4 import content
+from bcast_sp4.media import content
 from bcast_sp4.bcast import ltkm_drm, stkm_drm, stkm_mikey, traffic
 from bcast_sp4.bcast.keys import ServiceKey
 from bcast_sp4.bcast.traffic import TrafficProtection
-from bcast_sp4.scrambler import Scrambler
-from bcast_sp4.terminal import Outcome, ReferenceTerminal, ServiceSpec
+from bcast_sp4.media.scrambler import Scrambler
+from bcast_sp4.media.terminal import Outcome, ReferenceTerminal, ServiceSpec
 from bcast_sp4.wire.sp4 import Profile
 
 SEK = ServiceKey(key_id=1, key=bytes(range(16)), authentication_key=bytes(range(20)))

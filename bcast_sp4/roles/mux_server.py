@@ -321,7 +321,7 @@ class MuxServer:
     def submit(
         self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes, on_air_from: float, repetition_ms: int
     ) -> None:
-        """The SCS's ``STKMSink`` interface (``bcast_sp4.stkm_sink``): :meth:`submit_stkm` by another name.
+        """The SCS's ``STKMSink`` interface (``bcast_sp4.roles.stkm_sink``): :meth:`submit_stkm` by another name.
 
         *cp_number* is only for the SCS's bookkeeping; the MUX airs whatever is current.
         """

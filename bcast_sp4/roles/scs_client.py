@@ -1,7 +1,7 @@
 """SCS role: ECMG<=>SCS TCP clients, the scramblers' UDP ports, timers (TS 103 197 §5; SP-4 §14.1.1.3.3).
 
 Thin adapters around the pure :class:`~bcast_sp4.machines.scs.SCSCore` (channels + crypto-period
-schedulers) and :class:`~bcast_sp4.scrambler.Scrambler`:
+schedulers) and :class:`~bcast_sp4.media.scrambler.Scrambler`:
 
 * one ``ClientService`` per ECMG channel, with a back-off retry policy (lengthened by the channel
   refusals in a row the machine counts) and ``prepareConnection`` sending channel_setup after
@@ -10,7 +10,7 @@ schedulers) and :class:`~bcast_sp4.scrambler.Scrambler`:
   the same connection coalesced in one write;
 * :class:`SCSRunner`: executes the core's outputs — timers through the injected clock (keyed
   ``IDelayedCall``s), TEKs to the scramblers (plus a timer at T(n) that makes the switch happen
-  and measures its jitter), STKMs to the :class:`~bcast_sp4.stkm_sink.STKMSink`, events to the
+  and measures its jitter), STKMs to the :class:`~bcast_sp4.roles.stkm_sink.STKMSink`, events to the
   log (structured fields, never key material);
 * :class:`ScramblerProtocol`: one UDP datagram in, one protected datagram out.
 
@@ -37,8 +37,8 @@ from zope.interface import implementer
 
 from ..machines.outputs import Notify, Send
 from ..machines.scs import CancelTimer, ChannelOutput, ProvideTEK, SCSCore, StartTimer, SubmitSTKM
-from ..scrambler import Scrambler, Switch
-from ..stkm_sink import STKMSink
+from ..media.scrambler import Scrambler, Switch
+from .stkm_sink import STKMSink
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol
 

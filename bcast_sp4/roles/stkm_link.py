@@ -7,7 +7,7 @@ ECM_id, data_type 0x02, the DVB value for ECMs), each STKM one ``datagram`` of a
 the TCP connection or (``transport = "udp"``) the MUX's UDP port. The channel machinery is the EMMG
 client's: one :class:`~bcast_sp4.roles.emmg_client.EMMGService` per super_CAS_id (``ClientService``
 with back-off, setup after every reconnect, paced sending, orderly close).
-:class:`RemoteMuxSink` owns them and implements :class:`~bcast_sp4.stkm_sink.STKMSink`.
+:class:`RemoteMuxSink` owns them and implements :class:`~bcast_sp4.roles.stkm_sink.STKMSink`.
 
 Rules (where an STKM differs from an LTKM)::
 
@@ -130,7 +130,7 @@ def link_settings(settings: SCSSettings) -> dict[int, EMMGSettings]:
 
 
 class RemoteMuxSink(MultiService):
-    """The SCS's :class:`~bcast_sp4.stkm_sink.STKMSink` for a MUX reached over EMMG/PDG<=>MUX.
+    """The SCS's :class:`~bcast_sp4.roles.stkm_sink.STKMSink` for a MUX reached over EMMG/PDG<=>MUX.
 
     A ``MultiService`` whose children are the :class:`EMMGService` of each super_CAS_id (in
     :attr:`links`); add it to the SCS's tree before the runner, so it runs before the first STKM.

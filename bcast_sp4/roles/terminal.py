@@ -21,9 +21,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .. import content
+from ..media import content
 from ..config.terminal import TerminalSettings
-from ..terminal import Outcome, ReferenceTerminal, ServiceSpec
+from ..media.terminal import Outcome, ReferenceTerminal, ServiceSpec
 from ..wire.sp4 import Profile
 
 PROFILES = (Profile.DRM, Profile.SMARTCARD)

@@ -22,8 +22,8 @@ from ..config.scs import MuxMode
 from ..machines.scs import SCSCore
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.stkm_link import RemoteMuxSink
-from ..scrambler import Scrambler
-from ..stkm_sink import JSONLinesSink, RecordingSink, STKMSink
+from ..media.scrambler import Scrambler
+from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 
 log = Logger()
 

@@ -1,7 +1,7 @@
 """Cross-check Smartcard Profile STKMs against Wireshark's MIKEY dissector (a peer no one here wrote).
 
 Each message goes into a pcap as a UDP payload (Ethernet/IPv4/UDP with correct checksums, written by
-:class:`bcast_sp4.capture.PcapWriter`); tshark decodes it as MIKEY with checksum validation on. Nothing
+:class:`bcast_sp4.tools.capture.PcapWriter`); tshark decodes it as MIKEY with checksum validation on. Nothing
 may be flagged malformed or raise an expert item, and the fields tshark reports must equal ours.
 NULL-encrypted twins let the dissector show the Key data sub-payload, so the key fields are compared
 too. Fails, never skips, when tshark is missing (``.ci/run`` installs it).
@@ -26,7 +26,7 @@ from bcast_sp4.bcast.traffic import (
     generate,
     key_material_plaintext,
 )
-from bcast_sp4.capture import PcapWriter
+from bcast_sp4.tools.capture import PcapWriter
 
 PORT = 2269  # MIKEY's registered port; decoded explicitly with -d anyway
 MSK = ServiceKey(

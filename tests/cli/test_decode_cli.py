@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from bcast_sp4 import wire
-from bcast_sp4.capture import PcapWriter, TcpFlow
-from bcast_sp4.cli import main
+from bcast_sp4.tools.capture import PcapWriter, TcpFlow
+from bcast_sp4.tools.cli import main
 from bcast_sp4.wire import ecmg_scs as E
 from bcast_sp4.wire import emmg_mux as M
 

@@ -9,7 +9,7 @@ import pytest
 
 from bcast_sp4.bcast import stkm_drm, stkm_mikey
 from bcast_sp4.bcast.keys import load_keyfile
-from bcast_sp4.cli import main
+from bcast_sp4.tools.cli import main
 
 from ..integration.harness import ROOT
 

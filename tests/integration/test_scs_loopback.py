@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 from bcast_sp4.bcast import stkm_drm, stkm_mikey, traffic
 from bcast_sp4.bcast.keys import load_keyfile
 from bcast_sp4.config import load_scs_settings
-from bcast_sp4.stkm_sink import RecordingSink
+from bcast_sp4.roles.stkm_sink import RecordingSink
 from bcast_sp4.tap.scs import build_service
 
 from ..test_scrambler import LibSRTPReceiver, open_datagram

@@ -19,8 +19,8 @@ from bcast_sp4.config import ConfigError, load_scs_settings
 from bcast_sp4.config.scs import MuxMode
 from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing
 from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy
-from bcast_sp4.scrambler import Scrambler
-from bcast_sp4.stkm_sink import JSONLinesSink, RecordingSink
+from bcast_sp4.media.scrambler import Scrambler
+from bcast_sp4.roles.stkm_sink import JSONLinesSink, RecordingSink
 from bcast_sp4.tap import scs as tap
 from bcast_sp4.wire import ecmg_scs as m
 
@@ -289,7 +289,7 @@ def test_stagger_spreads_phases(tmp_path):
 
 def test_pure_modules_import_no_twisted():
     code = (
-        "import sys, bcast_sp4.machines.scs, bcast_sp4.scrambler, bcast_sp4.stkm_sink, bcast_sp4.config.scs;"
+        "import sys, bcast_sp4.machines.scs, bcast_sp4.media.scrambler, bcast_sp4.roles.stkm_sink, bcast_sp4.config.scs;"
         "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )

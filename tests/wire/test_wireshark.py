@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from bcast_sp4 import wire
-from bcast_sp4.capture import PcapWriter, TcpFlow
+from bcast_sp4.tools.capture import PcapWriter, TcpFlow
 from bcast_sp4.wire.message import ABSENT, ONE, SOME, VERSION_GROUPS
 from bcast_sp4.wire.params import CPCWCombination, Kind
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bcast.status import BcastStatus
-from .wire import Message, error_name
-from .wire.params import UNITS, CPCWCombination, DataType, Kind, SectionTSpktFlag
-from .wire.sp4 import profile_of, user_part
+from ..bcast.status import BcastStatus
+from ..wire import Message, error_name
+from ..wire.params import UNITS, CPCWCombination, DataType, Kind, SectionTSpktFlag
+from ..wire.sp4 import profile_of, user_part
 
 _FLAG_MEANING = {
     SectionTSpktFlag.SECTIONS: "MPEG-2 sections",

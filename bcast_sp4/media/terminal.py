@@ -10,10 +10,10 @@ What a BCAST receiver does (bcast-keys.md §1.4), with the project's formats:
    IPsec SPI, the ISMACryp key indicator.
 3. Content: each datagram names its TEK by that identifier; it is decrypted (and authenticated
    where the protection authenticates) and its RTP payload checked against the lab's pattern
-   (:mod:`bcast_sp4.content`).
+   (:mod:`bcast_sp4.media.content`).
 
 The decryption here is written from the protocol definitions (RFC 3711 via libsrtp, RFC 4303,
-ISMACryp 1.1 as framed by :mod:`bcast_sp4.scrambler`'s docstring), not by calling the scrambler.
+ISMACryp 1.1 as framed by :mod:`bcast_sp4.media.scrambler`'s docstring), not by calling the scrambler.
 Every outcome is counted per service: ``ok``, ``no_tek`` (no key yet for that identifier),
 ``auth_failed``, ``pattern_mismatch``, ``malformed``. No I/O, no clock, no logging.
 """
@@ -30,12 +30,12 @@ import attrs
 import pylibsrtp
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .bcast import ltkm_drm, stkm_drm, stkm_mikey
-from .bcast.keys import ServiceKey
-from .bcast.status import BcastError
-from .bcast.traffic import IPsecMaterial, ISMACrypMaterial, SRTPMaterial, TrafficKeyMaterial, TrafficProtection
+from ..bcast import ltkm_drm, stkm_drm, stkm_mikey
+from ..bcast.keys import ServiceKey
+from ..bcast.status import BcastError
+from ..bcast.traffic import IPsecMaterial, ISMACrypMaterial, SRTPMaterial, TrafficKeyMaterial, TrafficProtection
 from .content import check_rtp
-from .wire.sp4 import Profile
+from ..wire.sp4 import Profile
 
 #: TEKs kept per service (current, next and a couple of late ones)
 TEKS_KEPT = 6

@@ -15,10 +15,10 @@ import re
 import sys
 from typing import Iterator, TextIO
 
-from . import __version__
+from .. import __version__
 from .render import describe_error, to_json_dict, to_text
-from .wire import Framer, InvalidMessage, MessageTooLong, PeerProtocolError, decode, decode_datagram
-from .wire.message import MAX_MESSAGE_LENGTH
+from ..wire import Framer, InvalidMessage, MessageTooLong, PeerProtocolError, decode, decode_datagram
+from ..wire.message import MAX_MESSAGE_LENGTH
 
 _HEX_NOISE = re.compile(r"[\s:]|0x", re.IGNORECASE)
 

@@ -41,8 +41,8 @@ import collections
 import enum
 import hashlib
 import hmac
+import ipaddress
 import os
-import socket
 import struct
 from typing import Callable
 
@@ -50,7 +50,7 @@ import attrs
 import pylibsrtp
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .bcast.traffic import IPsecMaterial, ISMACrypMaterial, SRTPMaterial, TrafficKeyMaterial, TrafficProtection
+from ..bcast.traffic import IPsecMaterial, ISMACrypMaterial, SRTPMaterial, TrafficKeyMaterial, TrafficProtection
 
 
 class SRTPProfile(enum.Enum):
@@ -166,7 +166,7 @@ def ipv4_udp(source: tuple[str, int], destination: tuple[str, int], payload: byt
     """An IPv4 packet (DF, TTL 64) carrying *payload* in UDP (checksum 0, allowed over IPv4)."""
     udp = struct.pack(">HHHH", source[1], destination[1], 8 + len(payload), 0) + payload
     header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                         socket.inet_aton(source[0]), socket.inet_aton(destination[0]))
+                         ipaddress.IPv4Address(source[0]).packed, ipaddress.IPv4Address(destination[0]).packed)
     return header[:10] + _checksum(header).to_bytes(2, "big") + header[12:] + udp
 
 
