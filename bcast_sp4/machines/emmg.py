@@ -69,7 +69,7 @@ from ..wire import Message, PeerProtocolError
 from ..wire import emmg_mux as m
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.params import DataType, SectionTSpktFlag
-from .outputs import Close, Notify, Output, Send
+from .outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from .pacing import TokenBucket, kbit_to_bytes
 
 INVALID_MESSAGE = 0x0001
@@ -99,21 +99,6 @@ class SendDatagram:
 
     def __repr__(self) -> str:
         return f"SendDatagram({self.message.NAME}, {len(self.message.datagram)} datagrams)"
-
-
-@attrs.frozen
-class StartTimer:
-    """(Re)start the timer *key*: call :meth:`EMMGSession.timer_fired` after *seconds*."""
-
-    key: str
-    seconds: float
-
-
-@attrs.frozen
-class CancelTimer:
-    """Cancel the timer *key* if it runs."""
-
-    key: str
 
 
 @attrs.frozen

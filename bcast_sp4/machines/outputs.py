@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Hashable
 
 import attrs
 
@@ -39,7 +39,25 @@ class Notify:
     level: str = "info"
 
 
-Output = Send | Close | Notify
+@attrs.frozen
+class StartTimer:
+    """Arm the timer *key* to fire in *seconds*; a timer already armed under *key* is replaced.
+
+    When it fires the adapter hands *key* back to the machine's timer input.
+    """
+
+    key: Hashable
+    seconds: float
+
+
+@attrs.frozen
+class CancelTimer:
+    """Disarm the timer *key* if it is armed."""
+
+    key: Hashable
+
+
+Output = Send | Close | Notify | StartTimer | CancelTimer
 
 
 def error_information(value: int | None) -> tuple[bytes, ...]:

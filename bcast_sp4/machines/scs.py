@@ -126,7 +126,7 @@ from ..bcast import cw_encryption, traffic
 from ..wire import Message, PeerProtocolError
 from ..wire import ecmg_scs as m
 from ..wire.params import CPCWCombination
-from .outputs import Close, Notify, Send
+from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 
 # error_status values (TS 103 197 §5.6, digest §5.1)
 INVALID_MESSAGE = 0x0001
@@ -145,21 +145,6 @@ _WIRE = CP_MODULUS - 1
 # ---------------------------------------------------------------------------------------------
 # Output records (besides Send / Close / Notify)
 # ---------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class StartTimer:
-    """Arm the timer *key* to fire in *seconds*; a timer already armed under *key* is replaced."""
-
-    key: Hashable
-    seconds: float
-
-
-@attrs.frozen
-class CancelTimer:
-    """Disarm the timer *key* if it is armed."""
-
-    key: Hashable
 
 
 @attrs.frozen
