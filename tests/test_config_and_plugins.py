@@ -29,12 +29,12 @@ def write(tmp_path, extra="", tail=""):
         ("colour = 1", "", "ecmg.colour", "unknown key"),
         ("", "[channel]\nlead_CW = 2\nCW_per_msg = 2\n", "channel.lead_CW", "lead_CW"),
         ("", "[channel]\ndelay_start = 40000\n", "channel.delay_start", "outside"),
-        ("", '[[cas]]\nsuper_CAS_id = 0x00020001\nmode = "drm"\n', "cas[1].super_CAS_id", "profile prefix"),
-        ("", '[[cas]]\nsuper_CAS_id = 0x00010001\nmode = "drm"\n', "cas[1].super_CAS_id", "twice"),
-        ("", '[[cas]]\nsuper_CAS_id = 0x4AE60000\nmode = "dvb-sections"\n', "cas[1].key", "missing"),
-        ("", '[[cas]]\nsuper_CAS_id = 0x00020002\nmode = "dvb-ts"\nkey = "00"\n', "cas[1].mode", "BCAST"),
-        ("", '[[cas]]\nsuper_CAS_id = 0x4AE60000\nmode = "nagra"\n', "cas[1].mode", "not one of"),
-        ("", '[[cw_encryption_key]]\nkey_id = 1\nkey = "zz"\n', "cw_encryption_key[0].key", "hex"),
+        ("", '[[cas]]\nsuper_CAS_id = 0x00020001\nmode = "drm"\n', "cas #2.super_CAS_id", "profile prefix"),
+        ("", '[[cas]]\nsuper_CAS_id = 0x00010001\nmode = "drm"\n', "cas #2.super_CAS_id", "twice"),
+        ("", '[[cas]]\nsuper_CAS_id = 0x4AE60000\nmode = "dvb-sections"\n', "cas #2.key", "missing"),
+        ("", '[[cas]]\nsuper_CAS_id = 0x00020002\nmode = "dvb-ts"\nkey = "00"\n', "cas #2.mode", "BCAST"),
+        ("", '[[cas]]\nsuper_CAS_id = 0x4AE60000\nmode = "nagra"\n', "cas #2.mode", "not one of"),
+        ("", '[[cw_encryption_key]]\nkey_id = 1\nkey = "zz"\n', "cw_encryption_key #1.key", "hex"),
     ],
 )
 def test_config_errors_name_file_key_and_reason(tmp_path, extra, tail, key, reason):

@@ -1,11 +1,11 @@
-"""Service and programme keys (SEK/PEK), a per-stream key store and the TOML key file.
+"""Service and programme keys (SEK/PEK) and a per-stream key store.
 
 Spec clause: bcast-keys.md §1.2 (DRM Profile: SEK/PEK 128 bits, SAK/PAK for the STKM MAC), §1.3
 (Smartcard Profile: SEK/PEK = MSK, 128 bits; Key Domain ID 24 bits; SEK/PEK ID = MSK ID 32 bits)
 and SP-4 CR §14.1.1.3.1 (``super_CAS_id`` + ``ECM_id`` identify one STKM stream; the first two bytes of
 ``super_CAS_id`` are 0x0001 for the DRM Profile and 0x0002 for the Smartcard Profile).
 
-Confidence: medium for key sizes and ids; the key file format and the store's rules are project
+Confidence: medium for key sizes and ids; the store's rules are project
 design. Design decisions on the [R]/[?] points:
 
 * ``key_id`` is one 32-bit number whose meaning depends on the profile: the DRM Profile finds the
@@ -27,43 +27,23 @@ design. Design decisions on the [R]/[?] points:
 * :class:`PerKeyCache` holds state derived from a key (cipher contexts, MAC states) for the STKM
   codecs, keyed on the identity of the (immutable) :class:`ServiceKey` and dropped with it.
 
-Key file format (TOML, ``format = 1``; ``etc/keys.example.toml`` is a worked example)::
-
-    format = 1
-
-    [keys.<name>]                 # one table per key; <name> appears in error messages
-    role = "service"              # or "programme" (SEK vs PEK); default "service"
-    key_id = 0x00000001           # uint32: DRM CID extension / Smartcard SEK-PEK (MSK) ID
-    key = "<32 hex digits>"       # the SEK/PEK, 16 bytes
-    authentication_key = "<hex>"  # SAK/PAK, 16-64 bytes; required for DRM streams
-    key_domain_id = "<6 hex>"     # 3 bytes (MCC||MNC); required for Smartcard streams
-    not_before = 2024-01-01T00:00:00Z   # optional; offset datetime or int POSIX seconds
-    not_after  = 2036-01-01T00:00:00Z   # optional, exclusive
-
-    [[streams]]                   # one per STKM stream
-    super_cas_id = 0x00010001     # uint32; high 16 bits 0x0001 (DRM) or 0x0002 (Smartcard)
-    ecm_id = 1                    # uint16 = stkmstream
-    keys = ["<name>", ...]        # keys usable on this stream
-
-Unknown tables or fields are errors (typos must not silently drop a key). Every error is a
-:class:`KeyFileError` naming the file, the key (or stream) and the reason; key bytes never appear.
+The key file (TOML) that fills a :class:`KeyStore` is read by :mod:`bcast_sp4.config.keyfile`;
+this module holds the keys and the store, and does no I/O.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import tomllib
 import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
-from os import PathLike
 from typing import Any, Generic, TypeVar, Union
 
 import attrs
 
-from .status import KeyFileError, KeyNotValidError, NoKeyError
+from .status import KeyNotValidError, NoKeyError
 
 __all__ = [
     "KmsProfile",
@@ -74,17 +54,17 @@ __all__ = [
     "KeyStore",
     "PerKeyCache",
     "as_key_lookup",
-    "load_keyfile",
     "to_datetime",
     "NoKeyError",
     "KeyNotValidError",
-    "KeyFileError",
 ]
 
-KEY_FILE_FORMAT = 1
-_KEY_SIZE = 16
-_KDI_SIZE = 3
-_AUTH_KEY_SIZES = range(16, 65)
+#: SEK/PEK (MSK) size in bytes
+KEY_SIZE = 16
+#: Smartcard Profile Key Domain ID size in bytes (MCC || MNC)
+KDI_SIZE = 3
+#: accepted DRM Profile SAK/PAK sizes in bytes ([?] 128 or 160 bits in the spec)
+AUTH_KEY_SIZES = range(16, 65)
 
 
 class KmsProfile(enum.IntEnum):
@@ -177,18 +157,18 @@ def _opt_bytes(value: object) -> bytes | None:
 
 
 def _check_key(_inst: object, _attr: attrs.Attribute, value: bytes) -> None:
-    if len(value) != _KEY_SIZE:
-        raise ValueError(f"key must be {_KEY_SIZE} bytes, got {len(value)}")
+    if len(value) != KEY_SIZE:
+        raise ValueError(f"key must be {KEY_SIZE} bytes, got {len(value)}")
 
 
 def _check_auth_key(_inst: object, _attr: attrs.Attribute, value: bytes | None) -> None:
-    if value is not None and len(value) not in _AUTH_KEY_SIZES:
+    if value is not None and len(value) not in AUTH_KEY_SIZES:
         raise ValueError(f"authentication_key must be 16-64 bytes, got {len(value)}")
 
 
 def _check_kdi(_inst: object, _attr: attrs.Attribute, value: bytes) -> None:
-    if len(value) not in (0, _KDI_SIZE):
-        raise ValueError(f"key_domain_id must be {_KDI_SIZE} bytes (or empty), got {len(value)}")
+    if len(value) not in (0, KDI_SIZE):
+        raise ValueError(f"key_domain_id must be {KDI_SIZE} bytes (or empty), got {len(value)}")
 
 
 def _check_u32(_inst: object, attr: attrs.Attribute, value: int) -> None:
@@ -275,7 +255,7 @@ _RAISE: Any = object()
 class KeyStore:
     """Keys per STKM stream ``(super_CAS_id, ECM_id)``, for the ECMG; also a :data:`KeyLookup`.
 
-    The store is filled once (by :func:`load_keyfile` or :meth:`add`) and then only read; to reload,
+    The store is filled once (by :func:`bcast_sp4.config.load_keyfile` or :meth:`add`) and then only read; to reload,
     build a new store and swap the reference.
     """
 
@@ -502,151 +482,3 @@ def as_key_lookup(keys: ServiceKey | Iterable[ServiceKey] | KeyStore | KeyLookup
         return next((k for k in pool if k.matches(ref)), None)
 
     return lookup
-
-
-# ---------------------------------------------------------------------------------------------
-# Key file
-# ---------------------------------------------------------------------------------------------
-
-_KEY_FIELDS = {"role", "key_id", "key", "authentication_key", "key_domain_id", "not_before", "not_after"}
-_STREAM_FIELDS = {"super_cas_id", "ecm_id", "keys"}
-
-
-def load_keyfile(path: str | PathLike[str]) -> KeyStore:
-    """Read a TOML key file (format in the module docstring).
-
-    :param path: the file.
-    :returns: a filled :class:`KeyStore`.
-    :raises KeyFileError: naming file, key and reason, on any unreadable or invalid content.
-    """
-    return _store_from_document(path, read_toml(path))
-
-
-def read_toml(path: str | PathLike[str]) -> dict[str, Any]:
-    """A key or subscriber file's TOML document; any problem is a :class:`KeyFileError`."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise KeyFileError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise KeyFileError(path, None, f"not valid TOML: {exc}") from None
-
-
-def key_tables(path: str | PathLike[str], doc: dict[str, Any], top_level: set[str], file_format: int) -> dict[str, ServiceKey]:
-    """Check the top level and ``format`` of *doc*, then parse its ``[keys.<name>]`` tables."""
-    unknown = sorted(set(doc) - top_level)
-    if unknown:
-        raise KeyFileError(path, None, f"unknown top-level entries: {', '.join(unknown)}")
-    if doc.get("format") != file_format:
-        raise KeyFileError(path, None, f"'format' must be {file_format}")
-    tables = doc.get("keys", {})
-    if not isinstance(tables, dict):
-        raise KeyFileError(path, None, "'keys' must be a table of named key tables")
-    return {name: _key_from_table(path, name, table) for name, table in tables.items()}
-
-
-def validity_bounds(path: str | PathLike[str], where: str, table: dict[str, Any]) -> dict[str, datetime]:
-    """The ``not_before`` / ``not_after`` entries of a key or device table, as aware datetimes."""
-    bounds: dict[str, datetime] = {}
-    for bound in ("not_before", "not_after"):
-        if bound in table:
-            value = table[bound]
-            if isinstance(value, bool) or not isinstance(value, (int, datetime)):
-                raise KeyFileError(path, where, f"{bound} must be an offset date-time or POSIX seconds")
-            try:
-                bounds[bound] = to_datetime(value)
-            except (ValueError, OverflowError, OSError) as exc:
-                raise KeyFileError(path, where, f"{bound}: {exc}") from None
-    return bounds
-
-
-def _store_from_document(path: str | PathLike[str], doc: dict[str, Any]) -> KeyStore:
-    keys = key_tables(path, doc, {"format", "keys", "streams"}, KEY_FILE_FORMAT)
-
-    streams = doc.get("streams", [])
-    if not isinstance(streams, list) or not streams:
-        raise KeyFileError(path, None, "need at least one [[streams]] entry")
-    store = KeyStore()
-    seen: set[tuple[int, int]] = set()
-    for index, table in enumerate(streams):
-        where = f"streams[{index}]"
-        if not isinstance(table, dict):
-            raise KeyFileError(path, where, "must be a table")
-        extra = sorted(set(table) - _STREAM_FIELDS)
-        if extra:
-            raise KeyFileError(path, where, f"unknown fields: {', '.join(extra)}")
-        super_cas_id = _int_field(path, where, table, "super_cas_id", 0xFFFFFFFF)
-        ecm_id = _int_field(path, where, table, "ecm_id", 0xFFFF)
-        try:
-            profile = KmsProfile.from_super_cas_id(super_cas_id)
-        except ValueError as exc:
-            raise KeyFileError(path, where, str(exc)) from None
-        if (super_cas_id, ecm_id) in seen:
-            raise KeyFileError(path, where, f"duplicate stream super_cas_id {super_cas_id:#010x} ecm_id {ecm_id}")
-        seen.add((super_cas_id, ecm_id))
-        names = table.get("keys")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise KeyFileError(path, where, "'keys' must be a non-empty list of key names")
-        for name in names:
-            if name not in keys:
-                raise KeyFileError(path, where, f"unknown key {name!r}")
-            key = keys[name]
-            if profile is KmsProfile.DRM and key.authentication_key is None:
-                raise KeyFileError(path, f"key {name!r}", "DRM Profile stream needs an authentication_key (SAK/PAK)")
-            if profile is KmsProfile.SMARTCARD and not key.key_domain_id:
-                raise KeyFileError(path, f"key {name!r}", "Smartcard Profile stream needs a key_domain_id")
-            store.add(super_cas_id, ecm_id, key)
-    return store
-
-
-def _key_from_table(path: str | PathLike[str], name: str, table: object) -> ServiceKey:
-    where = f"key {name!r}"
-    if not isinstance(table, dict):
-        raise KeyFileError(path, where, "must be a table")
-    extra = sorted(set(table) - _KEY_FIELDS)
-    if extra:
-        raise KeyFileError(path, where, f"unknown fields: {', '.join(extra)}")
-    role = table.get("role", "service")
-    if role not in ("service", "programme"):
-        raise KeyFileError(path, where, "role must be 'service' or 'programme'")
-    fields: dict[str, Any] = {
-        "name": name,
-        "role": KeyRole(role),
-        "key_id": _int_field(path, where, table, "key_id", 0xFFFFFFFF),
-        "key": _hex_field(path, where, table, "key", (_KEY_SIZE,)),
-    }
-    if "authentication_key" in table:
-        fields["authentication_key"] = _hex_field(path, where, table, "authentication_key", _AUTH_KEY_SIZES)
-    if "key_domain_id" in table:
-        fields["key_domain_id"] = _hex_field(path, where, table, "key_domain_id", (_KDI_SIZE,))
-    fields.update(validity_bounds(path, where, table))
-    try:
-        return ServiceKey(**fields)
-    except ValueError as exc:
-        raise KeyFileError(path, where, str(exc)) from None
-
-
-def _int_field(path: str | PathLike[str], where: str, table: dict[str, Any], field: str, maximum: int) -> int:
-    value = table.get(field)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise KeyFileError(path, where, f"{field} must be an integer")
-    if not 0 <= value <= maximum:
-        raise KeyFileError(path, where, f"{field} out of range 0..{maximum:#x}")
-    return value
-
-
-def _hex_field(path: str | PathLike[str], where: str, table: dict[str, Any], field: str, sizes: Iterable[int]) -> bytes:
-    value = table.get(field)
-    if not isinstance(value, str):
-        raise KeyFileError(path, where, f"{field} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        # Do not echo the value: it is (part of) a key.
-        raise KeyFileError(path, where, f"{field} is not valid hex") from None
-    sizes = tuple(sizes)
-    if len(raw) not in sizes:
-        want = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-        raise KeyFileError(path, where, f"{field} must be {want} bytes, got {len(raw)}")
-    return raw

@@ -9,7 +9,8 @@ import attrs
 from ..machines.ecmg import CasMode, ChannelParameters, ECMGConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
-from ._reader import ConfigError, Reader, load_toml
+from ._reader import Reader, load_toml
+
 
 @attrs.frozen(kw_only=True)
 class ECMGSettings:
@@ -36,10 +37,7 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
     root = Reader(path, doc)
     top = root.sub("ecmg", required=True)
     endpoint = top.string("endpoint", "tcp:2222:interface=127.0.0.1")
-    versions = top.table.get("versions", [1, 2, 3])
-    top.used.add("versions")
-    if not isinstance(versions, list) or not versions or not all(v in (1, 2, 3) for v in versions):
-        raise top.fail("versions", f"must be a non-empty list drawn from 1, 2, 3, not {versions!r}")
+    versions = top.int_list("versions", [1, 2, 3], (1, 2, 3))
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     key_file = top.path_value("key_file")
     ecmg_kwargs = dict(
@@ -72,17 +70,13 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
     try:
         channel = ChannelParameters(**channel_kwargs)
     except ValueError as exc:
-        raise ConfigError(path, "channel.lead_CW", str(exc)) from None
+        raise ch.fail("lead_CW", str(exc)) from None
 
     cas_modes: dict[int, CasMode] = {}
     dvb_keys: dict[int, bytes] = {}
     for entry in root.list_of_tables("cas"):
         scid = entry.integer("super_CAS_id", low=0, high=0xFFFFFFFF)
-        mode_name = entry.string("mode")
-        try:
-            mode = CasMode(mode_name)
-        except ValueError:
-            raise entry.fail("mode", f"{mode_name!r} is not one of {[m.value for m in CasMode]}") from None
+        mode = entry.choice("mode", {m.value: m for m in CasMode})
         profile = profile_of(scid)
         if mode in _MODE_PROFILE and profile is not _MODE_PROFILE[mode]:
             raise entry.fail(
@@ -97,7 +91,7 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
             dvb_keys[scid] = entry.hex_key("key")
         entry.no_unknown_keys()
     if not cas_modes:
-        raise ConfigError(path, "cas", "no Super_CAS_id configured: add at least one [[cas]] table")
+        raise root.fail("cas", "no Super_CAS_id configured: add at least one [[cas]] table")
     cw_keys: dict[int, bytes] = {}
     for entry in root.list_of_tables("cw_encryption_key"):
         key_id = entry.integer("key_id")

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import attrs
 
-from ..bcast.status import KeyFileError
-from ..bcast.subscribers import Subscribers, load_subscribers
+from ..bcast.subscribers import Subscribers
 from ..machines.emmg import EMMGConfig, EMMGStreamConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
-from ._reader import ConfigError, Reader, load_toml
-from .mux import _ipv4, _milliseconds, parse_host_port
+from ._reader import Reader, load_toml
+from .subscribers import load_subscribers
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +44,10 @@ class EMMGSettings:
     source_path: Path
 
 
+#: ``transport`` -> data_provision over UDP (control always on the TCP connection)
+TRANSPORTS = {"tcp": False, "udp": True}
+
+
 def load_emmg_settings(path: str | Path) -> EMMGSettings:
     """Read an EMMG configuration file (see ``etc/emmg.toml``).
 
@@ -57,31 +60,19 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
     client_id = top.integer("client_id", low=0, high=0xFFFFFFFF)
     if profile_of(client_id) is not Profile.DRM:
         raise top.fail("client_id", f"{client_id:#010x}: an SP-4 LTKM generator is DRM Profile (0x0001xxxx)")
-    transport = top.string("transport", "tcp")
-    if transport not in ("tcp", "udp"):
-        raise top.fail("transport", f"must be 'tcp' or 'udp', not {transport!r}")
-    mux_udp = None
-    mux_udp_text = top.string("mux_udp", None)
-    if mux_udp_text is not None:
-        try:
-            mux_udp = parse_host_port(mux_udp_text)
-        except ValueError as exc:
-            raise top.fail("mux_udp", str(exc)) from None
-    if transport == "udp" and mux_udp is None:
+    udp = top.choice("transport", TRANSPORTS, "tcp")
+    mux_udp = top.host_port("mux_udp", None)
+    if udp and mux_udp is None:
         raise top.fail("mux_udp", "missing: transport 'udp' needs the MUX's UDP ADDR:PORT")
-    udp_interface = top.string("udp_interface", "127.0.0.1")
-    try:
-        _ipv4(udp_interface, udp_interface)
-    except ValueError as exc:
-        raise top.fail("udp_interface", str(exc)) from None
+    udp_interface = top.ipv4("udp_interface", "127.0.0.1")
     kwargs = dict(
         data_channel_id=top.integer("data_channel_id", 1),
         protocol_version=top.integer("protocol_version", 3, 2, 5),
-        response_timeout=_milliseconds(top, "response_timeout_ms", 5000, 1),
-        udp_end_wait=_milliseconds(top, "udp_end_wait_ms", 100),
+        response_timeout=top.milliseconds("response_timeout_ms", 5000, 1),
+        udp_end_wait=top.milliseconds("udp_end_wait_ms", 100),
         datagrams_per_message=top.integer("datagrams_per_message", 1, 1, 1000),
         max_message_length=top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE + 64, MAX_MESSAGE_LENGTH),
-        pacing_burst=_milliseconds(top, "pacing_burst_ms", 10),
+        pacing_burst=top.milliseconds("pacing_burst_ms", 10),
         max_invalid_messages=top.integer("max_invalid_messages", 3, 0, 1000),
     )
     retry_max_delay = float(top.integer("retry_max_delay", 30, 1, 3600))
@@ -105,12 +96,12 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         sources[data_id] = _sources(entry)
         entry.no_unknown_keys()
     if not streams:
-        raise ConfigError(path, "stream", "no stream: add at least one [[stream]] table")
+        raise root.fail("stream", "no stream: add at least one [[stream]] table")
     root.no_unknown_keys()
     try:
-        config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=transport == "udp", **kwargs)
+        config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=udp, **kwargs)
     except ValueError as exc:
-        raise ConfigError(path, "emmg", str(exc)) from None
+        raise top.fail_here(str(exc)) from None
     return EMMGSettings(
         connect=connect,
         emmg=config,
@@ -124,21 +115,17 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
 
 def _sources(entry: Reader) -> StreamSources:
     fields: dict = {}
-    if "subscribers" in entry.table:
+    if entry.has("subscribers"):
         sub = entry.sub("subscribers")
         file = sub.path_value("file")
-        try:
-            fields["subscribers"] = load_subscribers(file)
-        except KeyFileError as exc:
-            raise sub.fail("file", str(exc)) from None
+        fields["subscribers"] = load_subscribers(file)  # its errors name the subscriber file
         fields["subscribers_file"] = file
         fields["repeat_interval"] = float(sub.integer("repeat_interval", 0, 0, 86400 * 365))
         sub.no_unknown_keys()
-    if "spool" in entry.table:
+    if entry.has("spool"):
         spool = entry.sub("spool")
-        directory = Path(spool.string("directory"))
-        fields["spool"] = directory if directory.is_absolute() else (spool.path.parent / directory).resolve()
-        fields["poll_interval"] = _milliseconds(spool, "poll_interval_ms", 1000, 10)
+        fields["spool"] = spool.path_value("directory", must_exist=False)
+        fields["poll_interval"] = spool.milliseconds("poll_interval_ms", 1000, 10)
         spool.no_unknown_keys()
     if not fields:
         raise entry.fail("subscribers", "a stream needs an LTKM source: [stream.subscribers] and/or [stream.spool]")

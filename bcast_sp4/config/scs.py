@@ -17,8 +17,6 @@ MUX has one route, one current STKM, per pair).
 from __future__ import annotations
 
 import enum
-import ipaddress
-import re
 from pathlib import Path
 
 import attrs
@@ -29,7 +27,8 @@ from ..machines.scs import ChannelSpec, CWEncryptionSpec, LinkSpec, ServiceSpec,
 from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
-from ._reader import ConfigError, Reader, load_toml
+from ._reader import Reader, load_toml
+from .emmg import TRANSPORTS
 
 
 class MuxMode(enum.Enum):
@@ -98,87 +97,28 @@ class SCSSettings:
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
 _CW_ALGORITHMS = {"aes128-key-wrap": CWAlgorithm.AES128_KEY_WRAP, "aes128-cbc": CWAlgorithm.AES128_CBC}
-_UDP = re.compile(r"^udp:(\d+)(?::interface=([0-9.]+))?$")
-_HOST_PORT = re.compile(r"^([0-9.]+):(\d+)$")
-_ENDPOINT = re.compile(r"^(tcp|tcp6|unix|ssl|tls):.+")
 
 
-def _number(reader: Reader, key: str, default, low: float, high: float):
-    reader.used.add(key)
-    if key not in reader.table:
-        if default is attrs.NOTHING:
-            raise reader.fail(key, "missing")
-        return default
-    value = reader.table[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise reader.fail(key, f"must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise reader.fail(key, f"{value} outside {low}..{high}")
-    return float(value)
-
-
-def _choice(reader: Reader, key: str, choices: dict, default: str | object = attrs.NOTHING):
-    name = reader.string(key, default)
-    if name not in choices:
-        raise reader.fail(key, f"{name!r} is not one of {sorted(choices)}")
-    return choices[name]
-
-
-def _host_port(reader: Reader, key: str, default=attrs.NOTHING) -> tuple[str, int] | None:
-    text = reader.string(key, default)
-    if text is None:
-        return None
-    match = _HOST_PORT.match(text)
-    if not match or int(match.group(2)) > 0xFFFF:
-        raise reader.fail(key, f"{text!r} is not HOST:PORT (IPv4)")
-    return match.group(1), int(match.group(2))
-
-
-def _endpoint(reader: Reader, key: str, default=attrs.NOTHING) -> str | None:
-    text = reader.string(key, default)
-    if text is not None and not _ENDPOINT.match(text):
-        raise reader.fail(key, f"{text!r} is not a client endpoint string (e.g. tcp:host=127.0.0.1:port=2222)")
-    return text
-
-
-def _hex(reader: Reader, key: str) -> bytes | None:
-    reader.used.add(key)
-    if key not in reader.table:
-        return None
-    value = reader.table[key]
-    try:
-        return bytes.fromhex(value)
-    except (TypeError, ValueError):
-        raise reader.fail(key, "must be a hex string") from None
-
-
-def _mux_settings(path: Path, table: Reader) -> MuxSettings:
+def _mux_settings(table: Reader) -> MuxSettings:
     """``[mux]``: mode and the keys of that mode (any other key is an error)."""
-    mode = _choice(table, "mode", {m.value: m for m in MuxMode}, MuxMode.IN_PROCESS.value)
+    mode = table.choice("mode", {m.value: m for m in MuxMode}, MuxMode.IN_PROCESS.value)
     if mode is MuxMode.FILE:
-        settings = MuxSettings(mode=mode, path=(path.parent / table.string("path")).resolve())
+        settings = MuxSettings(mode=mode, path=table.path_value("path", must_exist=False))
     elif mode is MuxMode.REMOTE:
-        connect = _endpoint(table, "connect")
-        transport = table.string("transport", "tcp")
-        if transport not in ("tcp", "udp"):
-            raise table.fail("transport", f"must be 'tcp' or 'udp', not {transport!r}")
-        mux_udp = _host_port(table, "mux_udp", None)
-        if transport == "udp" and mux_udp is None:
+        connect = table.client_endpoint("connect")
+        udp = table.choice("transport", TRANSPORTS, "tcp")
+        mux_udp = table.host_port("mux_udp", None)
+        if udp and mux_udp is None:
             raise table.fail("mux_udp", "missing: transport 'udp' needs the MUX's UDP data port as HOST:PORT")
-        udp_interface = table.string("udp_interface", "127.0.0.1")
-        try:
-            ipaddress.IPv4Address(udp_interface)
-        except ValueError:
-            raise table.fail("udp_interface", f"{udp_interface!r} is not an IPv4 address") from None
         settings = MuxSettings(
             mode=mode,
             connect=connect,
             data_channel_id=table.integer("data_channel_id", 2),
             bandwidth=table.integer("bandwidth", 16, 1, 0xFFFF),
             protocol_version=table.integer("protocol_version", 3, 2, 5),
-            udp=transport == "udp",
+            udp=udp,
             mux_udp=mux_udp,
-            udp_interface=udp_interface,
+            udp_interface=table.ipv4("udp_interface", "127.0.0.1"),
         )
     else:
         settings = MuxSettings(mode=mode)
@@ -195,31 +135,31 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
     root = Reader(path, doc)
 
     top = root.sub("scs")
-    lead = _number(top, "provision_lead", None, 0.0, 3600.0)
+    lead = top.number("provision_lead", None, 0.0, 3600.0)
     timing = Timing(
-        channel_test_interval=_number(top, "channel_test_interval", 10.0, 0.0, 3600.0),
-        setup_timeout=_number(top, "setup_timeout", 5.0, 0.01, 600.0),
-        response_timeout_floor=_number(top, "response_timeout_floor", 0.25, 0.001, 600.0),
+        channel_test_interval=top.number("channel_test_interval", 10.0, 0.0, 3600.0),
+        setup_timeout=top.number("setup_timeout", 5.0, 0.01, 600.0),
+        response_timeout_floor=top.number("response_timeout_floor", 0.25, 0.001, 600.0),
         provision_lead=lead,
         max_attempts=top.integer("max_attempts", 3, 1, 100),
-        retry_delay=_number(top, "retry_delay", 0.05, 0.0, 60.0),
-        stream_retry_delay=_number(top, "stream_retry_delay", 1.0, 0.001, 3600.0),
-        start_allowance=_number(top, "start_allowance", 0.5, 0.0, 3600.0),
+        retry_delay=top.number("retry_delay", 0.05, 0.0, 60.0),
+        stream_retry_delay=top.number("stream_retry_delay", 1.0, 0.001, 3600.0),
+        start_allowance=top.number("start_allowance", 0.5, 0.0, 3600.0),
     )
     stagger = top.boolean("stagger", True)
     gc_tuning = top.boolean("gc_tuning", True)
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     rc = top.sub("reconnect")
     reconnect = ReconnectPolicy(
-        initial_delay=_number(rc, "initial_delay", 0.1, 0.001, 3600.0),
-        max_delay=_number(rc, "max_delay", 5.0, 0.001, 3600.0),
-        factor=_number(rc, "factor", 1.5, 1.0, 10.0),
-        jitter=_number(rc, "jitter", 0.05, 0.0, 60.0),
+        initial_delay=rc.number("initial_delay", 0.1, 0.001, 3600.0),
+        max_delay=rc.number("max_delay", 5.0, 0.001, 3600.0),
+        factor=rc.number("factor", 1.5, 1.0, 10.0),
+        jitter=rc.number("jitter", 0.05, 0.0, 60.0),
     )
     rc.no_unknown_keys()
     top.no_unknown_keys()
 
-    mux = _mux_settings(path, root.sub("mux"))
+    mux = _mux_settings(root.sub("mux"))
     mode = mux.mode
 
     channels: dict[tuple[str, int], ChannelSpec] = {}
@@ -231,33 +171,31 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
     names: set[str] = set()
     entries = root.list_of_tables("service")
     if not entries:
-        raise ConfigError(path, "service", "no service configured: add at least one [[service]] table")
+        raise root.fail("service", "no service configured: add at least one [[service]] table")
     for index, svc in enumerate(entries):
         name = svc.string("name")
         if name in names:
             raise svc.fail("name", f"{name!r} listed twice")
         names.add(name)
-        period = _number(svc, "crypto_period", attrs.NOTHING, 0.1, 6553.5)
+        period = svc.number("crypto_period", attrs.NOTHING, 0.1, 6553.5)
         if abs(period * 10 - round(period * 10)) > 1e-9:
             raise svc.fail("crypto_period", f"{period} is not a multiple of 0.1 s (nominal_CP_duration unit)")
-        protection = _choice(svc, "protection", _PROTECTIONS)
-        phase = _number(svc, "phase", None, 0.0, 6553.5)
+        protection = svc.choice("protection", _PROTECTIONS)
+        phase = svc.number("phase", None, 0.0, 6553.5)
         if phase is None:
             phase = round(index * period / len(entries), 3) if stagger else 0.0
-        match = _UDP.match(svc.string("input"))
-        if not match or int(match.group(1)) > 0xFFFF:
-            raise svc.fail("input", "must be udp:PORT[:interface=ADDR]")
-        output = _host_port(svc, "output")
+        input_port, input_interface = svc.udp_listen("input")
+        output = svc.host_port("output")
 
         srtp, ipsec, isma = svc.sub("srtp"), svc.sub("ipsec"), svc.sub("ismacryp")
         profile = SRTPProfile.AES128_CM_SHA1_80
         inner = None
         if protection is TrafficProtection.SRTP:
-            profile = _choice(srtp, "profile", {p.value: p for p in SRTPProfile}, SRTPProfile.AES128_CM_SHA1_80.value)
+            profile = srtp.choice("profile", {p.value: p for p in SRTPProfile}, SRTPProfile.AES128_CM_SHA1_80.value)
             tek_params = {"mki_length": srtp.integer("mki_length", 4, 0, 32)}
         elif protection is TrafficProtection.IPSEC:
             tek_params = {"authenticated": ipsec.boolean("authenticated", True)}
-            inner = _host_port(ipsec, "inner_destination", None)
+            inner = ipsec.host_port("inner_destination", None)
         else:
             tek_params = {"key_indicator_length": isma.integer("key_indicator_length", 4, 0, 32)}
         for table, own in ((srtp, TrafficProtection.SRTP), (ipsec, TrafficProtection.IPSEC), (isma, TrafficProtection.ISMACRYP)):
@@ -270,19 +208,19 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
         if not ecmgs:
             raise svc.fail("ecmg", "no ECMG: add at least one [[service.ecmg]] table")
         for ecmg in ecmgs:
-            endpoint = _endpoint(ecmg, "endpoint")
-            backup = _endpoint(ecmg, "backup_endpoint", None)
+            endpoint = ecmg.client_endpoint("endpoint")
+            backup = ecmg.client_endpoint("backup_endpoint", None)
             scid = ecmg.integer("super_CAS_id", low=0, high=0xFFFFFFFF)
             channel_id = ecmg.integer("ECM_channel_id")
             version = ecmg.integer("protocol_version", 3, 1, 3)
             stream_id = ecmg.integer("ECM_stream_id")
             ecm_id = ecmg.integer("ECM_id")
-            access = _hex(ecmg, "access_criteria")
+            access = ecmg.hex_bytes("access_criteria", None, None, secret=False)
             cw = None
-            if "cw_encryption" in ecmg.table:
+            if ecmg.has("cw_encryption"):
                 enc = ecmg.sub("cw_encryption")
                 cw = CWEncryptionSpec(
-                    algorithm=_choice(enc, "algorithm", _CW_ALGORITHMS),
+                    algorithm=enc.choice("algorithm", _CW_ALGORITHMS),
                     key_id=enc.integer("key_id"),
                     key=enc.hex_key("key"),
                 )
@@ -295,9 +233,9 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
                                super_CAS_id=scid, ECM_channel_id=channel_id, protocol_version=version)
             known = channels.get(key)
             if known is None:
-                channels[key], channel_where[key] = spec, f"{ecmg.prefix}"
+                channels[key], channel_where[key] = spec, ecmg.prefix
             elif known != spec:
-                raise ecmg.fail("ECM_channel_id", f"{channel_id} on {endpoint} is also {channel_where[key].rstrip('.')} "
+                raise ecmg.fail("ECM_channel_id", f"{channel_id} on {endpoint} is also {channel_where[key]} "
                                                   "with another super_CAS_id, backup_endpoint or protocol_version")
             if (spec.name, stream_id) in stream_ids:
                 raise ecmg.fail("ECM_stream_id", f"{stream_id} used twice on channel {channel_id} of {endpoint}")
@@ -321,7 +259,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
         services.append(ServiceSettings(
             spec=ServiceSpec(name=name, crypto_period=round(period * 10), protection=protection, links=tuple(links),
                              tek_params=tek_params, phase=phase),
-            scrambler=ScramblerSettings(input_port=int(match.group(1)), input_interface=match.group(2) or "127.0.0.1",
+            scrambler=ScramblerSettings(input_port=input_port, input_interface=input_interface,
                                         output=output, srtp_profile=profile, inner_destination=inner),
         ))
     root.no_unknown_keys()

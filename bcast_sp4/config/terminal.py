@@ -13,11 +13,10 @@ from pathlib import Path
 
 import attrs
 
-from ..bcast.keys import ServiceKey
+from ..bcast.keys import KDI_SIZE, ServiceKey
 from ..bcast.traffic import TrafficProtection
 from ..wire.sp4 import Profile
-from ._reader import ConfigError, Reader, load_toml
-from .mux import parse_host_port, parse_udp_listen
+from ._reader import Reader, load_toml
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
 _PROFILES = {"drm": Profile.DRM, "smartcard": Profile.SMARTCARD}
@@ -56,13 +55,6 @@ class TerminalSettings:
     source_path: Path
 
 
-def _listen(reader: Reader, key: str) -> tuple[int, str]:
-    try:
-        return parse_udp_listen(reader.string(key))
-    except ValueError as exc:
-        raise reader.fail(key, str(exc)) from None
-
-
 def load_terminal_settings(path: str | Path) -> TerminalSettings:
     """Read a terminal configuration file.
 
@@ -76,26 +68,18 @@ def load_terminal_settings(path: str | Path) -> TerminalSettings:
     top.no_unknown_keys()
 
     device = root.sub("device")
-    device_id = b""
-    if "id" in device.table:
-        try:
-            device_id = bytes.fromhex(device.string("id"))
-        except ValueError:
-            raise device.fail("id", "must be hex (as in the subscriber file)") from None
-    device_key = device.hex_key("key") if "key" in device.table else None
-    ltkm_listen = _listen(device, "ltkm") if "ltkm" in device.table else None
+    device_id = device.hex_bytes("id", None, b"", secret=False)
+    device_key = device.hex_bytes("key", (16,), None)
+    ltkm_listen = device.udp_listen("ltkm", None)
     device.no_unknown_keys()
 
     card_keys = []
     for entry in root.list_of_tables("smartcard_key"):
-        kdi = entry.string("key_domain_id")
-        try:
-            card_keys.append(
-                ServiceKey(key_id=entry.integer("key_id", high=0xFFFFFFFF), key=entry.hex_key("key"),
-                           key_domain_id=bytes.fromhex(kdi), name=f"card key {len(card_keys)}")
-            )
-        except ValueError as exc:
-            raise entry.fail("key_domain_id", str(exc)) from None
+        card_keys.append(
+            ServiceKey(key_id=entry.integer("key_id", high=0xFFFFFFFF), key=entry.hex_key("key"),
+                       key_domain_id=entry.hex_bytes("key_domain_id", (KDI_SIZE,), secret=False),
+                       name=f"card key {len(card_keys) + 1}")
+        )
         entry.no_unknown_keys()
 
     source = root.sub("source")
@@ -104,47 +88,38 @@ def load_terminal_settings(path: str | Path) -> TerminalSettings:
     source.no_unknown_keys()
 
     services = []
-    for entry in root.list_of_tables("service"):
-        protection = entry.string("protection")
-        if protection not in _PROTECTIONS:
-            raise entry.fail("protection", f"{protection!r} is not one of {sorted(_PROTECTIONS)}")
-        destination = None
-        if "source_to" in entry.table:
-            try:
-                destination = parse_host_port(entry.string("source_to"))
-            except ValueError as exc:
-                raise entry.fail("source_to", str(exc)) from None
+    entries = root.list_of_tables("service")
+    for entry in entries:
+        name = entry.string("name")
+        if any(s.name == name for s in services):
+            raise entry.fail("name", f"{name!r} listed twice")
         services.append(
             TerminalService(
-                name=entry.string("name"),
+                name=name,
                 service_id=entry.integer("service_id"),
-                protection=_PROTECTIONS[protection],
-                listen=_listen(entry, "listen"),
+                protection=entry.choice("protection", _PROTECTIONS),
+                listen=entry.udp_listen("listen"),
                 srtp_tag_length=entry.integer("srtp_tag_length", 10, 4, 10),
-                source_destination=destination,
+                source_destination=entry.host_port("source_to", None),
                 ssrc=entry.integer("ssrc", 0x5350_0000 + len(services), 0, 0xFFFFFFFF),
             )
         )
         entry.no_unknown_keys()
     names = [s.name for s in services]
-    if len(set(names)) != len(names):
-        raise ConfigError(path, "service", "service names must be distinct")
     streams = []
     for entry in root.list_of_tables("stkm"):
-        profile = entry.string("profile")
-        if profile not in _PROFILES:
-            raise entry.fail("profile", f"{profile!r} is not one of {sorted(_PROFILES)}")
-        served = entry.table.get("services", [])
-        entry.used.add("services")
-        if not isinstance(served, list) or not served or any(s not in names for s in served):
+        profile = entry.choice("profile", _PROFILES)
+        served = entry.string_list("services")
+        if any(s not in names for s in served):
             raise entry.fail("services", f"must list services of this file ({names})")
-        streams.append(STKMStream(profile=_PROFILES[profile], listen=_listen(entry, "listen"), services=tuple(served)))
+        streams.append(STKMStream(profile=profile, listen=entry.udp_listen("listen"), services=tuple(served)))
         entry.no_unknown_keys()
     root.no_unknown_keys()
     if not services:
-        raise ConfigError(path, "service", "no service configured")
-    if source_rate and any(s.source_destination is None for s in services):
-        raise ConfigError(path, "service.source_to", "[source] is on: every service needs source_to")
+        raise root.fail("service", "no service configured")
+    for entry, service in zip(entries, services):
+        if source_rate and service.source_destination is None:
+            raise entry.fail("source_to", "missing: [source] is on, so every service needs source_to")
     return TerminalSettings(
         device_id=device_id,
         device_key=device_key,

@@ -10,19 +10,20 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python import usage
 
 from ..bcast.ecm import STKMSource
-from ..bcast.keys import load_keyfile
 from ..bcast.stkm_drm import LAYOUT_VERSION
-from ..config import ConfigError, ECMGSettings, load_ecmg_settings
+from ..config import ECMGSettings, load_ecmg_settings, load_keyfile
 from ..machines.ecmg import ECMGResources
 from ..roles.ecmg_server import ECMGFactory
+from ._options import RoleOptions
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-ecmg"
+    default_config = "etc/ecmg.toml"
     synopsis = "--config FILE [--endpoint ENDPOINT]"
     longdesc = (
         "Run an ECMG / BCAST STKM generator: SCSs connect over TCP (ECMG<=>SCS, TS 103 197 §5, versions 1-3), "
@@ -31,16 +32,14 @@ class Options(usage.Options):
         "DVB ECM sections for other configured ids."
     )
     optParameters = [
-        ["config", "c", "etc/ecmg.toml", "ECMG configuration file (TOML)"],
+        ["config", "c", default_config, "ECMG configuration file (TOML; a default not in the working directory "
+                                       "is taken from the package's etc/)"],
         ["endpoint", "e", None, "listening endpoint, overriding the file (e.g. tcp:2222:interface=127.0.0.1)"],
     ]
 
     def postOptions(self) -> None:
-        try:
-            settings = load_ecmg_settings(self["config"])
-            self["key_store"] = load_keyfile(settings.key_file)
-        except (ConfigError, ValueError) as exc:
-            raise usage.UsageError(str(exc)) from None
+        settings = self.load(load_ecmg_settings)
+        self["key_store"] = self.checked(load_keyfile, settings.key_file)
         if self["endpoint"]:
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         self["settings"] = settings

@@ -11,13 +11,16 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ..bcast.ltkm_drm import LAYOUT_VERSION
-from ..config import ConfigError, EMMGSettings, load_emmg_settings
+from ..config import EMMGSettings, load_emmg_settings
 from ..roles.emmg_client import EMMGService
+from ._options import RoleOptions
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-emmg"
+    default_config = "etc/emmg.toml"
     synopsis = "--config FILE [--connect ENDPOINT] [--transport tcp|udp]"
     longdesc = (
         "Run an EMMG / BCAST LTKM generator: connects to a MUX (EMMG/PDG<=>MUX, TS 103 197 §6), sets up a "
@@ -26,16 +29,14 @@ class Options(usage.Options):
         f"file (PROVISIONAL layout {LAYOUT_VERSION}) and from a spool directory of ready-made files."
     )
     optParameters = [
-        ["config", "c", "etc/emmg.toml", "EMMG configuration file (TOML)"],
+        ["config", "c", default_config, "EMMG configuration file (TOML; a default not in the working directory "
+                                       "is taken from the package's etc/)"],
         ["connect", "C", None, "MUX endpoint, overriding the file (e.g. tcp:host=127.0.0.1:port=5000)"],
         ["transport", "t", None, "data_provision transport, overriding the file: tcp or udp"],
     ]
 
     def postOptions(self) -> None:
-        try:
-            settings = load_emmg_settings(self["config"])
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+        settings = self.load(load_emmg_settings)
         if self["connect"]:
             settings = attrs.evolve(settings, connect=self["connect"])
         if self["transport"]:

@@ -14,16 +14,10 @@ packet was decrypted intact in both profiles.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import attrs
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from ..bcast.keys import load_keyfile
-from ..config import load_ecmg_settings, load_emmg_settings, load_mux_settings, load_scs_settings
-from ..config._reader import ConfigError, Reader, load_toml
-from ..config.terminal import load_terminal_settings
+from ..config import LabSettings, load_keyfile, load_lab_settings
 from ..session import SessionManager
 from . import ecmg as ecmg_tap
 from . import emmg as emmg_tap
@@ -31,40 +25,7 @@ from . import mux as mux_tap
 from . import scs as scs_tap
 from . import terminal as terminal_tap
 from ._exit import stop_with_status
-
-
-@attrs.frozen(kw_only=True)
-class LabSettings:
-    mux: object
-    ecmgs: tuple
-    emmg: object
-    scs: object
-    terminal: object
-
-
-def load_lab_settings(path: str | Path) -> LabSettings:
-    """Read ``lab.toml`` and every role file it names (errors name the file, key and reason)."""
-    path, doc = load_toml(path)
-    lab = Reader(path, doc).sub("lab", required=True)
-    base = path.parent
-
-    def role(key: str, loader, name: str | None = None):
-        file = lab.path_value(key) if name is None else (base / name).resolve()
-        return loader(file)
-
-    ecmg_files = lab.table.get("ecmg", [])
-    lab.used.add("ecmg")
-    if not isinstance(ecmg_files, list) or not ecmg_files or not all(isinstance(f, str) for f in ecmg_files):
-        raise lab.fail("ecmg", "must list one or more ECMG configuration files")
-    settings = LabSettings(
-        mux=role("mux", load_mux_settings),
-        ecmgs=tuple(role("ecmg", load_ecmg_settings, name) for name in ecmg_files),
-        emmg=role("emmg", load_emmg_settings),
-        scs=role("scs", load_scs_settings),
-        terminal=role("terminal", load_terminal_settings),
-    )
-    lab.no_unknown_keys()
-    return settings
+from ._options import RoleOptions
 
 
 class SessionMuxSink:
@@ -81,21 +42,21 @@ class SessionMuxSink:
                                       on_air_from, repetition_ms)
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-lab"
+    default_config = "etc/lab/lab.toml"
     synopsis = "--config FILE [--periods N]"
     longdesc = __doc__.split("\n\n")[1]
     optParameters = [
-        ["config", "c", "etc/lab/lab.toml", "lab file naming one configuration file per role"],
+        ["config", "c", default_config, "lab file naming one configuration file per role (a default not in "
+                                       "the working directory is taken from the package's etc/)"],
         ["periods", "p", "0", "stop after N crypto-periods of content with a summary (0 = run until stopped)", int],
     ]
 
     def postOptions(self) -> None:
         if self["periods"] < 0:
             raise usage.UsageError("--periods must be >= 0")
-        try:
-            self["settings"] = load_lab_settings(self["config"])
-        except (ConfigError, ValueError) as exc:
-            raise usage.UsageError(str(exc)) from None
+        self["settings"] = self.load(load_lab_settings)
 
 
 def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:

@@ -13,9 +13,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ..config import ConfigError, MuxSettings, load_mux_settings, parse_udp_listen
+from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
 from ..roles.mux_server import MuxServer
+from ._options import RoleOptions
 
 log = Logger()
 
@@ -23,7 +24,9 @@ log = Logger()
 UDP_READ_SIZE = 65536
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-mux"
+    default_config = "etc/mux.toml"
     synopsis = "--config FILE [--endpoint ENDPOINT] [--udp udp:PORT[:interface=ADDR]|off]"
     longdesc = (
         "Run a MUX for OMA BCAST SP-4: LTKM generators (EMMGs) and SCSs connect over TCP (EMMG/PDG<=>MUX, "
@@ -32,16 +35,14 @@ class Options(usage.Options):
         "paced at the stream's allocation, the current STKM of each ECM_id repeated at its repetition period."
     )
     optParameters = [
-        ["config", "c", "etc/mux.toml", "MUX configuration file (TOML)"],
+        ["config", "c", default_config, "MUX configuration file (TOML; a default not in the working directory "
+                                      "is taken from the package's etc/)"],
         ["endpoint", "e", None, "TCP listening endpoint, overriding the file (e.g. tcp:5000:interface=127.0.0.1)"],
         ["udp", "u", None, "UDP data_provision port, overriding the file: udp:PORT[:interface=ADDR], or 'off'"],
     ]
 
     def postOptions(self) -> None:
-        try:
-            settings = load_mux_settings(self["config"])
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+        settings = self.load(load_mux_settings)
         if self["endpoint"]:
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         if self["udp"]:

@@ -15,20 +15,22 @@ from twisted.application.internet import ClientService, UDPServer
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
-from twisted.python import usage
 
-from ..config import ConfigError, SCSSettings, load_scs_settings
+from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs import SCSCore
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.stkm_link import RemoteMuxSink
 from ..media.scrambler import Scrambler
 from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
+from ._options import RoleOptions
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-scs"
+    default_config = "etc/scs.toml"
     synopsis = "--config FILE"
     longdesc = (
         "Run a SimulCrypt synchroniser (SCS) for OMA BCAST services: connects to ECMGs / STKM generators "
@@ -36,13 +38,13 @@ class Options(usage.Options):
         "STKMs with their crypto-periods, hands them to the MUX and scrambles each service's UDP content "
         "(SRTP, IPsec ESP or ISMACryp) with the TEK of the period."
     )
-    optParameters = [["config", "c", "etc/scs.toml", "SCS configuration file (TOML)"]]
+    optParameters = [
+        ["config", "c", default_config, "SCS configuration file (TOML; a default not in the working directory "
+                                        "is taken from the package's etc/)"],
+    ]
 
     def postOptions(self) -> None:
-        try:
-            self["settings"] = load_scs_settings(self["config"])
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+        self["settings"] = self.load(load_scs_settings)
 
 
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None) -> MultiService:

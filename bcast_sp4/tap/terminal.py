@@ -11,27 +11,27 @@ from __future__ import annotations
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from ..config._reader import ConfigError
-from ..config.terminal import TerminalSettings, load_terminal_settings
+from ..config import TerminalSettings, load_terminal_settings
 from ..roles.terminal import TerminalService
 from ._exit import stop_with_status
+from ._options import RoleOptions
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    tapname = "bcast-terminal"
+    default_config = "etc/lab/terminal.toml"
     synopsis = "--config FILE [--periods N]"
     longdesc = "Reference OMA BCAST terminal: LTKM -> SEK/PEK, STKM -> TEK, decrypt and check content."
     optParameters = [
-        ["config", "c", "etc/lab/terminal.toml", "terminal configuration file (TOML)"],
+        ["config", "c", default_config, "terminal configuration file (TOML; a default not in the working "
+                                       "directory is taken from the package's etc/)"],
         ["periods", "p", "0", "stop after N periods of content with a verdict (0 = run until stopped)", int],
     ]
 
     def postOptions(self) -> None:
         if self["periods"] < 0:
             raise usage.UsageError("--periods must be >= 0")
-        try:
-            self["settings"] = load_terminal_settings(self["config"])
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+        self["settings"] = self.load(load_terminal_settings)
 
 
 def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:

@@ -1,4 +1,4 @@
-"""bcast_sp4.bcast.keys: ServiceKey, KeyStore and the TOML key file."""
+"""bcast_sp4.bcast.keys: ServiceKey and KeyStore (the key file: tests/config/test_keyfile.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bcast_sp4.bcast.keys import (
-    KeyFileError,
     KeyNotValidError,
     KeyRef,
     KeyRole,
@@ -17,7 +16,6 @@ from bcast_sp4.bcast.keys import (
     NoKeyError,
     ServiceKey,
     as_key_lookup,
-    load_keyfile,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -143,102 +141,3 @@ def test_find_and_as_key_lookup():
     assert as_key_lookup(lambda ref: a)(KeyRef(99)) is a
 
 
-# --- key file ------------------------------------------------------------------------------------
-
-def test_example_file_loads():
-    store = load_keyfile(EXAMPLE)
-    assert set(store.streams()) == {(0x00010001, 1), (0x00010001, 2), (0x00020001, 1)}
-    sek = store.lookup(0x00010001, 1, T0)
-    assert sek.name == "lab-drm-sek" and sek.key == bytes(range(16)) and len(sek.authentication_key) == 20
-    pek = store.lookup(0x00010001, 2, T0, role=KeyRole.PROGRAMME)
-    assert pek.name == "lab-drm-pek" and pek.key_id == 0x101
-    msk = store.lookup(0x00020001, 1, T0)
-    assert msk.key_domain_id == bytes.fromhex("02f810") and msk.key_id == 0x00010001
-    with pytest.raises(KeyNotValidError):
-        store.lookup(0x00010001, 1, datetime(2040, 1, 1, tzinfo=UTC))
-
-
-def test_example_file_is_marked_as_example():
-    text = EXAMPLE.read_text()
-    assert "EXAMPLE KEYS" in text and "Never use" in text
-
-
-GOOD_KEY = """
-[keys.k1]
-key_id = 1
-key = "000102030405060708090a0b0c0d0e0f"
-authentication_key = "00112233445566778899aabbccddeeff"
-"""
-GOOD_STREAM = """
-[[streams]]
-super_cas_id = 0x00010001
-ecm_id = 1
-keys = ["k1"]
-"""
-
-
-def write(tmp_path, body):
-    p = tmp_path / "keys.toml"
-    p.write_text("format = 1\n" + body)
-    return p
-
-
-def test_minimal_file_loads(tmp_path):
-    store = load_keyfile(write(tmp_path, GOOD_KEY + GOOD_STREAM))
-    assert store.lookup(0x00010001, 1, 0).name == "k1"
-
-
-BAD_FILES = [
-    (GOOD_KEY.replace('"000102030405060708090a0b0c0d0e0f"', '"00010203"') + GOOD_STREAM, "key 'k1'", "key must be 16 bytes"),
-    (GOOD_KEY.replace('"000102030405060708090a0b0c0d0e0f"', '"zz0102030405060708090a0b0c0d0e0f"') + GOOD_STREAM, "key 'k1'", "not valid hex"),
-    (GOOD_KEY.replace("key_id = 1", "key_id = -1") + GOOD_STREAM, "key 'k1'", "key_id out of range"),
-    (GOOD_KEY.replace("key_id = 1", 'key_id = "1"') + GOOD_STREAM, "key 'k1'", "key_id must be an integer"),
-    (GOOD_KEY + "colour = 1\n" + GOOD_STREAM, "key 'k1'", "unknown fields: colour"),
-    (GOOD_KEY + 'role = "boss"\n' + GOOD_STREAM, "key 'k1'", "role must be"),
-    (GOOD_KEY + "not_before = 2030-01-01T00:00:00\n" + GOOD_STREAM, "key 'k1'", "naive datetime"),
-    (GOOD_KEY + "not_before = 2030-01-02T00:00:00Z\nnot_after = 2030-01-01T00:00:00Z\n" + GOOD_STREAM, "key 'k1'", "not_after must be later"),
-    (GOOD_KEY.replace('authentication_key = "00112233445566778899aabbccddeeff"\n', "") + GOOD_STREAM, "key 'k1'", "needs an authentication_key"),
-    (GOOD_KEY + GOOD_STREAM.replace("0x00010001", "0x00020001"), "key 'k1'", "needs a key_domain_id"),
-    (GOOD_KEY + GOOD_STREAM.replace('["k1"]', '["k2"]'), "streams[0]", "unknown key 'k2'"),
-    (GOOD_KEY + GOOD_STREAM.replace("0x00010001", "0x00070001"), "streams[0]", "high 16 bits"),
-    (GOOD_KEY + GOOD_STREAM.replace("ecm_id = 1", "ecm_id = 65536"), "streams[0]", "ecm_id out of range"),
-    (GOOD_KEY + GOOD_STREAM + GOOD_STREAM, "streams[1]", "duplicate stream"),
-    (GOOD_KEY, None, "at least one [[streams]]"),
-    ("extra = 1\n" + GOOD_KEY + GOOD_STREAM, None, "unknown top-level"),
-]
-
-
-@pytest.mark.parametrize(("body", "where", "reason"), BAD_FILES, ids=[case[2] for case in BAD_FILES])
-def test_bad_files_name_file_key_and_reason(tmp_path, body, where, reason):
-    path = write(tmp_path, body)
-    with pytest.raises(KeyFileError) as info:
-        load_keyfile(path)
-    err = info.value
-    assert err.path == str(path) and str(path) in str(err)
-    assert err.key == where
-    assert reason in err.reason
-    assert "0405060708090a0b" not in str(err)  # never echo key material
-
-
-def test_wrong_format_version(tmp_path):
-    p = tmp_path / "k.toml"
-    p.write_text("format = 2\n" + GOOD_KEY + GOOD_STREAM)
-    with pytest.raises(KeyFileError, match="'format' must be 1"):
-        load_keyfile(p)
-
-
-def test_invalid_toml_and_missing_file(tmp_path):
-    p = tmp_path / "k.toml"
-    p.write_text("format = = 1\n")
-    with pytest.raises(KeyFileError, match="not valid TOML"):
-        load_keyfile(p)
-    with pytest.raises(KeyFileError, match="cannot read"):
-        load_keyfile(tmp_path / "absent.toml")
-
-
-def test_posix_second_bounds_in_file(tmp_path):
-    body = GOOD_KEY + f"not_before = {int(T0.timestamp())}\n" + GOOD_STREAM
-    store = load_keyfile(write(tmp_path, body))
-    with pytest.raises(KeyNotValidError):
-        store.lookup(0x00010001, 1, T0 - timedelta(seconds=1))
-    assert store.lookup(0x00010001, 1, T0).name == "k1"

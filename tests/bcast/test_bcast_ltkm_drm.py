@@ -1,4 +1,4 @@
-"""bcast_sp4.bcast.ltkm_drm (PROVISIONAL PROV-LTKM-1) and the subscriber file that feeds it."""
+"""bcast_sp4.bcast.ltkm_drm (PROVISIONAL PROV-LTKM-1); the subscriber file is in tests/config/test_subscribers.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bcast_sp4.bcast.keys import KeyFileError, KeyRole, ServiceKey
+from bcast_sp4.bcast.keys import KeyRole, ServiceKey
 from bcast_sp4.bcast.ltkm_drm import (
     LAYOUT_VERSION,
     MAC_SIZE,
@@ -25,7 +25,6 @@ from bcast_sp4.bcast.ltkm_drm import (
     peek_device_id,
 )
 from bcast_sp4.bcast.stkm_drm import build_stkm, parse_stkm
-from bcast_sp4.bcast.subscribers import load_subscribers, subscribers_from_document
 from bcast_sp4.bcast.traffic import IPsecMaterial
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,69 +126,3 @@ def test_keys_from_an_ltkm_open_the_ecmg_stkms():
     assert parse_stkm(stkm, delivered).material == tek
 
 
-# -- subscriber file ----------------------------------------------------------------------------
-
-
-def test_example_subscriber_file_generates_one_ltkm_per_device():
-    subscribers = load_subscribers(REPO / "etc" / "subscribers.example.toml")
-    issued = list(subscribers.ltkms(ISSUED, first_sequence=100))
-    assert [i.sequence for i in issued] == [100, 101, 102]
-    keys = subscribers.device_keys()
-    second = parse_ltkm(issued[1].data, keys.get)
-    assert [k.role for k in second.keys] == [KeyRole.SERVICE, KeyRole.PROGRAMME]
-    # the subscription window (2025-2035) narrows the keys' own validity (2024-2036)
-    assert second.keys[0].not_before == datetime(2025, 1, 1, tzinfo=timezone.utc)
-    assert second.keys[0].not_after == datetime(2035, 1, 1, tzinfo=timezone.utc)
-
-
-def document(**overrides):
-    doc = {
-        "format": 1,
-        "keys": {"sek": {"key_id": 1, "key": "00" * 16, "authentication_key": "11" * 20,
-                         "not_before": datetime(2024, 1, 1, tzinfo=timezone.utc),
-                         "not_after": datetime(2026, 1, 1, tzinfo=timezone.utc)}},
-        "devices": [{"device_id": "01", "device_key": "22" * 16, "entitlements": ["sek"]}],
-    }
-    doc.update(overrides)
-    return doc
-
-
-def test_devices_without_a_valid_window_get_no_ltkm():
-    doc = document(devices=[
-        {"device_id": "01", "device_key": "22" * 16, "entitlements": ["sek"]},
-        {"device_id": "02", "device_key": "22" * 16, "entitlements": ["sek"],
-         "not_before": datetime(2027, 1, 1, tzinfo=timezone.utc)},
-    ])
-    subscribers = subscribers_from_document("mem", doc)
-    assert [i.device_id for i in subscribers.ltkms(ISSUED, 0)] == [b"\x01"] and subscribers.skipped() == 1
-
-
-@pytest.mark.parametrize(
-    "overrides, where",
-    [
-        (dict(format=2), "format"),
-        (dict(extra=1), "unknown top-level"),
-        (dict(devices=[]), "at least one"),
-        (dict(devices=[{"device_id": "01", "device_key": "22" * 16, "entitlements": ["nope"]}]), "unknown key"),
-        (dict(devices=[{"device_id": "01", "device_key": "22" * 15, "entitlements": ["sek"]}]), "device_key"),
-        (dict(devices=[{"device_id": "zz", "device_key": "22" * 16, "entitlements": ["sek"]}]), "device_id"),
-        (dict(devices=[{"device_id": "01", "device_key": "22" * 16, "entitlements": ["sek"]}] * 2), "duplicate"),
-        (dict(devices=[{"device_id": "01", "device_key": "22" * 16, "entitlements": ["sek"], "colour": 1}]), "unknown"),
-        (dict(devices=[{"device_id": "01", "device_key": "22" * 16, "entitlements": []}]), "entitlements"),
-        (dict(keys={"sek": {"key_id": 1, "key": "00" * 16}}), "authentication_key"),
-    ],
-)
-def test_subscriber_file_errors_name_the_entry(overrides, where):
-    with pytest.raises(KeyFileError) as caught:
-        subscribers_from_document("subs.toml", document(**overrides))
-    assert where in str(caught.value) and "subs.toml" in str(caught.value)
-    assert "22222222" not in str(caught.value)  # never echo key bytes
-
-
-def test_unreadable_subscriber_file(tmp_path):
-    with pytest.raises(KeyFileError):
-        load_subscribers(tmp_path / "missing.toml")
-    bad = tmp_path / "bad.toml"
-    bad.write_text("format = [")
-    with pytest.raises(KeyFileError, match="TOML"):
-        load_subscribers(bad)

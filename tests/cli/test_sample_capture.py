@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from bcast_sp4.bcast import stkm_drm, stkm_mikey
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.tools.cli import main
 
 from ..integration.harness import ROOT

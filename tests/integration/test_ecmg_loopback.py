@@ -19,7 +19,7 @@ from bcast_sp4 import wire
 from bcast_sp4.bcast import stkm_drm, stkm_mikey, traffic
 from bcast_sp4.bcast.cw_encryption import CWAlgorithm, encrypt
 from bcast_sp4.bcast.ecm import parse_dvb_ecm
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow
 from bcast_sp4.wire import ecmg_scs as m
 from bcast_sp4.wire.params import CPCWCombination as CW

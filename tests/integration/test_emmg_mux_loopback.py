@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast.ltkm_drm import parse_ltkm
-from bcast_sp4.bcast.subscribers import load_subscribers
+from bcast_sp4.config import load_subscribers
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow
 from bcast_sp4.config.emmg import EMMGSettings, StreamSources
 from bcast_sp4.machines.emmg import EMMGConfig, EMMGStreamConfig

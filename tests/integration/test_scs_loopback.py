@@ -26,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from bcast_sp4.bcast import stkm_drm, stkm_mikey, traffic
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.config import load_scs_settings
 from bcast_sp4.roles.stkm_sink import RecordingSink
 from bcast_sp4.tap.scs import build_service

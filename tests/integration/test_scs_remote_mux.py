@@ -34,7 +34,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from bcast_sp4.bcast import stkm_drm, stkm_mikey
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.config import load_scs_settings
 from bcast_sp4.machines.emmg import State
 from bcast_sp4.roles.stkm_link import RemoteMuxSink

@@ -7,7 +7,7 @@ from twisted.logger import LogLevel, capturedLogs
 from bcast_sp4 import wire
 from bcast_sp4.bcast import stkm_drm, traffic
 from bcast_sp4.bcast.ecm import STKMSource
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.config import load_ecmg_settings
 from bcast_sp4.machines.ecmg import CasMode, ECMGConfig, ECMGResources
 from bcast_sp4.roles.ecmg_server import ECMGFactory
@@ -151,20 +151,6 @@ def test_tap_builds_service_on_configured_endpoint():
     service.startService()
     assert [(port, interface) for port, _factory, _backlog, interface in reactor.tcpServers] == [(2345, "127.0.0.1")]
     service.stopService()
-
-
-def test_bad_config_is_a_usage_error(tmp_path):
-    from twisted.python import usage
-
-    bad = tmp_path / "ecmg.toml"
-    bad.write_text('[ecmg]\nkey_file = "nope.toml"\n')
-    options = tap.Options()
-    try:
-        options.parseOptions(["--config", str(bad)])
-    except usage.UsageError as exc:
-        assert "ecmg.key_file" in str(exc) and "does not exist" in str(exc)
-    else:
-        raise AssertionError("a missing key file must be refused")
 
 
 def test_example_config_loads():

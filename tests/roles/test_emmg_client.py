@@ -16,7 +16,7 @@ from twisted.test import iosim
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast.ltkm_drm import parse_ltkm
-from bcast_sp4.bcast.subscribers import load_subscribers
+from bcast_sp4.config import load_subscribers
 from bcast_sp4.config.emmg import EMMGSettings, StreamSources
 from bcast_sp4.machines.emmg import EMMGConfig, EMMGStreamConfig, State
 from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig, RouteKind

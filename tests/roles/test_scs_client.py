@@ -171,7 +171,7 @@ def test_options_and_plugin():
     options = tap.Options()
     options.parseOptions(["--config", str(ROOT / "etc" / "scs.toml")])
     assert options["settings"].services[0].spec.name == "news"
-    with pytest.raises(usage.UsageError, match="file not found"):
+    with pytest.raises(SystemExit, match="78"):  # one line on stderr, no help (test_config_and_plugins.py)
         tap.Options().parseOptions(["--config", "/nonexistent/scs.toml"])
     from twisted.application.service import IServiceMaker
     from twisted.plugin import getPlugins
@@ -235,25 +235,25 @@ ECM_id = {ecm}
         ("", "", "[scs]\ncolour = 1\n", "scs.colour", "unknown key"),
         ("", "", "[scs]\nmax_attempts = 0\n", "scs.max_attempts", "outside"),
         ("", "", '[scs]\nretry_delay = "soon"\n', "scs.retry_delay", "number"),
-        ("", "", '[mux]\nmode = "carrier-pigeon"\n', "-", "not valid TOML"),  # [mux] twice
-        ("crypto_period = 1.05", "", "", "service[0].crypto_period", "multiple of 0.1"),
-        ('protection = "dcf"', "", "", "service[0].protection", "not one of"),
-        ('input = "5004"', "", "", "service[0].input", "udp:PORT"),
-        ('output = "localhost"', "", "", "service[0].output", "HOST:PORT"),
-        ("[service.ipsec]\nauthenticated = true", "", "", "service[0].ipsec", "but protection is srtp"),
-        ("[service.srtp]\nprofile = \"AES256\"", "", "", "service[0].srtp.profile", "not one of"),
-        ("", 'endpoint = "localhost:2222"', "", "service[0].ecmg[0].endpoint", "endpoint string"),
-        ("", "protocol_version = 4", "", "service[0].ecmg[0].protocol_version", "outside"),
-        ("", 'access_criteria = "zz"', "", "service[0].ecmg[0].access_criteria", "hex"),
+        ("", "", '[mux]\nmode = "carrier-pigeon"\n', None, "not valid TOML"),  # [mux] twice
+        ("crypto_period = 1.05", "", "", "service #1.crypto_period", "multiple of 0.1"),
+        ('protection = "dcf"', "", "", "service #1.protection", "not one of"),
+        ('input = "5004"', "", "", "service #1.input", "udp:PORT"),
+        ('output = "localhost"', "", "", "service #1.output", "ADDR:PORT"),
+        ("[service.ipsec]\nauthenticated = true", "", "", "service #1.ipsec", "but protection is srtp"),
+        ("[service.srtp]\nprofile = \"AES256\"", "", "", "service #1.srtp.profile", "not one of"),
+        ("", 'endpoint = "localhost:2222"', "", "service #1.ecmg #1.endpoint", "endpoint string"),
+        ("", "protocol_version = 4", "", "service #1.ecmg #1.protocol_version", "outside"),
+        ("", 'access_criteria = "zz"', "", "service #1.ecmg #1.access_criteria", "hex"),
         ("", 'cw_encryption = { algorithm = "rot13", key_id = 1, key = "00" }', "",
-         "service[0].ecmg[0].cw_encryption.algorithm", "not one of"),
+         "service #1.ecmg #1.cw_encryption.algorithm", "not one of"),
         ("", 'cw_encryption = { algorithm = "aes128-cbc", key_id = 1, key = "00" }', "",
-         "service[0].ecmg[0].cw_encryption.key", "16 bytes"),
-        ("", "", SECOND.format(scid="0x00020001", sid=2, ecm=2), "service[1].ecmg[0].ECM_channel_id", "another super_CAS_id"),
-        ("", "", SECOND.format(scid="0x00010001", sid=1, ecm=2), "service[1].ecmg[0].ECM_stream_id", "used twice"),
-        ("", "", SECOND.format(scid="0x00010001", sid=2, ecm=1), "service[1].ecmg[0].ECM_id", "already used"),
+         "service #1.ecmg #1.cw_encryption.key", "16 bytes"),
+        ("", "", SECOND.format(scid="0x00020001", sid=2, ecm=2), "service #2.ecmg #1.ECM_channel_id", "another super_CAS_id"),
+        ("", "", SECOND.format(scid="0x00010001", sid=1, ecm=2), "service #2.ecmg #1.ECM_stream_id", "used twice"),
+        ("", "", SECOND.format(scid="0x00010001", sid=2, ecm=1), "service #2.ecmg #1.ECM_id", "already used"),
         ("", "", SECOND.format(scid="0x00010001", sid=2, ecm=2).replace('name = "b"', 'name = "a"'),
-         "service[1].name", "twice"),
+         "service #2.name", "twice"),
     ],
 )
 def test_config_errors_name_file_key_and_reason(tmp_path, service, ecmg, tail, key, reason):

@@ -167,19 +167,19 @@ def test_remote_mode_defaults_and_every_key(tmp_path):
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\nprotocol_version = 1', SERVICES, "mux.protocol_version", "outside"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\nprotocol_version = 6', SERVICES, "mux.protocol_version", "outside"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\ndata_channel_id = 70000', SERVICES, "mux.data_channel_id", "outside"),
-        ('mode = "remote"\nconnect = "tcp:host=h:port=1"\ntransport = "sctp"', SERVICES, "mux.transport", "'tcp' or 'udp'"),
+        ('mode = "remote"\nconnect = "tcp:host=h:port=1"\ntransport = "sctp"', SERVICES, "mux.transport", "not one of ['tcp', 'udp']"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\ntransport = "udp"', SERVICES, "mux.mux_udp", "missing"),
-        ('mode = "remote"\nconnect = "tcp:host=h:port=1"\nmux_udp = "here"', SERVICES, "mux.mux_udp", "HOST:PORT"),
+        ('mode = "remote"\nconnect = "tcp:host=h:port=1"\nmux_udp = "here"', SERVICES, "mux.mux_udp", "ADDR:PORT"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\nudp_interface = "lo"', SERVICES, "mux.udp_interface", "IPv4"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"\npath = "x.jsonl"', SERVICES, "mux.path", "unknown key"),
         ('mode = "file"\npath = "x.jsonl"\nconnect = "tcp:host=h:port=1"', SERVICES, "mux.connect", "unknown key"),
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"', SERVICES.replace("0x00020001", "0x4AE60000"),
-         "service[0].ecmg[1].super_CAS_id", "0x0001xxxx or 0x0002xxxx"),
+         "service #1.ecmg #2.super_CAS_id", "0x0001xxxx or 0x0002xxxx"),
         # the same (super_CAS_id, ECM_id) from two ECMGs: fine for the SCS, one route at the MUX
         ('mode = "remote"\nconnect = "tcp:host=h:port=1"',
          SERVICES.replace("port=2222\"\nsuper_CAS_id = 0x00010001\nECM_channel_id = 1\nECM_stream_id = 2\nECM_id = 2",
                           "port=2223\"\nsuper_CAS_id = 0x00010001\nECM_channel_id = 1\nECM_stream_id = 2\nECM_id = 1"),
-         "service[1].ecmg[0].ECM_id", "one MUX route"),
+         "service #2.ecmg #1.ECM_id", "one MUX route"),
     ],
 )
 def test_remote_mode_errors_name_file_key_and_reason(tmp_path, mux, services, key, reason):

@@ -4,7 +4,7 @@ import io
 
 from bcast_sp4.media import content
 from bcast_sp4.bcast import ltkm_drm, stkm_drm, stkm_mikey, traffic
-from bcast_sp4.bcast.keys import load_keyfile
+from bcast_sp4.config import load_keyfile
 from bcast_sp4.config.terminal import load_terminal_settings
 from bcast_sp4.roles.terminal import TerminalService
 from bcast_sp4.media.scrambler import Scrambler
