@@ -1,8 +1,17 @@
-"""Configuration files fail at start naming file, key and reason; twistd finds every plugin."""
+"""Configuration files fail at start naming file, key and reason, as one line from each twistd plugin;
+--version; default configuration files; twistd finds every plugin."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from bcast_sp4 import __version__, version_text
 from bcast_sp4.config import ConfigError, load_ecmg_settings
+from bcast_sp4.config.locate import locate_default
 
 from .integration.harness import ROOT
 
@@ -64,3 +73,212 @@ def test_twistd_finds_the_plugins():
     assert any(str(ROOT) in p for p in twisted.plugins.__path__)
     names = {maker.tapname for maker in getPlugins(IServiceMaker)}
     assert "bcast-ecmg" in names
+
+
+# --- the plugins, as an operator runs them ---------------------------------------------------------
+#
+# Each case is a real ``.venv/bin/twistd -n bcast-<role> --config FILE`` process; all of them run
+# (four at a time) when the first case is asked for, then each test reads its own result.
+
+BIN = Path(sys.executable).parent
+ROLES = ("ecmg", "scs", "emmg", "mux", "terminal", "lab")
+KINDS = ("missing", "syntax", "value", "unknown", "keys")
+#: (role, kind) -> (file at fault relative to the case folder, key path or "line N", reason fragment)
+EXPECTED = {
+    ("ecmg", "value"): ("ecmg.toml", "ecmg.max_channels", "0 outside 1..65536"),
+    ("ecmg", "unknown"): ("ecmg.toml", "cas #4.colour", "unknown key"),
+    ("ecmg", "keys"): ("keys.toml", "keys.lab-drm-sek.key", "must be hex"),
+    ("scs", "value"): ("scs.toml", "service #1.crypto_period", "not a multiple of 0.1"),
+    ("scs", "unknown"): ("scs.toml", "scs.reconnect.colour", "unknown key"),
+    ("scs", "keys"): ("scs.toml", "service #2.ecmg #1.cw_encryption.key", "must be 16 bytes, not 2"),
+    ("emmg", "value"): ("emmg.toml", "stream #1.bandwidth", "0 outside 1..65535"),
+    ("emmg", "unknown"): ("emmg.toml", "emmg.colour", "unknown key"),
+    ("emmg", "keys"): ("subscribers.toml", "devices #2.device_key", "must be hex"),
+    ("mux", "value"): ("mux.toml", "client #1.ltkm #1.ttl", "0 outside 1..255"),
+    ("mux", "unknown"): ("mux.toml", "queues.colour", "unknown key"),
+    ("mux", "keys"): ("mux.toml", "client #1.client_id", "SP-4 LTKMs are DRM Profile only"),
+    ("terminal", "value"): ("terminal.toml", "source.rate", "-1 outside 0..100000"),
+    ("terminal", "unknown"): ("terminal.toml", "device.colour", "unknown key"),
+    ("terminal", "keys"): ("terminal.toml", "smartcard_key #1.key", "must be hex"),
+    ("lab", "value"): ("lab.toml", "lab.ecmg", "must be a non-empty list"),
+    ("lab", "unknown"): ("mux.toml", "egress.colour", "unknown key"),
+    ("lab", "keys"): ("keys.toml", "keys.lab-smartcard-msk.key_domain_id", "must be 3 bytes, not 2"),
+}
+CONFIG_FILE = {"ecmg": "ecmg.toml", "scs": "scs.toml", "emmg": "emmg.toml", "mux": "mux.toml",
+               "terminal": "terminal.toml", "lab": "lab.toml"}
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+def _make_case(folder: Path, role: str, kind: str) -> None:
+    """Copy the role's example files into *folder* and break them as *kind* says."""
+    folder.mkdir()
+    if role in ("terminal", "lab"):
+        for file in (ROOT / "etc" / "lab").glob("*.toml"):
+            (folder / file.name).write_text(file.read_text())
+    else:
+        (folder / CONFIG_FILE[role]).write_text((ROOT / "etc" / CONFIG_FILE[role]).read_text())
+        (folder / "keys.toml").write_text((ROOT / "etc" / "keys.example.toml").read_text())
+        (folder / "subscribers.toml").write_text((ROOT / "etc" / "subscribers.example.toml").read_text())
+        config = folder / CONFIG_FILE[role]
+        config.write_text(config.read_text().replace('"keys.example.toml"', '"keys.toml"')
+                          .replace('"subscribers.example.toml"', '"subscribers.toml"'))
+    config = folder / CONFIG_FILE[role]
+    if kind == "missing":
+        config.unlink()
+    elif kind == "syntax":
+        config.write_text("# broken on purpose\n\n[oops\n" + config.read_text())
+    else:
+        breakage = {
+            ("ecmg", "value"): ("max_channels = 1000", "max_channels = 0"),
+            ("ecmg", "unknown"): ("[[cw_encryption_key]]", '[[cas]]\nsuper_CAS_id = 0x00010002\nmode = "drm"\ncolour = 1\n'
+                                                          "[[cw_encryption_key]]"),
+            ("scs", "value"): ("crypto_period = 10.0", "crypto_period = 10.05"),
+            ("scs", "unknown"): ("jitter = 0.05", "jitter = 0.05\ncolour = 1"),
+            ("scs", "keys"): ('"aes128-cbc", key_id = 1, key = "2b7e151628aed2a6abf7158809cf4f3c"',
+                              '"aes128-cbc", key_id = 1, key = "2b7e"'),
+            ("emmg", "value"): ("bandwidth = 200", "bandwidth = 0"),
+            ("emmg", "unknown"): ("client_id = 0x00010001", "client_id = 0x00010001\ncolour = 1"),
+            ("mux", "value"): ("ttl = 1", "ttl = 0"),
+            ("mux", "unknown"): ("[queues]", "[queues]\ncolour = 1"),
+            ("mux", "keys"): ("client_id = 0x00010001", "client_id = 0x00020009"),
+            ("terminal", "value"): ("rate = 50", "rate = -1"),
+            ("terminal", "unknown"): ("[device]", "[device]\ncolour = 1"),
+            ("terminal", "keys"): ('key = "0f0e0d0c0b0a09080706050403020100"', 'key = "0f0e0d0c0b0a0908070605040302010z"'),
+            ("lab", "value"): ('ecmg = ["ecmg-drm.toml", "ecmg-smartcard.toml"]', "ecmg = []"),
+        }
+        if (role, kind) in breakage:
+            _edit(config, *breakage[(role, kind)])
+        elif (role, kind) == ("ecmg", "keys"):
+            _edit(folder / "keys.toml", 'key = "000102030405060708090a0b0c0d0e0f"', 'key = "0001020304050607080g0a0b0c0d0e0f"')
+        elif (role, kind) == ("emmg", "keys"):
+            _edit(folder / "subscribers.toml", 'device_key = "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"',
+                  'device_key = "e0e1e2e3e4e5e6e7e8e9eaebecedeeeg"')
+        elif (role, kind) == ("lab", "unknown"):
+            _edit(folder / "mux.toml", "[egress]", "[egress]\ncolour = 1")
+        elif (role, kind) == ("lab", "keys"):
+            _edit(folder / "keys.toml", 'key_domain_id = "02f810"', 'key_domain_id = "02f8"')
+        else:
+            raise AssertionError((role, kind))
+
+
+def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:  # it started serving: that case fails, not the others
+        return subprocess.CompletedProcess(argv, None, exc.stdout or "", f"still running after 60 s: {exc.stderr!r}")
+
+
+@pytest.fixture(scope="module")
+def plugin_runs(tmp_path_factory):
+    """(role, kind) -> (case folder, finished twistd process); plus ("version", role) -> process."""
+    base = tmp_path_factory.mktemp("plugins")
+    jobs = {}
+    for role in ROLES:
+        for kind in KINDS:
+            folder = base / f"{role}-{kind}"
+            _make_case(folder, role, kind)
+            argv = [str(BIN / "twistd"), "-n", "--pidfile=", f"bcast-{role}", "--config", str(folder / CONFIG_FILE[role])]
+            jobs[(role, kind)] = (folder, argv)
+        jobs[("version", role)] = (base, [str(BIN / "twistd"), f"bcast-{role}", "--version"])
+    jobs[("twist", "ecmg")] = (base, [str(BIN / "twist"), "bcast-ecmg", "--config", str(base / "absent.toml")])
+    with ThreadPoolExecutor(4) as pool:
+        futures = {name: (folder, pool.submit(_run, argv, folder)) for name, (folder, argv) in jobs.items()}
+        return {name: (folder, future.result()) for name, (folder, future) in futures.items()}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_file_stops_the_plugin_with_one_line_on_stderr(plugin_runs, role, kind):
+    folder, run = plugin_runs[(role, kind)]
+    config = folder / CONFIG_FILE[role]
+    if kind == "missing":
+        expected = f"bcast-{role}: {config}: file not found\n"
+    elif kind == "syntax":
+        expected = f"bcast-{role}: {config}: line 3, column 6: not valid TOML: Expected ']' at the end of a table declaration\n"
+    else:
+        file, key, reason = EXPECTED[(role, kind)]
+        prefix = f"bcast-{role}: {folder / file}: {key}: "
+        assert run.stderr.startswith(prefix) and reason in run.stderr, run.stderr
+        expected = run.stderr
+    assert (run.returncode, run.stdout, run.stderr) == (78, "", expected)
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and "Usage" not in run.stderr
+
+
+def test_twist_stops_the_same_way(plugin_runs):
+    folder, run = plugin_runs[("twist", "ecmg")]
+    assert (run.returncode, run.stdout, run.stderr) == (78, "", f"bcast-ecmg: {folder / 'absent.toml'}: file not found\n")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_plugin_prints_the_bcast_sp4_version(plugin_runs, role):
+    _folder, run = plugin_runs[("version", role)]
+    assert (run.returncode, run.stdout, run.stderr) == (0, version_text() + "\n", "")
+    assert run.stdout.startswith(f"bcast-sp4 {__version__} (Twisted ")
+
+
+def test_version_text_names_both_versions():
+    import twisted
+
+    assert version_text() == f"bcast-sp4 {__version__} (Twisted {twisted.__version__})"
+
+
+# --- default configuration files -------------------------------------------------------------------
+
+
+def test_a_default_not_in_the_working_directory_comes_from_the_package_etc(tmp_path, monkeypatch):
+    from bcast_sp4.tap import ecmg as ecmg_tap
+
+    monkeypatch.chdir(tmp_path)
+    assert locate_default("etc/ecmg.toml") == ROOT / "etc" / "ecmg.toml"
+    assert locate_default("etc/lab/lab.toml") == ROOT / "etc" / "lab" / "lab.toml"
+    options = ecmg_tap.Options()
+    options.parseOptions([])
+    assert options["settings"].source_path == ROOT / "etc" / "ecmg.toml"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "ecmg.toml").write_text("[ecmg\n")
+    assert locate_default("etc/ecmg.toml") == Path("etc/ecmg.toml")  # the working directory first
+
+
+def test_a_default_found_nowhere_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    from bcast_sp4.config import locate
+    from bcast_sp4.tap import mux as mux_tap
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(locate, "etc_folders", lambda: [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(SystemExit) as exited:
+        mux_tap.Options().parseOptions([])
+    assert exited.value.code == 78
+    looked = f"{tmp_path / 'etc' / 'mux.toml'}, {tmp_path / 'a' / 'mux.toml'}, {tmp_path / 'b' / 'mux.toml'}"
+    assert capsys.readouterr().err == f"bcast-mux: etc/mux.toml: file not found (looked in {looked})\n"
+
+
+def test_an_explicit_path_is_never_searched_for(tmp_path, monkeypatch, capsys):
+    from bcast_sp4.tap import ecmg as ecmg_tap
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        ecmg_tap.Options().parseOptions(["--config", "ecmg.toml"])  # exists in the package etc/, not here
+    assert capsys.readouterr().err == f"bcast-ecmg: ecmg.toml: file not found (looked in {tmp_path / 'ecmg.toml'})\n"
+
+
+def test_installed_data_files_are_the_last_place():
+    from bcast_sp4.config.locate import etc_folders
+
+    assert etc_folders() == [ROOT / "etc", Path(sys.prefix) / "share" / "bcast-sp4" / "etc"]
+
+
+def test_periods_defaults_to_a_number():
+    """twistd does not coerce a default: a string "0" made ``bcast-lab`` without --periods crash."""
+    from bcast_sp4.tap import lab as lab_tap
+    from bcast_sp4.tap import terminal as terminal_tap
+
+    for tap, config in ((lab_tap, "lab.toml"), (terminal_tap, "terminal.toml")):
+        options = tap.Options()
+        options.parseOptions(["--config", str(ROOT / "etc" / "lab" / config)])
+        assert options["periods"] == 0

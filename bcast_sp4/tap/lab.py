@@ -50,7 +50,7 @@ class Options(RoleOptions):
     optParameters = [
         ["config", "c", default_config, "lab file naming one configuration file per role (a default not in "
                                        "the working directory is taken from the package's etc/)"],
-        ["periods", "p", "0", "stop after N crypto-periods of content with a summary (0 = run until stopped)", int],
+        ["periods", "p", 0, "stop after N crypto-periods of content with a summary (0 = run until stopped)", int],
     ]
 
     def postOptions(self) -> None:

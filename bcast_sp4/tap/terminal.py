@@ -25,7 +25,7 @@ class Options(RoleOptions):
     optParameters = [
         ["config", "c", default_config, "terminal configuration file (TOML; a default not in the working "
                                        "directory is taken from the package's etc/)"],
-        ["periods", "p", "0", "stop after N periods of content with a verdict (0 = run until stopped)", int],
+        ["periods", "p", 0, "stop after N periods of content with a verdict (0 = run until stopped)", int],
     ]
 
     def postOptions(self) -> None:
