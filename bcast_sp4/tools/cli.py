@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Iterator, TextIO
 
-from .. import __version__
+from .. import version_text
 from .render import describe_error, to_json_dict, to_text
 from ..wire import Framer, InvalidMessage, MessageTooLong, PeerProtocolError, decode, decode_datagram
 from ..wire.message import MAX_MESSAGE_LENGTH
@@ -126,8 +126,9 @@ def _decode_pcap(args: argparse.Namespace, out: _Output) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bcast-sp4", description="OMA BCAST SP-4 (DVB SimulCrypt) tools")
-    parser.add_argument("--version", action="version", version=f"bcast-sp4 {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate configuration, lab, key and subscriber files (bcast-sp4 check --help)")
     dec = sub.add_parser(
         "decode",
         help="decode SimulCrypt ECMG<=>SCS / EMMG<=>MUX messages",
@@ -146,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 when any input failed to decode)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:  # parses its own arguments
+        from .check import main as check
+
+        return check(argv[1:], stdout, stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     out = _Output(getattr(args, "json", False), stdout or sys.stdout, stderr or sys.stderr)
