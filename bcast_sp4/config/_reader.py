@@ -26,6 +26,8 @@ from ..bcast.keys import to_datetime
 from .addresses import parse_host_port, parse_ipv4, parse_udp_listen
 
 _NOTHING: Any = attrs.NOTHING
+#: what :meth:`Reader._note` gets as the default of a key that holds a table (or array of tables)
+TABLE: Any = object()
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _TOML_END = re.compile(r"\s*\(at end of document\)$")
 #: client endpoint strings the SCS accepts for an ECMG or a MUX (Twisted clientFromString types)
@@ -75,8 +77,9 @@ class Reader:
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
-    def _note(self, key: str) -> None:
-        """*key* is known in this table (the configuration-reference test instruments this)."""
+    def _note(self, key: str, default: Any = TABLE) -> None:
+        """*key* is known in this table; *default* is its default (``attrs.NOTHING``: required;
+        :data:`TABLE`: the key holds a table). The configuration-reference test records these."""
         self.used.add(key)
 
     def has(self, key: str) -> bool:
@@ -98,7 +101,7 @@ class Reader:
             raise self.fail(unknown[0], "unknown key")
 
     def _raw(self, key: str, default: Any) -> Any:
-        self._note(key)
+        self._note(key, default)
         if key not in self.table:
             if default is _NOTHING:
                 raise self.fail(key, "missing")
@@ -109,8 +112,11 @@ class Reader:
 
     def sub(self, key: str, required: bool = False) -> "Reader":
         """The table ``[key]`` (empty when absent and not *required*)."""
-        value = self._raw(key, _NOTHING if required else None)
+        self._note(key)
+        value = self.table.get(key)
         if value is None:
+            if required:
+                raise self.fail(key, "missing table")
             value = {}
         if not isinstance(value, dict):
             raise self.fail(key, "must be a table")
@@ -118,7 +124,8 @@ class Reader:
 
     def list_of_tables(self, key: str) -> list["Reader"]:
         """The entries of ``[[key]]``, numbered from 1 in messages."""
-        value = self._raw(key, [])
+        self._note(key)
+        value = self.table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.fail(key, "must be an array of tables ([[...]])")
         name = _join(self.prefix, key)
@@ -129,7 +136,7 @@ class Reader:
         outer = self.sub(key)
         out = []
         for name, value in outer.table.items():
-            outer._note(name)
+            outer.used.add(name)  # a user-chosen name, not a key of the reference
             if not isinstance(value, dict):
                 raise outer.fail(name, "must be a table")
             out.append((name, Reader(self.path, value, _join(outer.prefix, name), _join(outer.schema, "<name>"))))
