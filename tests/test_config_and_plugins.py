@@ -282,3 +282,13 @@ def test_periods_defaults_to_a_number():
         options = tap.Options()
         options.parseOptions(["--config", str(ROOT / "etc" / "lab" / config)])
         assert options["periods"] == 0
+
+
+def test_the_readme_runs_every_command_from_the_venv():
+    """A bare ``twistd`` / ``twist`` / ``bcast-sp4`` is not on PATH after scripts/bootstrap."""
+    text = (ROOT / "README.md").read_text()
+    blocks = text.split("```sh")[1:]
+    commands = [line.strip() for block in blocks for line in block.split("```")[0].splitlines() if line.strip()]
+    bare = [c for c in commands if c.split()[0] in ("twistd", "twist", "bcast-sp4", "python", "pytest")]
+    assert bare == [] and any("bcast-sp4 check" in c for c in commands)
+    assert "docs/config.md" in text and "etc/systemd/" in text
