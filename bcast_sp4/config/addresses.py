@@ -1,4 +1,4 @@
-"""The two small address notations of the configuration files. Pure.
+"""The small address and transport notations of the configuration files. Pure.
 
 ``udp:PORT[:interface=ADDR]`` for a UDP listening port (STYLE §6: Twisted has no UDP endpoint
 strings) and ``ADDR:PORT`` for a UDP destination (IPv4 literal; unicast or multicast). TCP
@@ -8,6 +8,10 @@ connection points are Twisted endpoint strings, parsed by Twisted in the roles.
 from __future__ import annotations
 
 import ipaddress
+
+#: ``transport = "tcp" | "udp"`` (EMMG, SCS remote MUX link) -> data_provision over UDP; control
+#: messages always travel on the TCP connection
+TRANSPORTS = {"tcp": False, "udp": True}
 
 
 def parse_udp_listen(text: str) -> tuple[int, str]:
@@ -63,4 +67,4 @@ def parse_ipv4(value: str, text: str) -> ipaddress.IPv4Address:
         raise ValueError(f"{text!r}: {value!r} is not an IPv4 address") from None
 
 
-__all__ = ["parse_host_port", "parse_ipv4", "parse_udp_listen"]
+__all__ = ["TRANSPORTS", "parse_host_port", "parse_ipv4", "parse_udp_listen"]

@@ -17,6 +17,7 @@ from ..machines.emmg import EMMGConfig, EMMGStreamConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .addresses import TRANSPORTS
 from .subscribers import load_subscribers
 
 
@@ -42,10 +43,6 @@ class EMMGSettings:
     sources: dict[int, StreamSources]  # by data_id
     retry_max_delay: float
     source_path: Path
-
-
-#: ``transport`` -> data_provision over UDP (control always on the TCP connection)
-TRANSPORTS = {"tcp": False, "udp": True}
 
 
 def load_emmg_settings(path: str | Path) -> EMMGSettings:

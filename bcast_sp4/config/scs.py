@@ -28,7 +28,7 @@ from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
-from .emmg import TRANSPORTS
+from .addresses import TRANSPORTS
 
 
 class MuxMode(enum.Enum):

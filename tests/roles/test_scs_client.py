@@ -11,7 +11,6 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
-from twisted.python import usage
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast import traffic
