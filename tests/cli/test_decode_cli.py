@@ -144,4 +144,8 @@ def test_module_entry_point():
 def test_bcast_error_codes_are_named():
     frame = "0301060012000e00020001000f0002000170000002ff01"  # stream_error 0x8000 + 0x7F01
     status, out, _ = run(["decode", frame])
-    assert status == 0 and "0xff01 (BCAST error 32513 NO_KEY_FOR_STREAM)" in out
+    assert status == 0 and "0xff01 (BCAST status 0x7f01: NO_KEY_FOR_STREAM (no SEK/PEK" in out and "[project])" in out
+    status, out, _ = run(["decode", frame[:-4] + "800d"])  # 0x8000 + 13
+    assert status == 0 and "0x800d (BCAST status 13: ILLEGAL_DEVICE (Illegal Device) [C])" in out
+    status, out, _ = run(["decode", frame[:-4] + "8016"])  # 0x8000 + 22
+    assert "0x8016 (BCAST status 22: INVALID_REQUEST (Invalid Request) [C])" in out
