@@ -57,6 +57,10 @@ class Framer:
         """Bytes held for an incomplete message (bounded by ``max_length``)."""
         return len(self._buffer)
 
+    def pending(self) -> bytes:
+        """A copy of the buffered bytes of the unfinished message (for reporting a truncated one)."""
+        return bytes(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes | MessageTooLong]:
         """Add received bytes; return the messages they complete, in order.
 
