@@ -14,6 +14,7 @@ no traceback, no ``Broken pipe`` message, and the command's status so far.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import TextIO
@@ -43,11 +44,16 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     """
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        status = args.command_run(args, args.command_parser, sys.stdin, stdout, stderr)
-    except BrokenPipeError:
-        status = 1
+    # argparse writes usage, help and errors to sys.stdout / sys.stderr and exits: keep them on
+    # the given streams and turn the exit into a returned status.
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            args = parser.parse_args(argv)
+            status = args.command_run(args, args.command_parser, sys.stdin, stdout, stderr)
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        except BrokenPipeError:
+            status = 1
     try:
         stdout.flush()
     except BrokenPipeError:

@@ -1,15 +1,15 @@
 """The decode CLI contract: hex and pcap input, text and JSON output, errors on stderr, exit 2."""
 
-import io
 import json
 import subprocess
 import sys
 
 from bcast_sp4 import wire
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow
-from bcast_sp4.tools.cli import main
 from bcast_sp4.wire import ecmg_scs as E
 from bcast_sp4.wire import emmg_mux as M
+
+from .helpers import run
 
 E5 = (
     "030201003c000e00020001000f000200010012000200050014000a000511223344556677880014000a000699aabbccdd"
@@ -17,17 +17,6 @@ E5 = (
 )
 E9 = "0301060012000e00020001000f0002000170000002000b"
 M8 = "030211001a000100040100000100080002000100050008827005deadbeef01"
-
-
-def run(argv, stdin=""):
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    try:
-        status = main(argv, out, err)
-    finally:
-        sys.stdin = old
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_text_output_names_every_field_and_interprets_codes():
