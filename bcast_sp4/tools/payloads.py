@@ -289,10 +289,8 @@ def payload_views(message: Message, context: PayloadContext, secrets: Secrets = 
 
 
 def _drm_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets: Secrets, cp: int | None) -> None:
-    try:
-        fields = stkm_drm.describe_stkm(data)
-    except BcastError as exc:
-        view.errors.append(f"not a {stkm_drm.LAYOUT_VERSION} DRM Profile STKM: {exc}")
+    fields = _attempt(view, stkm_drm.describe_stkm, data, f"not a {stkm_drm.LAYOUT_VERSION} DRM Profile STKM")
+    if fields is None:
         return
     node = view.structure = Node("fields", "")
     header = dict(fields.header)
@@ -320,15 +318,8 @@ def _drm_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets: 
             child = node.child(f"{name}_MAC_block", f"{name} MAC block")
             child.add(f"{name}_CID_extension", block.cid_extension, f"{block.cid_extension:#010x}")
             child.add(f"{name}_MAC", block.mac.hex(), f"{block.mac.hex()} (HMAC-SHA-1-96 over bytes 0..{block.mac_offset - 1})")
-    if secrets.keys is None:
-        return
-    try:
-        parsed = stkm_drm.parse_stkm(data, secrets.keys)
-    except NoKeyError as exc:
-        view.notes.append(f"not decrypted: {exc} in {secrets.keys_label}")
-        return
-    except BcastError as exc:
-        view.errors.append(f"does not verify with {secrets.keys_label}: {exc}")
+    parsed = _decrypt(view, stkm_drm.parse_stkm, data, secrets)
+    if parsed is None:
         return
     keyed = view.keyed = Node("decrypted", f"decrypted and verified with {secrets.keys_label}")
     when, basis = (fields.timestamp, "STKM timestamp") if fields.timestamp else (context.time, "capture time")
@@ -343,10 +334,8 @@ def _drm_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets: 
 
 
 def _mikey_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets: Secrets, cp: int | None) -> None:
-    try:
-        fields = stkm_mikey.describe_stkm(data)
-    except BcastError as exc:
-        view.errors.append(f"not a Smartcard Profile (MIKEY) STKM: {exc}")
+    fields = _attempt(view, stkm_mikey.describe_stkm, data, "not a Smartcard Profile (MIKEY) STKM")
+    if fields is None:
         return
     node = view.structure = Node("fields", "")
     hdr = node.child("HDR", "HDR")
@@ -365,15 +354,8 @@ def _mikey_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets
             child.add(name, value.hex() if isinstance(value, bytes) else value, _mikey_value(name, value))
     if fields.access_criteria:
         _access_criteria(node, fields.access_criteria)
-    if secrets.keys is None:
-        return
-    try:
-        parsed = stkm_mikey.parse_stkm(data, secrets.keys)
-    except NoKeyError as exc:
-        view.notes.append(f"not decrypted: {exc} in {secrets.keys_label}")
-        return
-    except BcastError as exc:
-        view.errors.append(f"does not verify with {secrets.keys_label}: {exc}")
+    parsed = _decrypt(view, stkm_mikey.parse_stkm, data, secrets)
+    if parsed is None:
         return
     keyed = view.keyed = Node("decrypted", f"decrypted and verified with {secrets.keys_label}")
     key = secrets.keys.find(KeyRef(parsed.key_id, key_domain_id=parsed.key_domain_id or None))
@@ -382,6 +364,29 @@ def _mikey_stkm(view: PayloadView, data: bytes, context: PayloadContext, secrets
     keyed.add("KEMAC_MAC", "verified", f"verified (HMAC-SHA-1-160, keys derived with the MIKEY-1 PRF, CSB ID {parsed.csb_id:#010x})")
     keyed.add("encryption", parsed.encryption.name)
     _tek_nodes(keyed, parsed.material, parsed.next_material, cp, secrets.show_keys)
+
+
+def _attempt(view: PayloadView, describe: Callable[[bytes], Any], data: bytes, what: str) -> Any:
+    """``describe(data)``, or ``None`` with the reason recorded as the view's error."""
+    try:
+        return describe(data)
+    except BcastError as exc:
+        view.errors.append(f"{what}: {exc}")
+        return None
+
+
+def _decrypt(view: PayloadView, parse: Callable[[bytes, KeyStore], Any], data: bytes, secrets: Secrets) -> Any:
+    """``parse(data, keys)`` with the key file, or ``None``: no key file, no key for this STKM
+    (a note), or an STKM that does not verify (an error)."""
+    if secrets.keys is None:
+        return None
+    try:
+        return parse(data, secrets.keys)
+    except NoKeyError as exc:
+        view.notes.append(f"not decrypted: {exc} in {secrets.keys_label}")
+    except BcastError as exc:
+        view.errors.append(f"does not verify with {secrets.keys_label}: {exc}")
+    return None
 
 
 def _mikey_value(name: str, value: Any) -> str:
@@ -491,10 +496,8 @@ def _secret_field(node: Node, name: str, value: bytes, show: bool) -> None:
 
 
 def _ltkm(view: PayloadView, data: bytes, secrets: Secrets) -> None:
-    try:
-        fields = ltkm_drm.describe_ltkm(data)
-    except BcastError as exc:
-        view.errors.append(f"not a {ltkm_drm.LAYOUT_VERSION} LTKM: {exc}")
+    fields = _attempt(view, ltkm_drm.describe_ltkm, data, f"not a {ltkm_drm.LAYOUT_VERSION} LTKM")
+    if fields is None:
         return
     node = view.structure = Node("fields", "")
     node.add("layout_version", fields.layout_version_byte)
@@ -517,10 +520,9 @@ def _ltkm(view: PayloadView, data: bytes, secrets: Secrets) -> None:
     if secrets.device_key(fields.device_id) is None:
         view.notes.append(f"not verified: no device {fields.device_id.hex()} in {secrets.devices_label}")
         return
-    try:
-        parsed = ltkm_drm.parse_ltkm(data, secrets.device_key)
-    except BcastError as exc:
-        view.errors.append(f"does not verify with {secrets.devices_label}: {exc}")
+    parsed = _attempt(view, lambda raw: ltkm_drm.parse_ltkm(raw, secrets.device_key),  # type: ignore[arg-type]
+                      data, f"does not verify with {secrets.devices_label}")
+    if parsed is None:
         return
     keyed = view.keyed = Node("verified", f"MAC verified and keys unwrapped with {secrets.devices_label}")
     for key in parsed.keys:

@@ -8,6 +8,7 @@ JSON (one object per message; the decode CLI's contract)::
 ``params`` keys are the spec spellings of the digest's parameter tables; integers are numbers,
 booleans are JSON booleans, byte strings lowercase hex, repeated parameters lists, and
 ``CP_CW_combination`` items ``{"CP_number": int, "CW": hex}``. Absent parameters are omitted.
+The decode CLI adds ``source``, ``deviations`` and ``payloads`` (:mod:`.decode`, :mod:`.payloads`).
 
 The text view names every field and interprets codes: error names (BCAST status n as 0x8000 + n,
 named from :mod:`bcast_sp4.bcast.status` with its source),
