@@ -5,7 +5,7 @@ Input: hex arguments (each one or more whole messages), hex lines on stdin, or `
 ``--port`` the SimulCrypt connections of a capture are found by content (:mod:`.sniff`).
 
 Output: one text block per message (``--json``: one object per line), with the capture frame and
-time (relative to the first packet, and absolute UTC); ``--payloads`` reads STKMs, LTKMs and TEK
+time (relative to the capture's first TCP/UDP packet, and absolute UTC); ``--payloads`` reads STKMs, LTKMs and TEK
 CWs field by field (:mod:`.payloads`), ``--keys``/``--subscribers`` verify and decrypt them.
 Filters (``--type``, ``--channel``, ``--stream``) choose which messages are shown; errors are
 always reported.
@@ -101,8 +101,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     out = dec.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="one JSON object per message")
     out.add_argument("--time", choices=_TIME_MODES, default="both",
-                     help="capture timestamps in text output: relative to the first packet, absolute UTC, "
-                     "both (default) or none")
+                     help="capture timestamps in text output: relative to the first TCP/UDP packet, "
+                     "absolute UTC, both (default) or none")
     out.add_argument("--payloads", action="store_true",
                      help="decode STKMs, LTKMs and TEK CWs field by field")
     out.add_argument("--keys", metavar="FILE",
@@ -332,8 +332,8 @@ class _Run:
         self.context = _Context()
         self.unreadable = False  # the capture could not be read (to the end)
 
-    def emit(self, frame: bytes, origin: _Origin, *, datagram: bool = False) -> bool:
-        """Decode and show one message; ``True`` when it decoded."""
+    def emit(self, frame: bytes, origin: _Origin, *, datagram: bool = False) -> None:
+        """Decode one message; show it (with its payloads) if the filters accept it."""
         try:
             if datagram:
                 message = decode_datagram(frame, max_length=self.args.max_length, tolerate=self.tolerate)
@@ -341,16 +341,15 @@ class _Run:
                 message = decode(frame, tolerate=self.tolerate)
         except PeerProtocolError as exc:
             self.out.error(origin, exc)
-            return False
+            return
         self.context.observe(message, origin.conversation)
         if not self.selection.accepts(message):
             self.out.filtered += 1
-            return True
+            return
         views: list[PayloadView] = []
         if self.secrets is not None:
             views = payload_views(message, self.context.payload_context(message, origin), self.secrets)
         self.out.message(message, origin, views)
-        return True
 
     # hex ---------------------------------------------------------------------------------
 
@@ -413,7 +412,7 @@ class _Run:
                 packets_on[port] += 1
             conversation = frozenset((seg.src, seg.dst)) if seg.transport == "tcp" else None
             if seg.transport == "udp":
-                if (given or not ports) and (given or classifier.udp(seg)):
+                if given or (not ports and classifier.udp(seg)):
                     origin = self._origin(seg, seg.src, seg.dst, None)
                     self.emit(seg.payload, origin, datagram=True)
                     for port in set(given):
@@ -535,6 +534,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, stdin: TextIO
             decoder.capture(args.pcap)
         else:
             chunks = args.hex or [line for line in stdin.read().splitlines() if line.strip()]
+            if not chunks:
+                out.hint("no input: stdin held no hex line")
             decoder.hex_inputs(chunks)
     except BrokenPipeError:  # the reader closed stdout (| head): stop quietly, status so far
         return EXIT_ERRORS if out.errors else EXIT_OK

@@ -355,6 +355,11 @@ def test_no_input_on_a_terminal_shows_usage():
     assert err.startswith("usage: bcast-sp4 decode") and "no input: give hex messages as arguments, --pcap FILE" in err
 
 
+def test_empty_stdin_exits_1_with_a_hint():
+    status, out, err = run(["decode"], stdin="\n  \n")
+    assert (status, out, err) == (1, "", "bcast-sp4 decode: hint: no input: stdin held no hex line\n")
+
+
 def test_no_input_on_a_real_terminal_does_not_wait():
     controller, terminal = pty.openpty()
     try:
