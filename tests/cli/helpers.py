@@ -51,6 +51,9 @@ SEK = ServiceKey(key_id=1, key=bytes(range(16)), authentication_key=bytes.fromhe
                  name="lab-drm-sek", not_before=1704067200, not_after=2082758400)
 MSK = ServiceKey(key_id=0x00010001, key=bytes(range(15, -1, -1)), key_domain_id=bytes.fromhex("02f810"),
                  name="lab-smartcard-msk", not_before=1704067200, not_after=2082758400)
+PEK = ServiceKey(key_id=0x101, key=bytes(range(16, 32)), role=KeyRole.PROGRAMME, name="lab-drm-pek",
+                 authentication_key=bytes.fromhex("5041a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1"),
+                 not_before=1704067200, not_after=2082758400)
 KEY_FILE = ROOT / "etc" / "keys.example.toml"
 DEVICE_ID, DEVICE_KEY = bytes.fromhex("0ba5e0000001"), bytes.fromhex("d0d1d2d3d4d5d6d7d8d9dadbdcdddedf")
 SUBSCRIBERS = ROOT / "etc" / "lab" / "subscribers.toml"

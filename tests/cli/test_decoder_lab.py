@@ -16,7 +16,7 @@ from bcast_sp4.wire import ecmg_scs as E
 from bcast_sp4.wire import emmg_mux as M
 
 from .helpers import (
-    CLIENT, DEVICE_ID, IPSEC_TEKS, KEY_FILE, ROOT, SRTP_TEKS, SUBSCRIBERS, drm_stkm, lab_capture, ltkm, mikey_stkm,
+    ISMA_TEK, IPSEC_TEKS, KEY_FILE, PEK, ROOT, SEK, SRTP_TEKS, SUBSCRIBERS, drm_stkm, lab_capture, ltkm, mikey_stkm,
     run, run_json, v1_data_id_provision,
 )
 
@@ -140,6 +140,24 @@ def test_keys_decrypt_stkms_and_show_tek_identifiers_never_key_bytes(capture):
     for tek in SRTP_TEKS + IPSEC_TEKS:
         secret = getattr(tek, "master_key", None) or tek.encryption_key
         assert secret.hex() not in text.split('"payloads"', 1)[1]
+
+
+def test_ismacryp_key_indicator_and_programme_keys_from_hex_input():
+    from bcast_sp4.bcast import stkm_drm
+
+    stkm = stkm_drm.build_stkm(ISMA_TEK, SEK, programme_key=PEK,
+                               access_criteria=(stkm_drm.AccessCriteriaDescriptor(1, b"\x12"),))
+    setup = E.ChannelSetup(ECM_channel_id=4, Super_CAS_id=0x00010007).encode().hex()
+    response = E.ECMResponse(ECM_channel_id=4, ECM_stream_id=1, CP_number=9, ECM_datagram=stkm).encode().hex()
+    status, out, err = run(["decode", "--keys", str(KEY_FILE), setup, response])
+    assert status == 0, err
+    assert has(out, "programme_flag", "1") and has(out, "encrypted_PEK", "16 bytes (PEK under the SEK)")
+    assert "access criteria descriptor" in out and has(out, "data", "12 (1 bytes)")
+    assert has(out, "programme_CID_extension", "0x00000101") and has(out, "verified_MACs", "programme, service")
+    assert "programme key lab-drm-pek" in out and "service key lab-drm-sek" in out
+    assert has(out, "valid_at", "(no time to check against: hex input and no STKM timestamp)")
+    assert "TEK of this crypto-period (CP 9)" in out and has(out, "traffic_key_id", "ISMACRYP KI 050607 (3 bytes)")
+    assert "TEK of the next" not in out and ISMA_TEK.key.hex() not in out
 
 
 def test_show_keys_prints_tek_bytes(capture):
