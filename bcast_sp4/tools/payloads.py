@@ -556,7 +556,9 @@ def _cw_view(
     try:
         material = traffic.decode_cw(None, cw)
     except BcastError as exc:
-        (view.errors if known else view.notes).append(f"not in the CW layout: {exc}")
+        if not known:
+            return None  # a classic DVB CW that happens to start like the layout
+        view.errors.append(f"not in the CW layout: {exc}")
         return view
     node = view.structure = Node("fields", "")
     node.add("CP_number", cp)

@@ -160,6 +160,23 @@ def test_ismacryp_key_indicator_and_programme_keys_from_hex_input():
     assert "TEK of the next" not in out and ISMA_TEK.key.hex() not in out
 
 
+def test_cw_views_only_where_the_layout_applies():
+    from bcast_sp4.wire.params import CPCWCombination
+
+    def cw_provision(cw, **extra):
+        return E.CWProvision(ECM_channel_id=1, ECM_stream_id=1, CP_number=0,
+                             CP_CW_combination=(CPCWCombination(0, cw),), **extra).encode().hex()
+
+    drm_setup = E.ChannelSetup(ECM_channel_id=1, Super_CAS_id=0x00010001).encode().hex()
+    classic = bytes.fromhex("0100112233445566")  # an 8-byte DVB CW that starts like the layout
+    status, out, err = run(["decode", "--payloads", cw_provision(classic)])
+    assert status == 0 and "CP_CW_combination[0]:" not in out  # no context: not ours, no noise
+    status, out, err = run(["decode", "--payloads", drm_setup, cw_provision(classic)])
+    assert status == 2 and "CP_CW_combination[0]: not in the CW layout" in err  # a BCAST ECMG would refuse it
+    status, out, err = run(["decode", "--payloads", drm_setup, cw_provision(classic, CW_encryption=b"\x01" * 24)])
+    assert status == 0 and "note: CWs are encrypted (CW_encryption present): not decoded" in out
+
+
 def test_show_keys_prints_tek_bytes(capture):
     status, out, _ = run(["decode", "--pcap", str(capture), "--keys", str(KEY_FILE), "--show-keys", "--type", "ECM_response"])
     assert status == 0
