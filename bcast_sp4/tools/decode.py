@@ -24,7 +24,6 @@ import fnmatch
 import json
 import os
 import re
-import sys
 from collections.abc import Hashable, Iterator
 from datetime import datetime, timezone
 from typing import Any, TextIO
