@@ -11,7 +11,8 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PURE_PACKAGES = ("wire", "machines", "bcast", "config", "media")
-PURE_EXTRA = ("bcast_sp4.tools.capture", "bcast_sp4.tools.check", "bcast_sp4.tools.render", "bcast_sp4.roles.stkm_sink")
+PURE_EXTRA = ("bcast_sp4.tools.capture", "bcast_sp4.tools.check", "bcast_sp4.tools.render", "bcast_sp4.tools.payloads",
+              "bcast_sp4.tools.sniff", "bcast_sp4.roles.stkm_sink")
 FORBIDDEN = {"twisted", "logging", "socket", "asyncio", "select", "threading", "time"}
 
 

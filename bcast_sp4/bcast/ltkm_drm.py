@@ -315,3 +315,74 @@ def parse_ltkm(data: bytes, device_key: bytes | Callable[[bytes], bytes | None])
 def keys_by_ref(ltkms: Iterable[ParsedLTKM]) -> list[ServiceKey]:
     """All keys several LTKMs delivered, for :func:`~bcast_sp4.bcast.keys.as_key_lookup`."""
     return [key for ltkm in ltkms for key in ltkm.keys]
+
+
+# --- describe (structure only, no device key) ----------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class LTKMKeyEntryFields:
+    """One key entry as carried: role, key id, validity; the keys stay wrapped.
+
+    :ivar role: the :class:`KeyRole`, or the raw code when undefined.
+    """
+
+    role: KeyRole | int
+    key_id: int
+    not_before: datetime | None
+    not_after: datetime | None
+    wrapped_keys: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class LTKMFields:
+    """A PROV-LTKM-1 LTKM (PROVISIONAL) field by field, as :func:`describe_ltkm` read it."""
+
+    layout_version: str
+    size: int
+    layout_version_byte: int
+    message_kind: int
+    device_id: bytes
+    issued_at: datetime
+    sequence: int
+    entries: tuple[LTKMKeyEntryFields, ...]
+    mac: bytes
+
+
+def describe_ltkm(data: bytes) -> LTKMFields:
+    """Read a PROV-LTKM-1 LTKM field by field without the device key (nothing verified).
+
+    :param data: the LTKM bytes.
+    :returns: the fields.
+    :raises LTKMError: wrong layout version, truncation or trailing bytes.
+    """
+    data = bytes(data)
+    if not data or data[0] != LTKM_LAYOUT_VERSION_BYTE:
+        raise LTKMError(f"unsupported LTKM layout_version {data[0] if data else None}")
+    try:
+        msg = LTKM_LAYOUT.parse(data)
+    except ConstructError:
+        raise LTKMError(f"LTKM truncated or malformed ({len(data)} bytes)") from None
+    return LTKMFields(
+        layout_version=LAYOUT_VERSION,
+        size=len(data),
+        layout_version_byte=msg.layout_version,
+        message_kind=msg.message_kind,
+        device_id=bytes(msg.device_id),
+        issued_at=datetime.fromtimestamp(msg.issued_at, timezone.utc),
+        sequence=msg.sequence,
+        entries=tuple(
+            LTKMKeyEntryFields(
+                role=_CODE_ROLE.get(entry.role, entry.role),
+                key_id=entry.key_id,
+                not_before=_from_posix(entry.not_before, 0),
+                not_after=_from_posix(entry.not_after, _OPEN_END),
+                wrapped_keys=bytes(entry.wrapped_keys),
+            )
+            for entry in msg.key_entries
+        ),
+        mac=bytes(msg.mac),
+    )
+
+
+__all__ += ["LTKMKeyEntryFields", "LTKMFields", "describe_ltkm"]

@@ -896,3 +896,104 @@ def _decrypt_block(
         return material_from_plaintext(protection, blk.traffic_key_id, plain[:plain_size])
     except TrafficKeyError as exc:
         raise STKMError(f"bad traffic key material: {exc}") from None
+
+
+# --- describe (structure only, no keys) ----------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class KeyBlockFields:
+    """One key block as carried: the TEK identifier in clear and the encrypted key material."""
+
+    traffic_key_id: bytes
+    encrypted_traffic_key_material: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class MacBlockFields:
+    """One MAC block: the CID extension naming the key, the MAC and the byte offset it starts at."""
+
+    cid_extension: int
+    mac: bytes
+    mac_offset: int
+
+
+@attrs.frozen(kw_only=True)
+class STKMFields:
+    """A DRM Profile STKM field by field, as :func:`describe_stkm` read it (nothing verified).
+
+    :ivar header: ``(name, value)`` of every header field, in the order of ``HEADER``.
+    :ivar protection: the traffic protection the header names.
+    :ivar explicit_key_material_length: the layout variant that was read.
+    """
+
+    layout_version: str
+    size: int
+    header: tuple[tuple[str, int], ...]
+    protection: TrafficProtection
+    explicit_key_material_length: bool
+    current: KeyBlockFields
+    next: KeyBlockFields | None
+    timestamp: datetime | None
+    encrypted_PEK: bytes | None = attrs.field(repr=False)
+    access_criteria: tuple[AccessCriteriaDescriptor, ...]
+    programme: MacBlockFields | None
+    service: MacBlockFields | None
+
+
+def describe_stkm(data: bytes, *, explicit_key_material_length: bool = True) -> STKMFields:
+    """Read a DRM Profile STKM (PROV-2, provisional) field by field without any key.
+
+    Nothing is decrypted or verified (that is :func:`parse_stkm`'s job); the layout is checked as
+    :func:`parse_stkm` checks it: protocol version, known traffic protection, every field present,
+    no trailing byte, a valid timestamp.
+
+    :param data: the STKM bytes.
+    :param explicit_key_material_length: layout variant (must match the sender).
+    :returns: the fields.
+    :raises STKMError: the bytes are not a PROV-2 STKM (``UnsupportedTrafficProtectionError`` for
+        DCF or a reserved protocol code).
+    """
+    data = bytes(data)
+    if len(data) < HEADER.sizeof():
+        raise STKMError(f"STKM truncated: {len(data)} bytes")
+    header = HEADER.parse(data[: HEADER.sizeof()])
+    if header.protocol_version != STKM_PROTOCOL_VERSION:
+        raise STKMError(f"unsupported STKM protocol_version {header.protocol_version}")
+    protection = TrafficProtection.from_code(header.traffic_protection_protocol)
+    size = _padded(key_material_length(protection, bool(header.traffic_authentication_flag)))
+    try:
+        msg = STKM_LAYOUT.parse(
+            data, explicit_key_material_length=explicit_key_material_length, key_material_size=size
+        )
+    except ConstructError:
+        raise STKMError(f"STKM truncated or malformed ({len(data)} bytes)") from None
+
+    def block(blk: Any) -> KeyBlockFields:
+        return KeyBlockFields(
+            traffic_key_id=bytes(blk.traffic_key_id),
+            encrypted_traffic_key_material=bytes(blk.encrypted_traffic_key_material),
+        )
+
+    def mac_block(blk: Any) -> MacBlockFields | None:
+        if blk is None:
+            return None
+        return MacBlockFields(cid_extension=blk.cid_extension, mac=bytes(blk.mac), mac_offset=blk.mac_offset)
+
+    return STKMFields(
+        layout_version=LAYOUT_VERSION,
+        size=len(data),
+        header=tuple((name, int(header[name])) for name in _HEADER_BITS),
+        protection=protection,
+        explicit_key_material_length=explicit_key_material_length,
+        current=block(msg.current),
+        next=block(msg.next) if msg.next is not None else None,
+        timestamp=decode_timestamp(msg.timestamp) if msg.timestamp is not None else None,
+        encrypted_PEK=bytes(msg.encrypted_PEK) if msg.encrypted_PEK is not None else None,
+        access_criteria=tuple(AccessCriteriaDescriptor(d.tag, d.data) for d in (msg.access_criteria or ())),
+        programme=mac_block(msg.programme),
+        service=mac_block(msg.service),
+    )
+
+
+__all__ += ["KeyBlockFields", "MacBlockFields", "STKMFields", "describe_stkm"]

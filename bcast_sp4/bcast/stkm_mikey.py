@@ -843,3 +843,139 @@ def _materials_from_key_data(protection: TrafficProtection, plain: bytes) -> lis
     if stream.tell() != len(plain):
         raise STKMError("trailing bytes after the Key data sub-payloads")
     return materials
+
+
+# --- describe (structure only, no keys) ----------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class MikeyPayload:
+    """One payload of a MIKEY message as carried.
+
+    :ivar kind: ``"EXT"``, ``"T"`` or ``"KEMAC"`` (``PayloadType`` name).
+    :ivar offset: byte offset of the payload in the message.
+    :ivar fields: ``(name, value)`` pairs in wire order; byte values stay bytes.
+    """
+
+    kind: str
+    offset: int
+    fields: tuple[tuple[str, Any], ...]
+
+
+@attrs.frozen(kw_only=True)
+class MikeySTKMFields:
+    """A Smartcard Profile STKM field by field, as :func:`describe_stkm` read it (nothing verified).
+
+    ``key_domain_id``/``key_id`` come from the Key ID EXT (``key_id`` is the CSB ID when the EXT is
+    absent); the STKM body fields from the OMA BCAST EXT; the Key data sub-payloads stay encrypted.
+    """
+
+    size: int
+    hdr: tuple[tuple[str, int], ...]
+    csb_id: int
+    payloads: tuple[MikeyPayload, ...]
+    key_domain_id: bytes
+    key_id: int
+    ts_type: TsType
+    counter: int
+    protection_after_reception: int
+    traffic_protection_protocol: int
+    traffic_authentication: bool
+    access_criteria: tuple[AccessCriteriaDescriptor, ...]
+    encryption: int
+    encrypted_key_data: bytes = attrs.field(repr=False)
+    mac_alg: int
+    mac: bytes
+
+
+def describe_stkm(data: bytes) -> MikeySTKMFields:
+    """Read a Smartcard Profile STKM (MIKEY) payload by payload without any key.
+
+    Nothing is decrypted or verified (that is :func:`parse_stkm`'s job). The framing rules are the
+    parser's: MIKEY v1 pre-shared, PRF MIKEY-1, empty CS ID map, KEMAC last and followed by the
+    MAC only; unknown EXT types are listed, other payload types refused.
+
+    :param data: the MIKEY message.
+    :returns: the fields.
+    :raises STKMError: the bytes are not such a message, or lack the T, BCAST STKM EXT or KEMAC.
+    """
+    data = bytes(data)
+    stream = io.BytesIO(data)
+    payloads: list[MikeyPayload] = []
+    key_id_body = bcast_body = t = kemac = mac = None
+    try:
+        hdr = HDR.parse_stream(stream)
+        if hdr.version != MIKEY_VERSION or hdr.data_type != _DATA_TYPE_PSK:
+            raise STKMError(f"not a MIKEY v1 pre-shared message (version {hdr.version}, type {hdr.data_type})")
+        if hdr.v_prf.prf_func != _PRF_MIKEY_1 or hdr.cs_id_map_type != _CS_ID_MAP_EMPTY:
+            raise STKMError(f"unsupported PRF {hdr.v_prf.prf_func} or CS ID map type {hdr.cs_id_map_type}")
+        next_payload = hdr.next_payload
+        while next_payload != PayloadType.LAST:
+            if kemac is not None:
+                raise STKMError("KEMAC must be the last payload")
+            offset = stream.tell()
+            if next_payload == PayloadType.EXT:
+                payload = EXT.parse_stream(stream)
+                fields: list[tuple[str, Any]] = [("ext_type", payload.ext_type)]
+                if payload.ext_type == ExtType.KEY_ID and key_id_body is None:
+                    key_id_body = KEY_ID_BODY.parse(payload.data)
+                    fields += [(KeyIdType(s.key_id_type).name if s.key_id_type in tuple(KeyIdType) else
+                                f"key_id_type {s.key_id_type}", bytes(s.key_id)) for s in key_id_body.subpayloads]
+                elif payload.ext_type == ExtType.OMA_BCAST and bcast_body is None:
+                    if not payload.data or payload.data[0] != BcastSubtype.STKM:
+                        raise STKMError("OMA BCAST EXT is not the STKM subtype")
+                    bcast_body = BCAST_STKM_BODY.parse(payload.data)
+                    fields += [("subtype", bcast_body.subtype)]
+                    fields += [(name, int(bcast_body.flags[name])) for name in (
+                        "protection_after_reception", "access_criteria_flag", "traffic_protection_protocol",
+                        "traffic_authentication_flag", "reserved_for_future_use")]
+                else:
+                    fields.append(("data", bytes(payload.data)))
+            elif next_payload == PayloadType.T:
+                if t is not None:
+                    raise STKMError("duplicate T payload")
+                t = payload = T.parse_stream(stream)
+                fields = [("ts_type", t.ts_type), ("ts_value", int.from_bytes(t.ts_value, "big"))]
+            elif next_payload == PayloadType.KEMAC:
+                kemac = payload = KEMAC_HEAD.parse_stream(stream)
+                if kemac.mac_alg != MacAlg.HMAC_SHA1_160:
+                    raise STKMError(f"unsupported KEMAC MAC algorithm {kemac.mac_alg}")
+                mac = stream.read(_MAC_SIZE)
+                if len(mac) != _MAC_SIZE:
+                    raise STKMError("STKM truncated in the MAC")
+                fields = [("encr_alg", kemac.encr_alg), ("encr_data_length", len(kemac.encr_data)),
+                          ("mac_alg", kemac.mac_alg), ("mac", mac)]
+            else:
+                raise STKMError(f"unexpected MIKEY payload type {next_payload}")
+            payloads.append(MikeyPayload(kind=PayloadType(next_payload).name, offset=offset, fields=tuple(fields)))
+            next_payload = payload.next_payload
+    except ConstructError:
+        raise STKMError(f"STKM truncated or malformed ({len(data)} bytes)") from None
+    if stream.tell() != len(data):
+        raise STKMError(f"{len(data) - stream.tell()} trailing bytes after the MIKEY message")
+    if kemac is None or t is None or bcast_body is None:
+        raise STKMError("STKM lacks a KEMAC, T or OMA BCAST STKM payload")
+    key_domain_id, key_id = _key_identity(key_id_body, hdr.csb_id)
+    return MikeySTKMFields(
+        size=len(data),
+        hdr=(("version", hdr.version), ("data_type", hdr.data_type), ("next_payload", hdr.next_payload),
+             ("v", int(hdr.v_prf.v)), ("prf_func", hdr.v_prf.prf_func), ("csb_id", hdr.csb_id),
+             ("cs_count", hdr.cs_count), ("cs_id_map_type", hdr.cs_id_map_type)),
+        csb_id=hdr.csb_id,
+        payloads=tuple(payloads),
+        key_domain_id=bytes(key_domain_id),
+        key_id=key_id,
+        ts_type=TsType(t.ts_type),
+        counter=int.from_bytes(t.ts_value, "big"),
+        protection_after_reception=bcast_body.flags.protection_after_reception,
+        traffic_protection_protocol=bcast_body.flags.traffic_protection_protocol,
+        traffic_authentication=bool(bcast_body.flags.traffic_authentication_flag),
+        access_criteria=tuple(AccessCriteriaDescriptor(d.tag, d.data) for d in (bcast_body.access_criteria or ())),
+        encryption=kemac.encr_alg,
+        encrypted_key_data=bytes(kemac.encr_data),
+        mac_alg=kemac.mac_alg,
+        mac=bytes(mac),  # type: ignore[arg-type]
+    )
+
+
+__all__ += ["MikeyPayload", "MikeySTKMFields", "describe_stkm"]

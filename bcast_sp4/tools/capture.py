@@ -65,6 +65,8 @@ class Segment:
     :ivar payload: transport payload (may be empty).
     :ivar seq: TCP sequence number (0 for UDP).
     :ivar flags: TCP flags byte (0 for UDP).
+    :ivar frame: the packet's number in the file, counting from 1 as Wireshark does (0 when the
+        segment was not read from a file); where, not what, so not part of equality.
     """
 
     timestamp: float
@@ -74,6 +76,7 @@ class Segment:
     payload: bytes
     seq: int = 0
     flags: int = 0
+    frame: int = dataclasses.field(default=0, compare=False)
 
 
 # -- Reading -----------------------------------------------------------------
@@ -111,9 +114,9 @@ def read_packets(path) -> Iterator[Segment]:
 
 def _segments(f: BinaryIO, frames) -> Iterator[Segment]:
     with f:
-        for timestamp, linktype, frame in frames:
+        for number, (timestamp, linktype, frame) in enumerate(frames, 1):
             try:
-                seg = _decode(timestamp, linktype, frame)
+                seg = _decode(timestamp, linktype, frame, number)
             except (struct.error, IndexError, ValueError):
                 continue
             if seg is not None:
@@ -195,7 +198,7 @@ def _pcapng_frames(f: BinaryIO):
             continue
 
 
-def _decode(timestamp: float, linktype: int, frame: bytes) -> Segment | None:
+def _decode(timestamp: float, linktype: int, frame: bytes, number: int = 0) -> Segment | None:
     """Decode one link-layer frame down to a :class:`Segment` (or ``None``)."""
     packet = _strip_link(linktype, frame)
     if packet is None:
@@ -212,12 +215,12 @@ def _decode(timestamp: float, linktype: int, frame: bytes) -> Segment | None:
         payload = body[offset:]
         if not payload and not flags & (SYN | FIN | RST):
             return None
-        return Segment(timestamp, "tcp", (src_ip, sport), (dst_ip, dport), payload, seq, flags)
+        return Segment(timestamp, "tcp", (src_ip, sport), (dst_ip, dport), payload, seq, flags, number)
     if proto == 17 and len(body) >= 8:
         sport, dport, length = struct.unpack_from("!HHH", body)
         if length < 8 or (length > len(body) and not fragment):
             return None
-        return Segment(timestamp, "udp", (src_ip, sport), (dst_ip, dport), body[8:length])
+        return Segment(timestamp, "udp", (src_ip, sport), (dst_ip, dport), body[8:length], frame=number)
     return None
 
 
@@ -383,20 +386,21 @@ class PcapWriter:
     :param fileobj: binary file object, written sequentially.
     :param linktype: 1 (Ethernet, default), 0 (BSD null), 101 (raw IP),
         228/229 (raw IPv4/IPv6), 113 (Linux SLL) or 276 (Linux SLL2).
+    :param start: POSIX time of the fake clock's first frame.
 
     Frames without an explicit timestamp get one from a fake clock that
-    starts at 1700000000.0 and advances 1 ms per frame, so output is
-    reproducible.
+    starts at *start* (default 1700000000.0) and advances 1 ms per frame,
+    so output is reproducible.
     """
 
     SNAPLEN = 262144
     LINKTYPES = (1, 0, 101, 228, 229, 113, 276)
 
-    def __init__(self, fileobj: BinaryIO, linktype: int = 1):
+    def __init__(self, fileobj: BinaryIO, linktype: int = 1, *, start: float = 1_700_000_000.0):
         if linktype not in self.LINKTYPES:
             raise ValueError(f"unsupported link type {linktype}")
         self._file, self.linktype = fileobj, linktype
-        self._clock_us = 1_700_000_000 * 10**6
+        self._clock_us = round(start * 10**6)
         self._ip_id = 0
         fileobj.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, self.SNAPLEN, linktype))
 

@@ -8,8 +8,10 @@ JSON (one object per message; the decode CLI's contract)::
 ``params`` keys are the spec spellings of the digest's parameter tables; integers are numbers,
 booleans are JSON booleans, byte strings lowercase hex, repeated parameters lists, and
 ``CP_CW_combination`` items ``{"CP_number": int, "CW": hex}``. Absent parameters are omitted.
+The decode CLI adds ``source``, ``deviations`` and ``payloads`` (:mod:`.decode`, :mod:`.payloads`).
 
-The text view names every field and interprets codes: error names (BCAST errors as 0x8000 + n),
+The text view names every field and interprets codes: error names (BCAST status n as 0x8000 + n,
+named from :mod:`bcast_sp4.bcast.status` with its source),
 the BCAST profile of Super_CAS_id / client_id, section_TSpkt_flag and data_type meanings, units.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bcast.status import BcastStatus
+from ..bcast.status import SIMULCRYPT_BCAST_BASE, describe_status
 from ..wire import Message, error_name
 from ..wire.params import UNITS, CPCWCombination, DataType, Kind, SectionTSpktFlag
 from ..wire.sp4 import profile_of, user_part
@@ -31,14 +33,15 @@ _DATA_TYPE_MEANING = {DataType.EMM: "EMM / BCAST LTKM", DataType.PRIVATE_DATA: "
 
 
 def describe_error(interface, code: int) -> str:
-    """The name of an error_status; BCAST codes (0x8000 + n) also by their BcastStatus name."""
-    text = error_name(interface, code)
-    if code >= 0x8000:
-        try:
-            text += f" {BcastStatus(code - 0x8000).name}"
-        except ValueError:
-            pass
-    return text
+    """The name of an error_status; BCAST codes (0x8000 + n) by their BCAST status and its source.
+
+    ``0x800d`` -> ``BCAST status 13: ILLEGAL_DEVICE (Illegal Device) [C]``; [C] marks the table
+    of bcast-keys.md §6.2 (corroborated by one implementation), [project] bcast-sp4's own codes.
+    """
+    if code < SIMULCRYPT_BCAST_BASE:
+        return error_name(interface, code)
+    n = code - SIMULCRYPT_BCAST_BASE
+    return f"BCAST status {n if n < 0x100 else hex(n)}: {describe_status(n)}"
 
 
 def _present(message: Message):

@@ -24,7 +24,7 @@ from .errors import (
     error_name,
 )
 from .header import Framer, decode, decode_datagram
-from .message import MAX_MESSAGE_LENGTH, MESSAGE_CLASSES, VERSION_GROUPS, Message, generated_source
+from .message import MAX_MESSAGE_LENGTH, MESSAGE_CLASSES, VERSION_GROUPS, Deviation, Message, generated_source
 from .params import CPCWCombination, DataType, SectionTSpktFlag
 
 
@@ -36,6 +36,7 @@ def encode(message: Message) -> bytes:
 __all__ = [
     "CPCWCombination",
     "DataType",
+    "Deviation",
     "ECMG_SCS_ERRORS",
     "EMMG_MUX_ERRORS",
     "Framer",

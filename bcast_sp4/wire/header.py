@@ -21,11 +21,13 @@ from .errors import (
     MessageTooLong,
     PeerProtocolError,
     UnknownMessageType,
+    UnknownParameterType,
     UnsupportedVersion,
 )
-from .message import HEADER, HEADER_SIZE, MAX_MESSAGE_LENGTH, MESSAGE_CLASSES, TLV, VERSION_GROUPS, Message
+from .message import HEADER, HEADER_SIZE, MAX_MESSAGE_LENGTH, MESSAGE_CLASSES, TLV, VERSION_GROUPS, Deviation, Message
 
 _unpack_header = HEADER.unpack_from
+_set_deviations = Message._deviations.__set__  # type: ignore[attr-defined]  # slot of _DeviationSlot
 
 #: parameter codes of the ids worth reporting with an error: (channel, stream, client)
 _ID_PARAMS = {
@@ -54,6 +56,10 @@ class Framer:
     def buffered(self) -> int:
         """Bytes held for an incomplete message (bounded by ``max_length``)."""
         return len(self._buffer)
+
+    def pending(self) -> bytes:
+        """A copy of the buffered bytes of the unfinished message (for reporting a truncated one)."""
+        return bytes(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes | MessageTooLong]:
         """Add received bytes; return the messages they complete, in order.
@@ -99,12 +105,17 @@ class Framer:
         return out
 
 
-def decode(frame: bytes, interface: Interface | None = None) -> Message:
+def decode(
+    frame: bytes, interface: Interface | None = None, *, tolerate: frozenset[Deviation] | set | tuple = ()
+) -> Message:
     """Decode one whole message.
 
     :param frame: the message, header included (as cut by :class:`Framer`).
     :param interface: the interface the bytes arrived on; ``None`` infers it from the
         message_type as Wireshark does (digest §1.2).
+    :param tolerate: :class:`Deviation` members to accept. A message that breaks only such a
+        rule decodes, and its ``deviations`` names what was tolerated; by default (strict) it
+        raises as any other violation does.
     :raises PeerProtocolError: a subclass naming the failure; nothing else escapes.
     """
     if type(frame) is not bytes:
@@ -120,9 +131,20 @@ def decode(frame: bytes, interface: Interface | None = None) -> Message:
             try:
                 return decoder(frame, size, version)
             except PeerProtocolError as exc:
-                exc.interface, exc.protocol_version, exc.message_type = cls.INTERFACE, version, message_type
-                exc.channel_id, exc.stream_id, exc.client_id = _salvage_ids(frame, cls.INTERFACE)
-                raise
+                failure = exc
+            if tolerate and type(failure) is UnknownParameterType:
+                relaxed = cls._RELAXED.get((version, failure.error_information))
+                if relaxed is not None and relaxed[0] in tolerate:
+                    try:
+                        message = relaxed[1](frame, size, version)
+                    except PeerProtocolError as exc:
+                        failure = exc
+                    else:
+                        _set_deviations(message, frozenset((relaxed[0],)))
+                        return message
+            failure.interface, failure.protocol_version, failure.message_type = cls.INTERFACE, version, message_type
+            failure.channel_id, failure.stream_id, failure.client_id = _salvage_ids(frame, cls.INTERFACE)
+            raise failure
     # Something is wrong with the header; report the first fault in the order a reader meets it.
     if interface is None and cls is not None:
         interface = cls.INTERFACE
@@ -145,10 +167,15 @@ def decode(frame: bytes, interface: Interface | None = None) -> Message:
 
 
 def decode_datagram(
-    datagram: bytes, interface: Interface = Interface.EMMG_MUX, max_length: int = MAX_MESSAGE_LENGTH
+    datagram: bytes,
+    interface: Interface = Interface.EMMG_MUX,
+    max_length: int = MAX_MESSAGE_LENGTH,
+    *,
+    tolerate: frozenset[Deviation] | set | tuple = (),
 ) -> Message:
     """Decode one UDP datagram, which must hold exactly one message.
 
+    :param tolerate: as for :func:`decode`.
     :raises PeerProtocolError: :class:`MessageTooLong` past *max_length*, :class:`InvalidMessage`
         when the header's length and the datagram's size disagree, else as :func:`decode`.
     """
@@ -156,7 +183,7 @@ def decode_datagram(
         raise MessageTooLong(
             f"datagram of {len(datagram)} bytes exceeds the {max_length}-byte limit", interface=interface
         )
-    return decode(datagram, interface)
+    return decode(datagram, interface, tolerate=tolerate)
 
 
 def _salvage_ids(frame: bytes, interface: Interface) -> tuple[int | None, int | None, int | None]:

@@ -24,6 +24,13 @@ Rules the generated decoders enforce, in this order (digest §5.4):
 Messages carry no attrs validators: the decoder has already checked every value, and the
 encoder checks every value it writes (raising :class:`LocalProtocolError`), so the per-message
 hot path pays for each check once.
+
+Tolerated deviations (:class:`Deviation`). Some widely used peers break one rule in a known way.
+For each such rule a message class that it can affect gets one more generated decoder, the strict
+one with that single rule relaxed. :func:`~bcast_sp4.wire.header.decode` runs the strict decoder
+as always and, only when it fails on exactly the relaxed rule and the caller listed the deviation
+in ``tolerate``, decodes again with the relaxed one and records the deviation in the message's
+``deviations`` (empty for every strictly decoded message). The strict hot path is unchanged.
 """
 
 from __future__ import annotations
@@ -78,6 +85,34 @@ class Card(enum.Enum):
 ONE, OPTIONAL, ANY, SOME, ABSENT = Card.ONE, Card.OPTIONAL, Card.ANY, Card.SOME, Card.ABSENT
 
 
+class Deviation(enum.Enum):
+    """A known departure from TS 103 197 that :func:`~bcast_sp4.wire.header.decode` can tolerate.
+
+    ``V1_DATA_ID``: ``data_id`` (0x0008) in an EMMG<=>MUX protocol_version 1 ``stream_setup``,
+    ``stream_status`` or ``data_provision``. v1 defines no data_id (digest ``simulcrypt.md`` §4.2);
+    a widely used EMMG sends it anyway and Wireshark decodes it. Tolerated, the message decodes
+    with v1 rules plus an optional data_id, which is read as in v2. Nothing else is relaxed: a
+    data_id given twice, or any other parameter out of place, is still an error.
+    """
+
+    V1_DATA_ID = "v1-data_id"
+
+    @property
+    def description(self) -> str:
+        return _DEVIATION_TEXT[self]
+
+
+_DEVIATION_TEXT = {
+    Deviation.V1_DATA_ID: "data_id (0x0008) in an EMMG<=>MUX v1 message; TS 103 197 v1 has no data_id,"
+    " decoded as in v2",
+}
+#: deviation -> (interface, protocol versions, name of the parameter whose v1 ABSENT becomes 0/1)
+_RELAXATIONS: dict[Deviation, tuple[Interface, tuple[int, ...], str]] = {
+    Deviation.V1_DATA_ID: (Interface.EMMG_MUX, (1,), "data_id"),
+}
+_NO_DEVIATIONS: frozenset = frozenset()
+
+
 def param(v1: Card, v2: Card | None = None, *, repr: bool = True) -> Any:
     """Declare a message field: its cardinality in version group 1 and in group 2 (v2 and later).
 
@@ -93,8 +128,17 @@ def param(v1: Card, v2: Card | None = None, *, repr: bool = True) -> Any:
     return attrs.field(default=None, metadata=meta, repr=repr)
 
 
+class _DeviationSlot:
+    """Holds ``Message._deviations`` outside the attrs fields (no equality, hash, repr, asdict).
+
+    Set only by a tolerant decode and left unset otherwise, so no hot path pays for storing it.
+    """
+
+    __slots__ = ("_deviations",)
+
+
 @attrs.frozen(kw_only=True)
-class Message:
+class Message(_DeviationSlot):
     """A SimulCrypt message: its protocol_version plus the named parameters of its type."""
 
     protocol_version: int = 3
@@ -106,6 +150,14 @@ class Message:
     PARAMS: ClassVar[tuple[tuple[ParamType, tuple[Card, Card]], ...]]
     _DECODERS: ClassVar[dict[int, Callable[[bytes, int, int], "Message"]]]
     _ENCODERS: ClassVar[dict[int, Callable[["Message", int], bytes]]]
+    #: ``(protocol_version, parameter_type) -> (deviation, relaxed decoder)``, see :class:`Deviation`
+    _RELAXED: ClassVar[dict[tuple[int, int], tuple[Deviation, Callable[[bytes, int, int], "Message"]]]]
+
+    @property
+    def deviations(self) -> frozenset[Deviation]:
+        """The :class:`Deviation` members this message was decoded with (empty unless a tolerant
+        :func:`~bcast_sp4.wire.header.decode` accepted one)."""
+        return getattr(self, "_deviations", _NO_DEVIATIONS)
 
     def encode(self) -> bytes:
         """The message on the wire.
@@ -148,11 +200,29 @@ def message(interface: Interface, message_type: int, name: str, table: dict[str,
         cls._DECODERS = {v: decoders[g] for v, g in VERSION_GROUPS[interface].items()}
         cls.make = staticmethod(_compile(_maker_source(cls), cls, "make"))
         cls._ENCODERS = {v: encoders[g] for v, g in VERSION_GROUPS[interface].items()}
+        cls._RELAXED = _relaxed_decoders(cls)
         assert message_type not in MESSAGE_CLASSES
         MESSAGE_CLASSES[message_type] = cls
         return cls
 
     return wrap
+
+
+def _relaxed_decoders(cls: type[Message]) -> dict[tuple[int, int], tuple[Deviation, Callable]]:
+    """The decoders of *cls* with one :class:`Deviation`'s rule relaxed (see ``_RELAXATIONS``)."""
+    out: dict[tuple[int, int], tuple[Deviation, Callable]] = {}
+    for deviation, (interface, versions, name) in _RELAXATIONS.items():
+        if cls.INTERFACE is not interface:
+            continue
+        for index, (ptype, _cards) in enumerate(cls.PARAMS):
+            if ptype.name != name:
+                continue
+            for version in versions:
+                group = VERSION_GROUPS[interface][version]
+                if cls.PARAMS[index][1][group] is ABSENT:
+                    source = _decoder_source(cls, group, relax={index: OPTIONAL})
+                    out[(version, ptype.code)] = (deviation, _compile(source, cls, "decode"))
+    return out
 
 
 def _maker_source(cls: type[Message]) -> str:
@@ -241,8 +311,10 @@ def _value_expr(ptype: ParamType) -> str:
     return "_tuple_new(_CPCW, ((b[p] << 8) | b[p + 1], b[p + 2:pos]))"
 
 
-def _decoder_source(cls: type[Message], group: int) -> str:
-    params = [(i, pt, cards[group]) for i, (pt, cards) in enumerate(cls.PARAMS)]
+def _decoder_source(cls: type[Message], group: int, relax: dict[int, Card] | None = None) -> str:
+    """The decoder of *cls* for *group*; *relax* overrides the cardinality of some parameters."""
+    relax = relax or {}
+    params = [(i, pt, relax.get(i, cards[group])) for i, (pt, cards) in enumerate(cls.PARAMS)]
     allowed = [(i, pt, card) for i, pt, card in params if card is not ABSENT]
     assert allowed, f"{cls.NAME} declares no parameter"
     lines = ["def decode(b, end, version):"]
@@ -439,6 +511,7 @@ __all__ = [
     "ABSENT",
     "ANY",
     "Card",
+    "Deviation",
     "HEADER",
     "HEADER_SIZE",
     "MAX_MESSAGE_LENGTH",

@@ -32,10 +32,60 @@ def test_unknown_code_in_range_comes_back_as_int():
         bcast_status_from_simulcrypt(0x7001)
 
 
-def test_recalled_table_values():
-    # bcast-keys.md §6.2 [R]: pin the numbers so an edit to the enum is a visible decision.
-    assert [m.value for m in BcastStatus][:14] == list(range(14))
-    assert BcastStatus.SERVER_ERROR == 7 and BcastStatus.NO_SUBSCRIPTION == 10
+# bcast-keys.md §6.2 [C]: the whole 0-29 table, pinned so that an edit to the enum is a visible decision.
+TABLE_6_2 = [
+    "Success", "Device Authentication Failed", "User Authentication Failed", "Purchase Item Unknown",
+    "Device Authorization Failed", "User Authorization Failed", "Device Not Registered", "Server Error",
+    "Mal-formed Message Error", "Charging Error", "No Subscription", "Operation Not Permitted",
+    "Unsupported Version", "Illegal Device", "Area Not Allowed", "Requested Service Unavailable",
+    "Request Already Done", "Element Does Not Exist", "Undefined Error", "Delayed", "Generation Failed",
+    "Invalid Information", "Invalid Request", "Wrong Destination", "Wrong Key Information",
+    "Unknown Provider", "Unknown BSM ID", "Already In Use", "No Matching Fragment", "Already Subscribed",
+]
+
+
+def test_corroborated_table_0_to_29():
+    assert [BcastStatus(n).meaning for n in range(30)] == TABLE_6_2
+    assert all(BcastStatus(n).source == "C" for n in range(30))
+    # the names follow the meanings (upper case, underscores)
+    for n in range(30):
+        words = TABLE_6_2[n].upper().replace("-", "").replace(" ", "_")
+        assert BcastStatus(n).name == words
+
+
+def test_13_is_illegal_device_and_invalid_request_is_22():
+    # The project once recalled 13 = Invalid Request; the corroborated table says otherwise.
+    assert BcastStatus(13) is BcastStatus.ILLEGAL_DEVICE
+    assert BcastStatus.INVALID_REQUEST == 22 and simulcrypt_code(BcastStatus.INVALID_REQUEST) == 0x8016
+    assert bcast_status_from_simulcrypt(0x800D) is BcastStatus.ILLEGAL_DEVICE
+
+
+def test_describe_status():
+    assert status.describe_status(13) == "ILLEGAL_DEVICE (Illegal Device) [C]"
+    assert status.describe_status(22) == "INVALID_REQUEST (Invalid Request) [C]"
+    assert status.describe_status(0x7F01).startswith("NO_KEY_FOR_STREAM (no SEK/PEK") and "[project]" in status.describe_status(0x7F01)
+    assert status.describe_status(131) == "operator/profile-private"  # 128-255 in the source
+    assert status.describe_status(30) == "unassigned" and status.describe_status(0x7F05) == "unassigned"
+
+
+def test_every_member_has_a_meaning_and_a_source():
+    for member in BcastStatus:
+        assert member.meaning and member.source in ("C", "project")
+    assert [m for m in BcastStatus if m.source == "project"] == [
+        BcastStatus.NO_KEY_FOR_STREAM, BcastStatus.KEY_NOT_VALID,
+        BcastStatus.UNSUPPORTED_TRAFFIC_PROTECTION, BcastStatus.INVALID_TRAFFIC_KEY_MATERIAL,
+    ]
+
+
+def test_no_bcast_exception_claims_13_or_22():
+    # what the bcast layer raises never meant "Invalid Request" by 13; nothing uses 13 or 22 now
+    import bcast_sp4.bcast.cw_encryption as cw_encryption
+    import bcast_sp4.bcast.ltkm_drm as ltkm_drm
+
+    raised = [status.BcastError, status.TrafficKeyError, status.STKMError, status.UnsupportedTrafficProtectionError,
+              status.NoKeyError, status.KeyNotValidError, status.KeyFileError, ltkm_drm.LTKMError]
+    raised += [obj for obj in vars(cw_encryption).values() if isinstance(obj, type) and issubclass(obj, status.BcastError)]
+    assert {int(exc.status) for exc in raised} <= {7, 8, 0x7F01, 0x7F02, 0x7F03, 0x7F04}
 
 
 def test_project_codes_are_distinct_and_in_range():

@@ -1,15 +1,15 @@
 """The decode CLI contract: hex and pcap input, text and JSON output, errors on stderr, exit 2."""
 
-import io
 import json
 import subprocess
 import sys
 
 from bcast_sp4 import wire
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow
-from bcast_sp4.tools.cli import main
 from bcast_sp4.wire import ecmg_scs as E
 from bcast_sp4.wire import emmg_mux as M
+
+from .helpers import run
 
 E5 = (
     "030201003c000e00020001000f000200010012000200050014000a000511223344556677880014000a000699aabbccdd"
@@ -17,17 +17,6 @@ E5 = (
 )
 E9 = "0301060012000e00020001000f0002000170000002000b"
 M8 = "030211001a000100040100000100080002000100050008827005deadbeef01"
-
-
-def run(argv, stdin=""):
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    try:
-        status = main(argv, out, err)
-    finally:
-        sys.stdin = old
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_text_output_names_every_field_and_interprets_codes():
@@ -120,10 +109,13 @@ def test_pcap_truncated_stream_reports_error(tmp_path):
         flow = TcpFlow(PcapWriter(f), ("127.0.0.1", 41000), ("127.0.0.1", 2222))
         flow.handshake()
         flow.send(bytes.fromhex(E9) + bytes.fromhex(E5)[:20])
-    status, out, err = run(["decode", "--pcap", str(path), "--port", "2222"])
-    assert status == 2
-    assert "stream_error" in out
-    assert "capture ends inside a message" in err and "0x0001" in err
+    for ports in (["--port", "2222"], []):  # named, or found by content
+        status, out, err = run(["decode", "--pcap", str(path), *ports])
+        assert status == 2
+        assert "stream_error" in out
+        assert ("tcp 127.0.0.1:41000 -> 127.0.0.1:2222: error_status 0x0001 (invalid message): the capture ends "
+                "inside a message: truncated CW_provision (0x0201): message_length 60 announces 65 bytes, only 20 "
+                "present") in err
 
 
 def test_not_a_capture(tmp_path):
@@ -144,4 +136,8 @@ def test_module_entry_point():
 def test_bcast_error_codes_are_named():
     frame = "0301060012000e00020001000f0002000170000002ff01"  # stream_error 0x8000 + 0x7F01
     status, out, _ = run(["decode", frame])
-    assert status == 0 and "0xff01 (BCAST error 32513 NO_KEY_FOR_STREAM)" in out
+    assert status == 0 and "0xff01 (BCAST status 0x7f01: NO_KEY_FOR_STREAM (no SEK/PEK" in out and "[project])" in out
+    status, out, _ = run(["decode", frame[:-4] + "800d"])  # 0x8000 + 13
+    assert status == 0 and "0x800d (BCAST status 13: ILLEGAL_DEVICE (Illegal Device) [C])" in out
+    status, out, _ = run(["decode", frame[:-4] + "8016"])  # 0x8000 + 22
+    assert "0x8016 (BCAST status 22: INVALID_REQUEST (Invalid Request) [C])" in out
