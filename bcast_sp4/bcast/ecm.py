@@ -244,6 +244,8 @@ _CW_HEAD = struct.Struct(">HB")  # CP_number, CW length
 _COUNTER_BLOCK = struct.Struct(">8sQ")  # CTR counter block: nonce || index, + j for the j-th block
 _MAX_SECTION_LENGTH = 4093  # section_length (12 bits) of a private section without section syntax
 _MAC_SIZE = 12
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_LENGTH = tuple(bytes((0x70 | i,)) for i in range(16))  # '0111' + the high 4 bits of section_length
 
 
 class DvbEcmKey:
@@ -274,15 +276,18 @@ class DvbEcmKey:
 
     def crypt(self, nonce: bytes, cws: list[bytes]) -> list[bytes]:
         """AES-128-CTR of each CW under the counter block ``nonce || index`` (its own inverse)."""
-        blocks = []
+        pack, blocks = _COUNTER_BLOCK.pack, []
         for index, cw in enumerate(cws):
-            blocks += [_COUNTER_BLOCK.pack(nonce, index + j) for j in range(-(-len(cw) // 16))]
+            if len(cw) <= 16:  # DVB-CSA and AES CWs: one block
+                blocks.append(pack(nonce, index))
+            else:
+                blocks += [pack(nonce, index + j) for j in range((len(cw) + 15) >> 4)]
         stream = self._ecb.update(b"".join(blocks))
         out, pos = [], 0
         for cw in cws:
             n = len(cw)
             out.append((int.from_bytes(cw, "big") ^ int.from_bytes(stream[pos : pos + n], "big")).to_bytes(n, "big"))
-            pos += -(-n // 16) * 16
+            pos += (n + 15) & ~15
         return out
 
     def mac(self, data: bytes) -> bytes:
@@ -305,22 +310,25 @@ def build_dvb_ecm(
     :raises ECMGenerationError: 0x000F for a CW of 0 or more than 255 bytes, 0x0011 for more than
         255 CWs or CWs too long together for one section.
     """
+    length, plain = 14 + _MAC_SIZE, []
     for cp, cw in cws:
         if not 0 < len(cw) < 256:
             raise ECMGenerationError(
                 INVALID_LENGTH, f"CW of CP_number {cp} is {len(cw)} bytes; the DVB test ECM carries 1 to 255"
             )
+        length += 3 + len(cw)
+        plain.append(cw)
     if len(cws) > 255:
         raise ECMGenerationError(INVALID_VALUE, f"{len(cws)} CWs; the DVB test ECM carries at most 255")
-    length = 14 + sum(3 + len(cw) for _, cw in cws) + _MAC_SIZE
     if length > _MAX_SECTION_LENGTH:
         raise ECMGenerationError(INVALID_VALUE, "CWs too long for one ECM section")
     state = key if type(key) is DvbEcmKey else DvbEcmKey(key)
     nonce = rng(8)
-    encrypted = state.crypt(nonce, [cw for _, cw in cws])
-    parts = [bytes((0x80 | (cp_number & 1), 0x70 | (length >> 8), length & 0xFF)), _ECM_HEAD.pack(1, ecm_id, cp_number, nonce, len(cws))]
-    for (cp, cw), enc in zip(cws, encrypted):
-        parts += (_CW_HEAD.pack(cp, len(cw)), enc)
+    parts = [_BYTE[0x80 | (cp_number & 1)], _LENGTH[length >> 8], _BYTE[length & 0xFF],
+             _ECM_HEAD.pack(1, ecm_id, cp_number, nonce, len(cws))]
+    for (cp, cw), encrypted in zip(cws, state.crypt(nonce, plain)):
+        parts.append(_CW_HEAD.pack(cp, len(cw)))
+        parts.append(encrypted)
     section = b"".join(parts)
     return section + state.mac(section)
 
