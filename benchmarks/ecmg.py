@@ -38,9 +38,12 @@ import tempfile
 import time
 import timeit
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The code measured: this tree, or (for --compare's crypto timing, in a child process) another one.
+CODE_ROOT = Path(os.environ.get("BCAST_SP4_BENCH_CODE", ROOT))
+sys.path.insert(0, str(CODE_ROOT))
 
 from bcast_sp4 import wire  # noqa: E402
 from bcast_sp4.bcast import ecm, stkm_drm, stkm_mikey, traffic  # noqa: E402
@@ -104,9 +107,9 @@ key = "{DVB_KEY_HEX}"
     return config
 
 
-def start(args: list[str], cwd: Path, marker: str) -> tuple[subprocess.Popen, int]:
+def start(args: list[str], cwd: Path, marker: str, root: Path = ROOT) -> tuple[subprocess.Popen, int]:
     log = open(cwd / "server.log", "w+")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -121,13 +124,15 @@ def start(args: list[str], cwd: Path, marker: str) -> tuple[subprocess.Popen, in
     raise SystemExit("server did not start")
 
 
-def start_ecmg(directory: Path, throughput_streams: int, paced_streams: int) -> tuple[subprocess.Popen, int]:
+def start_ecmg(directory: Path, throughput_streams: int, paced_streams: int, root: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    directory.mkdir(exist_ok=True)
     config = write_config(directory, throughput_streams, paced_streams)
     return start(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "bcast-ecmg",
          "--config", str(config)],
         directory,
         "ECMGFactory starting on",
+        root,
     )
 
 
@@ -357,7 +362,8 @@ def crypto_builders() -> dict[str, object]:
     cur, nxt = (traffic.generate(traffic.TrafficProtection.SRTP, rng) for _ in range(2))
     sek = ServiceKey(key_id=1, key=bytes.fromhex(SEK_HEX), authentication_key=bytes.fromhex(SAK_HEX))
     msk = ServiceKey(key_id=MSK_ID, key=bytes.fromhex(MSK_HEX), key_domain_id=bytes.fromhex(KEY_DOMAIN_HEX))
-    dvb_key = ecm.DvbEcmKey(bytes.fromhex(DVB_KEY_HEX))
+    # trees from before DvbEcmKey (--compare) derive the keys per call: measured as their ECMG calls it
+    dvb_key = ecm.DvbEcmKey(bytes.fromhex(DVB_KEY_HEX)) if hasattr(ecm, "DvbEcmKey") else bytes.fromhex(DVB_KEY_HEX)
     cws = [(7, rng(8)), (8, rng(8))]
     now = time.time()
     return {
@@ -372,6 +378,14 @@ def crypto_cost_us(build, seconds: float = 0.1, repeat: int = 7) -> float:
     once = min(timeit.repeat(build, number=20, repeat=3)) / 20
     number = max(1, int(seconds / max(once, 1e-7)))
     return statistics.median(timeit.repeat(build, number=number, repeat=repeat)) / number * 1e6
+
+
+def crypto_cost_of_tree(root: Path, mode: str) -> float:
+    """:func:`crypto_cost_us` of *mode* with the build functions of another source tree (a child process)."""
+    env = dict(os.environ, BCAST_SP4_BENCH_CODE=str(root))
+    out = subprocess.run([sys.executable, __file__, "--crypto-only", mode], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    return float(out.stdout.split()[-1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -395,10 +409,17 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="paced modes, comma-separated: drm,smartcard,dvb")
     parser.add_argument("--no-throughput", action="store_true", help="paced runs only")
     parser.add_argument("--no-paced", action="store_true", help="throughput runs only")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="also run the paced modes against an ECMG from another source tree (e.g. an export of an "
+                             "older commit), turn by turn with this one, for before/after figures in the same run")
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--crypto-only", metavar="MODE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         baseline_server()
+        return 0
+    if args.crypto_only:
+        print(f"{crypto_cost_us(crypto_builders()[args.crypto_only]):.3f}")
         return 0
     modes = [mode for mode in args.modes.split(",") if mode]
     if any(mode not in MODES for mode in modes):
@@ -409,20 +430,38 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bcast-ecmg-bench-"))
     print(f"bcast-sp4 ECMG benchmark (python {sys.version.split()[0]}, {os.cpu_count()} CPUs), medians of {args.runs} runs")
-    ecmg, port = start_ecmg(work, throughput_streams, args.paced_streams)
-    base_dir = work / "baseline"
-    base_dir.mkdir()
-    bare, bare_port = start([sys.executable, __file__, "--baseline-server"], base_dir, "baseline listening on")
+    processes = []
     try:
+        ecmg, port = start_ecmg(work / "ecmg", throughput_streams, args.paced_streams)
+        processes.append(ecmg)
+        base_dir = work / "baseline"
+        base_dir.mkdir()
+        bare, bare_port = start([sys.executable, __file__, "--baseline-server"], base_dir, "baseline listening on")
+        processes.append(bare)
+        # with --compare, both trees' crypto is timed the same way: in a child process each
+        ecmgs = [Subject(str(ROOT), port, ecmg.pid, ROOT if args.compare is not None else None)]
+        if args.compare is not None:
+            other, other_port = start_ecmg(work / "compare", throughput_streams, args.paced_streams, args.compare.resolve())
+            processes.append(other)
+            ecmgs.append(Subject(str(args.compare), other_port, other.pid, args.compare.resolve()))
         if not args.no_throughput:
             run_throughput(args, port, ecmg.pid, bare_port, bare.pid)
         if not args.no_paced:
-            run_paced(args, modes, port, ecmg.pid, bare_port, bare.pid)
+            run_paced(args, modes, ecmgs, bare_port, bare.pid)
     finally:
-        for proc in (ecmg, bare):
+        for proc in processes:
             proc.terminate()
             proc.wait(10)
     return 0
+
+
+class Subject(NamedTuple):
+    """An ECMG under test: its source tree, port, pid, and the tree to time its crypto from (None: this one)."""
+
+    label: str
+    port: int
+    pid: int
+    crypto_root: Path | None
 
 
 def run_throughput(args, port: int, pid: int, bare_port: int, bare_pid: int) -> None:
@@ -443,40 +482,50 @@ def run_throughput(args, port: int, pid: int, bare_port: int, bare_pid: int) -> 
           f"CPU ratio = {cpu_us / base_cpu:.1f}x")
 
 
-def run_paced(args, modes: list[str], port: int, pid: int, bare_port: int, bare_pid: int) -> None:
+def run_paced(args, modes: list[str], ecmgs: list[Subject], bare_port: int, bare_pid: int) -> None:
     print(f"paced: {args.paced_streams} streams ({args.per_channel} per channel) on {args.period:g} s crypto-periods, "
           f"one CW_provision per stream per period, {args.paced_seconds:g} s runs; modes {', '.join(modes)}")
+    if len(ecmgs) > 1:
+        print("  ECMGs, turn by turn: " + "; ".join(f"[{i}] {e.label}" for i, e in enumerate(ecmgs)))
     builders = crypto_builders()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in ["baseline", *modes]}
+    turns = [("baseline", None)] + [(mode, i) for mode in modes for i in range(len(ecmgs))]
+    results: dict[tuple, list[dict[str, float]]] = {turn: [] for turn in turns}
     for run in range(args.runs):
-        for turn, name in enumerate(["baseline", *modes]):
-            baseline = name == "baseline"
-            row = paced(bare_port if baseline else port, bare_pid if baseline else pid, args.paced_streams, args.period,
-                        args.paced_seconds, 30_000 + (run * 4 + turn) * 200, modes[0] if baseline else name, baseline,
-                        args.per_channel)
+        for number, (mode, which) in enumerate(turns):
+            baseline = which is None
+            subject = ecmgs[which] if not baseline else None
+            row = paced(bare_port if baseline else subject.port, bare_pid if baseline else subject.pid, args.paced_streams,
+                        args.period, args.paced_seconds, 10_000 + (run * len(turns) + number) * 100 % 50_000,
+                        modes[0] if baseline else mode, baseline, args.per_channel)
             if not baseline:
-                row["crypto_us"] = crypto_cost_us(builders[name])
-            results[name].append(row)
+                row["crypto_us"] = (crypto_cost_us(builders[mode]) if subject.crypto_root is None
+                                    else crypto_cost_of_tree(subject.crypto_root, mode))
+            results[mode, which].append(row)
+            name = "baseline" if baseline else mode + (f" [{which}]" if len(ecmgs) > 1 else "")
             crypto = f", crypto {row['crypto_us']:.1f} µs/STKM" if not baseline else ""
-            print(f"  run {run + 1} {name:<9}: {row['replies']} replies, {row['cpu_us']:.1f} µs CPU/reply{crypto}, "
+            print(f"  run {run + 1} {name:<14}: {row['replies']} replies, {row['cpu_us']:.1f} µs CPU/reply{crypto}, "
                   f"p50 {row['p50']:.2f} ms, p99 {row['p99']:.2f} ms, max {row['max']:.2f} ms", flush=True)
 
-    def med(name: str, field: str) -> float:
-        return statistics.median(row[field] for row in results[name])
+    def med(turn: tuple, field: str) -> float:
+        return statistics.median(row[field] for row in results[turn])
 
-    base_cpu = med("baseline", "cpu_us")
-    print(f"paced (medians): baseline bare Twisted {base_cpu:.1f} µs CPU/reply, p50 {med('baseline', 'p50'):.2f} ms, "
-          f"p99 {med('baseline', 'p99'):.2f} ms, max {med('baseline', 'max'):.2f} ms")
-    print(f"  {'mode':<10}{'CPU µs/STKM':>12}{'baseline':>10}{'crypto µs':>10}{'allowed':>9}{'ratio':>7}"
+    base = ("baseline", None)
+    base_cpu = med(base, "cpu_us")
+    print(f"paced (medians): baseline bare Twisted {base_cpu:.1f} µs CPU/reply, p50 {med(base, 'p50'):.2f} ms, "
+          f"p99 {med(base, 'p99'):.2f} ms, max {med(base, 'max'):.2f} ms")
+    print(f"  {'mode':<14}{'CPU µs/STKM':>12}{'baseline':>10}{'crypto µs':>10}{'allowed':>9}{'ratio':>7}"
           f"{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}   target: CPU <= baseline + 1.5 x crypto, p99 <= 2 ms")
-    for name in modes:
-        # the ratio per run (each against its own baseline and crypto cost), then the median
-        ratios = [row["cpu_us"] / (b["cpu_us"] + 1.5 * row["crypto_us"]) for row, b in zip(results[name], results["baseline"])]
-        cpu, crypto, p99 = med(name, "cpu_us"), med(name, "crypto_us"), med(name, "p99")
-        ratio = statistics.median(ratios)
-        verdict = "met" if ratio <= 1.0 and p99 <= 2.0 else "NOT met"
-        print(f"  {name:<10}{cpu:>12.1f}{base_cpu:>10.1f}{crypto:>10.1f}{base_cpu + 1.5 * crypto:>9.1f}{ratio:>7.2f}"
-              f"{med(name, 'p50'):>8.2f}{p99:>8.2f}{med(name, 'max'):>8.2f}   {verdict}")
+    for mode in modes:
+        for which in range(len(ecmgs)):
+            turn = (mode, which)
+            # the ratio per run (each against its own run's baseline and crypto cost), then the median
+            ratios = [row["cpu_us"] / (b["cpu_us"] + 1.5 * row["crypto_us"]) for row, b in zip(results[turn], results[base])]
+            cpu, crypto, p99 = med(turn, "cpu_us"), med(turn, "crypto_us"), med(turn, "p99")
+            ratio = statistics.median(ratios)
+            verdict = "met" if ratio <= 1.0 and p99 <= 2.0 else "NOT met"
+            name = mode + (f" [{which}]" if len(ecmgs) > 1 else "")
+            print(f"  {name:<14}{cpu:>12.1f}{base_cpu:>10.1f}{crypto:>10.1f}{base_cpu + 1.5 * crypto:>9.1f}{ratio:>7.2f}"
+                  f"{med(turn, 'p50'):>8.2f}{p99:>8.2f}{med(turn, 'max'):>8.2f}   {verdict}")
 
 
 if __name__ == "__main__":
