@@ -136,9 +136,9 @@ def start_ecmg(directory: Path, throughput_streams: int, paced_streams: int, roo
     )
 
 
-def baseline_server() -> None:
-    """A bare Twisted server: frame each message, answer a canned ECM_response. No decode."""
-    from twisted.internet import protocol, reactor
+def baseline_protocol():
+    """The bare server's protocol: frame each message, answer a canned ECM_response. No decode."""
+    from twisted.internet import protocol
 
     canned = m.ECMResponse(ECM_channel_id=1, ECM_stream_id=1, CP_number=1, ECM_datagram=bytes(120)).encode()
     status = m.ChannelStatus(ECM_channel_id=1, section_TSpkt_flag=2, delay_start=0, delay_stop=0, ECM_rep_period=100,
@@ -154,7 +154,15 @@ def baseline_server() -> None:
                 out.append(canned if frame[1:3] == b"\x02\x01" else status)
             self.transport.write(b"".join(out))
 
-    factory = protocol.Factory.forProtocol(Bare)
+    return Bare()
+
+
+def baseline_server() -> None:
+    """A bare Twisted server (:func:`baseline_protocol`): the loopback + framework floor."""
+    from twisted.internet import protocol, reactor
+
+    factory = protocol.Factory()
+    factory.buildProtocol = lambda addr: baseline_protocol()
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     print(f"baseline listening on {port.getHost().port}", flush=True)
     reactor.run()
@@ -353,6 +361,102 @@ def paced(port: int, pid: int, streams: int, period: float, seconds: float, base
     }
 
 
+# -- where one STKM's CPU goes, in this process ------------------------------------------------
+
+
+def breakdown(modes: list[str], seconds: float = 0.05) -> None:
+    """CPU µs per CW_provision of each step the ECMG takes, measured in this process.
+
+    The ECMG is built as ``twistd bcast-ecmg`` builds it (``tap.ecmg.build_service`` from the same
+    configuration) on a memory reactor; one protocol per mode takes a channel of 100 streams over a
+    ``StringTransport``. Rows: the adapter's whole ``dataReceived`` for one CW_provision (framing,
+    decoding, machine, source, encoding; no reactor, no socket), and its parts: ``Framer.feed``,
+    ``wire.decode``, the machine's ``receive`` (machine + source), the source's ``generate``, the
+    build function alone (the crypto cost), and encoding the ECM_response. The bare server's
+    ``dataReceived`` is timed the same way. Server CPU per STKM in a paced run minus the whole
+    ``dataReceived`` is the reactor and the socket calls.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from bcast_sp4.bcast.keys import load_keyfile
+    from bcast_sp4.config import load_ecmg_settings
+    from bcast_sp4.tap.ecmg import build_service
+
+    work = Path(tempfile.mkdtemp(prefix="bcast-ecmg-breakdown-"))
+    config = write_config(work, 0, 100)
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    service = build_service(load_ecmg_settings(config), load_keyfile(work / "keys.toml"), reactor)
+    factory = service.factory
+    builders = crypto_builders()
+
+    def per_call(fn) -> float:  # the least of 15 timing runs: the step's own cost on a shared machine
+        once = min(timeit.repeat(fn, number=20, repeat=3, timer=time.process_time)) / 20
+        number = max(1, int(seconds / max(once, 1e-7)))
+        return min(timeit.repeat(fn, number=number, repeat=15, timer=time.process_time)) / number * 1e6
+
+    print(f"breakdown: CPU µs per CW_provision, in this process (least of 15 timing runs of ~{seconds:g} s)")
+    print(f"  {'mode':<10}{'dataReceived':>13}{'Framer.feed':>12}{'decode':>8}{'receive':>9}{'generate':>10}"
+          f"{'build':>7}{'encode':>8}   (receive = machine + generate; generate = source + build)")
+    for channel, mode in enumerate(modes, start=1):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(m.ChannelSetup(ECM_channel_id=channel, Super_CAS_id=MODES[mode]).encode())
+        for stream_id in range(1, 101):
+            protocol.dataReceived(m.StreamSetup(ECM_channel_id=channel, ECM_stream_id=stream_id,
+                                                ECM_id=PACED_ECM_IDS + stream_id - 1, nominal_CP_duration=20).encode())
+        frames = [frame for s in range(1, 101) for _, frame in provision_frames(channel, s, 8, mode)]
+        transport.clear()
+        cursor = iter(range(1 << 62))
+
+        def whole() -> None:
+            protocol.dataReceived(frames[next(cursor) % len(frames)])
+            transport.clear()
+
+        protocol.dataReceived(frames[0])
+        reply = wire.decode(transport.value())
+        if not isinstance(reply, m.ECMResponse):
+            raise SystemExit(f"breakdown: {mode} answered {reply}")
+        transport.clear()
+        messages = [wire.decode(frame) for frame in frames]
+        framer = wire.Framer()
+        requests = []  # the source's requests for every frame, in order (consecutive CPs per stream)
+        real_generate = factory.source.generate
+        factory.source.generate = lambda request: requests.append(request) or real_generate(request)
+        for frame in frames:
+            protocol.dataReceived(frame)
+        factory.source.generate = real_generate
+        transport.clear()
+        machine = protocol.machine
+        now = reactor.seconds()
+        row = {
+            "dataReceived": per_call(whole),
+            "Framer.feed": per_call(lambda: framer.feed(frames[5])),
+            "decode": per_call(lambda: wire.decode(frames[5])),
+            "receive": per_call(lambda: machine.receive(messages[next(cursor) % len(messages)], now, now)),
+            "generate": per_call(lambda: factory.source.generate(requests[next(cursor) % len(requests)])),
+            "build": per_call(builders[mode]),
+            "encode": per_call(reply.encode),
+        }
+        for frame in frames:  # every step above was timed on the normal path: each still makes an ECM
+            protocol.dataReceived(frame)
+            if not isinstance(wire.decode(transport.value()), m.ECMResponse) or transport.disconnecting:
+                raise SystemExit(f"breakdown: {mode} answered {wire.decode(transport.value())}")
+            transport.clear()
+        print(f"  {mode:<10}" + "".join(f"{row[k]:>{w}.1f}" for k, w in zip(row, (13, 12, 8, 9, 10, 7, 8))), flush=True)
+        protocol.connectionLost(None)
+    bare = baseline_protocol()
+    bare.makeConnection(StringTransport())
+    frame = provision_frames(1, 1, 1)[0][1]
+
+    def bare_call() -> None:
+        bare.dataReceived(frame)
+        bare.transport.clear()
+
+    print(f"  {'bare':<10}{per_call(bare_call):>13.1f}   (the baseline server's dataReceived: framing + one canned write)")
+
+
 # -- the crypto cost of one STKM, in this process ---------------------------------------------
 
 
@@ -413,6 +517,8 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="paced modes, comma-separated: drm,smartcard,dvb")
     parser.add_argument("--no-throughput", action="store_true", help="paced runs only")
     parser.add_argument("--no-paced", action="store_true", help="throughput runs only")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="only the in-process CPU breakdown of one CW_provision per mode (no servers, no sockets)")
     parser.add_argument("--compare", type=Path, metavar="TREE",
                         help="also run the paced modes against an ECMG from another source tree (e.g. an export of an "
                              "older commit), turn by turn with this one, for before/after figures in the same run")
@@ -428,6 +534,9 @@ def main() -> int:
     modes = [mode for mode in args.modes.split(",") if mode]
     if any(mode not in MODES for mode in modes):
         parser.error(f"--modes: choose from {', '.join(MODES)}")
+    if args.breakdown:
+        breakdown(modes)
+        return 0
     throughput_streams = args.channels * args.streams * (args.runs + 1) + 1000 * args.streams
     if throughput_streams > PACED_ECM_IDS or PACED_ECM_IDS + args.paced_streams > 0x10000:
         parser.error("too many streams for 16-bit ECM_ids")
