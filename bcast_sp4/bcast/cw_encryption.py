@@ -25,7 +25,7 @@ Decryption on the ECMG (:class:`CWDecryptor`) keeps one AES-128-ECB decryption c
 does the block chaining itself: AES-CBC as ``P_j = D(C_j) xor C_(j-1)`` (``C_0`` = the CW's IV) for
 all CWs of a message in one call, and RFC 5649 unwrap of a one-block wrap (a CW of up to 8 bytes,
 wrapped in 16: ``A || P = D(C)``) the same way; longer wraps go to ``cryptography``'s own unwrap.
-Same results as the one-shot objects (tests/bcast/test_bcast_cw_encryption.py checks against them).
+Same results as the one-shot objects (tests/bcast/test_bcast_fast_paths.py checks against them).
 """
 
 from __future__ import annotations
