@@ -63,7 +63,7 @@ from .cw_encryption import CWDecryptor
 from .keys import KeyRole, KeyStore, ServiceKey
 from .keys import _posix_us  # the key store's own time rounding, so cached spans agree with it
 from .status import BcastError, simulcrypt_code
-from .stkm_drm import _hmac_sha1_states
+from .stkm_drm import _hmac_sha1_states, _hmac_sha1_with
 from .traffic import decode_cw
 
 NOT_ENOUGH_CW = 0x000B  # not_enough_CW
@@ -292,12 +292,7 @@ class DvbEcmKey:
 
     def mac(self, data: bytes) -> bytes:
         """HMAC-SHA-1-96 of *data* under the MAC key."""
-        inner_state, outer_state = self._mac
-        inner = inner_state.copy()
-        inner.update(data)
-        outer = outer_state.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:_MAC_SIZE]
+        return _hmac_sha1_with(self._mac, data)[:_MAC_SIZE]
 
 
 def build_dvb_ecm(

@@ -95,7 +95,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .keys import KeyLookup, KeyRef, KeyStore, PerKeyCache, ServiceKey, as_key_lookup
 from .status import NoKeyError, STKMError, TrafficKeyError
-from .stkm_drm import ACCESS_CRITERIA_DESCRIPTOR, AccessCriteriaDescriptor, _hmac_sha1_states
+from .stkm_drm import ACCESS_CRITERIA_DESCRIPTOR, AccessCriteriaDescriptor, _hmac_sha1_states, _hmac_sha1_with
 from .traffic import (
     IPsecMaterial,
     ISMACrypMaterial,
@@ -396,12 +396,7 @@ class _MessageKeys:
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
     def digest(self, data: bytes) -> bytes:
-        inner_state, outer_state = self.mac
-        inner = inner_state.copy()
-        inner.update(data)
-        outer = outer_state.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        return _hmac_sha1_with(self.mac, data)
 
 
 _MASK128 = (1 << 128) - 1
