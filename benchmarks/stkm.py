@@ -10,7 +10,9 @@ measured in the same run; ``ratio`` = reference / ours. Inputs: SRTP TEKs with a
 Targets (ECMG >= 50,000 DRM STKMs/s from one process): decode_cw <= 3 µs, the ECMG's DRM build
 (SEK, next TEK, timestamp) <= 12 µs, MIKEY build <= 35 µs, KeyStore.lookup <= 2 µs. The
 ``STKMSource.generate`` rows are one whole CW_provision's STKM (two CW decodes, two key lookups, one
-build); their reference does the same steps with ``reference=True``.
+build); their reference does the same steps with ``reference=True``. The DVB test ECM's reference
+passes the raw key (keys derived, contexts made per call); CW_encryption's is the one-off
+``cw_encryption.decrypt`` (contexts made per call).
 
 Prints the median over --repeat timing runs; each run lasts about --seconds.
 """
@@ -26,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcast_sp4.bcast import stkm_drm, stkm_mikey  # noqa: E402
-from bcast_sp4.bcast.ecm import STKMSource  # noqa: E402
+from bcast_sp4.bcast import cw_encryption, stkm_drm, stkm_mikey  # noqa: E402
+from bcast_sp4.bcast.ecm import DvbEcmKey, STKMSource, build_dvb_ecm  # noqa: E402
 from bcast_sp4.bcast.keys import KeyRole, KeyStore, ServiceKey  # noqa: E402
 from bcast_sp4.bcast.traffic import TrafficProtection, decode_cw, encode_cw, generate  # noqa: E402
 from bcast_sp4.machines.ecmg import CasMode, ECMRequest  # noqa: E402
@@ -55,6 +57,15 @@ STORE.add(DRM_CAS, ECM_ID, SEK)
 STORE.add(SMARTCARD_CAS, ECM_ID, MSK)
 SOURCE = STKMSource(STORE, {DRM_CAS: CasMode.DRM_PROFILE, SMARTCARD_CAS: CasMode.SMARTCARD_PROFILE})
 COMBINATIONS = (CPCWCombination(7, encode_cw(CUR)), CPCWCombination(8, encode_cw(NXT)))
+DVB_KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
+DVB_STATE = DvbEcmKey(DVB_KEY)
+DVB_CWS = [(7, _rng(8)), (8, _rng(8))]  # two DVB-CSA CWs
+CW_KEY = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+CW_DECRYPTOR = cw_encryption.CWDecryptor()
+CW_ENCRYPTED = {
+    algorithm: cw_encryption.encrypt(algorithm, 7, CW_KEY, [(7, encode_cw(CUR)), (8, encode_cw(NXT))], _rng)
+    for algorithm in cw_encryption.CWAlgorithm
+}
 
 
 def request(super_cas_id: int, mode: CasMode) -> ECMRequest:
@@ -145,6 +156,21 @@ ROWS = [
         lambda: STORE.lookup(DRM_CAS, ECM_ID, NOW, role=KeyRole.PROGRAMME, default=None, reference=True),
         None,
     ),
+    (
+        "DVB test ECM build (2 x 8-byte CWs)",
+        lambda: build_dvb_ecm(DVB_STATE, 1, 7, DVB_CWS),
+        lambda: build_dvb_ecm(DVB_KEY, 1, 7, DVB_CWS),  # keys derived and contexts made per call
+        None,
+    ),
+    *(
+        (
+            f"CW decrypt ({'key wrap' if algorithm == 1 else 'CBC'}, 2 TEKs)",
+            lambda a=algorithm: CW_DECRYPTOR.decrypt(CW_ENCRYPTED[a][0], {7: CW_KEY}, list(zip((7, 8), CW_ENCRYPTED[a][1]))),
+            lambda a=algorithm: cw_encryption.decrypt(CW_ENCRYPTED[a][0], {7: CW_KEY}, list(zip((7, 8), CW_ENCRYPTED[a][1]))),
+            None,
+        )
+        for algorithm in cw_encryption.CWAlgorithm
+    ),
     ("STKMSource.generate (DRM)", lambda: SOURCE.generate(DRM_REQUEST), lambda: generate_reference(DRM_CAS), None),
     (
         "STKMSource.generate (Smartcard)",
@@ -170,6 +196,7 @@ def check_identical() -> None:
     assert SOURCE.generate(DRM_REQUEST) == generate_reference(DRM_CAS)
     # MIKEY: same counter, same bytes (generate's counters advance per call, so compare builds)
     assert mikey() == mikey(True)
+    assert build_dvb_ecm(DVB_STATE, 1, 7, DVB_CWS, lambda n: bytes(n)) == build_dvb_ecm(DVB_KEY, 1, 7, DVB_CWS, lambda n: bytes(n))
 
 
 def main() -> int:

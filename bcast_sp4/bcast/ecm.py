@@ -11,8 +11,14 @@ TEK of *n + 1*, when provisioned (lead_CW >= 1), rides along as the next key. Ke
 
 Errors become :class:`ECMGenerationError` carrying the code the ECMG puts in stream_error:
 BCAST codes as 0x8000 + n (:mod:`bcast_sp4.bcast.status`: no key 0xFF01, key outside its validity
-0xFF02, unsupported traffic protection 0xFF03, undecodable TEK material 0xFF04), and
-"invalid value" 0x0011 for access criteria that are not a descriptor loop.
+0xFF02, unsupported traffic protection 0xFF03, undecodable TEK material 0xFF04), "invalid value"
+0x0011 for access criteria that are not a descriptor loop, and in the classic DVB modes
+"inconsistent length" 0x000F for a CW the test ECM cannot carry (0 or more than 255 bytes) and
+0x0011 for CWs that together overflow one section. No exception of any other kind leaves
+:meth:`STKMSource.generate` or :meth:`STKMSource.check_stream`: anything unforeseen in the
+payload or crypto code for one request becomes 0x7000 "unknown error" for that request (its detail
+names the exception type and where it was raised, never a value), so the stream_error goes to
+that stream alone and the channel and its other streams carry on.
 
 Smartcard Profile MIKEY COUNTER: per SEK/PEK, ``max(previous + 1, deciseconds since
 2023-11-14T22:13:20Z)`` — increasing across ECMG restarts unless one key signs more than ten STKMs
@@ -32,6 +38,10 @@ TSDuck's) can drive this ECMG. It is real cryptography with a documented layout,
     ..  12  HMAC-SHA-1-96 over the section up to here
     keys: enc = HMAC-SHA-256(key, "bcast-sp4 dvb-ecm enc")[:16], mac = HMAC-SHA-256(key, "... mac")
 
+Each CW is 1-255 bytes (its length has one byte). The two keys are derived once per configured key
+(:class:`DvbEcmKey`: an AES-128-ECB context making the CTR keystream of all CWs of an ECM in one
+call, and the keyed HMAC-SHA-1 states), not once per ECM.
+
 In TS-packet mode the section is carried in 188-byte packets on PID 0x1FFF, a placeholder the
 SCS re-stamps (the ECMG does not know the ECM PID; digest §3.4).
 """
@@ -42,19 +52,25 @@ import hashlib
 import hmac
 import os
 import struct
+import traceback
 from typing import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..machines.ecmg import CasMode, ECMGenerationError, ECMRequest
 from . import stkm_drm, stkm_mikey
-from .cw_encryption import decrypt as decrypt_cws
+from .cw_encryption import CWDecryptor
 from .keys import KeyRole, KeyStore, ServiceKey
 from .keys import _posix_us  # the key store's own time rounding, so cached spans agree with it
 from .status import BcastError, simulcrypt_code
+from .stkm_drm import _hmac_sha1_states, _hmac_sha1_with
 from .traffic import decode_cw
 
-INVALID_VALUE = 0x0011
+NOT_ENOUGH_CW = 0x000B  # not_enough_CW
+OUT_OF_STORAGE = 0x000C  # out_of_storage
+INVALID_LENGTH = 0x000F  # inv_param_length: inconsistent length for DVB parameter
+INVALID_VALUE = 0x0011  # inv_param_value: invalid value for DVB parameter
+UNKNOWN_ERROR = 0x7000  # unknown_error
 _COUNTER_EPOCH = 1_700_000_000.0
 PLACEHOLDER_PID = 0x1FFF
 
@@ -87,27 +103,40 @@ class STKMSource:
         #: per (Super_CAS_id, ECM_id): (start_us, end_us, SEK, PEK or None, start_s, end_s): the keys
         #: valid on [start_us, end_us), and that span shrunk by 2 µs at both ends, in seconds
         self._key_spans: dict[tuple[int, int], tuple] = {}
+        #: per Super_CAS_id of a classic DVB mode: the test-ECM key's derived state
+        self._dvb_states: dict[int, DvbEcmKey] = {}
+        self._cw_decryptor = CWDecryptor()
 
     # -- ECMSource ---------------------------------------------------------------------------
 
     def check_stream(self, super_cas_id: int, ecm_id: int | None, now: float) -> None:
-        mode = self.cas_modes[super_cas_id]
-        if mode in (CasMode.DVB_SECTIONS, CasMode.DVB_TS_PACKETS):
-            if super_cas_id not in self.dvb_keys:
-                raise ECMGenerationError(0x0005, f"no DVB test-ECM key for Super_CAS_id {super_cas_id:#010x}")
-            return
-        self._service_key(super_cas_id, ecm_id, now)
+        try:
+            mode = self.cas_modes[super_cas_id]
+            if mode in (CasMode.DVB_SECTIONS, CasMode.DVB_TS_PACKETS):
+                if super_cas_id not in self.dvb_keys:
+                    raise ECMGenerationError(0x0005, f"no DVB test-ECM key for Super_CAS_id {super_cas_id:#010x}")
+                return
+            self._service_key(super_cas_id, ecm_id, now)
+        except Exception as exc:  # noqa: BLE001 - every failure is this stream's error reply
+            raise _generation_error(exc) from None
 
     def generate(self, request: ECMRequest) -> bytes:
+        """The ECM_datagram for one CW_provision.
+
+        :raises ECMGenerationError: and nothing else (see the module docstring for the codes).
+        """
+        try:
+            return self._generate(request)
+        except Exception as exc:  # noqa: BLE001 - every failure is this stream's error reply
+            raise _generation_error(exc) from None
+
+    def _generate(self, request: ECMRequest) -> bytes:
         cws = [(c.CP_number, c.CW) for c in request.CP_CW_combination]
         if request.CW_encryption is not None:
-            try:
-                plain = decrypt_cws(request.CW_encryption, self.cw_encryption_keys, cws)
-            except BcastError as exc:
-                raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
+            plain = self._cw_decryptor.decrypt(request.CW_encryption, self.cw_encryption_keys, cws)
             cws = list(zip((cp for cp, _ in cws), plain))
         if request.mode in (CasMode.DVB_SECTIONS, CasMode.DVB_TS_PACKETS):
-            section = build_dvb_ecm(self.dvb_keys[request.super_CAS_id], request.ECM_id or 0, request.CP_number, cws, self.rng)
+            section = build_dvb_ecm(self._dvb_state(request.super_CAS_id), request.ECM_id or 0, request.CP_number, cws, self.rng)
             return section if request.mode is CasMode.DVB_SECTIONS else packetize(section)
         by_cp = dict(cws)
         try:
@@ -115,37 +144,41 @@ class STKMSource:
         except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
             raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
         stream = (request.super_CAS_id, request.ECM_id or 0)
-        try:
-            current = by_cp[request.CP_number]
-            # CW(n) of this provision is usually CW(n+1) of the stream's previous one: decoded then.
-            last = self._last_next.get(stream)
-            material = last[1] if last is not None and last[0] == current else decode_cw(None, current)
-            following = by_cp.get((request.CP_number + 1) & 0xFFFF)
-            next_material = decode_cw(material.PROTECTION, following) if following is not None else None
-        except BcastError as exc:
-            raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
+        current = by_cp.get(request.CP_number)
+        if current is None:  # the machine checks the CP_numbers; this holds for any caller
+            raise ECMGenerationError(NOT_ENOUGH_CW, f"no CW for CP_number {request.CP_number}")
+        # CW(n) of this provision is usually CW(n+1) of the stream's previous one: decoded then.
+        last = self._last_next.get(stream)
+        material = last[1] if last is not None and last[0] == current else decode_cw(None, current)
+        following = by_cp.get((request.CP_number + 1) & 0xFFFF)
+        next_material = decode_cw(material.PROTECTION, following) if following is not None else None
         if next_material is not None:
             self._last_next[stream] = (following, next_material)
         key, programme = self._stream_keys(stream, request.now)
-        try:
-            if request.mode is CasMode.DRM_PROFILE:
-                return stkm_drm.build_stkm(
-                    material,
-                    key,
-                    programme_key=programme,
-                    next_material=next_material,
-                    timestamp=request.now,
-                    access_criteria=access,
-                )
-            return stkm_mikey.build_stkm(
+        if request.mode is CasMode.DRM_PROFILE:
+            return stkm_drm.build_stkm(
                 material,
                 key,
-                counter=self._next_counter(key, request.now),
+                programme_key=programme,
                 next_material=next_material,
+                timestamp=request.now,
                 access_criteria=access,
             )
-        except BcastError as exc:
-            raise ECMGenerationError(simulcrypt_code(exc.status), str(exc)) from None
+        return stkm_mikey.build_stkm(
+            material,
+            key,
+            counter=self._next_counter(key, request.now),
+            next_material=next_material,
+            access_criteria=access,
+        )
+
+    def _dvb_state(self, super_cas_id: int) -> DvbEcmKey:
+        """The derived state of the Super_CAS_id's test-ECM key (again when the key was changed)."""
+        key = self.dvb_keys[super_cas_id]
+        state = self._dvb_states.get(super_cas_id)
+        if state is None or not state.derived_from(key):
+            state = self._dvb_states[super_cas_id] = DvbEcmKey(key)
+        return state
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -190,59 +223,139 @@ class STKMSource:
         return counter
 
 
+def _generation_error(exc: Exception) -> ECMGenerationError:
+    """What the ECMG answers for a failure while making one ECM (module docstring)."""
+    if isinstance(exc, ECMGenerationError):
+        return exc
+    if isinstance(exc, BcastError):  # their messages never hold key bytes (status.py)
+        return ECMGenerationError(simulcrypt_code(exc.status), str(exc))
+    if isinstance(exc, MemoryError):
+        return ECMGenerationError(OUT_OF_STORAGE, "out of memory making the ECM")
+    # Unforeseen: name the exception and where it was raised, never its message (it could quote a value).
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return ECMGenerationError(UNKNOWN_ERROR, f"unexpected {type(exc).__name__}{where}")
+
+
 # -- classic DVB test ECM ---------------------------------------------------------------------
 
-
-def _dvb_keys(key: bytes) -> tuple[bytes, bytes]:
-    enc = hmac.new(key, b"bcast-sp4 dvb-ecm enc", hashlib.sha256).digest()[:16]
-    mac = hmac.new(key, b"bcast-sp4 dvb-ecm mac", hashlib.sha256).digest()
-    return enc, mac
-
-
-def _ctr(key: bytes, nonce: bytes, index: int, data: bytes) -> bytes:
-    cipher = Cipher(algorithms.AES(key), modes.CTR(nonce + index.to_bytes(8, "big"))).encryptor()
-    return cipher.update(data) + cipher.finalize()
+_ECM_HEAD = struct.Struct(">BHH8sB")  # format, ECM_id, CP_number, nonce, count
+_CW_HEAD = struct.Struct(">HB")  # CP_number, CW length
+_COUNTER_BLOCK = struct.Struct(">8sQ")  # CTR counter block: nonce || index, + j for the j-th block
+_MAX_SECTION_LENGTH = 4093  # section_length (12 bits) of a private section without section syntax
+_MAC_SIZE = 12
+_BYTE = tuple(bytes((i,)) for i in range(256))
+_LENGTH = tuple(bytes((0x70 | i,)) for i in range(16))  # '0111' + the high 4 bits of section_length
 
 
-def build_dvb_ecm(key: bytes, ecm_id: int, cp_number: int, cws: list[tuple[int, bytes]], rng=os.urandom) -> bytes:
-    """One ECM section of bcast-sp4's DVB test-ECM format v1 (see the module docstring)."""
-    enc_key, mac_key = _dvb_keys(key)
-    nonce = rng(8)
-    body = bytearray(struct.pack(">BHH8sB", 1, ecm_id, cp_number, nonce, len(cws)))
-    for index, (cp, cw) in enumerate(cws):
-        body += struct.pack(">HB", cp, len(cw)) + _ctr(enc_key, nonce, index, cw)
-    length = len(body) + 12
-    if length > 4093:
+class DvbEcmKey:
+    """A test-ECM key with its two derived keys as reusable crypto state (module docstring).
+
+    ``enc`` becomes an AES-128-ECB context (CTR mode is its keystream ``E(nonce || index + j)``, all
+    CWs of an ECM in one call); ``mac`` the inner and outer SHA-1 states of HMAC-SHA-1 (RFC 2104).
+    Build one per configured key and pass it to :func:`build_dvb_ecm` / :func:`parse_dvb_ecm`.
+
+    :param key: the configured key.
+    """
+
+    __slots__ = ("_key", "_ecb", "_mac")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = bytes(key)
+        enc = hmac.new(self._key, b"bcast-sp4 dvb-ecm enc", hashlib.sha256).digest()[:16]
+        mac = hmac.new(self._key, b"bcast-sp4 dvb-ecm mac", hashlib.sha256).digest()
+        self._ecb = Cipher(algorithms.AES(enc), modes.ECB()).encryptor()
+        self._mac = _hmac_sha1_states(mac)
+
+    def __repr__(self) -> str:
+        return "<DvbEcmKey>"
+
+    def derived_from(self, key: bytes) -> bool:
+        """Whether this state belongs to *key* (for caches that must follow a changed key)."""
+        return key is self._key or hmac.compare_digest(key, self._key)
+
+    def crypt(self, nonce: bytes, cws: list[bytes]) -> list[bytes]:
+        """AES-128-CTR of each CW under the counter block ``nonce || index`` (its own inverse)."""
+        pack, blocks = _COUNTER_BLOCK.pack, []
+        for index, cw in enumerate(cws):
+            if len(cw) <= 16:  # DVB-CSA and AES CWs: one block
+                blocks.append(pack(nonce, index))
+            else:
+                blocks += [pack(nonce, index + j) for j in range((len(cw) + 15) >> 4)]
+        stream = self._ecb.update(b"".join(blocks))
+        out, pos = [], 0
+        for cw in cws:
+            n = len(cw)
+            out.append((int.from_bytes(cw, "big") ^ int.from_bytes(stream[pos : pos + n], "big")).to_bytes(n, "big"))
+            pos += (n + 15) & ~15
+        return out
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA-1-96 of *data* under the MAC key."""
+        return _hmac_sha1_with(self._mac, data)[:_MAC_SIZE]
+
+
+def build_dvb_ecm(
+    key: bytes | DvbEcmKey, ecm_id: int, cp_number: int, cws: list[tuple[int, bytes]], rng=os.urandom
+) -> bytes:
+    """One ECM section of bcast-sp4's DVB test-ECM format v1 (see the module docstring).
+
+    :param key: the configured key, or its :class:`DvbEcmKey` (derived once: the fast way).
+    :param cws: ``(CP_number, CW)`` pairs, each CW 1-255 bytes.
+    :raises ECMGenerationError: 0x000F for a CW of 0 or more than 255 bytes, 0x0011 for more than
+        255 CWs or CWs too long together for one section.
+    """
+    length, plain = 14 + _MAC_SIZE, []
+    for cp, cw in cws:
+        if not 0 < len(cw) < 256:
+            raise ECMGenerationError(
+                INVALID_LENGTH, f"CW of CP_number {cp} is {len(cw)} bytes; the DVB test ECM carries 1 to 255"
+            )
+        length += 3 + len(cw)
+        plain.append(cw)
+    if len(cws) > 255:
+        raise ECMGenerationError(INVALID_VALUE, f"{len(cws)} CWs; the DVB test ECM carries at most 255")
+    if length > _MAX_SECTION_LENGTH:
         raise ECMGenerationError(INVALID_VALUE, "CWs too long for one ECM section")
-    header = bytes([0x80 | (cp_number & 1), 0x70 | (length >> 8), length & 0xFF])
-    mac = hmac.new(mac_key, header + body, hashlib.sha1).digest()[:12]
-    return header + bytes(body) + mac
+    state = key if type(key) is DvbEcmKey else DvbEcmKey(key)
+    nonce = rng(8)
+    parts = [_BYTE[0x80 | (cp_number & 1)], _LENGTH[length >> 8], _BYTE[length & 0xFF],
+             _ECM_HEAD.pack(1, ecm_id, cp_number, nonce, len(cws))]
+    for (cp, cw), encrypted in zip(cws, state.crypt(nonce, plain)):
+        parts.append(_CW_HEAD.pack(cp, len(cw)))
+        parts.append(encrypted)
+    section = b"".join(parts)
+    return section + state.mac(section)
 
 
-def parse_dvb_ecm(section: bytes, key: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+def parse_dvb_ecm(section: bytes, key: bytes | DvbEcmKey) -> tuple[int, int, list[tuple[int, bytes]]]:
     """Verify and decrypt a DVB test ECM: ``(ECM_id, CP_number, [(CP_number, CW)])``.
 
+    :param key: the configured key, or its :class:`DvbEcmKey`.
     :raises ValueError: malformed section or failed MAC.
     """
     if len(section) < 3 or section[0] not in (0x80, 0x81):
         raise ValueError("not an ECM section (table_id 0x80/0x81)")
     length = ((section[1] & 0x0F) << 8) | section[2]
-    if len(section) != 3 + length or length < 14 + 12:
+    if len(section) != 3 + length or length < 14 + _MAC_SIZE:
         raise ValueError("section_length does not match")
-    enc_key, mac_key = _dvb_keys(key)
-    if not hmac.compare_digest(hmac.new(mac_key, section[:-12], hashlib.sha1).digest()[:12], section[-12:]):
+    state = key if type(key) is DvbEcmKey else DvbEcmKey(key)
+    if not hmac.compare_digest(state.mac(section[:-_MAC_SIZE]), section[-_MAC_SIZE:]):
         raise ValueError("ECM MAC check failed")
-    version, ecm_id, cp_number, nonce, count = struct.unpack_from(">BHH8sB", section, 3)
+    version, ecm_id, cp_number, nonce, count = _ECM_HEAD.unpack_from(section, 3)
     if version != 1 or section[0] != 0x80 | (cp_number & 1):
         raise ValueError("unknown test-ECM format or table_id/parity mismatch")
-    pos, cws = 17, []
-    for index in range(count):
-        cp, size = struct.unpack_from(">HB", section, pos)
-        cws.append((cp, _ctr(enc_key, nonce, index, section[pos + 3 : pos + 3 + size])))
+    pos, heads, encrypted = 17, [], []
+    for _ in range(count):
+        if pos + 3 > len(section) - _MAC_SIZE:
+            raise ValueError("ECM truncated")
+        cp, size = _CW_HEAD.unpack_from(section, pos)
+        heads.append(cp)
+        encrypted.append(section[pos + 3 : pos + 3 + size])
         pos += 3 + size
-    if pos != len(section) - 12:
+    if pos != len(section) - _MAC_SIZE:
         raise ValueError("trailing bytes in ECM")
-    return ecm_id, cp_number, cws
+    return ecm_id, cp_number, list(zip(heads, state.crypt(nonce, encrypted)))
 
 
 def packetize(section: bytes, pid: int = PLACEHOLDER_PID) -> bytes:

@@ -446,6 +446,15 @@ def _hmac_sha1_states(key: bytes) -> tuple[Any, Any]:
     return hashlib.sha1(bytes(b ^ 0x36 for b in key)), hashlib.sha1(bytes(b ^ 0x5C for b in key))
 
 
+def _hmac_sha1_with(states: tuple[Any, Any], data: bytes) -> bytes:
+    """HMAC-SHA-1 (20 bytes) of *data* from the states of :func:`_hmac_sha1_states` (left unchanged)."""
+    inner = states[0].copy()
+    inner.update(data)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
 def _cached_mac(state: _KeyState, data: bytes) -> bytes:
     inner_state, outer_state = state.mac  # type: ignore[misc]
     inner = inner_state.copy()

@@ -63,7 +63,6 @@ must not be used by two threads at once.
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import io
 import struct
@@ -96,7 +95,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .keys import KeyLookup, KeyRef, KeyStore, PerKeyCache, ServiceKey, as_key_lookup
 from .status import NoKeyError, STKMError, TrafficKeyError
-from .stkm_drm import ACCESS_CRITERIA_DESCRIPTOR, AccessCriteriaDescriptor
+from .stkm_drm import ACCESS_CRITERIA_DESCRIPTOR, AccessCriteriaDescriptor, _hmac_sha1_states, _hmac_sha1_with
 from .traffic import (
     IPsecMaterial,
     ISMACrypMaterial,
@@ -378,7 +377,9 @@ class _MessageKeys:
     def __init__(self, psk: bytes, csb_id: int) -> None:
         encr_key, auth_key, salt = derive_message_keys(psk, csb_id)
         self.encryptor = Cipher(algorithms.AES(encr_key), modes.ECB()).encryptor()  # AES-CM's block cipher
-        self.mac = hmac.new(auth_key, digestmod=hashlib.sha1)
+        # HMAC-SHA-1 as its keyed inner and outer SHA-1 states (copying two hashlib objects per MAC
+        # costs less than copying an hmac.HMAC object; as stkm_drm.py does)
+        self.mac = _hmac_sha1_states(auth_key)
         self.salt = int.from_bytes(salt, "big")
 
     def __repr__(self) -> str:
@@ -395,9 +396,7 @@ class _MessageKeys:
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
     def digest(self, data: bytes) -> bytes:
-        h = self.mac.copy()
-        h.update(data)
-        return h.digest()
+        return _hmac_sha1_with(self.mac, data)
 
 
 _MASK128 = (1 << 128) - 1

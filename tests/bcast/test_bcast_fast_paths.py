@@ -7,16 +7,22 @@ properties check that both give the same bytes, the same objects and the same er
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import math
 import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 from hypothesis import strategies as st
 
-from bcast_sp4.bcast import stkm_drm, stkm_mikey
-from bcast_sp4.bcast.ecm import STKMSource
+from bcast_sp4.bcast import cw_encryption, stkm_drm, stkm_mikey
+from bcast_sp4.bcast.cw_encryption import CWAlgorithm, CWDecryptor, CWEncryptionError
+from bcast_sp4.bcast.ecm import DvbEcmKey, STKMSource, build_dvb_ecm, parse_dvb_ecm
 from bcast_sp4.bcast.keys import KeyRole, KeyStore, PerKeyCache, ServiceKey, _posix_us, to_datetime
 from bcast_sp4.bcast.stkm_drm import AccessCriteriaDescriptor, decode_access_criteria, encode_timestamp
 from bcast_sp4.bcast.stkm_mikey import EncrAlg
@@ -382,3 +388,166 @@ def test_stkm_source_drm_output_is_the_reference_build(with_pek, access_criteria
         reference=True,
     )
     assert source.generate(request) == want
+
+
+# --- classic DVB test ECM: the straightforward construction, written out here -------------------------------
+
+def _reference_dvb_ecm(key: bytes, ecm_id: int, cp_number: int, cws: list[tuple[int, bytes]], nonce: bytes) -> bytes:
+    """The test-ECM format v1 of ecm.py's docstring, step by step with one-shot crypto objects."""
+    enc_key = hmac.new(key, b"bcast-sp4 dvb-ecm enc", hashlib.sha256).digest()[:16]
+    mac_key = hmac.new(key, b"bcast-sp4 dvb-ecm mac", hashlib.sha256).digest()
+    body = bytes([1]) + ecm_id.to_bytes(2, "big") + cp_number.to_bytes(2, "big") + nonce + bytes([len(cws)])
+    for index, (cp, cw) in enumerate(cws):
+        ctr = Cipher(algorithms.AES(enc_key), modes.CTR(nonce + index.to_bytes(8, "big"))).encryptor()
+        body += cp.to_bytes(2, "big") + bytes([len(cw)]) + ctr.update(cw) + ctr.finalize()
+    length = len(body) + 12
+    header = bytes([0x80 | (cp_number & 1), 0x70 | (length >> 8), length & 0xFF])
+    return header + body + hmac.new(mac_key, header + body, hashlib.sha1).digest()[:12]
+
+
+dvb_cw_lists = st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=1, max_size=255)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    ecm_id=st.integers(0, 0xFFFF),
+    cp_number=st.integers(0, 0xFFFF),
+    cws=dvb_cw_lists,
+    nonce=st.binary(min_size=8, max_size=8),
+)
+def test_dvb_ecm_fast_build_matches_the_straightforward_one(key, ecm_id, cp_number, cws, nonce):
+    want = _reference_dvb_ecm(key, ecm_id, cp_number, cws, nonce)
+    state = DvbEcmKey(key)
+    for keyed in (key, state, state):  # raw key, derived state, and that state again (reused contexts)
+        assert build_dvb_ecm(keyed, ecm_id, cp_number, cws, lambda n: nonce) == want
+    assert parse_dvb_ecm(want, key) == parse_dvb_ecm(want, state) == (ecm_id, cp_number, cws)
+
+
+def test_dvb_ecm_of_two_dvb_csa_cws_is_the_straightforward_one_many_times():
+    # the ECMG's case: one key state, 8-byte CWs, consecutive ECMs sharing the cached contexts
+    key = bytes.fromhex("00112233445566778899aabbccddeeff")
+    state, rng = DvbEcmKey(key), random.Random(7)
+    for cp in range(200):
+        cws = [(cp, rng.randbytes(8)), (cp + 1, rng.randbytes(8))]
+        nonce = rng.randbytes(8)
+        section = build_dvb_ecm(state, 3, cp, cws, lambda n: nonce)
+        assert section == _reference_dvb_ecm(key, 3, cp, cws, nonce)
+        assert parse_dvb_ecm(section, state) == (3, cp, cws)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_dvb_ecm_parse_refuses_any_altered_section(data):
+    key = bytes(range(16))
+    section = build_dvb_ecm(key, 1, 2, data.draw(dvb_cw_lists), lambda n: bytes(8))
+    position = data.draw(st.integers(0, len(section) - 1))
+    altered = bytearray(section)
+    altered[position] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(ValueError):
+        parse_dvb_ecm(bytes(altered), key)
+    with pytest.raises(ValueError):
+        parse_dvb_ecm(section, bytes(16))  # wrong key: MAC
+
+
+def test_dvb_key_state_hides_key_bytes_and_follows_its_key():
+    key = bytes.fromhex("deadbeef" * 4)
+    state = DvbEcmKey(key)
+    assert "deadbeef" not in repr(state) and "DvbEcmKey" in repr(state)
+    assert state.derived_from(key) and state.derived_from(bytes(key)) and not state.derived_from(bytes(16))
+
+
+# --- CW_encryption: the cached-context decryption against the library's one-shot objects --------------------
+
+def _reference_decrypt(header: bytes, key: bytes, cws: list[tuple[int, bytes]]):
+    """CW_encryption decryption with cryptography's KWP unwrap and a CBC Cipher + PKCS7 unpadder per CW."""
+    out = []
+    for cp, cw in cws:
+        if header[0] == CWAlgorithm.AES128_KEY_WRAP:
+            out.append(aes_key_unwrap_with_padding(key, cw))
+        else:
+            iv = header[3:17] + bytes([header[17] ^ (cp >> 8), header[18] ^ (cp & 0xFF)])
+            dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+            unpadder = sym_padding.PKCS7(128).unpadder()
+            out.append(unpadder.update(dec.update(cw) + dec.finalize()) + unpadder.finalize())
+    return out
+
+
+def _same_decryption(header, key, cws):
+    """Both paths agree: the same plaintexts, or both refuse."""
+    try:
+        want = ("ok", _reference_decrypt(header, key, cws))
+    except (InvalidUnwrap, ValueError):
+        want = ("refused",)
+    try:
+        got = ("ok", CW_DECRYPTOR.decrypt(header, {7: key}, cws))
+    except CWEncryptionError:
+        got = ("refused",)
+    assert got == want
+    return got
+
+
+CW_DECRYPTOR = CWDecryptor()  # one for the whole module: its cached contexts are what is tested
+cw_pairs = st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=1, max_size=40)), min_size=1, max_size=4)
+
+
+@pytest.mark.parametrize("algorithm", list(CWAlgorithm))
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from([bytes(16), bytes(range(16)), bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")]),
+       cws=cw_pairs, seed=st.integers(0, 2**32))
+def test_cw_decryption_matches_the_one_shot_objects(algorithm, key, cws, seed):
+    header, encrypted = cw_encryption.encrypt(algorithm, 7, key, cws, random.Random(seed).randbytes)
+    wrapped = list(zip((cp for cp, _ in cws), encrypted))
+    assert _same_decryption(header, key, wrapped) == ("ok", [cw for _, cw in cws])
+    assert cw_encryption.decrypt(header, {7: key}, wrapped) == [cw for _, cw in cws]
+
+
+@pytest.mark.parametrize("algorithm", list(CWAlgorithm))
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_cw_decryption_of_altered_or_random_input_matches_the_one_shot_objects(algorithm, data):
+    key = bytes(range(16))
+    cws = data.draw(cw_pairs)
+    header, encrypted = cw_encryption.encrypt(algorithm, 7, key, cws, random.Random(1).randbytes)
+    wrapped = [list(pair) for pair in zip((cp for cp, _ in cws), encrypted)]
+    which = data.draw(st.integers(0, len(wrapped) - 1))
+    how = data.draw(st.sampled_from(["flip", "random", "truncate", "wrong key"]))
+    if how == "flip":
+        cw = bytearray(wrapped[which][1])
+        cw[data.draw(st.integers(0, len(cw) - 1))] ^= data.draw(st.integers(1, 255))
+        wrapped[which][1] = bytes(cw)
+    elif how == "random":  # any length: a peer's bytes
+        wrapped[which][1] = data.draw(st.binary(min_size=0, max_size=48))
+    elif how == "truncate":
+        wrapped[which][1] = wrapped[which][1][: data.draw(st.integers(0, len(wrapped[which][1]) - 1))]
+    else:
+        key = bytes(16)
+    _same_decryption(header, key, [tuple(pair) for pair in wrapped])
+
+
+def test_cw_decryptor_follows_a_changed_key():
+    decryptor, cws = CWDecryptor(), [(1, bytes(range(8))), (2, bytes(8))]
+    for key in (bytes(16), bytes(range(16)), bytes(16)):
+        for algorithm in CWAlgorithm:
+            header, encrypted = cw_encryption.encrypt(algorithm, 7, key, cws)
+            assert decryptor.decrypt(header, {7: key}, list(zip((1, 2), encrypted))) == [cw for _, cw in cws]
+
+
+@pytest.mark.parametrize(
+    ("block", "ok"),
+    [
+        (bytes.fromhex("a65959a6 00000005") + b"abcde" + bytes(3), True),
+        (bytes.fromhex("a65959a6 00000008") + b"abcdefgh", True),
+        (bytes.fromhex("a65959a6 00000005") + b"abcde\x00\x01\x00", False),
+        (bytes.fromhex("a65959a6 00000000") + bytes(8), False),
+        (bytes.fromhex("a65959a6 00000009") + b"abcdefgh", False),
+        (bytes.fromhex("a65959a7 00000008") + b"abcdefgh", False),
+    ],
+    ids=["5-bytes", "8-bytes", "padding-not-zero", "length-0", "length-9", "wrong-constant"],
+)
+def test_one_block_key_unwrap_checks_what_rfc_5649_checks(block, ok):
+    key = bytes(range(16))
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    wrapped = encryptor.update(block) + encryptor.finalize()  # RFC 5649 §4.1: n = 1 is one AES block
+    header = bytes([CWAlgorithm.AES128_KEY_WRAP, 0, 7])
+    assert _same_decryption(header, key, [(1, wrapped)])[0] == ("ok" if ok else "refused")
