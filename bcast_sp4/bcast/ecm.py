@@ -46,9 +46,9 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..machines.ecmg import CasMode, ECMGenerationError, ECMRequest
 from . import stkm_drm, stkm_mikey
 from .cw_encryption import decrypt as decrypt_cws
+from .ecm_request import CasMode, ECMGenerationError, ECMRequest
 from .keys import KeyRole, KeyStore, ServiceKey
 from .keys import _posix_us  # the key store's own time rounding, so cached spans agree with it
 from .status import BcastError, simulcrypt_code

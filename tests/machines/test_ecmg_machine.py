@@ -16,8 +16,8 @@ from bcast_sp4.machines.ecmg import (
     ECMGConnection,
     ECMGenerationError,
     ECMGResources,
-    State,
 )
+from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import ecmg_scs as m
 from bcast_sp4.wire.params import CPCWCombination as CW
@@ -95,7 +95,7 @@ def test_channel_setup_announces_parameters_and_bcast_flag():
     status = opened(conn)
     assert status.section_TSpkt_flag == 0x02
     assert (status.lead_CW, status.CW_per_msg, status.max_comp_time, status.min_CP_duration) == (1, 2, 100, 10)
-    assert conn.state is State.CHANNEL_OPEN
+    assert conn.state is ServerChannelState.CHANNEL_OPEN
     _, _, dvb = make()
     assert opened(dvb, scid=DVB).section_TSpkt_flag == 0x00
 
@@ -263,7 +263,7 @@ def test_channel_close_frees_everything_and_allows_new_setup():
     opened(conn)
     stream(conn)
     outputs = conn.receive(m.ChannelClose(ECM_channel_id=1), 0)
-    assert sent(outputs) == [] and conn.state is State.NO_CHANNEL
+    assert sent(outputs) == [] and conn.state is ServerChannelState.NO_CHANNEL
     assert resources.channels == {} and resources.streams == 0 and resources.ecm_ids == set()
     opened(conn, channel=1)
 

@@ -12,9 +12,9 @@ from collections import deque
 import pytest
 
 from bcast_sp4 import wire
-from bcast_sp4.machines.emmg import CancelTimer, Delivered, EMMGConfig, EMMGSession, EMMGStreamConfig, Ready, SendDatagram, StartTimer
+from bcast_sp4.machines.emmg import Delivered, EMMGClient, EMMGConfig, EMMGStreamConfig, Ready, SendDatagram
 from bcast_sp4.machines.mux import ClientConfig, Deliver, Emit, MuxConfig, MuxConnection, MuxCore, RouteConfig, RouteKind
-from bcast_sp4.machines.outputs import Close, Notify, Send
+from bcast_sp4.machines.outputs import CancelTimer, Close, Notify, Send, StartTimer
 
 CLIENT, DATA_ID = 0x00010001, 0x0100
 
@@ -32,7 +32,7 @@ class Link:
                 overrun_limit=1,
             )
         )
-        self.emmg = EMMGSession(
+        self.emmg = EMMGClient(
             EMMGConfig(
                 client_id=CLIENT,
                 streams=(EMMGStreamConfig(data_stream_id=1, data_id=DATA_ID, bandwidth=kbit, max_queue=100_000),),
