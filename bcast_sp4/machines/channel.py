@@ -47,6 +47,8 @@ from ..wire import ecmg_scs, emmg_mux
 from ..wire.errors import ECMGSCSErrorStatus, EMMGMUXErrorStatus
 from .outputs import Close, Notify, Output, Send
 
+#: largest UDP payload over IPv4: the most one data_provision over UDP can be (EMMG/PDG<=>MUX)
+MAX_UDP_PAYLOAD = 65507
 #: error_information for a wrong protocol_version: its byte offset in the message (digest §5.3)
 PROTOCOL_VERSION_OFFSET = 0
 #: error_information for a message_type the receiver never takes: its byte offset
@@ -151,31 +153,21 @@ class ChannelInterface:
     server_only: tuple[type[Message], ...]
 
 
+_ECMG, _MUX = ECMGSCSErrorStatus, EMMGMUXErrorStatus
+
 ECMG_SCS_CHANNEL = ChannelInterface(
-    interface=Interface.ECMG_SCS,
-    messages=ecmg_scs,
-    channel_field="ECM_channel_id",
-    stream_field="ECM_stream_id",
-    invalid_message=ECMGSCSErrorStatus.INVALID_MESSAGE,
-    unsupported_version=ECMGSCSErrorStatus.UNSUPPORTED_PROTOCOL_VERSION,
-    unknown_channel=ECMGSCSErrorStatus.UNKNOWN_ECM_CHANNEL_ID,
-    unknown_stream=ECMGSCSErrorStatus.UNKNOWN_ECM_STREAM_ID,
-    channel_id_in_use=ECMGSCSErrorStatus.ECM_CHANNEL_ID_IN_USE,
-    too_many_channels=ECMGSCSErrorStatus.TOO_MANY_CHANNELS_ON_ECMG,
+    interface=Interface.ECMG_SCS, messages=ecmg_scs, channel_field="ECM_channel_id", stream_field="ECM_stream_id",
+    invalid_message=_ECMG.INVALID_MESSAGE, unsupported_version=_ECMG.UNSUPPORTED_PROTOCOL_VERSION,
+    unknown_channel=_ECMG.UNKNOWN_ECM_CHANNEL_ID, unknown_stream=_ECMG.UNKNOWN_ECM_STREAM_ID,
+    channel_id_in_use=_ECMG.ECM_CHANNEL_ID_IN_USE, too_many_channels=_ECMG.TOO_MANY_CHANNELS_ON_ECMG,
     server_only=(ecmg_scs.ECMResponse, ecmg_scs.StreamCloseResponse),
 )
 
 EMMG_MUX_CHANNEL = ChannelInterface(
-    interface=Interface.EMMG_MUX,
-    messages=emmg_mux,
-    channel_field="data_channel_id",
-    stream_field="data_stream_id",
-    invalid_message=EMMGMUXErrorStatus.INVALID_MESSAGE,
-    unsupported_version=EMMGMUXErrorStatus.UNSUPPORTED_PROTOCOL_VERSION,
-    unknown_channel=EMMGMUXErrorStatus.UNKNOWN_DATA_CHANNEL_ID,
-    unknown_stream=EMMGMUXErrorStatus.UNKNOWN_DATA_STREAM_ID,
-    channel_id_in_use=EMMGMUXErrorStatus.DATA_CHANNEL_ID_IN_USE,
-    too_many_channels=EMMGMUXErrorStatus.TOO_MANY_CHANNELS_ON_MUX,
+    interface=Interface.EMMG_MUX, messages=emmg_mux, channel_field="data_channel_id", stream_field="data_stream_id",
+    invalid_message=_MUX.INVALID_MESSAGE, unsupported_version=_MUX.UNSUPPORTED_PROTOCOL_VERSION,
+    unknown_channel=_MUX.UNKNOWN_DATA_CHANNEL_ID, unknown_stream=_MUX.UNKNOWN_DATA_STREAM_ID,
+    channel_id_in_use=_MUX.DATA_CHANNEL_ID_IN_USE, too_many_channels=_MUX.TOO_MANY_CHANNELS_ON_MUX,
     server_only=(emmg_mux.StreamCloseResponse, emmg_mux.StreamBWAllocation),
 )
 
@@ -291,15 +283,17 @@ class ServerChannel(InvalidCounting):
         self._now = now
         if isinstance(item, PeerProtocolError):
             channel = item.channel_id if item.channel_id is not None else self.channel_id or 0
+            reply = self.channel_error(item.error_status, item.error_information, channel_id=channel, version=item.protocol_version)
             return self._invalid(
-                self.channel_error(item.error_status, item.error_information, channel_id=channel, version=item.protocol_version),
+                reply,
                 "decode_error",
                 error_status=item.error_status,
                 detail=item.detail,
             )
         if self.version is not None and item.protocol_version != self.version:
+            code = self.INTERFACE.unsupported_version
             return self._invalid(
-                self.channel_error(self.INTERFACE.unsupported_version, PROTOCOL_VERSION_OFFSET, channel_id=self._channel_of(item)),
+                self.channel_error(code, PROTOCOL_VERSION_OFFSET, channel_id=self._channel_of(item)),
                 "version_mismatch",
                 message_version=item.protocol_version,
             )
@@ -437,6 +431,7 @@ __all__ = [
     "CHANNEL_INTERFACES",
     "ECMG_SCS_CHANNEL",
     "EMMG_MUX_CHANNEL",
+    "MAX_UDP_PAYLOAD",
     "MESSAGE_TYPE_OFFSET",
     "PROTOCOL_VERSION_OFFSET",
     "ChannelInterface",

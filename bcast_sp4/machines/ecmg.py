@@ -175,14 +175,15 @@ class ECMGConnection(ServerChannel):
             )
         mode = self.config.cas_modes.get(msg.Super_CAS_id)
         if mode is None:
-            return self._invalid(
-                self.channel_error(ErrorStatus.UNKNOWN_SUPER_CAS_ID, _SUPER_CAS_ID, channel_id=channel_id), "unknown_super_cas_id"
-            )
+            reply = self.channel_error(ErrorStatus.UNKNOWN_SUPER_CAS_ID, _SUPER_CAS_ID, channel_id=channel_id)
+            return self._invalid(reply, "unknown_super_cas_id")
         resources = self.resources
         if channel_id in resources.channels:
-            return self._invalid(self.channel_error(ErrorStatus.ECM_CHANNEL_ID_IN_USE, channel_id=channel_id), "channel_id_in_use")
+            reply = self.channel_error(ErrorStatus.ECM_CHANNEL_ID_IN_USE, channel_id=channel_id)
+            return self._invalid(reply, "channel_id_in_use")
         if len(resources.channels) >= self.config.max_channels:
-            return self._invalid(self.channel_error(ErrorStatus.TOO_MANY_CHANNELS_ON_ECMG, channel_id=channel_id), "too_many_channels")
+            reply = self.channel_error(ErrorStatus.TOO_MANY_CHANNELS_ON_ECMG, channel_id=channel_id)
+            return self._invalid(reply, "too_many_channels")
         resources.channels[channel_id] = self
         self.state = ServerChannelState.CHANNEL_OPEN
         self.channel_id, self.super_CAS_id, self.mode, self.version = channel_id, msg.Super_CAS_id, mode, version
@@ -268,7 +269,9 @@ class ECMGConnection(ServerChannel):
         del self.streams[stream.stream_id]
         self._release_stream(stream)
         return self._ok(
-            Send(m.StreamCloseResponse(protocol_version=self.version, ECM_channel_id=self.channel_id, ECM_stream_id=stream.stream_id)),
+            Send(
+                m.StreamCloseResponse(protocol_version=self.version, ECM_channel_id=self.channel_id, ECM_stream_id=stream.stream_id)
+            ),
             Notify("stream_closed", {"channel_id": self.channel_id, "stream_id": stream.stream_id}),
         )
 
@@ -317,9 +320,8 @@ class ECMGConnection(ServerChannel):
             combos = tuple(sorted(combos, key=lambda combo: wanted.index(combo.CP_number)))
         access_criteria = msg.access_criteria if msg.access_criteria is not None else stream.access_criteria
         if msg.access_criteria is None and self.config.access_criteria_transfer_mode:
-            return self._invalid(
-                self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA), "no_access_criteria"
-            )
+            reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
+            return self._invalid(reply, "no_access_criteria")
         if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
             return self._invalid(
                 self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES),

@@ -71,6 +71,7 @@ from ..wire.errors import EMMGMUXErrorStatus as ErrorStatus
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.params import DataType, SectionTSpktFlag
 from .channel import (
+    MAX_UDP_PAYLOAD,
     MESSAGE_TYPE_OFFSET,
     PROTOCOL_VERSION_OFFSET,
     InvalidCounting,
@@ -81,8 +82,6 @@ from .channel import (
 from .outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from .pacing import TokenBucket, kbit_to_bytes
 
-#: largest UDP payload over IPv4: one UDP data_provision must fit
-MAX_UDP_MESSAGE = 65507
 # client_id TLV (8) + data_id TLV (6), plus data_channel_id / data_stream_id TLVs (12) on TCP
 _UDP_OVERHEAD = HEADER_SIZE + 8 + 6
 _TCP_OVERHEAD = _UDP_OVERHEAD + 12
@@ -139,7 +138,7 @@ class EMMGConfig:
     response_timeout: float = 5.0  # s
     udp_end_wait: float = 0.1  # s between the last UDP data and stream_close_request
     datagrams_per_message: int = 1
-    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_MESSAGE
+    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_PAYLOAD
     pacing_burst: float = 0.01  # s of allocation
     max_invalid_messages: int = 3
 
@@ -158,7 +157,7 @@ class EMMGConfig:
     @property
     def message_limit(self) -> int:
         """Largest data_provision in bytes on the configured transport."""
-        return min(self.max_message_length, MAX_UDP_MESSAGE) if self.udp else self.max_message_length
+        return min(self.max_message_length, MAX_UDP_PAYLOAD) if self.udp else self.max_message_length
 
     @property
     def max_datagram(self) -> int:
@@ -214,6 +213,9 @@ class EMMGClient(InvalidCounting):
         self._closing: set[int] = set()
         self.invalid_in_a_row = 0
         self.connections = 0
+        #: the ids every message of our channel carries
+        self._ids = {"protocol_version": config.protocol_version, "client_id": config.client_id,
+                     "data_channel_id": config.data_channel_id}
         self._table: dict[tuple[EMMGState, type], Callable[[Any, float], list[Output]]] = {
             (EMMGState.WAIT_CHANNEL_STATUS, m.ChannelStatus): self._on_channel_status,
             (EMMGState.WAIT_STREAM_STATUS, m.StreamStatus): self._on_stream_status,
@@ -292,29 +294,18 @@ class EMMGClient(InvalidCounting):
             stream.bucket = TokenBucket(rate=0.0, depth=0.0, stamp=now)
         config = self.config
         return [
-            Send(
-                m.ChannelSetup(
-                    protocol_version=config.protocol_version,
-                    client_id=config.client_id,
-                    data_channel_id=config.data_channel_id,
-                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
-                )
-            ),
+            Send(m.ChannelSetup(**self._ids, section_TSpkt_flag=SectionTSpktFlag.BCAST)),
             StartTimer("response", config.response_timeout),
-            Notify("connected", {"client_id": config.client_id, "channel_id": config.data_channel_id, "connection": self.connections}),
+            Notify("connected", {"client_id": config.client_id, "channel_id": config.data_channel_id,
+                                 "connection": self.connections}),
         ]
 
     def connection_lost(self, now: float) -> list[Output]:
         """The TCP connection is gone: the MUX has freed everything; queues stay for the next one."""
         outputs: list[Output] = [CancelTimer("response"), CancelTimer("pace"), CancelTimer("udp_end_wait")]
         if self.state is not EMMGState.CLOSED:
-            outputs.append(
-                Notify(
-                    "disconnected",
-                    {"state": self.state.value, "queued": sum(len(s.queue) for s in self.streams.values())},
-                    "info" if self.state is EMMGState.DISCONNECTED else "warn",
-                )
-            )
+            fields = {"state": self.state.value, "queued": sum(len(s.queue) for s in self.streams.values())}
+            outputs.append(Notify("disconnected", fields, "info" if self.state is EMMGState.DISCONNECTED else "warn"))
             self.state = EMMGState.DISCONNECTED
         for stream in self.streams.values():
             stream.open = False
@@ -383,7 +374,8 @@ class EMMGClient(InvalidCounting):
 
     def _on_channel_status(self, msg: m.ChannelStatus, now: float) -> list[Output]:
         config = self.config
-        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != (config.client_id, config.data_channel_id, SectionTSpktFlag.BCAST):
+        ours = (config.client_id, config.data_channel_id, SectionTSpktFlag.BCAST)
+        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != ours:
             return self._setup_failed("channel_status_mismatch", client_id=msg.client_id, channel_id=msg.data_channel_id)
         self.invalid_in_a_row = 0
         self.state = EMMGState.WAIT_STREAM_STATUS
@@ -401,7 +393,9 @@ class EMMGClient(InvalidCounting):
             return self._setup_failed("stream_status_mismatch", stream_id=msg.data_stream_id, data_id=msg.data_id)
         self.invalid_in_a_row = 0
         stream.open = True
-        outputs: list[Output] = [Notify("stream_open", {"stream_id": stream_config.data_stream_id, "data_id": stream_config.data_id})]
+        outputs: list[Output] = [
+            Notify("stream_open", {"stream_id": stream_config.data_stream_id, "data_id": stream_config.data_id})
+        ]
         self._step += 1
         if self._step < len(self._order):
             outputs += [Send(self._stream_setup(self._order[self._step])), StartTimer("response", config.response_timeout)]
@@ -413,7 +407,8 @@ class EMMGClient(InvalidCounting):
     def _on_bw_allocation(self, msg: m.StreamBWAllocation, now: float) -> list[Output]:
         config = self.config
         stream = self.streams.get(msg.data_stream_id)
-        if msg.client_id != config.client_id or msg.data_channel_id != config.data_channel_id or stream is None or not stream.open:
+        ours = msg.client_id == config.client_id and msg.data_channel_id == config.data_channel_id
+        if not ours or stream is None or not stream.open:
             if self.state is EMMGState.WAIT_BW_ALLOCATION:
                 return self._setup_failed("allocation_mismatch", stream_id=msg.data_stream_id)
             return [Notify("unexpected_answer", {"message_type": msg.NAME, "stream_id": msg.data_stream_id}, "warn")]
@@ -422,20 +417,16 @@ class EMMGClient(InvalidCounting):
         stream.allocation = granted
         rate = kbit_to_bytes(granted)
         stream.bucket.set_rate(rate, rate * config.pacing_burst, now)
-        outputs: list[Output] = [
-            Notify(
-                "bandwidth",
-                {"stream_id": msg.data_stream_id, "requested": stream.config.bandwidth, "allocation": granted,
-                 "stated": msg.bandwidth is not None},
-                "warn" if granted == 0 else "info",
-            )
-        ]
+        fields = {"stream_id": msg.data_stream_id, "requested": stream.config.bandwidth, "allocation": granted,
+                  "stated": msg.bandwidth is not None}
+        outputs: list[Output] = [Notify("bandwidth", fields, "warn" if granted == 0 else "info")]
         if self.state is EMMGState.WAIT_BW_ALLOCATION:
             if msg.data_stream_id != self._order[self._step]:
                 return outputs
             self._step += 1
             if self._step < len(self._order):
-                return outputs + [Send(self._bw_request(self._order[self._step])), StartTimer("response", config.response_timeout)]
+                request = self._bw_request(self._order[self._step])
+                return outputs + [Send(request), StartTimer("response", config.response_timeout)]
             self.state = EMMGState.READY
             outputs += [CancelTimer("response"), Ready(), Notify("ready", {"client_id": config.client_id, "udp": config.udp})]
         if self.state is EMMGState.READY:
@@ -468,41 +459,24 @@ class EMMGClient(InvalidCounting):
         refused = self._not_our_channel(msg)
         if refused:
             return refused
-        config = self.config
-        self.invalid_in_a_row = 0
-        return [
-            Send(
-                m.ChannelStatus(
-                    protocol_version=config.protocol_version,
-                    client_id=config.client_id,
-                    data_channel_id=config.data_channel_id,
-                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
-                )
-            )
-        ]
+        return self._ok(Send(m.ChannelStatus(**self._ids, section_TSpkt_flag=SectionTSpktFlag.BCAST)))
 
     def _on_stream_test(self, msg: m.StreamTest) -> list[Output]:
         refused = self._not_our_channel(msg)
         if refused:
             return refused
-        config = self.config
         stream = self.streams.get(msg.data_stream_id)
         if stream is None or not stream.open:
             return self._invalid(self._stream_error(msg.data_stream_id, ErrorStatus.UNKNOWN_DATA_STREAM_ID), "unknown_stream")
-        self.invalid_in_a_row = 0
         stream_config = stream.config
-        return [
+        return self._ok(
             Send(
                 m.StreamStatus(
-                    protocol_version=config.protocol_version,
-                    client_id=config.client_id,
-                    data_channel_id=config.data_channel_id,
-                    data_stream_id=stream_config.data_stream_id,
-                    data_id=stream_config.data_id,
+                    **self._ids, data_stream_id=stream_config.data_stream_id, data_id=stream_config.data_id,
                     data_type=stream_config.data_type,
                 )
             )
-        ]
+        )
 
     def _on_error(self, msg: m.ChannelError | m.StreamError) -> list[Output]:
         fields = {**peer_error_fields(msg), "state": self.state.value}
@@ -558,16 +532,13 @@ class EMMGClient(InvalidCounting):
         config = self.config
         if config.udp:
             message = m.DataProvision(
-                protocol_version=config.protocol_version, client_id=config.client_id, data_id=stream.config.data_id, datagram=datagrams
+                protocol_version=config.protocol_version, client_id=config.client_id, data_id=stream.config.data_id,
+                datagram=datagrams,
             )
             return [SendDatagram(message, tokens if any(t is not None for t in tokens) else ())]
         message = m.DataProvision(
-            protocol_version=config.protocol_version,
-            client_id=config.client_id,
-            data_channel_id=config.data_channel_id,
-            data_stream_id=stream.config.data_stream_id,
-            data_id=stream.config.data_id,
-            datagram=datagrams,
+            protocol_version=config.protocol_version, client_id=config.client_id, data_channel_id=config.data_channel_id,
+            data_stream_id=stream.config.data_stream_id, data_id=stream.config.data_id, datagram=datagrams,
         )
         delivered = tuple(t for t in tokens if t is not None)
         return [Send(message), Delivered(delivered)] if delivered else [Send(message)]
@@ -579,42 +550,24 @@ class EMMGClient(InvalidCounting):
         if not self._closing:
             self.state = EMMGState.CLOSED
             return [Send(self._channel_close()), Close("shutdown complete", "info")]
-        return [
-            Send(
-                m.StreamCloseRequest(
-                    protocol_version=config.protocol_version, client_id=config.client_id, data_channel_id=config.data_channel_id, data_stream_id=sid
-                )
-            )
-            for sid in self._order
-            if sid in self._closing
-        ] + [StartTimer("response", config.response_timeout)]
+        closes: list[Output] = [
+            Send(m.StreamCloseRequest(**self._ids, data_stream_id=sid)) for sid in self._order if sid in self._closing
+        ]
+        return closes + [StartTimer("response", config.response_timeout)]
 
     # -- message builders --------------------------------------------------------------------
 
     def _stream_setup(self, stream_id: int) -> m.StreamSetup:
-        config, stream_config = self.config, self.streams[stream_id].config
+        stream_config = self.streams[stream_id].config
         return m.StreamSetup(
-            protocol_version=config.protocol_version,
-            client_id=config.client_id,
-            data_channel_id=config.data_channel_id,
-            data_stream_id=stream_id,
-            data_id=stream_config.data_id,
-            data_type=stream_config.data_type,
+            **self._ids, data_stream_id=stream_id, data_id=stream_config.data_id, data_type=stream_config.data_type
         )
 
     def _bw_request(self, stream_id: int) -> m.StreamBWRequest:
-        config, stream_config = self.config, self.streams[stream_id].config
-        return m.StreamBWRequest(
-            protocol_version=config.protocol_version,
-            client_id=config.client_id,
-            data_channel_id=config.data_channel_id,
-            data_stream_id=stream_id,
-            bandwidth=stream_config.bandwidth,
-        )
+        return m.StreamBWRequest(**self._ids, data_stream_id=stream_id, bandwidth=self.streams[stream_id].config.bandwidth)
 
     def _channel_close(self) -> m.ChannelClose:
-        config = self.config
-        return m.ChannelClose(protocol_version=config.protocol_version, client_id=config.client_id, data_channel_id=config.data_channel_id)
+        return m.ChannelClose(**self._ids)
 
     def _channel_error(self, code: int, info: int | None = None) -> m.ChannelError:
         config = self.config
@@ -632,12 +585,8 @@ class EMMGClient(InvalidCounting):
     def stats(self) -> dict[int, dict[str, int | None]]:
         """Per data_id: queued, sent datagrams and bytes, current allocation."""
         return {
-            s.config.data_id: {
-                "queued": len(s.queue),
-                "sent_datagrams": s.sent_datagrams,
-                "sent_bytes": s.sent_bytes,
-                "allocation": s.allocation,
-            }
+            s.config.data_id: {"queued": len(s.queue), "sent_datagrams": s.sent_datagrams, "sent_bytes": s.sent_bytes,
+                               "allocation": s.allocation}
             for s in self.streams.values()
         }
 

@@ -9,6 +9,7 @@ import hashlib
 import pytest
 
 from bcast_sp4 import wire
+from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.ecmg import (
     CasMode,
     ChannelParameters,
@@ -17,10 +18,10 @@ from bcast_sp4.machines.ecmg import (
     ECMGenerationError,
     ECMGResources,
 )
-from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import ecmg_scs as m
 from bcast_sp4.wire.params import CPCWCombination as CW
+from tests.doubles import error_of, one, sent
 
 DRM, CARD, DVB = 0x00010001, 0x00020001, 0x4AE60000
 
@@ -52,20 +53,10 @@ def make(config=None, **kw):
     return resources, source, ECMGConnection(resources, source)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def error_of(outputs, cls):
-    message = one(outputs, cls)
-    assert len(message.error_status) == 1
-    return message.error_status[0]
 
 
 def opened(conn, channel=1, scid=DRM, version=3):

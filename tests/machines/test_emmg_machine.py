@@ -8,6 +8,7 @@ from bcast_sp4 import wire
 from bcast_sp4.machines.emmg import Delivered, EMMGClient, EMMGConfig, EMMGState, EMMGStreamConfig, Ready, SendDatagram
 from bcast_sp4.machines.outputs import CancelTimer, Close, Notify, Send, StartTimer
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import of, one, sent
 
 CLIENT = 0x00010001
 
@@ -23,18 +24,10 @@ def make(udp=False, streams=((1, 0x100, 200),), **kw):
     return EMMGClient(config)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def of(outputs, cls):
-    return [o for o in outputs if isinstance(o, cls)]
 
 
 IDS = dict(client_id=CLIENT, data_channel_id=1)
@@ -288,6 +281,22 @@ def test_enqueue_limits():
     udp.enqueue(0x100, bytes(udp.config.max_datagram))
     with pytest.raises(KeyError):
         s.enqueue(0x999, b"x")
+
+
+def test_discard_queued_empties_one_stream_s_queue_and_says_how_many():
+    s = make(streams=((1, 0x100, 200), (2, 0x101, 200)))
+    for ltkm in (b"a", b"b", b"c"):
+        s.enqueue(0x100, ltkm)
+    s.enqueue(0x101, b"other")
+    assert s.discard_queued(0x100) == 3 and s.queued(0x100) == 0 and s.room(0x100) == 100
+    assert s.queued(0x101) == 1 and s.discard_queued(0x100) == 0
+    s.connection_made(0.0)
+    for answer in (channel_status(), stream_status(), stream_status(st=2, data_id=0x101), allocation()):
+        s.receive(answer, 0.0)
+    out = s.receive(allocation(st=2), 0.0)  # READY: only what is still queued goes out
+    assert of(out, Ready) and [msg.datagram for msg in sent(out) if isinstance(msg, m.DataProvision)] == [(b"other",)]
+    with pytest.raises(KeyError):
+        s.discard_queued(0x999)
 
 
 def test_config_checks():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bcast_sp4 import wire
+from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.mux import (
     ClientConfig,
     Deliver,
@@ -19,9 +20,9 @@ from bcast_sp4.machines.mux import (
     RouteKind,
     UnknownRoute,
 )
-from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import error_of, notices, one, sent
 
 BSM = 0x00010001  # LTKM generator and SCS of BSM 1 (DRM Profile)
 OTHER = 0x00010002  # a second LTKM generator
@@ -66,28 +67,16 @@ class Mux:
         return self.core.tick(self.now)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def error_of(outputs, cls):
-    message = one(outputs, cls)
-    assert len(message.error_status) == 1
-    return message.error_status[0]
 
 
 def emitted(outputs):
     return [(o.route, o.payload) for o in outputs if isinstance(o, Emit)]
 
 
-def notices(outputs, event=None):
-    return [o for o in outputs if isinstance(o, Notify) and (event is None or o.event == event)]
 
 
 def channel(conn, client=BSM, ch=1, version=3, flag=0x02, now=0.0):

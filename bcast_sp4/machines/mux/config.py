@@ -13,9 +13,7 @@ import ipaddress
 import attrs
 
 from ...wire.params import DataType
-
-#: largest UDP payload over IPv4
-MAX_UDP_PAYLOAD = 65507
+from ..channel import MAX_UDP_PAYLOAD
 
 RouteKey = tuple[int, int]  # (client_id, data_id)
 

@@ -46,11 +46,8 @@ as the SCS knows it) replacing the route's configured period from that switch on
 others count as superseded (:mod:`..stkm_schedule`).
 STKM ingress is not policed: the carousel, not the sender, sets the egress rate.
 
-Drops: every datagram that arrives and is not emitted is counted under a reason
-(``queue_full``, ``stream_closed``, ``too_long``, ``refused`` (a data_provision answered with an
-error), ``udp_unknown``, ``udp_invalid``, ``superseded``, ``pending_overflow``, ``egress_error``)
-and logged: the first drop of a (route, reason) at once, then one summary per
-``drop_log_interval`` while drops go on.
+Drops: every datagram that arrives and is not emitted is counted under a reason and logged
+(:mod:`.drops`); ``refused`` is a data_provision answered with an error.
 """
 
 from __future__ import annotations
@@ -175,15 +172,8 @@ class MuxCore:
         self._drops = DropLog(config.drop_log_interval)
         self._udp_reported: dict[MuxConnection, float] = {}
         #: counters: message and datagram totals, and drops by reason
-        self.counters: dict[str, int] = {
-            "data_provisions": 0,
-            "datagrams_in": 0,
-            "bytes_in": 0,
-            "datagrams_out": 0,
-            "bytes_out": 0,
-            "udp_messages": 0,
-            "overruns": 0,
-        }
+        names = ("data_provisions", "datagrams_in", "bytes_in", "datagrams_out", "bytes_out", "udp_messages", "overruns")
+        self.counters: dict[str, int] = dict.fromkeys(names, 0)
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -316,11 +306,8 @@ class MuxCore:
             datagrams = tuple(d for d in datagrams if len(d) <= limit)
             size -= sum(map(len, long))
             outputs += self.drop(route.key, "too_long", len(long), now, max_datagram_size=limit)
-            outputs.append(
-                self._to_stream(
-                    stream, m.StreamError, tcp, error_status=(ErrorStatus.INVALID_VALUE,), error_information=error_information(_DATAGRAM)
-                )
-            )
+            too_long = {"error_status": (ErrorStatus.INVALID_VALUE,), "error_information": error_information(_DATAGRAM)}
+            outputs.append(self._to_stream(stream, m.StreamError, tcp, **too_long))
             if not datagrams:
                 return outputs
             count = len(datagrams)
@@ -349,19 +336,9 @@ class MuxCore:
             if stream.overruns_in_a_row >= config.overrun_limit:
                 stream.overruns_in_a_row = 0
                 outputs.append(self._to_stream(stream, m.StreamError, tcp, error_status=(ErrorStatus.EXCEEDED_BANDWIDTH,)))
-                outputs.append(
-                    Notify(
-                        "exceeded_bandwidth",
-                        {
-                            "client_id": route.key[0],
-                            "data_id": route.key[1],
-                            "stream_id": stream.stream_id,
-                            "allocation": stream.allocation,
-                            "overruns": stream.overruns,
-                        },
-                        "warn",
-                    )
-                )
+                fields = {"client_id": route.key[0], "data_id": route.key[1], "stream_id": stream.stream_id,
+                          "allocation": stream.allocation, "overruns": stream.overruns}
+                outputs.append(Notify("exceeded_bandwidth", fields, "warn"))
         ingress.take(size)
         queue = route.queue
         accepted = 0
@@ -396,12 +373,7 @@ class MuxCore:
         return outputs
 
     def submit_stkm(
-        self,
-        super_cas_id: int,
-        ecm_id: int,
-        stkm: bytes,
-        on_air_from: float | None,
-        now: float,
+        self, super_cas_id: int, ecm_id: int, stkm: bytes, on_air_from: float | None, now: float,
         repetition_ms: int | None = None,
     ) -> list[Output]:
         """In-process STKM submission for a co-located SCS (same carousel as a TCP/UDP STKM stream).
@@ -541,7 +513,8 @@ class MuxCore:
             outputs = self.drop(None, "udp_invalid", 1, now, message_type=item.NAME, client_id=client_id)
             connection = self.connection_of(client_id)
             if connection is not None:
-                outputs += self._udp_report(connection, connection.channel_error(ErrorStatus.INVALID_MESSAGE, MESSAGE_TYPE_OFFSET), now)
+                reply = connection.channel_error(ErrorStatus.INVALID_MESSAGE, MESSAGE_TYPE_OFFSET)
+                outputs += self._udp_report(connection, reply, now)
             return outputs
         count = len(item.datagram)
         route = self.routes.get((item.client_id, item.data_id))
