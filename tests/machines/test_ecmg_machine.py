@@ -9,15 +9,9 @@ import hashlib
 import pytest
 
 from bcast_sp4 import wire
+from bcast_sp4.bcast.ecm_request import CasMode, ECMGenerationError
 from bcast_sp4.machines.channel import ServerChannelState
-from bcast_sp4.machines.ecmg import (
-    CasMode,
-    ChannelParameters,
-    ECMGConfig,
-    ECMGConnection,
-    ECMGenerationError,
-    ECMGResources,
-)
+from bcast_sp4.machines.ecmg import ChannelParameters, ECMGConfig, ECMGConnection, ECMGResources
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import ecmg_scs as m
 from bcast_sp4.wire.params import CPCWCombination as CW
