@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bcast_sp4.bcast import cw_encryption, stkm_drm, stkm_mikey  # noqa: E402
 from bcast_sp4.bcast.ecm import DvbEcmKey, STKMSource, build_dvb_ecm  # noqa: E402
+from bcast_sp4.bcast.ecm_request import CasMode, ECMRequest  # noqa: E402
 from bcast_sp4.bcast.keys import KeyRole, KeyStore, ServiceKey  # noqa: E402
 from bcast_sp4.bcast.traffic import TrafficProtection, decode_cw, encode_cw, generate  # noqa: E402
-from bcast_sp4.machines.ecmg import CasMode, ECMRequest  # noqa: E402
 from bcast_sp4.wire.params import CPCWCombination  # noqa: E402
 
 NOW = 1_700_000_123.25

@@ -30,7 +30,8 @@ from bcast_sp4.bcast.ecm import STKMSource  # noqa: E402
 from bcast_sp4.bcast.keys import KeyRole  # noqa: E402
 from bcast_sp4.config import load_keyfile  # noqa: E402
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow  # noqa: E402
-from bcast_sp4.machines.ecmg import CasMode, ECMGConfig, ECMGConnection, ECMGResources  # noqa: E402
+from bcast_sp4.bcast.ecm_request import CasMode  # noqa: E402
+from bcast_sp4.machines.ecmg import ECMGConfig, ECMGConnection, ECMGResources  # noqa: E402
 from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxConnection, MuxCore, RouteConfig, RouteKind  # noqa: E402
 from bcast_sp4.machines.outputs import Send  # noqa: E402
 from bcast_sp4.wire import ecmg_scs as e  # noqa: E402

@@ -17,16 +17,18 @@ FORBIDDEN = {"twisted", "logging", "socket", "asyncio", "select", "threading", "
 
 
 def pure_modules() -> list[str]:
-    return [
-        f"bcast_sp4.{package}.{path.stem}" if path.stem != "__init__" else f"bcast_sp4.{package}"
-        for package in PURE_PACKAGES
-        for path in sorted((REPO / "bcast_sp4" / package).glob("*.py"))
-    ] + list(PURE_EXTRA)
+    names = []
+    for package in PURE_PACKAGES:
+        for path in sorted((REPO / "bcast_sp4" / package).rglob("*.py")):  # subpackages too (machines/mux/)
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names + list(PURE_EXTRA)
 
 
 def test_the_pure_core_is_every_module_of_its_packages():
     modules = pure_modules()
     assert "bcast_sp4.wire.message" in modules and "bcast_sp4.machines.ecmg" in modules
+    assert "bcast_sp4.machines.mux" in modules and "bcast_sp4.machines.mux.core" in modules
     assert "bcast_sp4.media.scrambler" in modules and "bcast_sp4.tools.capture" in modules
     assert len(modules) >= 30
 

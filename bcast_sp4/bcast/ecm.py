@@ -57,26 +57,27 @@ from typing import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..machines.ecmg import CasMode, ECMGenerationError, ECMRequest
 from . import stkm_drm, stkm_mikey
 from .cw_encryption import CWDecryptor
+from .ecm_request import CasMode, ECMGenerationError, ECMRequest
 from .keys import KeyRole, KeyStore, ServiceKey
 from .keys import _posix_us  # the key store's own time rounding, so cached spans agree with it
 from .status import BcastError, simulcrypt_code
 from .stkm_drm import _hmac_sha1_states, _hmac_sha1_with
 from .traffic import decode_cw
+from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
 
-NOT_ENOUGH_CW = 0x000B  # not_enough_CW
-OUT_OF_STORAGE = 0x000C  # out_of_storage
-INVALID_LENGTH = 0x000F  # inv_param_length: inconsistent length for DVB parameter
-INVALID_VALUE = 0x0011  # inv_param_value: invalid value for DVB parameter
-UNKNOWN_ERROR = 0x7000  # unknown_error
+NOT_ENOUGH_CW = ErrorStatus.NOT_ENOUGH_CONTROL_WORDS
+OUT_OF_STORAGE = ErrorStatus.OUT_OF_STORAGE_CAPACITY
+INVALID_LENGTH = ErrorStatus.INCONSISTENT_LENGTH
+INVALID_VALUE = ErrorStatus.INVALID_VALUE
+UNKNOWN_ERROR = ErrorStatus.UNKNOWN_ERROR
 _COUNTER_EPOCH = 1_700_000_000.0
 PLACEHOLDER_PID = 0x1FFF
 
 
 class STKMSource:
-    """Implements :class:`bcast_sp4.machines.ecmg.ECMSource` with real BCAST STKMs.
+    """Implements :class:`bcast_sp4.bcast.ecm_request.ECMSource` with real BCAST STKMs.
 
     :param keys: service / programme keys per (Super_CAS_id, ECM_id).
     :param cas_modes: Super_CAS_id -> what to produce.

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import attrs
 
-from ..machines.ecmg import CasMode, ChannelParameters, ECMGConfig
+from ..bcast.ecm_request import CasMode
+from ..machines.ecmg import ChannelParameters, ECMGConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml

@@ -6,7 +6,10 @@ One :class:`ECMGConnection` per TCP connection (one ECM channel per connection);
 :class:`ECMGResources` per ECMG process holds what must be unique across connections (active
 ECM_channel_ids, ECM_ids per Super_CAS_id, the stream budget). Inputs are decoded messages or the
 codec's :class:`PeerProtocolError`; outputs are :class:`Send` / :class:`Close` / :class:`Notify`.
-The STKM itself comes from an :class:`ECMSource` (``bcast_sp4.stkm_source`` for the real one).
+The STKM itself comes from an :class:`~bcast_sp4.bcast.ecm_request.ECMSource`
+(:class:`bcast_sp4.bcast.ecm.STKMSource` for the real one). The receive prologue, the channel
+test / close, stream test, invalid counting and error replies are the shared server channel's
+(:mod:`.channel`); this module holds what only an ECMG does.
 
 State table (``*`` = any state; "own" = the channel this connection set up)::
 
@@ -46,49 +49,26 @@ connection (TSDuck closes after 3); any valid message resets the count.
 
 from __future__ import annotations
 
-import enum
-from typing import Callable, NamedTuple, Protocol
-
 import attrs
 
-from ..wire import Message, PeerProtocolError
+from ..bcast.ecm_request import CasMode, ECMGenerationError, ECMRequest, ECMSource
 from ..wire import ecmg_scs as m
-from ..wire.params import CPCWCombination, SectionTSpktFlag
-from .outputs import Close, Notify, Output, Send, error_information
+from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
+from ..wire.params import ECMG_SCS_PARAMS
+from .channel import (
+    ECMG_SCS_CHANNEL,
+    PROTOCOL_VERSION_OFFSET,
+    ServerChannel,
+    ServerChannelState,
+    ecmg_scs_channel_error,
+    ecmg_scs_stream_error,
+)
+from .outputs import Notify, Output, Send
 
-# error_status values used here (TS 103 197 §5.6)
-INVALID_MESSAGE = 0x0001
-UNSUPPORTED_VERSION = 0x0002
-UNKNOWN_SUPER_CAS_ID = 0x0005
-UNKNOWN_CHANNEL = 0x0006
-UNKNOWN_STREAM = 0x0007
-TOO_MANY_CHANNELS = 0x0008
-TOO_MANY_STREAMS_CHANNEL = 0x0009
-TOO_MANY_STREAMS_ECMG = 0x000A
-NOT_ENOUGH_CWS = 0x000B
-OUT_OF_COMPUTE = 0x000D
-MISSING_PARAMETER = 0x0010
-INVALID_VALUE = 0x0011
-CHANNEL_ID_IN_USE = 0x0013
-STREAM_ID_IN_USE = 0x0014
-ECM_ID_IN_USE = 0x0015
-
-
-class CasMode(enum.Enum):
-    """What the ECMG produces for a Super_CAS_id, and the section_TSpkt_flag announcing it."""
-
-    DRM_PROFILE = "drm"  # BCAST DRM Profile STKM (0x0001xxxx)
-    SMARTCARD_PROFILE = "smartcard"  # BCAST Smartcard Profile MIKEY STKM (0x0002xxxx)
-    DVB_SECTIONS = "dvb-sections"  # classic DVB: one ECM section per ECM_datagram
-    DVB_TS_PACKETS = "dvb-ts"  # classic DVB: that section in 188-byte TS packets
-
-    @property
-    def section_TSpkt_flag(self) -> int:
-        if self is CasMode.DVB_SECTIONS:
-            return SectionTSpktFlag.SECTIONS
-        if self is CasMode.DVB_TS_PACKETS:
-            return SectionTSpktFlag.TS_PACKETS
-        return SectionTSpktFlag.BCAST
+# error_information: the offending parameter_type (digest §5.3)
+_SUPER_CAS_ID = ECMG_SCS_PARAMS["Super_CAS_id"].code
+_ACCESS_CRITERIA = ECMG_SCS_PARAMS["access_criteria"].code
+_CP_CW_COMBINATION = ECMG_SCS_PARAMS["CP_CW_combination"].code
 
 
 @attrs.frozen(kw_only=True)
@@ -126,50 +106,6 @@ class ECMGConfig:
     max_invalid_messages: int = 3
 
 
-class ECMRequest(NamedTuple):
-    """Everything an ECM / STKM is computed from (CWs ordered by CP_number, oldest first).
-
-    A NamedTuple rather than an attrs class: one is built per STKM on the ECMG's hot path.
-    """
-
-    super_CAS_id: int
-    mode: CasMode
-    ECM_id: int | None
-    channel_id: int
-    stream_id: int
-    CP_number: int
-    CP_CW_combination: tuple[CPCWCombination, ...]
-    CP_duration: int  # x 100 ms: the message's CP_duration, else the stream's nominal one
-    access_criteria: bytes | None
-    CW_encryption: bytes | None
-    now: float
-
-    def __repr__(self) -> str:  # the CWs (and their encryption header) stay out of logs
-        return (
-            f"ECMRequest(super_CAS_id={self.super_CAS_id:#010x}, ECM_id={self.ECM_id}, channel_id={self.channel_id}, "
-            f"stream_id={self.stream_id}, CP_number={self.CP_number}, {len(self.CP_CW_combination)} CWs)"
-        )
-
-
-class ECMGenerationError(Exception):
-    """The source cannot produce this ECM; *error_status* goes into a stream_error."""
-
-    def __init__(self, error_status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.error_status = error_status
-        self.detail = detail
-
-
-class ECMSource(Protocol):
-    """Computes ECM_datagrams. Implemented by :class:`bcast_sp4.stkm_source.STKMSource`."""
-
-    def check_stream(self, super_cas_id: int, ecm_id: int | None, now: float) -> None:
-        """Raise :class:`ECMGenerationError` when no ECM could be made for this stream."""
-
-    def generate(self, request: ECMRequest) -> bytes:
-        """The ECM_datagram, or :class:`ECMGenerationError`."""
-
-
 class ECMGResources:
     """What is shared by all connections of one ECMG: ids in use and the stream budget."""
 
@@ -188,117 +124,73 @@ class _Stream:
     access_criteria: bytes | None = None
 
 
-class State(enum.Enum):
-    NO_CHANNEL = "NO_CHANNEL"
-    CHANNEL_OPEN = "CHANNEL_OPEN"
-
-
-class ECMGConnection:
+class ECMGConnection(ServerChannel):
     """The ECMG end of one TCP connection (one ECM channel)."""
 
+    INTERFACE = ECMG_SCS_CHANNEL
+
     def __init__(self, resources: ECMGResources, source: ECMSource) -> None:
+        super().__init__(
+            resources.config,
+            {
+                m.ChannelSetup: self._channel_setup,
+                m.StreamSetup: self._stream_setup,
+                m.StreamCloseRequest: self._stream_close_request,
+                m.CWProvision: self._cw_provision,
+            },
+        )
         self.resources = resources
-        self.config = resources.config
         self.source = source
-        self.state = State.NO_CHANNEL
-        self.channel_id: int | None = None
         self.super_CAS_id: int | None = None
         self.mode: CasMode | None = None
-        self.version: int | None = None
         self.streams: dict[int, _Stream] = {}
-        self.invalid_in_a_row = 0
         # CWs before CP_number in each CW_provision (digest §3.4: n-(CW_per_msg-1-lead_CW)..n+lead_CW)
         self._cws_before = self.config.channel.CW_per_msg - 1 - self.config.channel.lead_CW
-        self._handlers: dict[type[Message], Callable[[Message, float, float | None], list[Output]]] = {
-            m.ChannelSetup: self._channel_setup,
-            m.ChannelTest: self._channel_test,
-            m.ChannelClose: self._channel_close,
-            m.StreamSetup: self._stream_setup,
-            m.StreamTest: self._stream_test,
-            m.StreamCloseRequest: self._stream_close_request,
-            m.CWProvision: self._cw_provision,
-            m.ChannelStatus: self._peer_status,
-            m.StreamStatus: self._peer_status,
-            m.ChannelError: self._peer_error,
-            m.StreamError: self._peer_error,
-            m.ECMResponse: self._wrong_direction,
-            m.StreamCloseResponse: self._wrong_direction,
-        }
 
-    # -- inputs ------------------------------------------------------------------------------
+    # -- replies -----------------------------------------------------------------------------
 
-    def receive(self, item: Message | PeerProtocolError, now: float, received_at: float | None = None) -> list[Output]:
-        """Handle one decoded message (or the codec's error for one).
+    def channel_error(
+        self, code: int, info: int | None = None, *, channel_id: int | None = None, version: int | None = None
+    ) -> m.ChannelError:
+        channel = self.channel_id or 0 if channel_id is None else channel_id
+        return ecmg_scs_channel_error(self._reply_version(version), channel, code, info)
 
-        :param now: the current time (seconds), for deadlines and key validity.
-        :param received_at: when its bytes arrived; a CW_provision older than max_comp_time
-            is answered with 0x000D instead of a late ECM.
-        """
-        if isinstance(item, PeerProtocolError):
-            channel = item.channel_id if item.channel_id is not None else self.channel_id or 0
-            return self._invalid(
-                self._channel_error(channel, item.error_status, item.error_information, item.protocol_version),
-                "decode_error",
-                error_status=item.error_status,
-                detail=item.detail,
-            )
-        if self.version is not None and item.protocol_version != self.version:
-            return self._invalid(
-                self._channel_error(self._channel_of(item), UNSUPPORTED_VERSION, 0, self.version),
-                "version_mismatch",
-                message_version=item.protocol_version,
-            )
-        outputs = self._handlers[type(item)](item, now, received_at)
-        return outputs
-
-    def connection_lost(self) -> list[Output]:
-        """Free the channel and its streams (digest §6.5)."""
-        if self.state is State.CHANNEL_OPEN:
-            return self._free_channel("connection_lost")
-        return []
+    def stream_error(
+        self, stream_id: int, code: int, info: int | None = None, *, channel_id: int | None = None, version: int | None = None
+    ) -> m.StreamError:
+        channel = self.channel_id or 0 if channel_id is None else channel_id
+        return ecmg_scs_stream_error(self._reply_version(version), channel, stream_id, code, info)
 
     # -- channel messages --------------------------------------------------------------------
 
     def _channel_setup(self, msg: m.ChannelSetup, now: float, _received_at: float | None) -> list[Output]:
-        if self.state is State.CHANNEL_OPEN:
-            code = CHANNEL_ID_IN_USE if msg.ECM_channel_id == self.channel_id else TOO_MANY_CHANNELS
-            return self._invalid(self._channel_error(msg.ECM_channel_id, code), "second_channel_setup")
+        if self.state is ServerChannelState.CHANNEL_OPEN:
+            return self._second_channel_setup(msg)
+        channel_id = msg.ECM_channel_id
         version = msg.protocol_version
         if version not in self.config.versions:
-            return self._invalid(self._channel_error(msg.ECM_channel_id, UNSUPPORTED_VERSION, 0), "version_refused")
+            return self._invalid(
+                self.channel_error(ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, PROTOCOL_VERSION_OFFSET, channel_id=channel_id),
+                "version_refused",
+            )
         mode = self.config.cas_modes.get(msg.Super_CAS_id)
         if mode is None:
-            return self._invalid(
-                self._channel_error(msg.ECM_channel_id, UNKNOWN_SUPER_CAS_ID, 0x0001), "unknown_super_cas_id"
-            )
+            reply = self.channel_error(ErrorStatus.UNKNOWN_SUPER_CAS_ID, _SUPER_CAS_ID, channel_id=channel_id)
+            return self._invalid(reply, "unknown_super_cas_id")
         resources = self.resources
-        if msg.ECM_channel_id in resources.channels:
-            return self._invalid(self._channel_error(msg.ECM_channel_id, CHANNEL_ID_IN_USE), "channel_id_in_use")
+        if channel_id in resources.channels:
+            reply = self.channel_error(ErrorStatus.ECM_CHANNEL_ID_IN_USE, channel_id=channel_id)
+            return self._invalid(reply, "channel_id_in_use")
         if len(resources.channels) >= self.config.max_channels:
-            return self._invalid(self._channel_error(msg.ECM_channel_id, TOO_MANY_CHANNELS), "too_many_channels")
-        resources.channels[msg.ECM_channel_id] = self
-        self.state = State.CHANNEL_OPEN
-        self.channel_id, self.super_CAS_id, self.mode, self.version = (
-            msg.ECM_channel_id,
-            msg.Super_CAS_id,
-            mode,
-            version,
-        )
+            reply = self.channel_error(ErrorStatus.TOO_MANY_CHANNELS_ON_ECMG, channel_id=channel_id)
+            return self._invalid(reply, "too_many_channels")
+        resources.channels[channel_id] = self
+        self.state = ServerChannelState.CHANNEL_OPEN
+        self.channel_id, self.super_CAS_id, self.mode, self.version = channel_id, msg.Super_CAS_id, mode, version
         return self._ok(
             Send(self._channel_status()),
             Notify("channel_open", {"channel_id": self.channel_id, "super_cas_id": self.super_CAS_id, "mode": mode.value}),
         )
-
-    def _channel_test(self, msg: m.ChannelTest, _now: float, _received_at: float | None) -> list[Output]:
-        if self.state is not State.CHANNEL_OPEN or msg.ECM_channel_id != self.channel_id:
-            return self._invalid(self._channel_error(msg.ECM_channel_id, UNKNOWN_CHANNEL), "unknown_channel")
-        return self._ok(Send(self._channel_status()))
-
-    def _channel_close(self, msg: m.ChannelClose, _now: float, _received_at: float | None) -> list[Output]:
-        if self.state is not State.CHANNEL_OPEN or msg.ECM_channel_id != self.channel_id:
-            return self._invalid(self._channel_error(msg.ECM_channel_id, UNKNOWN_CHANNEL), "unknown_channel")
-        self.invalid_in_a_row = 0
-        return self._free_channel("channel_close")
 
     def _channel_status(self) -> m.ChannelStatus:
         p = self.config.channel
@@ -321,7 +213,7 @@ class ECMGConnection:
             max_comp_time=p.max_comp_time,
         )
 
-    def _free_channel(self, why: str) -> list[Output]:
+    def _free_channel(self, why: str, _now: float | None) -> list[Output]:
         resources = self.resources
         for stream in self.streams.values():
             self._release_stream(stream)
@@ -329,35 +221,35 @@ class ECMGConnection:
         self.streams.clear()
         resources.channels.pop(self.channel_id, None)
         outputs: list[Output] = [Notify("channel_closed", {"channel_id": self.channel_id, "why": why, "streams": count})]
-        self.state = State.NO_CHANNEL
+        self.state = ServerChannelState.NO_CHANNEL
         self.channel_id = self.super_CAS_id = self.mode = self.version = None
         return outputs
 
     # -- stream messages ---------------------------------------------------------------------
 
     def _stream_setup(self, msg: m.StreamSetup, now: float, _received_at: float | None) -> list[Output]:
-        refused = self._check_channel(msg)
+        refused = self._stream_channel(msg)
         if refused:
             return refused
         p, resources = self.config.channel, self.resources
         code = None
         if msg.ECM_stream_id in self.streams:
-            code = STREAM_ID_IN_USE
+            code = ErrorStatus.ECM_STREAM_ID_IN_USE
         elif msg.ECM_id is not None and (self.super_CAS_id, msg.ECM_id) in resources.ecm_ids:
-            code = ECM_ID_IN_USE
+            code = ErrorStatus.ECM_ID_IN_USE
         elif p.max_streams and len(self.streams) >= p.max_streams:
-            code = TOO_MANY_STREAMS_CHANNEL
+            code = ErrorStatus.TOO_MANY_ECM_STREAMS_ON_CHANNEL
         elif resources.streams >= self.config.max_streams_total:
-            code = TOO_MANY_STREAMS_ECMG
+            code = ErrorStatus.TOO_MANY_ECM_STREAMS_ON_ECMG
         elif msg.nominal_CP_duration < p.min_CP_duration:
-            code = INVALID_VALUE
+            code = ErrorStatus.INVALID_VALUE
         if code is not None:
-            return self._invalid(self._stream_error(msg.ECM_stream_id, code), "stream_refused", error_status=code)
+            return self._invalid(self.stream_error(msg.ECM_stream_id, code), "stream_refused", error_status=code)
         try:
             self.source.check_stream(self.super_CAS_id, msg.ECM_id, now)
         except ECMGenerationError as exc:
             return self._invalid(
-                self._stream_error(msg.ECM_stream_id, exc.error_status), "stream_refused", error_status=exc.error_status,
+                self.stream_error(msg.ECM_stream_id, exc.error_status), "stream_refused", error_status=exc.error_status,
                 detail=exc.detail,
             )
         stream = _Stream(msg.ECM_stream_id, msg.ECM_id, msg.nominal_CP_duration)
@@ -370,12 +262,6 @@ class ECMGConnection:
             Notify("stream_open", {"channel_id": self.channel_id, "stream_id": stream.stream_id, "ecm_id": stream.ECM_id}),
         )
 
-    def _stream_test(self, msg: m.StreamTest, _now: float, _received_at: float | None) -> list[Output]:
-        stream, refused = self._known_stream(msg)
-        if refused:
-            return refused
-        return self._ok(Send(self._stream_status(stream)))
-
     def _stream_close_request(self, msg: m.StreamCloseRequest, _now: float, _received_at: float | None) -> list[Output]:
         stream, refused = self._known_stream(msg)
         if refused:
@@ -383,7 +269,9 @@ class ECMGConnection:
         del self.streams[stream.stream_id]
         self._release_stream(stream)
         return self._ok(
-            Send(m.StreamCloseResponse(protocol_version=self.version, ECM_channel_id=self.channel_id, ECM_stream_id=stream.stream_id)),
+            Send(
+                m.StreamCloseResponse(protocol_version=self.version, ECM_channel_id=self.channel_id, ECM_stream_id=stream.stream_id)
+            ),
             Notify("stream_closed", {"channel_id": self.channel_id, "stream_id": stream.stream_id}),
         )
 
@@ -420,22 +308,23 @@ class ECMGConnection:
                     break
                 expected = (expected + 1) & 0xFFFF
         if not in_order:
-            cps = [c.CP_number for c in combos]
+            cps = [combo.CP_number for combo in combos]
             wanted = [(first + k) & 0xFFFF for k in range(p.CW_per_msg)]
             if len(cps) != len(wanted) or sorted(cps) != sorted(wanted):
                 return self._invalid(
-                    self._stream_error(stream.stream_id, NOT_ENOUGH_CWS, 0x0014),
+                    self.stream_error(stream.stream_id, ErrorStatus.NOT_ENOUGH_CONTROL_WORDS, _CP_CW_COMBINATION),
                     "not_enough_cws",
                     cp_number=msg.CP_number,
                     got=cps,
                 )
-            combos = tuple(sorted(combos, key=lambda c: wanted.index(c.CP_number)))
+            combos = tuple(sorted(combos, key=lambda combo: wanted.index(combo.CP_number)))
         access_criteria = msg.access_criteria if msg.access_criteria is not None else stream.access_criteria
         if msg.access_criteria is None and self.config.access_criteria_transfer_mode:
-            return self._invalid(self._stream_error(stream.stream_id, MISSING_PARAMETER, 0x000D), "no_access_criteria")
+            reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
+            return self._invalid(reply, "no_access_criteria")
         if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
             return self._invalid(
-                self._stream_error(stream.stream_id, OUT_OF_COMPUTE),
+                self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES),
                 "deadline_missed",
                 cp_number=msg.CP_number,
                 waited_ms=round((now - received_at) * 1000.0, 1),
@@ -457,7 +346,7 @@ class ECMGConnection:
             datagram = self.source.generate(request)
         except ECMGenerationError as exc:
             return self._invalid(
-                self._stream_error(stream.stream_id, exc.error_status),
+                self.stream_error(stream.stream_id, exc.error_status),
                 "ecm_refused",
                 cp_number=msg.CP_number,
                 error_status=exc.error_status,
@@ -467,90 +356,5 @@ class ECMGConnection:
         stream.access_criteria = access_criteria  # remembered once an ECM was made with them
         return [Send(m.ECMResponse.make(self.version, self.channel_id, stream.stream_id, msg.CP_number, datagram))]
 
-    # -- messages an ECMG only takes note of -------------------------------------------------
 
-    def _peer_status(self, msg: Message, _now: float, _received_at: float | None) -> list[Output]:
-        return self._ok(Notify("peer_status", {"message_type": msg.NAME}, "debug"))
-
-    def _peer_error(self, msg: m.ChannelError | m.StreamError, _now: float, _received_at: float | None) -> list[Output]:
-        return self._ok(
-            Notify(
-                "peer_error",
-                {
-                    "message_type": msg.NAME,
-                    "channel_id": msg.ECM_channel_id,
-                    "stream_id": getattr(msg, "ECM_stream_id", None),
-                    "error_status": list(msg.error_status),
-                },
-                "warn",
-            )
-        )
-
-    def _wrong_direction(self, msg: Message, _now: float, _received_at: float | None) -> list[Output]:
-        return self._invalid(
-            self._channel_error(self._channel_of(msg), INVALID_MESSAGE, 1), "wrong_direction", message_type=msg.NAME
-        )
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _channel_of(self, msg: Message) -> int:
-        return getattr(msg, "ECM_channel_id", None) or self.channel_id or 0
-
-    def _check_channel(self, msg: Message) -> list[Output] | None:
-        if self.state is State.CHANNEL_OPEN and msg.ECM_channel_id == self.channel_id:
-            return None
-        return self._invalid(
-            self._stream_error(msg.ECM_stream_id, UNKNOWN_CHANNEL, channel_id=msg.ECM_channel_id, version=msg.protocol_version),
-            "unknown_channel",
-        )
-
-    def _known_stream(self, msg: Message) -> tuple[_Stream | None, list[Output] | None]:
-        refused = self._check_channel(msg)
-        if refused:
-            return None, refused
-        stream = self.streams.get(msg.ECM_stream_id)
-        if stream is None:
-            return None, self._invalid(self._stream_error(msg.ECM_stream_id, UNKNOWN_STREAM), "unknown_stream")
-        return stream, None
-
-    def _reply_version(self, hint: int | None) -> int:
-        if self.version is not None:
-            return self.version
-        if hint in self.config.versions:
-            return hint
-        return max(self.config.versions)
-
-    def _channel_error(self, channel_id: int, code: int, info: int | None = None, version: int | None = None) -> m.ChannelError:
-        return m.ChannelError(
-            protocol_version=self._reply_version(version),
-            ECM_channel_id=channel_id & 0xFFFF,
-            error_status=(code,),
-            error_information=error_information(info),
-        )
-
-    def _stream_error(
-        self, stream_id: int, code: int, info: int | None = None, *, channel_id: int | None = None, version: int | None = None
-    ) -> m.StreamError:
-        return m.StreamError(
-            protocol_version=self._reply_version(version),
-            ECM_channel_id=(self.channel_id if channel_id is None else channel_id) & 0xFFFF,
-            ECM_stream_id=stream_id,
-            error_status=(code,),
-            error_information=error_information(info),
-        )
-
-    def _ok(self, *outputs: Output) -> list[Output]:
-        self.invalid_in_a_row = 0
-        return list(outputs)
-
-    def _invalid(self, reply: Message, event: str, **fields) -> list[Output]:
-        self.invalid_in_a_row += 1
-        outputs: list[Output] = [
-            Send(reply),
-            Notify(event, {"channel_id": getattr(reply, "ECM_channel_id", None), **fields}, "warn"),
-        ]
-        limit = self.config.max_invalid_messages
-        if limit and self.invalid_in_a_row >= limit:
-            outputs += self.connection_lost()
-            outputs.append(Close(f"{self.invalid_in_a_row} invalid messages in a row"))
-        return outputs
+__all__ = ["ChannelParameters", "ECMGConfig", "ECMGConnection", "ECMGResources"]

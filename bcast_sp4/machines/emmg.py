@@ -5,7 +5,7 @@ the BSM's LTKM generator opens one channel (client_id 0x0001xxxx, section_TSpkt_
 stream per data_id (data_type 0x00), asks for bandwidth and sends LTKMs as ``datagram`` parameters
 over TCP or UDP, never faster than allocated.
 
-One :class:`EMMGSession` per process outlives TCP connections: its per-stream LTKM queues survive a
+One :class:`EMMGClient` per process outlives TCP connections: its per-stream LTKM queues survive a
 reconnect, so nothing queued is lost; after every (re)connect it repeats the whole setup and resumes.
 Inputs: :meth:`connection_made`, :meth:`receive` (decoded messages or the codec's error),
 :meth:`timer_fired`, :meth:`connection_lost`, :meth:`enqueue` / :meth:`poke` (new LTKMs),
@@ -67,19 +67,21 @@ import attrs
 
 from ..wire import Message, PeerProtocolError
 from ..wire import emmg_mux as m
+from ..wire.errors import EMMGMUXErrorStatus as ErrorStatus
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.params import DataType, SectionTSpktFlag
+from .channel import (
+    MAX_UDP_PAYLOAD,
+    MESSAGE_TYPE_OFFSET,
+    PROTOCOL_VERSION_OFFSET,
+    InvalidCounting,
+    emmg_mux_channel_error,
+    emmg_mux_stream_error,
+    peer_error_fields,
+)
 from .outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from .pacing import TokenBucket, kbit_to_bytes
 
-INVALID_MESSAGE = 0x0001
-UNSUPPORTED_VERSION = 0x0002
-UNKNOWN_STREAM = 0x0005
-EXCEEDED_BANDWIDTH = 0x000F
-UNRECOVERABLE = 0x7001
-
-#: largest UDP payload over IPv4: one UDP data_provision must fit
-MAX_UDP_MESSAGE = 65507
 # client_id TLV (8) + data_id TLV (6), plus data_channel_id / data_stream_id TLVs (12) on TCP
 _UDP_OVERHEAD = HEADER_SIZE + 8 + 6
 _TCP_OVERHEAD = _UDP_OVERHEAD + 12
@@ -91,7 +93,7 @@ class SendDatagram:
     """Send *message* (a data_provision) as one UDP datagram to the MUX.
 
     *tokens* is aligned with ``message.datagram`` (``None`` where an LTKM has no token): once the
-    datagram is out, they are delivered; if the send fails, hand both to :meth:`EMMGSession.requeue`.
+    datagram is out, they are delivered; if the send fails, hand both to :meth:`EMMGClient.requeue`.
     """
 
     message: Message
@@ -136,7 +138,7 @@ class EMMGConfig:
     response_timeout: float = 5.0  # s
     udp_end_wait: float = 0.1  # s between the last UDP data and stream_close_request
     datagrams_per_message: int = 1
-    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_MESSAGE
+    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_PAYLOAD
     pacing_burst: float = 0.01  # s of allocation
     max_invalid_messages: int = 3
 
@@ -155,7 +157,7 @@ class EMMGConfig:
     @property
     def message_limit(self) -> int:
         """Largest data_provision in bytes on the configured transport."""
-        return min(self.max_message_length, MAX_UDP_MESSAGE) if self.udp else self.max_message_length
+        return min(self.max_message_length, MAX_UDP_PAYLOAD) if self.udp else self.max_message_length
 
     @property
     def max_datagram(self) -> int:
@@ -164,7 +166,9 @@ class EMMGConfig:
         return min(0xFFFF, self.message_limit - overhead - _DATAGRAM_TLV)
 
 
-class State(enum.Enum):
+class EMMGState(enum.Enum):
+    """Where the client is in its set-up, data and close sequence (see the state table)."""
+
     DISCONNECTED = "DISCONNECTED"
     WAIT_CHANNEL_STATUS = "WAIT_CHANNEL_STATUS"
     WAIT_STREAM_STATUS = "WAIT_STREAM_STATUS"
@@ -177,9 +181,9 @@ class State(enum.Enum):
 
 #: states in which the MUX knows our channel (tests are answered)
 _CHANNEL_OPEN = frozenset(
-    {State.WAIT_STREAM_STATUS, State.WAIT_BW_ALLOCATION, State.READY, State.DRAINING, State.CLOSING}
+    {EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION, EMMGState.READY, EMMGState.DRAINING, EMMGState.CLOSING}
 )
-_SETTING_UP = frozenset({State.WAIT_CHANNEL_STATUS, State.WAIT_STREAM_STATUS, State.WAIT_BW_ALLOCATION})
+_SETTING_UP = frozenset({EMMGState.WAIT_CHANNEL_STATUS, EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION})
 
 
 @attrs.define(eq=False)
@@ -193,12 +197,15 @@ class _StreamState:
     sent_bytes: int = 0
 
 
-class EMMGSession:
-    """The LTKM generator's protocol state and LTKM queues (one per process)."""
+class EMMGClient(InvalidCounting):
+    """The EMMG/PDG client of EMMG<=>MUX: its protocol state and LTKM queues (one per process).
+
+    It outlives the TCP connections to the MUX (each one sets the channel up again).
+    """
 
     def __init__(self, config: EMMGConfig) -> None:
         self.config = config
-        self.state = State.DISCONNECTED
+        self.state = EMMGState.DISCONNECTED
         self.streams: dict[int, _StreamState] = {s.data_stream_id: _StreamState(s) for s in config.streams}
         self.by_data_id: dict[int, _StreamState] = {s.config.data_id: s for s in self.streams.values()}
         self._order = [s.data_stream_id for s in config.streams]
@@ -206,13 +213,16 @@ class EMMGSession:
         self._closing: set[int] = set()
         self.invalid_in_a_row = 0
         self.connections = 0
-        self._table: dict[tuple[State, type], Callable[[Any, float], list[Output]]] = {
-            (State.WAIT_CHANNEL_STATUS, m.ChannelStatus): self._on_channel_status,
-            (State.WAIT_STREAM_STATUS, m.StreamStatus): self._on_stream_status,
-            (State.WAIT_BW_ALLOCATION, m.StreamBWAllocation): self._on_bw_allocation,
-            (State.READY, m.StreamBWAllocation): self._on_bw_allocation,
-            (State.DRAINING, m.StreamBWAllocation): self._on_bw_allocation,
-            (State.CLOSING, m.StreamCloseResponse): self._on_close_response,
+        #: the ids every message of our channel carries
+        self._ids = {"protocol_version": config.protocol_version, "client_id": config.client_id,
+                     "data_channel_id": config.data_channel_id}
+        self._table: dict[tuple[EMMGState, type], Callable[[Any, float], list[Output]]] = {
+            (EMMGState.WAIT_CHANNEL_STATUS, m.ChannelStatus): self._on_channel_status,
+            (EMMGState.WAIT_STREAM_STATUS, m.StreamStatus): self._on_stream_status,
+            (EMMGState.WAIT_BW_ALLOCATION, m.StreamBWAllocation): self._on_bw_allocation,
+            (EMMGState.READY, m.StreamBWAllocation): self._on_bw_allocation,
+            (EMMGState.DRAINING, m.StreamBWAllocation): self._on_bw_allocation,
+            (EMMGState.CLOSING, m.StreamCloseResponse): self._on_close_response,
         }
 
     # -- LTKM intake ---------------------------------------------------------------------------
@@ -223,7 +233,18 @@ class EMMGSession:
         return max(0, stream.config.max_queue - len(stream.queue))
 
     def queued(self, data_id: int) -> int:
+        """How many LTKMs wait in the queue of *data_id*."""
         return len(self.by_data_id[data_id].queue)
+
+    def discard_queued(self, data_id: int) -> int:
+        """Empty the queue of *data_id* (what waits there has been superseded); how many were dropped.
+
+        :raises KeyError: no stream for *data_id*.
+        """
+        queue = self.by_data_id[data_id].queue
+        count = len(queue)
+        queue.clear()
+        return count
 
     def enqueue(self, data_id: int, datagram: bytes, token: Hashable | None = None) -> bool:
         """Queue one LTKM for *data_id*; ``False`` when the queue is full.
@@ -254,7 +275,7 @@ class EMMGSession:
 
     def poke(self, now: float) -> list[Output]:
         """New LTKMs were queued: send what the allocation allows now."""
-        if self.state in (State.READY, State.DRAINING):
+        if self.state in (EMMGState.READY, EMMGState.DRAINING):
             return self._pump(now)
         return []
 
@@ -262,41 +283,30 @@ class EMMGSession:
 
     def connection_made(self, now: float) -> list[Output]:
         """A TCP connection to the MUX is up: start the setup."""
-        if self.state is State.CLOSED:
+        if self.state is EMMGState.CLOSED:
             return [Close("session closed", "info")]
         self.connections += 1
-        self.state = State.WAIT_CHANNEL_STATUS
+        self.state = EMMGState.WAIT_CHANNEL_STATUS
         self.invalid_in_a_row = 0
         for stream in self.streams.values():
             stream.open = False
             stream.allocation = None
             stream.bucket = TokenBucket(rate=0.0, depth=0.0, stamp=now)
-        c = self.config
+        config = self.config
         return [
-            Send(
-                m.ChannelSetup(
-                    protocol_version=c.protocol_version,
-                    client_id=c.client_id,
-                    data_channel_id=c.data_channel_id,
-                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
-                )
-            ),
-            StartTimer("response", c.response_timeout),
-            Notify("connected", {"client_id": c.client_id, "channel_id": c.data_channel_id, "connection": self.connections}),
+            Send(m.ChannelSetup(**self._ids, section_TSpkt_flag=SectionTSpktFlag.BCAST)),
+            StartTimer("response", config.response_timeout),
+            Notify("connected", {"client_id": config.client_id, "channel_id": config.data_channel_id,
+                                 "connection": self.connections}),
         ]
 
     def connection_lost(self, now: float) -> list[Output]:
         """The TCP connection is gone: the MUX has freed everything; queues stay for the next one."""
         outputs: list[Output] = [CancelTimer("response"), CancelTimer("pace"), CancelTimer("udp_end_wait")]
-        if self.state is not State.CLOSED:
-            outputs.append(
-                Notify(
-                    "disconnected",
-                    {"state": self.state.value, "queued": sum(len(s.queue) for s in self.streams.values())},
-                    "info" if self.state is State.DISCONNECTED else "warn",
-                )
-            )
-            self.state = State.DISCONNECTED
+        if self.state is not EMMGState.CLOSED:
+            fields = {"state": self.state.value, "queued": sum(len(s.queue) for s in self.streams.values())}
+            outputs.append(Notify("disconnected", fields, "info" if self.state is EMMGState.DISCONNECTED else "warn"))
+            self.state = EMMGState.DISCONNECTED
         for stream in self.streams.values():
             stream.open = False
         return outputs
@@ -304,33 +314,33 @@ class EMMGSession:
     def timer_fired(self, key: str, now: float) -> list[Output]:
         if key == "pace":
             return self.poke(now)
-        if key == "udp_end_wait" and self.state is State.DRAINING:
+        if key == "udp_end_wait" and self.state is EMMGState.DRAINING:
             return self._close_streams()
-        if key == "response" and (self.state in _SETTING_UP or self.state is State.CLOSING):
+        if key == "response" and (self.state in _SETTING_UP or self.state is EMMGState.CLOSING):
             return [Notify("timeout", {"state": self.state.value}, "warn"), Close(f"no answer in {self.state.value}")]
         return []
 
     def shutdown(self, now: float) -> list[Output]:
         """Close streams and channel in order, then the connection (or just stop when not ready)."""
         state = self.state
-        if state is State.READY:
+        if state is EMMGState.READY:
             if self.config.udp:
-                self.state = State.DRAINING
+                self.state = EMMGState.DRAINING
                 return [CancelTimer("pace"), StartTimer("udp_end_wait", self.config.udp_end_wait)]
             return [CancelTimer("pace")] + self._close_streams()
-        if state in (State.DRAINING, State.CLOSING):
+        if state in (EMMGState.DRAINING, EMMGState.CLOSING):
             return []
         if state in _CHANNEL_OPEN:
-            self.state = State.CLOSED
+            self.state = EMMGState.CLOSED
             return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown", "info")]
-        self.state = State.CLOSED
-        return [CancelTimer("response"), Close("shutdown", "info")] if state is not State.DISCONNECTED else []
+        self.state = EMMGState.CLOSED
+        return [CancelTimer("response"), Close("shutdown", "info")] if state is not EMMGState.DISCONNECTED else []
 
     # -- messages ----------------------------------------------------------------------------
 
     def receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
         """Handle one message from the MUX (or the codec's error for one)."""
-        if self.state is State.CLOSED:
+        if self.state is EMMGState.CLOSED:
             return []
         if isinstance(item, PeerProtocolError):
             return self._invalid(
@@ -338,7 +348,10 @@ class EMMGSession:
                 error_status=item.error_status, detail=item.detail,
             )
         if item.protocol_version != self.config.protocol_version:
-            return self._invalid(self._channel_error(UNSUPPORTED_VERSION, 0), "version_mismatch", message_version=item.protocol_version)
+            return self._invalid(
+                self._channel_error(ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, PROTOCOL_VERSION_OFFSET), "version_mismatch",
+                message_version=item.protocol_version,
+            )
         handler = self._table.get((self.state, type(item)))
         if handler is not None:
             return handler(item, now)
@@ -355,66 +368,68 @@ class EMMGSession:
                 return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn"),
                         Close(f"unexpected {item.NAME} in {self.state.value}")]
             return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn")]
-        return self._invalid(self._channel_error(INVALID_MESSAGE, 1), "wrong_direction", message_type=item.NAME)
+        return self._invalid(
+            self._channel_error(ErrorStatus.INVALID_MESSAGE, MESSAGE_TYPE_OFFSET), "wrong_direction", message_type=item.NAME
+        )
 
     def _on_channel_status(self, msg: m.ChannelStatus, now: float) -> list[Output]:
-        c = self.config
-        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != (c.client_id, c.data_channel_id, SectionTSpktFlag.BCAST):
+        config = self.config
+        ours = (config.client_id, config.data_channel_id, SectionTSpktFlag.BCAST)
+        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != ours:
             return self._setup_failed("channel_status_mismatch", client_id=msg.client_id, channel_id=msg.data_channel_id)
         self.invalid_in_a_row = 0
-        self.state = State.WAIT_STREAM_STATUS
+        self.state = EMMGState.WAIT_STREAM_STATUS
         self._step = 0
-        return [Notify("channel_open", {"client_id": c.client_id, "channel_id": c.data_channel_id}),
-                Send(self._stream_setup(self._order[0])), StartTimer("response", c.response_timeout)]
+        return [Notify("channel_open", {"client_id": config.client_id, "channel_id": config.data_channel_id}),
+                Send(self._stream_setup(self._order[0])), StartTimer("response", config.response_timeout)]
 
     def _on_stream_status(self, msg: m.StreamStatus, now: float) -> list[Output]:
-        c = self.config
+        config = self.config
         stream = self.streams[self._order[self._step]]
-        sc = stream.config
+        stream_config = stream.config
         if (msg.client_id, msg.data_channel_id, msg.data_stream_id, msg.data_id, msg.data_type) != (
-            c.client_id, c.data_channel_id, sc.data_stream_id, sc.data_id, sc.data_type
+            config.client_id, config.data_channel_id, stream_config.data_stream_id, stream_config.data_id, stream_config.data_type
         ):
             return self._setup_failed("stream_status_mismatch", stream_id=msg.data_stream_id, data_id=msg.data_id)
         self.invalid_in_a_row = 0
         stream.open = True
-        outputs: list[Output] = [Notify("stream_open", {"stream_id": sc.data_stream_id, "data_id": sc.data_id})]
+        outputs: list[Output] = [
+            Notify("stream_open", {"stream_id": stream_config.data_stream_id, "data_id": stream_config.data_id})
+        ]
         self._step += 1
         if self._step < len(self._order):
-            outputs += [Send(self._stream_setup(self._order[self._step])), StartTimer("response", c.response_timeout)]
+            outputs += [Send(self._stream_setup(self._order[self._step])), StartTimer("response", config.response_timeout)]
             return outputs
-        self.state = State.WAIT_BW_ALLOCATION
+        self.state = EMMGState.WAIT_BW_ALLOCATION
         self._step = 0
-        return outputs + [Send(self._bw_request(self._order[0])), StartTimer("response", c.response_timeout)]
+        return outputs + [Send(self._bw_request(self._order[0])), StartTimer("response", config.response_timeout)]
 
     def _on_bw_allocation(self, msg: m.StreamBWAllocation, now: float) -> list[Output]:
-        c = self.config
+        config = self.config
         stream = self.streams.get(msg.data_stream_id)
-        if msg.client_id != c.client_id or msg.data_channel_id != c.data_channel_id or stream is None or not stream.open:
-            if self.state is State.WAIT_BW_ALLOCATION:
+        ours = msg.client_id == config.client_id and msg.data_channel_id == config.data_channel_id
+        if not ours or stream is None or not stream.open:
+            if self.state is EMMGState.WAIT_BW_ALLOCATION:
                 return self._setup_failed("allocation_mismatch", stream_id=msg.data_stream_id)
             return [Notify("unexpected_answer", {"message_type": msg.NAME, "stream_id": msg.data_stream_id}, "warn")]
         self.invalid_in_a_row = 0
         granted = stream.config.bandwidth if msg.bandwidth is None else msg.bandwidth
         stream.allocation = granted
         rate = kbit_to_bytes(granted)
-        stream.bucket.set_rate(rate, rate * c.pacing_burst, now)
-        outputs: list[Output] = [
-            Notify(
-                "bandwidth",
-                {"stream_id": msg.data_stream_id, "requested": stream.config.bandwidth, "allocation": granted,
-                 "stated": msg.bandwidth is not None},
-                "warn" if granted == 0 else "info",
-            )
-        ]
-        if self.state is State.WAIT_BW_ALLOCATION:
+        stream.bucket.set_rate(rate, rate * config.pacing_burst, now)
+        fields = {"stream_id": msg.data_stream_id, "requested": stream.config.bandwidth, "allocation": granted,
+                  "stated": msg.bandwidth is not None}
+        outputs: list[Output] = [Notify("bandwidth", fields, "warn" if granted == 0 else "info")]
+        if self.state is EMMGState.WAIT_BW_ALLOCATION:
             if msg.data_stream_id != self._order[self._step]:
                 return outputs
             self._step += 1
             if self._step < len(self._order):
-                return outputs + [Send(self._bw_request(self._order[self._step])), StartTimer("response", c.response_timeout)]
-            self.state = State.READY
-            outputs += [CancelTimer("response"), Ready(), Notify("ready", {"client_id": c.client_id, "udp": c.udp})]
-        if self.state is State.READY:
+                request = self._bw_request(self._order[self._step])
+                return outputs + [Send(request), StartTimer("response", config.response_timeout)]
+            self.state = EMMGState.READY
+            outputs += [CancelTimer("response"), Ready(), Notify("ready", {"client_id": config.client_id, "udp": config.udp})]
+        if self.state is EMMGState.READY:
             outputs += self._pump(now)
         return outputs
 
@@ -426,71 +441,61 @@ class EMMGSession:
             stream.open = False
         if self._closing:
             return []
-        self.state = State.CLOSED
+        self.state = EMMGState.CLOSED
         return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown complete", "info")]
 
+    def _not_our_channel(self, msg: m.ChannelTest | m.StreamTest) -> list[Output] | None:
+        """A test must name our client_id (else 0x000E) and open channel (else 0x0006)."""
+        config = self.config
+        if msg.client_id != config.client_id:
+            code = ErrorStatus.UNKNOWN_CLIENT_ID
+        elif self.state not in _CHANNEL_OPEN or msg.data_channel_id != config.data_channel_id:
+            code = ErrorStatus.UNKNOWN_DATA_CHANNEL_ID
+        else:
+            return None
+        return self._invalid(self._channel_error(code), "unknown_channel")
+
     def _on_channel_test(self, msg: m.ChannelTest) -> list[Output]:
-        c = self.config
-        if self.state not in _CHANNEL_OPEN or (msg.client_id, msg.data_channel_id) != (c.client_id, c.data_channel_id):
-            return self._invalid(self._channel_error(0x0006 if msg.client_id == c.client_id else 0x000E), "unknown_channel")
-        self.invalid_in_a_row = 0
-        return [
-            Send(
-                m.ChannelStatus(
-                    protocol_version=c.protocol_version,
-                    client_id=c.client_id,
-                    data_channel_id=c.data_channel_id,
-                    section_TSpkt_flag=SectionTSpktFlag.BCAST,
-                )
-            )
-        ]
+        refused = self._not_our_channel(msg)
+        if refused:
+            return refused
+        return self._ok(Send(m.ChannelStatus(**self._ids, section_TSpkt_flag=SectionTSpktFlag.BCAST)))
 
     def _on_stream_test(self, msg: m.StreamTest) -> list[Output]:
-        c = self.config
+        refused = self._not_our_channel(msg)
+        if refused:
+            return refused
         stream = self.streams.get(msg.data_stream_id)
-        if self.state not in _CHANNEL_OPEN or (msg.client_id, msg.data_channel_id) != (c.client_id, c.data_channel_id):
-            return self._invalid(self._channel_error(0x0006 if msg.client_id == c.client_id else 0x000E), "unknown_channel")
         if stream is None or not stream.open:
-            return self._invalid(self._stream_error(msg.data_stream_id, UNKNOWN_STREAM), "unknown_stream")
-        self.invalid_in_a_row = 0
-        sc = stream.config
-        return [
+            return self._invalid(self._stream_error(msg.data_stream_id, ErrorStatus.UNKNOWN_DATA_STREAM_ID), "unknown_stream")
+        stream_config = stream.config
+        return self._ok(
             Send(
                 m.StreamStatus(
-                    protocol_version=c.protocol_version,
-                    client_id=c.client_id,
-                    data_channel_id=c.data_channel_id,
-                    data_stream_id=sc.data_stream_id,
-                    data_id=sc.data_id,
-                    data_type=sc.data_type,
+                    **self._ids, data_stream_id=stream_config.data_stream_id, data_id=stream_config.data_id,
+                    data_type=stream_config.data_type,
                 )
             )
-        ]
+        )
 
     def _on_error(self, msg: m.ChannelError | m.StreamError) -> list[Output]:
-        fields = {
-            "message_type": msg.NAME,
-            "channel_id": msg.data_channel_id,
-            "stream_id": getattr(msg, "data_stream_id", None),
-            "error_status": list(msg.error_status),
-            "state": self.state.value,
-        }
+        fields = {**peer_error_fields(msg), "state": self.state.value}
         if self.state in _SETTING_UP:
             return [Notify("setup_refused", fields, "warn"), Close(f"{msg.NAME} {msg.error_status[0]:#06x} during setup")]
-        if UNRECOVERABLE in msg.error_status:
+        if ErrorStatus.UNRECOVERABLE_ERROR in msg.error_status:
             return [Notify("unrecoverable_error", fields, "warn"), Close("unrecoverable error from the MUX")]
-        event = "exceeded_bandwidth" if EXCEEDED_BANDWIDTH in msg.error_status else "peer_error"
+        event = "exceeded_bandwidth" if ErrorStatus.EXCEEDED_BANDWIDTH in msg.error_status else "peer_error"
         return [Notify(event, fields, "warn")]
 
     # -- sending -----------------------------------------------------------------------------
 
     def _pump(self, now: float) -> list[Output]:
         """Send every message the token buckets allow now; arm the pace timer for the next one."""
-        c = self.config
+        config = self.config
         outputs: list[Output] = []
         wait = None
-        limit = c.message_limit - (_UDP_OVERHEAD if c.udp else _TCP_OVERHEAD)
-        per_message = c.datagrams_per_message
+        limit = config.message_limit - (_UDP_OVERHEAD if config.udp else _TCP_OVERHEAD)
+        per_message = config.datagrams_per_message
         for stream in self.streams.values():
             queue = stream.queue
             if not stream.open:
@@ -524,121 +529,74 @@ class EMMGSession:
     def _data_provision(
         self, stream: _StreamState, datagrams: tuple[bytes, ...], tokens: tuple[Hashable | None, ...]
     ) -> list[Output]:
-        c = self.config
-        if c.udp:
+        config = self.config
+        if config.udp:
             message = m.DataProvision(
-                protocol_version=c.protocol_version, client_id=c.client_id, data_id=stream.config.data_id, datagram=datagrams
+                protocol_version=config.protocol_version, client_id=config.client_id, data_id=stream.config.data_id,
+                datagram=datagrams,
             )
             return [SendDatagram(message, tokens if any(t is not None for t in tokens) else ())]
         message = m.DataProvision(
-            protocol_version=c.protocol_version,
-            client_id=c.client_id,
-            data_channel_id=c.data_channel_id,
-            data_stream_id=stream.config.data_stream_id,
-            data_id=stream.config.data_id,
-            datagram=datagrams,
+            protocol_version=config.protocol_version, client_id=config.client_id, data_channel_id=config.data_channel_id,
+            data_stream_id=stream.config.data_stream_id, data_id=stream.config.data_id, datagram=datagrams,
         )
         delivered = tuple(t for t in tokens if t is not None)
         return [Send(message), Delivered(delivered)] if delivered else [Send(message)]
 
     def _close_streams(self) -> list[Output]:
-        c = self.config
-        self.state = State.CLOSING
+        config = self.config
+        self.state = EMMGState.CLOSING
         self._closing = {sid for sid, s in self.streams.items() if s.open}
         if not self._closing:
-            self.state = State.CLOSED
+            self.state = EMMGState.CLOSED
             return [Send(self._channel_close()), Close("shutdown complete", "info")]
-        return [
-            Send(
-                m.StreamCloseRequest(
-                    protocol_version=c.protocol_version, client_id=c.client_id, data_channel_id=c.data_channel_id, data_stream_id=sid
-                )
-            )
-            for sid in self._order
-            if sid in self._closing
-        ] + [StartTimer("response", c.response_timeout)]
+        closes: list[Output] = [
+            Send(m.StreamCloseRequest(**self._ids, data_stream_id=sid)) for sid in self._order if sid in self._closing
+        ]
+        return closes + [StartTimer("response", config.response_timeout)]
 
     # -- message builders --------------------------------------------------------------------
 
     def _stream_setup(self, stream_id: int) -> m.StreamSetup:
-        c, sc = self.config, self.streams[stream_id].config
+        stream_config = self.streams[stream_id].config
         return m.StreamSetup(
-            protocol_version=c.protocol_version,
-            client_id=c.client_id,
-            data_channel_id=c.data_channel_id,
-            data_stream_id=stream_id,
-            data_id=sc.data_id,
-            data_type=sc.data_type,
+            **self._ids, data_stream_id=stream_id, data_id=stream_config.data_id, data_type=stream_config.data_type
         )
 
     def _bw_request(self, stream_id: int) -> m.StreamBWRequest:
-        c, sc = self.config, self.streams[stream_id].config
-        return m.StreamBWRequest(
-            protocol_version=c.protocol_version,
-            client_id=c.client_id,
-            data_channel_id=c.data_channel_id,
-            data_stream_id=stream_id,
-            bandwidth=sc.bandwidth,
-        )
+        return m.StreamBWRequest(**self._ids, data_stream_id=stream_id, bandwidth=self.streams[stream_id].config.bandwidth)
 
     def _channel_close(self) -> m.ChannelClose:
-        c = self.config
-        return m.ChannelClose(protocol_version=c.protocol_version, client_id=c.client_id, data_channel_id=c.data_channel_id)
+        return m.ChannelClose(**self._ids)
 
     def _channel_error(self, code: int, info: int | None = None) -> m.ChannelError:
-        c = self.config
-        return m.ChannelError(
-            protocol_version=c.protocol_version,
-            client_id=c.client_id,
-            data_channel_id=c.data_channel_id,
-            error_status=(code,),
-            error_information=() if info is None else ((info & 0xFFFF).to_bytes(2, "big"),),
-        )
+        config = self.config
+        return emmg_mux_channel_error(config.protocol_version, config.client_id, config.data_channel_id, code, info)
 
     def _stream_error(self, stream_id: int, code: int) -> m.StreamError:
-        c = self.config
-        return m.StreamError(
-            protocol_version=c.protocol_version,
-            client_id=c.client_id,
-            data_channel_id=c.data_channel_id,
-            data_stream_id=stream_id,
-            error_status=(code,),
-        )
+        config = self.config
+        return emmg_mux_stream_error(config.protocol_version, config.client_id, config.data_channel_id, stream_id, code)
 
     def _setup_failed(self, event: str, **fields) -> list[Output]:
         return [Notify(event, {"state": self.state.value, **fields}, "warn"), Close(f"{event} during setup")]
-
-    def _invalid(self, reply: Message, event: str, **fields) -> list[Output]:
-        self.invalid_in_a_row += 1
-        outputs: list[Output] = [Send(reply), Notify(event, {"error_status": reply.error_status[0], **fields}, "warn")]
-        limit = self.config.max_invalid_messages
-        if limit and self.invalid_in_a_row >= limit:
-            outputs.append(Close(f"{self.invalid_in_a_row} invalid messages in a row"))
-        return outputs
 
     # -- introspection -----------------------------------------------------------------------
 
     def stats(self) -> dict[int, dict[str, int | None]]:
         """Per data_id: queued, sent datagrams and bytes, current allocation."""
         return {
-            s.config.data_id: {
-                "queued": len(s.queue),
-                "sent_datagrams": s.sent_datagrams,
-                "sent_bytes": s.sent_bytes,
-                "allocation": s.allocation,
-            }
+            s.config.data_id: {"queued": len(s.queue), "sent_datagrams": s.sent_datagrams, "sent_bytes": s.sent_bytes,
+                               "allocation": s.allocation}
             for s in self.streams.values()
         }
 
 
 __all__ = [
-    "CancelTimer",
     "Delivered",
+    "EMMGClient",
     "EMMGConfig",
-    "EMMGSession",
+    "EMMGState",
     "EMMGStreamConfig",
     "Ready",
     "SendDatagram",
-    "StartTimer",
-    "State",
 ]

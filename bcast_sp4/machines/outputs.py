@@ -58,12 +58,3 @@ class CancelTimer:
 
 
 Output = Send | Close | Notify | StartTimer | CancelTimer
-
-
-def error_information(value: int | None) -> tuple[bytes, ...]:
-    """The error_information parameters for an error reply: one 2-byte value, or none.
-
-    The value is the offending parameter_type, or a byte offset when no parameter is to blame
-    (digest simulcrypt.md §5.3: TS 103 197 leaves its meaning open; TSDuck sends 2 bytes).
-    """
-    return () if value is None else ((value & 0xFFFF).to_bytes(2, "big"),)

@@ -128,15 +128,19 @@ from ..wire import ecmg_scs as m
 from ..wire.params import CPCWCombination
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 
-# error_status values (TS 103 197 §5.6, digest §5.1)
-INVALID_MESSAGE = 0x0001
-UNKNOWN_CHANNEL = 0x0006
-UNKNOWN_STREAM = 0x0007
-STREAM_ID_IN_USE = 0x0014
-UNRECOVERABLE = 0x7001
-BCAST_BASE = 0x8000
+from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
+from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
+
+# error_status values (TS 103 197 §5.6, digest §5.1), under the names used below
+INVALID_MESSAGE = ErrorStatus.INVALID_MESSAGE
+UNKNOWN_CHANNEL = ErrorStatus.UNKNOWN_ECM_CHANNEL_ID
+UNKNOWN_STREAM = ErrorStatus.UNKNOWN_ECM_STREAM_ID
+STREAM_ID_IN_USE = ErrorStatus.ECM_STREAM_ID_IN_USE
+UNRECOVERABLE = ErrorStatus.UNRECOVERABLE_ERROR
 #: stream_setup refusals that point at configuration or keys rather than load (logged as errors)
-CONFIGURATION_CODES = frozenset({0x0005, 0x0011, 0x0012, 0x0015})
+CONFIGURATION_CODES = frozenset(
+    {ErrorStatus.UNKNOWN_SUPER_CAS_ID, ErrorStatus.INVALID_VALUE, ErrorStatus.UNKNOWN_ECM_ID, ErrorStatus.ECM_ID_IN_USE}
+)
 
 CP_MODULUS = 0x10000
 _WIRE = CP_MODULUS - 1

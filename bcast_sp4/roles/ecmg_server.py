@@ -12,7 +12,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..machines.ecmg import ECMGConnection, ECMGResources, ECMSource
+from ..bcast.ecm_request import ECMSource
+from ..machines.ecmg import ECMGConnection, ECMGResources
 from ..machines.outputs import Output
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol

@@ -1,7 +1,7 @@
 """EMMG / LTKM generator role: TCP control via ClientService, data_provision over TCP or UDP (TS 103 197 §6).
 
 Adapters only (STYLE §4): :class:`EMMGProtocol` (the shared TCP adapter) feeds the MUX's messages to
-the process-wide :class:`~bcast_sp4.machines.emmg.EMMGSession`; :class:`EMMGService` owns the
+the process-wide :class:`~bcast_sp4.machines.emmg.EMMGClient`; :class:`EMMGService` owns the
 session, a ``ClientService`` with ``backoffPolicy()`` (``prepareConnection`` starts the setup after
 every (re)connect), the keyed timers, the UDP data socket (a :class:`EMMGDatagramProtocol` on a
 connected UDP port, the same ``wire`` encoder) and the LTKM sources:
@@ -38,8 +38,8 @@ from twisted.python.failure import Failure
 from ..bcast.status import BcastError
 from ..bcast.subscribers import IssuedLTKM, Subscribers
 from ..config.emmg import EMMGSettings
-from ..machines.emmg import CancelTimer, Delivered, EMMGSession, Ready, SendDatagram, StartTimer, State
-from ..machines.outputs import Close, Notify, Output, Send
+from ..machines.emmg import Delivered, EMMGClient, EMMGState, Ready, SendDatagram
+from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol
 
@@ -251,7 +251,7 @@ class EMMGService(Service):
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
-        self.session = EMMGSession(settings.emmg)
+        self.session = EMMGClient(settings.emmg)
         self.protocol: EMMGProtocol | None = None
         self.udp_port = None
         self.udp_socket: socket.socket | None = None
@@ -337,7 +337,7 @@ class EMMGService(Service):
     def when_ready(self) -> Deferred:
         """A new Deferred firing (on a later turn) once the session is READY."""
         d = Deferred()
-        if self.session.state is State.READY:
+        if self.session.state is EMMGState.READY:
             self.clock.callLater(0, d.callback, self.protocol)
         else:
             self._ready_waiters.append(d)

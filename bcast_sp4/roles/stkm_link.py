@@ -21,13 +21,17 @@ Rules (where an STKM differs from an LTKM)::
   on_air_from, link not READY           hold it: only the newest held STKM per ECM_id is kept (an
                                         older one is superseded: counted, logged); it is sent as
                                         soon as the link is READY again (late, counted)
-  a newer STKM goes out or is held      older STKMs of that ECM_id still in the session's queue
-                                        (queued while READY, not yet paced out, or kept across a
-                                        reconnect) are removed, counted as superseded: the
-                                        EMMG session keeps its queues across reconnects because
+  a newer STKM goes out or is held      older STKMs of that ECM_id still in the EMMG client's
+                                        queue (queued while READY, not yet paced out, or kept
+                                        across a reconnect) are removed, counted as superseded: the
+                                        EMMG client keeps its queues across reconnects because
                                         every LTKM must arrive; for STKMs only the newest counts
   stopService                           STKMs not yet due and held ones are dropped (counted); each
                                         EMMGService closes its streams and channel in order
+
+The STKMs of each (super_CAS_id, ECM_id) wait in a :class:`~bcast_sp4.machines.stkm_schedule.STKMSchedule`
+(the "newest STKM wins" rule the MUX's in-process path uses too): due ones that could not be
+handed over are the held ones, and of several due at once only the newest is kept.
 
 Repetition: ``repetition_ms`` (the ECMG's ECM_rep_period) has no parameter on EMMG/PDG<=>MUX
 (neither stream_setup nor data_provision carries one). The MUX repeats the current STKM at the
@@ -59,7 +63,8 @@ from twisted.logger import Logger
 
 from ..config.emmg import EMMGSettings
 from ..config.scs import MuxMode, SCSSettings
-from ..machines.emmg import EMMGConfig, EMMGStreamConfig, State
+from ..machines.emmg import EMMGConfig, EMMGState, EMMGStreamConfig
+from ..machines.stkm_schedule import STKMSchedule
 from ..wire.params import DataType
 from .emmg_client import EMMGService
 
@@ -163,7 +168,8 @@ class RemoteMuxSink(MultiService):
         self.last_handed_over: dict[PairKey, int] = {}
         self._scheduled: dict[int, IDelayedCall] = {}
         self._tokens = itertools.count()
-        self._held: dict[PairKey, HeldSTKM] = {}
+        #: per (super_cas_id, ecm_id): STKMs not yet handed over, due or not (newest due wins)
+        self._pending: dict[PairKey, STKMSchedule[HeldSTKM]] = {}
         self._superseded_while_held: dict[PairKey, int] = {}
         self._awaiting: set[int] = set()
         self._rechecks: dict[int, IDelayedCall] = {}
@@ -191,8 +197,7 @@ class RemoteMuxSink(MultiService):
         for call in rechecks.values():
             if call.active():
                 call.cancel()
-        dropped = len(scheduled) + len(self._held)
-        self._held.clear()
+        dropped = sum(len(pending.clear()) for pending in self._pending.values())
         self._awaiting.clear()
         if dropped:
             self.counters["dropped_stopped"] += dropped
@@ -232,35 +237,36 @@ class RemoteMuxSink(MultiService):
             self.log.warn("STKM for super_cas_id={super_cas_id:#010x} ecm_id={ecm_id} cp_number={cp_number} "
                           "dropped: the MUX link is stopped", super_cas_id=super_cas_id, ecm_id=ecm_id, cp_number=cp_number)
             return
-        item = HeldSTKM(cp_number, stkm, on_air_from)
+        self._pending.setdefault(key, STKMSchedule()).add(on_air_from, HeldSTKM(cp_number, stkm, on_air_from))
         token = next(self._tokens)
         delay = max(0.0, on_air_from - self.clock.seconds())
-        self._scheduled[token] = self.clock.callLater(delay, self._due, token, key, item)
+        self._scheduled[token] = self.clock.callLater(delay, self._due, token, key)
 
     # -- hand-over -----------------------------------------------------------------------------
 
     @staticmethod
     def _ready(link: EMMGService) -> bool:
         protocol = link.protocol
-        return link.session.state is State.READY and protocol is not None and not protocol.closing
+        return link.session.state is EMMGState.READY and protocol is not None and not protocol.closing
 
-    def _due(self, token: int, key: PairKey, item: HeldSTKM) -> None:
+    def _due(self, token: int, key: PairKey) -> None:
+        """An STKM of *key* reached its on_air_from: hand the newest due one over, or hold it."""
         self._scheduled.pop(token, None)
-        if self._ready(self.links[key[0]]):
-            self._hand_over(key, item)
-        else:
-            self._hold(key, item)
-
-    def _hold(self, key: PairKey, item: HeldSTKM) -> None:
-        scid, ecm_id = key
+        pending = self._pending[key]
+        now = self.clock.seconds()
+        superseded = pending.settle(now)  # due together (a late timer): only the newest counts
+        if superseded:
+            self._supersede(key, len(superseded), superseded[-1].cp_number)
+        if not pending.is_due(now):  # already handed over with an earlier timer of the same instant
+            return
+        scid = key[0]
+        if self._ready(self.links[scid]):
+            self._hand_over(key, now)
+            return
         self._purge_queue(key)
-        older = self._held.get(key)
-        if older is not None:
-            self._supersede(key, 1, older.cp_number)
-        elif not any(k[0] == scid for k in self._held):
+        if scid not in self._awaiting:
             self.log.warn("MUX link for super_cas_id={super_cas_id:#010x} not ready at on_air_from: holding the newest "
                           "STKM per ECM_id until it is", super_cas_id=scid)
-        self._held[key] = item
         self._await_ready(scid)
 
     def _await_ready(self, scid: int) -> None:
@@ -268,7 +274,7 @@ class RemoteMuxSink(MultiService):
             return
         self._awaiting.add(scid)
         link = self.links[scid]
-        if link.session.state is State.READY:  # READY, but its connection is closing: look again soon
+        if link.session.state is EMMGState.READY:  # READY, but its connection is closing: look again soon
             self._rechecks[scid] = self.clock.callLater(RECHECK_INTERVAL, self._link_ready, scid)
             return
         d = link.when_ready()
@@ -284,14 +290,16 @@ class RemoteMuxSink(MultiService):
         if not self._ready(self.links[scid]):
             self._await_ready(scid)
             return
-        for key in sorted(k for k in self._held if k[0] == scid):
-            self._hand_over(key, self._held.pop(key))
+        now = self.clock.seconds()
+        for key in sorted(k for k, pending in self._pending.items() if k[0] == scid and pending.is_due(now)):
+            self._hand_over(key, now)
 
-    def _hand_over(self, key: PairKey, item: HeldSTKM) -> None:
+    def _hand_over(self, key: PairKey, now: float) -> None:
+        """Give the newest due STKM of *key* to the link; older ones, due or queued, are superseded."""
         scid, ecm_id = key
-        older = self._held.pop(key, None)  # held while the link was down, older than *item*
-        if older is not None:
-            self._supersede(key, 1, older.cp_number)
+        item, older = self._pending[key].take_due(now)
+        if older:  # held while the link was down
+            self._supersede(key, len(older), older[-1].cp_number)
         self._purge_queue(key)
         link = self.links[scid]
         if not link.enqueue_ltkm(ecm_id, item.stkm):  # pragma: no cover - the queue was just emptied
@@ -301,7 +309,7 @@ class RemoteMuxSink(MultiService):
             return
         self.counters["handed_over"] += 1
         self.last_handed_over[key] = item.cp_number
-        late = self.clock.seconds() - item.on_air_from
+        late = now - item.on_air_from
         superseded = self._superseded_while_held.pop(key, 0)
         if late > LATE_AFTER:
             self.counters["late"] += 1
@@ -313,12 +321,10 @@ class RemoteMuxSink(MultiService):
             )
 
     def _purge_queue(self, key: PairKey) -> None:
-        """Remove older STKMs of *key* still queued in the EMMG session (a newer one replaces them)."""
+        """Remove older STKMs of *key* still queued in the EMMG client (a newer one replaces them)."""
         scid, ecm_id = key
-        queue = self.links[scid].session.by_data_id[ecm_id].queue
-        if queue:
-            count = len(queue)
-            queue.clear()
+        count = self.links[scid].session.discard_queued(ecm_id)
+        if count:
             self._supersede(key, count, None)
 
     def _supersede(self, key: PairKey, count: int, cp_number: int | None) -> None:

@@ -171,58 +171,78 @@ def _register(cls: type[PeerProtocolError]) -> None:
 _register(PeerProtocolError)
 
 
-#: TS 103 197 §5.6 error_status names, ECMG<=>SCS (digest §5.1)
-ECMG_SCS_ERRORS: dict[int, str] = {
-    0x0001: "invalid message",
-    0x0002: "unsupported protocol version",
-    0x0003: "unknown message_type value",
-    0x0004: "message too long",
-    0x0005: "unknown Super_CAS_id value",
-    0x0006: "unknown ECM_channel_id value",
-    0x0007: "unknown ECM_stream_id value",
-    0x0008: "too many channels on this ECMG",
-    0x0009: "too many ECM streams on this channel",
-    0x000A: "too many ECM streams on this ECMG",
-    0x000B: "not enough control words to compute ECM",
-    0x000C: "ECMG out of storage capacity",
-    0x000D: "ECMG out of computational resources",
-    0x000E: "unknown parameter_type value",
-    0x000F: "inconsistent length for DVB parameter",
-    0x0010: "missing mandatory DVB parameter",
-    0x0011: "invalid value for DVB parameter",
-    0x0012: "unknown ECM_id value",
-    0x0013: "ECM_channel_id value already in use",
-    0x0014: "ECM_stream_id value already in use",
-    0x0015: "ECM_id value already in use",
-    0x7000: "unknown error",
-    0x7001: "unrecoverable error",
-}
+class _ErrorStatus(enum.IntEnum):
+    """An error_status value: the member name is the spec's name, :attr:`text` its wording."""
 
-#: TS 103 197 §6.2.6 error_status names, EMMG/PDG<=>MUX (digest §5.2)
-EMMG_MUX_ERRORS: dict[int, str] = {
-    0x0001: "invalid message",
-    0x0002: "unsupported protocol version",
-    0x0003: "unknown message_type value",
-    0x0004: "message too long",
-    0x0005: "unknown data_stream_id value",
-    0x0006: "unknown data_channel_id value",
-    0x0007: "too many channels on this MUX",
-    0x0008: "too many data streams on this channel",
-    0x0009: "too many data streams on this MUX",
-    0x000A: "unknown parameter_type",
-    0x000B: "inconsistent length for DVB parameter",
-    0x000C: "missing mandatory DVB parameter",
-    0x000D: "invalid value for DVB parameter",
-    0x000E: "unknown client_id value",
-    0x000F: "exceeded bandwidth",
-    0x0010: "unknown data_id value",
-    0x0011: "data_channel_id value already in use",
-    0x0012: "data_stream_id value already in use",
-    0x0013: "data_id value already in use",
-    0x0014: "client_id value already in use",
-    0x7000: "unknown error",
-    0x7001: "unrecoverable error",
-}
+    text: str
+
+    def __new__(cls, code: int, text: str) -> "_ErrorStatus":
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.text = text
+        return member
+
+
+class ECMGSCSErrorStatus(_ErrorStatus):
+    """TS 103 197 §5.6 error_status values, ECMG<=>SCS (digest §5.1)."""
+
+    INVALID_MESSAGE = 0x0001, "invalid message"
+    UNSUPPORTED_PROTOCOL_VERSION = 0x0002, "unsupported protocol version"
+    UNKNOWN_MESSAGE_TYPE = 0x0003, "unknown message_type value"
+    MESSAGE_TOO_LONG = 0x0004, "message too long"
+    UNKNOWN_SUPER_CAS_ID = 0x0005, "unknown Super_CAS_id value"
+    UNKNOWN_ECM_CHANNEL_ID = 0x0006, "unknown ECM_channel_id value"
+    UNKNOWN_ECM_STREAM_ID = 0x0007, "unknown ECM_stream_id value"
+    TOO_MANY_CHANNELS_ON_ECMG = 0x0008, "too many channels on this ECMG"
+    TOO_MANY_ECM_STREAMS_ON_CHANNEL = 0x0009, "too many ECM streams on this channel"
+    TOO_MANY_ECM_STREAMS_ON_ECMG = 0x000A, "too many ECM streams on this ECMG"
+    NOT_ENOUGH_CONTROL_WORDS = 0x000B, "not enough control words to compute ECM"
+    OUT_OF_STORAGE_CAPACITY = 0x000C, "ECMG out of storage capacity"
+    OUT_OF_COMPUTATIONAL_RESOURCES = 0x000D, "ECMG out of computational resources"
+    UNKNOWN_PARAMETER_TYPE = 0x000E, "unknown parameter_type value"
+    INCONSISTENT_LENGTH = 0x000F, "inconsistent length for DVB parameter"
+    MISSING_MANDATORY_PARAMETER = 0x0010, "missing mandatory DVB parameter"
+    INVALID_VALUE = 0x0011, "invalid value for DVB parameter"
+    UNKNOWN_ECM_ID = 0x0012, "unknown ECM_id value"
+    ECM_CHANNEL_ID_IN_USE = 0x0013, "ECM_channel_id value already in use"
+    ECM_STREAM_ID_IN_USE = 0x0014, "ECM_stream_id value already in use"
+    ECM_ID_IN_USE = 0x0015, "ECM_id value already in use"
+    UNKNOWN_ERROR = 0x7000, "unknown error"
+    UNRECOVERABLE_ERROR = 0x7001, "unrecoverable error"
+
+
+class EMMGMUXErrorStatus(_ErrorStatus):
+    """TS 103 197 §6.2.6 error_status values, EMMG/PDG<=>MUX (digest §5.2)."""
+
+    INVALID_MESSAGE = 0x0001, "invalid message"
+    UNSUPPORTED_PROTOCOL_VERSION = 0x0002, "unsupported protocol version"
+    UNKNOWN_MESSAGE_TYPE = 0x0003, "unknown message_type value"
+    MESSAGE_TOO_LONG = 0x0004, "message too long"
+    UNKNOWN_DATA_STREAM_ID = 0x0005, "unknown data_stream_id value"
+    UNKNOWN_DATA_CHANNEL_ID = 0x0006, "unknown data_channel_id value"
+    TOO_MANY_CHANNELS_ON_MUX = 0x0007, "too many channels on this MUX"
+    TOO_MANY_DATA_STREAMS_ON_CHANNEL = 0x0008, "too many data streams on this channel"
+    TOO_MANY_DATA_STREAMS_ON_MUX = 0x0009, "too many data streams on this MUX"
+    UNKNOWN_PARAMETER_TYPE = 0x000A, "unknown parameter_type"
+    INCONSISTENT_LENGTH = 0x000B, "inconsistent length for DVB parameter"
+    MISSING_MANDATORY_PARAMETER = 0x000C, "missing mandatory DVB parameter"
+    INVALID_VALUE = 0x000D, "invalid value for DVB parameter"
+    UNKNOWN_CLIENT_ID = 0x000E, "unknown client_id value"
+    EXCEEDED_BANDWIDTH = 0x000F, "exceeded bandwidth"
+    UNKNOWN_DATA_ID = 0x0010, "unknown data_id value"
+    DATA_CHANNEL_ID_IN_USE = 0x0011, "data_channel_id value already in use"
+    DATA_STREAM_ID_IN_USE = 0x0012, "data_stream_id value already in use"
+    DATA_ID_IN_USE = 0x0013, "data_id value already in use"
+    CLIENT_ID_IN_USE = 0x0014, "client_id value already in use"
+    UNKNOWN_ERROR = 0x7000, "unknown error"
+    UNRECOVERABLE_ERROR = 0x7001, "unrecoverable error"
+
+
+#: error_status -> name, ECMG<=>SCS (from :class:`ECMGSCSErrorStatus`)
+ECMG_SCS_ERRORS: dict[int, str] = {int(status): status.text for status in ECMGSCSErrorStatus}
+
+#: error_status -> name, EMMG/PDG<=>MUX (from :class:`EMMGMUXErrorStatus`)
+EMMG_MUX_ERRORS: dict[int, str] = {int(status): status.text for status in EMMGMUXErrorStatus}
 
 #: First code of the BCAST range (seed §14.1.1.3.2: BCAST error n is coded 0x8000 + n)
 BCAST_ERROR_BASE = 0x8000

@@ -16,7 +16,7 @@ from bcast_sp4.bcast.cw_encryption import CWAlgorithm
 from bcast_sp4.bcast.ecm import DvbEcmKey, STKMSource, depacketize, parse_dvb_ecm
 from bcast_sp4.bcast.keys import KeyStore, ServiceKey
 from bcast_sp4.bcast.traffic import TrafficProtection, encode_cw, generate
-from bcast_sp4.machines.ecmg import CasMode, ECMGenerationError, ECMRequest
+from bcast_sp4.bcast.ecm_request import CasMode, ECMGenerationError, ECMRequest
 from bcast_sp4.wire.params import CPCWCombination
 
 DRM, CARD, DVB, DVB_TS, EXPIRED_DRM = 0x00010001, 0x00020001, 0x4AE60000, 0x4AE60001, 0x00010002

@@ -27,7 +27,7 @@ from bcast_sp4.bcast.keys import KeyRole, KeyStore, PerKeyCache, ServiceKey, _po
 from bcast_sp4.bcast.stkm_drm import AccessCriteriaDescriptor, decode_access_criteria, encode_timestamp
 from bcast_sp4.bcast.stkm_mikey import EncrAlg
 from bcast_sp4.bcast.traffic import IPsecMaterial, TrafficProtection, decode_cw, encode_cw, generate
-from bcast_sp4.machines.ecmg import CasMode, ECMRequest
+from bcast_sp4.bcast.ecm_request import CasMode, ECMRequest
 from bcast_sp4.wire.params import CPCWCombination
 
 UTC = timezone.utc

@@ -36,7 +36,7 @@ from twisted.trial.unittest import TestCase
 from bcast_sp4.bcast import stkm_drm, stkm_mikey
 from bcast_sp4.config import load_keyfile
 from bcast_sp4.config import load_scs_settings
-from bcast_sp4.machines.emmg import State
+from bcast_sp4.machines.emmg import EMMGState
 from bcast_sp4.roles.stkm_link import RemoteMuxSink
 from bcast_sp4.tap.scs import build_service
 
@@ -197,7 +197,7 @@ class SCSRemoteMuxTest(TestCase):
             await wait_for(lambda: all_aired(PERIODS), 1.0 + 1.0 + PERIODS + 3.0, f"STKM(first + {PERIODS}) on air")
         finally:
             await top.stopService()
-        self.assertTrue(all(link.session.state is State.CLOSED for link in sink.links.values()))
+        self.assertTrue(all(link.session.state is EMMGState.CLOSED for link in sink.links.values()))
 
         checked = 0
         for i in range(SERVICES):

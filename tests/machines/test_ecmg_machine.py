@@ -9,18 +9,13 @@ import hashlib
 import pytest
 
 from bcast_sp4 import wire
-from bcast_sp4.machines.ecmg import (
-    CasMode,
-    ChannelParameters,
-    ECMGConfig,
-    ECMGConnection,
-    ECMGenerationError,
-    ECMGResources,
-    State,
-)
+from bcast_sp4.bcast.ecm_request import CasMode, ECMGenerationError
+from bcast_sp4.machines.channel import ServerChannelState
+from bcast_sp4.machines.ecmg import ChannelParameters, ECMGConfig, ECMGConnection, ECMGResources
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import ecmg_scs as m
 from bcast_sp4.wire.params import CPCWCombination as CW
+from tests.doubles import error_of, one, sent
 
 DRM, CARD, DVB = 0x00010001, 0x00020001, 0x4AE60000
 
@@ -52,20 +47,10 @@ def make(config=None, **kw):
     return resources, source, ECMGConnection(resources, source)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def error_of(outputs, cls):
-    message = one(outputs, cls)
-    assert len(message.error_status) == 1
-    return message.error_status[0]
 
 
 def opened(conn, channel=1, scid=DRM, version=3):
@@ -95,7 +80,7 @@ def test_channel_setup_announces_parameters_and_bcast_flag():
     status = opened(conn)
     assert status.section_TSpkt_flag == 0x02
     assert (status.lead_CW, status.CW_per_msg, status.max_comp_time, status.min_CP_duration) == (1, 2, 100, 10)
-    assert conn.state is State.CHANNEL_OPEN
+    assert conn.state is ServerChannelState.CHANNEL_OPEN
     _, _, dvb = make()
     assert opened(dvb, scid=DVB).section_TSpkt_flag == 0x00
 
@@ -263,7 +248,7 @@ def test_channel_close_frees_everything_and_allows_new_setup():
     opened(conn)
     stream(conn)
     outputs = conn.receive(m.ChannelClose(ECM_channel_id=1), 0)
-    assert sent(outputs) == [] and conn.state is State.NO_CHANNEL
+    assert sent(outputs) == [] and conn.state is ServerChannelState.NO_CHANNEL
     assert resources.channels == {} and resources.streams == 0 and resources.ecm_ids == set()
     opened(conn, channel=1)
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bcast_sp4 import wire
-from bcast_sp4.machines.emmg import (
-    CancelTimer,
-    Delivered,
-    EMMGConfig,
-    EMMGSession,
-    EMMGStreamConfig,
-    Ready,
-    SendDatagram,
-    StartTimer,
-    State,
-)
-from bcast_sp4.machines.outputs import Close, Notify, Send
+from bcast_sp4.machines.emmg import Delivered, EMMGClient, EMMGConfig, EMMGState, EMMGStreamConfig, Ready, SendDatagram
+from bcast_sp4.machines.outputs import CancelTimer, Close, Notify, Send, StartTimer
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import of, one, sent
 
 CLIENT = 0x00010001
 
@@ -30,21 +21,13 @@ def make(udp=False, streams=((1, 0x100, 200),), **kw):
         udp=udp,
         **kw,
     )
-    return EMMGSession(config)
+    return EMMGClient(config)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def of(outputs, cls):
-    return [o for o in outputs if isinstance(o, cls)]
 
 
 IDS = dict(client_id=CLIENT, data_channel_id=1)
@@ -75,17 +58,17 @@ def test_setup_sequence_for_two_streams():
     out = s.connection_made(0.0)
     setup_msg = one(out, m.ChannelSetup)
     assert (setup_msg.client_id, setup_msg.data_channel_id, setup_msg.section_TSpkt_flag) == (CLIENT, 1, 0x02)
-    assert StartTimer("response", 5.0) in out and s.state is State.WAIT_CHANNEL_STATUS
+    assert StartTimer("response", 5.0) in out and s.state is EMMGState.WAIT_CHANNEL_STATUS
     st = one(s.receive(channel_status(), 0.0), m.StreamSetup)
     assert (st.data_stream_id, st.data_id, st.data_type) == (1, 0x100, 0x00)
     st = one(s.receive(stream_status(), 0.0), m.StreamSetup)
     assert (st.data_stream_id, st.data_id) == (2, 0x101)
     req = one(s.receive(stream_status(st=2, data_id=0x101), 0.0), m.StreamBWRequest)
-    assert (req.data_stream_id, req.bandwidth) == (1, 200) and s.state is State.WAIT_BW_ALLOCATION
+    assert (req.data_stream_id, req.bandwidth) == (1, 200) and s.state is EMMGState.WAIT_BW_ALLOCATION
     req = one(s.receive(allocation(kbit=150), 0.0), m.StreamBWRequest)
     assert (req.data_stream_id, req.bandwidth) == (2, 64)
     out = s.receive(allocation(st=2, kbit=64), 0.0)
-    assert of(out, Ready) and CancelTimer("response") in out and s.state is State.READY
+    assert of(out, Ready) and CancelTimer("response") in out and s.state is EMMGState.READY
     assert s.stats()[0x100]["allocation"] == 150 and s.stats()[0x101]["allocation"] == 64
 
 
@@ -220,7 +203,7 @@ def test_queues_survive_reconnection_and_data_resumes_after_setup():
     first = sent(s.poke(0.0))
     assert len(first) == 1
     out = s.connection_lost(0.1)
-    assert CancelTimer("pace") in out and s.state is State.DISCONNECTED
+    assert CancelTimer("pace") in out and s.state is EMMGState.DISCONNECTED
     assert s.poke(0.2) == []  # nothing goes out while disconnected
     out = setup(s, now=1.0)  # READY sends at once what the allocation allows
     resumed = [msg.datagram[0][0] for msg in sent(out + s.poke(1.0))]
@@ -261,10 +244,10 @@ def test_shutdown_over_tcp_closes_streams_then_channel():
     s.receive(allocation(), 0.0)
     s.receive(allocation(st=2, kbit=64), 0.0)
     requests = sent(s.shutdown(1.0))
-    assert [type(r) for r in requests] == [m.StreamCloseRequest] * 2 and s.state is State.CLOSING
+    assert [type(r) for r in requests] == [m.StreamCloseRequest] * 2 and s.state is EMMGState.CLOSING
     assert s.receive(m.StreamCloseResponse(**IDS, data_stream_id=1), 1.0) == []
     out = s.receive(m.StreamCloseResponse(**IDS, data_stream_id=2), 1.0)
-    assert isinstance(sent(out)[0], m.ChannelClose) and isinstance(out[-1], Close) and s.state is State.CLOSED
+    assert isinstance(sent(out)[0], m.ChannelClose) and isinstance(out[-1], Close) and s.state is EMMGState.CLOSED
     assert s.receive(m.ChannelTest(**IDS), 2.0) == [] and s.connection_made(3.0) == [Close("session closed", "info")]
 
 
@@ -272,7 +255,7 @@ def test_shutdown_over_udp_waits_for_the_data_to_land_first():
     s = make(udp=True, udp_end_wait=0.1)
     setup(s)
     out = s.shutdown(1.0)
-    assert StartTimer("udp_end_wait", 0.1) in out and not sent(out) and s.state is State.DRAINING
+    assert StartTimer("udp_end_wait", 0.1) in out and not sent(out) and s.state is EMMGState.DRAINING
     assert isinstance(one(s.timer_fired("udp_end_wait", 1.1), m.StreamCloseRequest), m.StreamCloseRequest)
 
 
@@ -298,6 +281,22 @@ def test_enqueue_limits():
     udp.enqueue(0x100, bytes(udp.config.max_datagram))
     with pytest.raises(KeyError):
         s.enqueue(0x999, b"x")
+
+
+def test_discard_queued_empties_one_stream_s_queue_and_says_how_many():
+    s = make(streams=((1, 0x100, 200), (2, 0x101, 200)))
+    for ltkm in (b"a", b"b", b"c"):
+        s.enqueue(0x100, ltkm)
+    s.enqueue(0x101, b"other")
+    assert s.discard_queued(0x100) == 3 and s.queued(0x100) == 0 and s.room(0x100) == 100
+    assert s.queued(0x101) == 1 and s.discard_queued(0x100) == 0
+    s.connection_made(0.0)
+    for answer in (channel_status(), stream_status(), stream_status(st=2, data_id=0x101), allocation()):
+        s.receive(answer, 0.0)
+    out = s.receive(allocation(st=2), 0.0)  # READY: only what is still queued goes out
+    assert of(out, Ready) and [msg.datagram for msg in sent(out) if isinstance(msg, m.DataProvision)] == [(b"other",)]
+    with pytest.raises(KeyError):
+        s.discard_queued(0x999)
 
 
 def test_config_checks():

@@ -12,9 +12,10 @@ from collections import deque
 import pytest
 
 from bcast_sp4 import wire
-from bcast_sp4.machines.emmg import CancelTimer, Delivered, EMMGConfig, EMMGSession, EMMGStreamConfig, Ready, SendDatagram, StartTimer
+from bcast_sp4.machines.emmg import Delivered, EMMGClient, EMMGConfig, EMMGStreamConfig, Ready, SendDatagram
 from bcast_sp4.machines.mux import ClientConfig, Deliver, Emit, MuxConfig, MuxConnection, MuxCore, RouteConfig, RouteKind
 from bcast_sp4.machines.outputs import Close, Notify, Send
+from tests.doubles import Timers
 
 CLIENT, DATA_ID = 0x00010001, 0x0100
 
@@ -32,7 +33,7 @@ class Link:
                 overrun_limit=1,
             )
         )
-        self.emmg = EMMGSession(
+        self.emmg = EMMGClient(
             EMMGConfig(
                 client_id=CLIENT,
                 streams=(EMMGStreamConfig(data_stream_id=1, data_id=DATA_ID, bandwidth=kbit, max_queue=100_000),),
@@ -41,7 +42,7 @@ class Link:
             )
         )
         self.now = 0.0
-        self.timers: dict[str, float] = {}
+        self.timers = Timers()
         self.air: list[tuple[float, bytes]] = []
         self.delivered: list = []
         self.mux_replies: list = []
@@ -86,10 +87,8 @@ class Link:
             self.delivered += [t for t in o.tokens if t is not None]
         elif isinstance(o, Delivered):
             self.delivered += list(o.tokens)
-        elif isinstance(o, StartTimer):
-            self.timers[o.key] = self.now + o.seconds
-        elif isinstance(o, CancelTimer):
-            self.timers.pop(o.key, None)
+        elif self.timers.apply(o, self.now):
+            pass
         elif isinstance(o, Ready):
             self.ready += 1
         elif isinstance(o, Close):
@@ -112,20 +111,15 @@ class Link:
         while True:
             self.pending.append(("mux", self.core.tick(self.now)))
             self.flush()
-            candidates = list(self.timers.values())
-            wake = self.core.next_wakeup(self.now)
-            if wake is not None:
-                candidates.append(wake)
+            candidates = [at for at in (self.timers.next_at(), self.core.next_wakeup(self.now)) if at is not None]
             if not candidates or min(candidates) > end:
                 self.now = end
                 self.pending.append(("mux", self.core.tick(self.now)))
                 self.flush()
                 return
             self.now = max(self.now, min(candidates)) + tick_lateness
-            for key, at in sorted(self.timers.items(), key=lambda kv: kv[1]):
-                if at <= self.now:
-                    del self.timers[key]
-                    self.pending.append(("emmg", self.emmg.timer_fired(key, self.now)))
+            for key in self.timers.fire(self.now):
+                self.pending.append(("emmg", self.emmg.timer_fired(key, self.now)))
             self.flush()
 
     def enqueue(self, ltkms):

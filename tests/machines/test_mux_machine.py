@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from bcast_sp4 import wire
+from bcast_sp4.machines.channel import ServerChannelState
 from bcast_sp4.machines.mux import (
     ClientConfig,
     Deliver,
@@ -17,11 +18,11 @@ from bcast_sp4.machines.mux import (
     MuxCore,
     RouteConfig,
     RouteKind,
-    State,
     UnknownRoute,
 )
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import error_of, notices, one, sent
 
 BSM = 0x00010001  # LTKM generator and SCS of BSM 1 (DRM Profile)
 OTHER = 0x00010002  # a second LTKM generator
@@ -66,28 +67,16 @@ class Mux:
         return self.core.tick(self.now)
 
 
-def sent(outputs):
-    return [o.message for o in outputs if isinstance(o, Send)]
 
 
-def one(outputs, cls):
-    messages = sent(outputs)
-    assert len(messages) == 1 and isinstance(messages[0], cls), outputs
-    return messages[0]
 
 
-def error_of(outputs, cls):
-    message = one(outputs, cls)
-    assert len(message.error_status) == 1
-    return message.error_status[0]
 
 
 def emitted(outputs):
     return [(o.route, o.payload) for o in outputs if isinstance(o, Emit)]
 
 
-def notices(outputs, event=None):
-    return [o for o in outputs if isinstance(o, Notify) and (event is None or o.event == event)]
 
 
 def channel(conn, client=BSM, ch=1, version=3, flag=0x02, now=0.0):
@@ -127,7 +116,7 @@ def test_channel_setup_echoes_client_channel_and_bcast_flag_in_its_version():
         status = one(channel(conn, ch=version, version=version), m.ChannelStatus)
         assert (status.protocol_version, status.client_id, status.data_channel_id, status.section_TSpkt_flag) == (
             version, BSM, version, 0x02)
-        assert conn.state is State.CHANNEL_OPEN
+        assert conn.state is ServerChannelState.CHANNEL_OPEN
         conn.connection_lost(0.0)
 
 
@@ -175,7 +164,7 @@ def test_channel_close_frees_ids_streams_and_bandwidth():
     ready(mux, conn, kbit=300)
     assert mux.core.allocated == 300 and mux.core.streams == 1
     assert sent(conn.receive(m.ChannelClose(client_id=BSM, data_channel_id=1), 0)) == []
-    assert conn.state is State.NO_CHANNEL
+    assert conn.state is ServerChannelState.NO_CHANNEL
     assert mux.core.allocated == 0 and mux.core.streams == 0 and not mux.core.channels
     ready(mux, mux.conn(), kbit=300)  # the client id, channel id and data_id are free again
 
@@ -591,7 +580,7 @@ def test_invalid_messages_in_a_row_close_the_connection():
     for _ in range(2):
         assert not [o for o in conn.receive(m.ChannelTest(client_id=BSM, data_channel_id=9), 0) if isinstance(o, Close)]
     outputs = conn.receive(m.ChannelTest(client_id=BSM, data_channel_id=9), 0)
-    assert isinstance(outputs[-1], Close) and conn.state is State.NO_CHANNEL and not mux.core.channels
+    assert isinstance(outputs[-1], Close) and conn.state is ServerChannelState.NO_CHANNEL and not mux.core.channels
 
 
 def test_a_valid_message_resets_the_invalid_count():
@@ -601,7 +590,7 @@ def test_a_valid_message_resets_the_invalid_count():
     for _ in range(5):
         conn.receive(m.ChannelTest(client_id=BSM, data_channel_id=9), 0)
         conn.receive(m.ChannelTest(client_id=BSM, data_channel_id=1), 0)
-    assert conn.state is State.CHANNEL_OPEN
+    assert conn.state is ServerChannelState.CHANNEL_OPEN
 
 
 def test_version_mismatch_wrong_direction_and_codec_errors():

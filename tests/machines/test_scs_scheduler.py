@@ -13,7 +13,8 @@ from twisted.internet.task import Clock
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast import cw_encryption, traffic
-from bcast_sp4.machines.ecmg import CasMode, ChannelParameters, ECMGConfig, ECMGConnection, ECMGenerationError, ECMGResources
+from bcast_sp4.bcast.ecm_request import CasMode, ECMGenerationError
+from bcast_sp4.machines.ecmg import ChannelParameters, ECMGConfig, ECMGConnection, ECMGResources
 from bcast_sp4.machines.outputs import Notify, Send
 from bcast_sp4.machines.scs import (
     CancelTimer,

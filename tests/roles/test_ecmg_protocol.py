@@ -9,7 +9,8 @@ from bcast_sp4.bcast import stkm_drm, traffic
 from bcast_sp4.bcast.ecm import STKMSource
 from bcast_sp4.config import load_keyfile
 from bcast_sp4.config import load_ecmg_settings
-from bcast_sp4.machines.ecmg import CasMode, ECMGConfig, ECMGResources
+from bcast_sp4.bcast.ecm_request import CasMode
+from bcast_sp4.machines.ecmg import ECMGConfig, ECMGResources
 from bcast_sp4.roles.ecmg_server import ECMGFactory
 from bcast_sp4.tap import ecmg as tap
 from bcast_sp4.wire import ecmg_scs as m

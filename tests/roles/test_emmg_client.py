@@ -18,7 +18,7 @@ from bcast_sp4 import wire
 from bcast_sp4.bcast.ltkm_drm import parse_ltkm
 from bcast_sp4.config import load_subscribers
 from bcast_sp4.config.emmg import EMMGSettings, StreamSources
-from bcast_sp4.machines.emmg import EMMGConfig, EMMGStreamConfig, State
+from bcast_sp4.machines.emmg import EMMGConfig, EMMGState, EMMGStreamConfig
 from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig, RouteKind
 from bcast_sp4.roles.emmg_client import EMMGService
 from bcast_sp4.roles.mux_server import MuxServer
@@ -126,7 +126,7 @@ def test_connects_sets_up_and_sends_spool_files_once_then_moves_them(tmp_path):
     ready = lab.emmg.when_ready()
     lab.connect()
     lab.run(0.1)
-    assert lab.emmg.session.state is State.READY and ready.called
+    assert lab.emmg.session.state is EMMGState.READY and ready.called
     lab.run(1.0)
     assert lab.aired() == files
     assert sorted(p.name for p in (lab.spool / "sent").iterdir()) == [f"{k:05d}.ltkm" for k in range(20)]
@@ -189,7 +189,7 @@ def test_reconnects_and_resumes_without_losing_queued_ltkms(tmp_path):
     assert 5 <= sent_before < 30
     lab.pump.clientIO.loseConnection()  # the MUX connection drops
     lab.pump.flush()
-    assert lab.emmg.session.state is State.DISCONNECTED and lab.emmg.session.queued(DATA_ID) > 0
+    assert lab.emmg.session.state is EMMGState.DISCONNECTED and lab.emmg.session.queued(DATA_ID) > 0
     lab.run(3.5)
     assert len(lab.reactor.tcpClients) == 0  # waiting for the retry delay (policy(1) = 4 s)
     lab.run(1.0)
@@ -250,7 +250,7 @@ def test_graceful_stop_closes_stream_then_channel(tmp_path):
     lab.pump.flush()
     lab.run(0.1)
     assert stopped.called
-    assert not lab.mux.core.channels and lab.emmg.session.state is State.CLOSED
+    assert not lab.mux.core.channels and lab.emmg.session.state is EMMGState.CLOSED
     assert not lab.emmg_udp_exists()
 
 

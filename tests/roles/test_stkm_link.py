@@ -15,7 +15,7 @@ from twisted.test import iosim
 
 from bcast_sp4.config import ConfigError, load_scs_settings
 from bcast_sp4.config.scs import MuxMode
-from bcast_sp4.machines.emmg import State
+from bcast_sp4.machines.emmg import EMMGState
 from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig, RouteKind
 from bcast_sp4.roles.mux_server import MuxServer
 from bcast_sp4.roles.scs_client import SCSRunner
@@ -307,7 +307,7 @@ def test_reconnect_resumes_with_the_newest_stkm_and_the_mux_keeps_the_last_meanw
     lab.run(0.2)
     lab.pump_of(DRM).clientIO.loseConnection()  # the MUX connection of the DRM link drops
     lab.flush()
-    assert lab.sink.links[DRM].session.state is State.DISCONNECTED and lab.sink.is_ready(CARD)
+    assert lab.sink.links[DRM].session.state is EMMGState.DISCONNECTED and lab.sink.is_ready(CARD)
     lab.sink.submit(DRM, 1, 2, b"TWO", t + 0.5, 100)
     lab.sink.submit(DRM, 1, 3, b"THREE", t + 0.7, 100)
     lab.run_until(t + 0.9)
@@ -406,7 +406,7 @@ def test_stop_drops_what_is_not_due_and_closes_streams_then_channel(tmp_path):
     kinds = [type(x) for x in received]
     assert kinds.count(m.StreamCloseRequest) == 3 and kinds.count(m.ChannelClose) == 2
     assert kinds.index(m.ChannelClose) > kinds.index(m.StreamCloseRequest)
-    assert all(link.session.state is State.CLOSED for link in lab.sink.links.values())
+    assert all(link.session.state is EMMGState.CLOSED for link in lab.sink.links.values())
     assert lab.sink.counters["dropped_stopped"] == 1
     lab.run(6.0)
     assert b"LATER" not in {d for _t, d in lab.aired[(DRM, 1)]}

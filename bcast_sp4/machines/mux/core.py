@@ -1,0 +1,600 @@
+"""The MUX core: routes, channel and stream registries, bandwidth, LTKM queues, STKM carousels, UDP.
+
+TS 103 197 §6 (digest ``simulcrypt.md`` §4, §5.2, §6.3-§6.5); OMA BCAST SP-4 seed §14.1.1.3.4-.5.
+One :class:`MuxCore` per MUX process; the per-connection rules are :mod:`.connection`'s, which
+reaches the core only through its public registry API (:meth:`MuxCore.channel_refusal`,
+:meth:`~MuxCore.open_channel`, :meth:`~MuxCore.close_channel`, :meth:`~MuxCore.open_stream`,
+:meth:`~MuxCore.close_stream`, :meth:`~MuxCore.allocate`, :meth:`~MuxCore.ingest`,
+:meth:`~MuxCore.drop`); the core answers UDP errors with the owning connection's public
+:meth:`~bcast_sp4.machines.channel.ServerChannel.channel_error` / ``stream_error`` (found by
+:meth:`~MuxCore.connection_of`).
+
+UDP ``data_provision`` (digest §4.5): accepted only for a stream set up over TCP, found by
+``client_id`` + ``data_id``; ``data_channel_id`` / ``data_stream_id`` are optional and must match
+when present. Anything else is dropped, counted and logged; when the client_id has an open channel,
+the error also goes to it over TCP (undecodable: channel_error with the codec's code; not
+data_provision: 0x0001; version other than the channel's: 0x0002; no stream for data_id: 0x0010
+as channel_error, or stream_error when the stream ids were given; ids mismatching 0x0006/0x0005),
+at most one such report per connection per ``udp_error_interval``.
+
+Bandwidth (kbit/s, UDP payload bytes only: IP/UDP headers are not counted): a stream starts with
+``min(route.default_bandwidth, what is free)``; stream_BW_request grants ``min(requested,
+route.max_bandwidth, client.max_bandwidth - client's other streams, max_bandwidth - all other
+streams)``; one without a bandwidth value is answered with the current allocation [UNCONFIRMED
+reading, digest §4.4]. The MUX never sends an unsolicited allocation.
+
+LTKM streams: each datagram is queued on its route (bounded by ``queue_datagrams`` and
+``queue_bytes``; a full queue drops, counted) and emitted by an egress token bucket at the stream's
+allocation (:mod:`..pacing`). Ingress is policed by a second bucket at the same rate with
+``ingress_burst`` seconds of depth: a data_provision arriving while that bucket is in debt is an
+overrun; ``overrun_limit`` overruns in a row draw stream_error 0x000F (then the count restarts).
+Overrun traffic is still queued while there is room, so the MUX never loses what a sender within
+its allocation sends, and never emits above the allocation. ``unthrottled`` (lab and benchmark)
+turns pacing and policing off: datagrams leave as they arrive. A stream that closes drops what is
+still queued (counted).
+
+STKM streams (the "current STKM" carousel): the datagrams of the newest data_provision replace the
+current set at once (normally one STKM; several are repeated together) -- this is how an SCS
+signals the crypto-period switch over the wire. The set is emitted at once (unless it went out
+less than a quarter period ago; then at that quarter) and then every ``repetition_period`` ms until
+replaced. A set replaced before it was ever emitted counts as dropped ("superseded"). The STKM
+stays on air when its stream or connection goes away (TSDuck's degraded mode: last ECM kept).
+:meth:`MuxCore.submit_stkm` is the in-process path for a co-located SCS: same carousel, with
+``on_air_from`` scheduling the switch and an optional ``repetition_ms`` (the ECMG's ECM_rep_period
+as the SCS knows it) replacing the route's configured period from that switch on; at most
+``max_pending_stkms`` future switches per route; of several due at once the newest wins, the
+others count as superseded (:mod:`..stkm_schedule`).
+STKM ingress is not policed: the carousel, not the sender, sets the egress rate.
+
+Drops: every datagram that arrives and is not emitted is counted under a reason and logged
+(:mod:`.drops`); ``refused`` is a data_provision answered with an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ...wire import Message, PeerProtocolError
+from ...wire import emmg_mux as m
+from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
+from ...wire.params import EMMG_MUX_PARAMS
+from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, error_information
+from ..outputs import Notify, Output, Send
+from ..pacing import TokenBucket, kbit_to_bytes
+from ..stkm_schedule import DUE_EPSILON, STKMSchedule
+from .config import ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
+from .drops import DropLog
+
+if TYPE_CHECKING:
+    from .connection import MuxConnection
+
+# error_information: the offending parameter_type (digest §5.3)
+_DATAGRAM = EMMG_MUX_PARAMS["datagram"].code
+_DATA_ID = EMMG_MUX_PARAMS["data_id"].code
+
+
+@attrs.frozen(repr=False)
+class Emit:
+    """Send *payload* as one UDP datagram to the destination of *route*."""
+
+    route: RouteKey
+    payload: bytes
+
+    def __repr__(self) -> str:
+        return f"Emit(route=({self.route[0]:#010x}, {self.route[1]}), {len(self.payload)} bytes)"
+
+
+@attrs.frozen
+class Deliver:
+    """Send *message* on another connection's TCP transport."""
+
+    connection: "MuxConnection"
+    message: Message
+
+
+class UnknownRoute(LookupError):
+    """:meth:`MuxCore.submit_stkm` named no configured STKM route."""
+
+
+@attrs.define(eq=False)
+class MuxStream:
+    """One data stream, set up over TCP by *connection* on *route* (a record the core keeps)."""
+
+    connection: "MuxConnection"
+    channel_id: int
+    stream_id: int
+    data_id: int
+    data_type: int
+    route: "MuxRoute"
+    allocation: int = 0  # kbit/s
+    ingress: TokenBucket | None = None
+    overruns_in_a_row: int = 0
+    overruns: int = 0
+
+
+@attrs.define(eq=False)
+class MuxRoute:
+    """One configured route, its stream (at most one) and its LTKM queue or STKM carousel."""
+
+    config: RouteConfig
+    client: ClientConfig
+    key: RouteKey
+    stream: MuxStream | None = None
+    # LTKM
+    queue: deque = attrs.field(factory=deque)
+    queued_bytes: int = 0
+    egress: TokenBucket | None = None
+    # STKM
+    current: tuple[bytes, ...] = ()
+    current_emitted: bool = True
+    period: float = 0.1  # s between two copies of the current STKM set
+    next_emit: float | None = None
+    last_emit: float | None = None
+    #: in-process switches to come: (datagrams, period or None) by on_air_from
+    pending: STKMSchedule[tuple[tuple[bytes, ...], float | None]] = attrs.field(factory=STKMSchedule)
+    # counters
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    datagrams_out: int = 0
+    bytes_out: int = 0
+
+
+class MuxCore:
+    """What all connections of one MUX share; also the UDP and in-process (co-located SCS) inputs.
+
+    Read-only for others: :attr:`routes`, :attr:`channels` ((client_id, data_channel_id) -> the
+    owning connection), :attr:`client_channels`, :attr:`streams` (how many are open),
+    :attr:`allocated`, :attr:`client_allocated`, :attr:`counters`, :attr:`dropped`.
+    """
+
+    def __init__(self, config: MuxConfig) -> None:
+        self.config = config
+        self.routes: dict[RouteKey, MuxRoute] = {}
+        for client in config.clients.values():
+            for route in client.routes.values():
+                key = (client.client_id, route.data_id)
+                self.routes[key] = MuxRoute(
+                    config=route, client=client, key=key, period=route.repetition_period / 1000.0,
+                    pending=STKMSchedule(config.max_pending_stkms),
+                )
+        self.channels: dict[tuple[int, int], MuxConnection] = {}  # (client_id, channel_id) -> owner
+        self.client_channels: dict[int, int] = {}
+        self.streams = 0
+        self.allocated = 0  # kbit/s, all streams
+        self.client_allocated: dict[int, int] = {}
+        self.dirty = False
+        self._busy: set[MuxRoute] = set()  # LTKM routes with a queue
+        self._carousels: set[MuxRoute] = set()  # STKM routes with a current set or pending ones
+        self._drops = DropLog(config.drop_log_interval)
+        self._udp_reported: dict[MuxConnection, float] = {}
+        #: counters: message and datagram totals, and drops by reason
+        names = ("data_provisions", "datagrams_in", "bytes_in", "datagrams_out", "bytes_out", "udp_messages", "overruns")
+        self.counters: dict[str, int] = dict.fromkeys(names, 0)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Datagrams dropped so far, by reason."""
+        return self._drops.counts
+
+    # -- channel and stream registries (the connections' API) ---------------------------------
+
+    def channel_refusal(self, client: ClientConfig, channel_id: int) -> int | None:
+        """The error_status refusing a new channel of *client*, or ``None`` when it may open."""
+        if (client.client_id, channel_id) in self.channels:
+            return ErrorStatus.DATA_CHANNEL_ID_IN_USE
+        if self.client_channels.get(client.client_id, 0) >= client.max_channels:
+            return ErrorStatus.CLIENT_ID_IN_USE
+        if len(self.channels) >= self.config.max_channels:
+            return ErrorStatus.TOO_MANY_CHANNELS_ON_MUX
+        return None
+
+    def open_channel(self, connection: MuxConnection, client_id: int, channel_id: int) -> None:
+        """Register *connection* as the owner of (client_id, channel_id)."""
+        self.channels[(client_id, channel_id)] = connection
+        self.client_channels[client_id] = self.client_channels.get(client_id, 0) + 1
+
+    def close_channel(self, connection: MuxConnection, client_id: int, channel_id: int) -> None:
+        """Forget the channel of *connection* (its streams are closed first, one by one)."""
+        self.channels.pop((client_id, channel_id), None)
+        self.client_channels[client_id] -= 1
+        self._udp_reported.pop(connection, None)
+
+    def connection_of(self, client_id: int | None) -> MuxConnection | None:
+        """A connection holding a channel of *client_id* (where UDP errors are reported), or ``None``."""
+        if client_id is None or not self.client_channels.get(client_id):
+            return None
+        for (cid, _ch), connection in self.channels.items():
+            if cid == client_id:
+                return connection
+        return None
+
+    def open_stream(
+        self, connection: MuxConnection, channel_id: int, stream_id: int, data_id: int, data_type: int, route: MuxRoute,
+        now: float,
+    ) -> MuxStream:
+        """Open a stream of *connection* on *route* (free: checked by the caller) with its default allocation."""
+        stream = MuxStream(
+            connection=connection, channel_id=channel_id, stream_id=stream_id, data_id=data_id, data_type=data_type, route=route
+        )
+        route.stream = stream
+        self.streams += 1
+        config = self.config
+        free = self._free_bandwidth(route, None)
+        stream.allocation = min(route.config.default_bandwidth, route.config.max_bandwidth, free)
+        self._account(stream, stream.allocation)
+        rate = kbit_to_bytes(stream.allocation)
+        stream.ingress = TokenBucket(
+            rate=rate, depth=self._ingress_depth(rate), tokens=self._ingress_depth(rate), stamp=now, floor=-float(config.queue_bytes)
+        )
+        if route.config.kind is RouteKind.LTKM:
+            route.egress = TokenBucket(rate=rate, depth=rate * config.egress_burst, tokens=0.0, stamp=now)
+        return stream
+
+    def close_stream(self, stream: MuxStream, now: float, why: str) -> list[Output]:
+        """Close *stream*: its allocation is freed, what its LTKM route still queues is dropped (counted)."""
+        route = stream.route
+        outputs: list[Output] = []
+        if route.stream is stream:
+            route.stream = None
+            if route.queue:
+                outputs += self.drop(route.key, "stream_closed", len(route.queue), now, why=why)
+                route.queue.clear()
+                route.queued_bytes = 0
+                self._busy.discard(route)
+        self.streams -= 1
+        self._account(stream, -stream.allocation)
+        stream.allocation = 0
+        return outputs
+
+    def allocate(self, stream: MuxStream, requested: int | None, now: float) -> int:
+        """Grant *stream* what it asks within every limit (see the module docstring); ``None`` asks nothing."""
+        if requested is None:
+            return stream.allocation
+        route = stream.route
+        grant = max(0, min(requested, route.config.max_bandwidth, self._free_bandwidth(route, stream)))
+        raised = grant > stream.allocation
+        self._account(stream, grant - stream.allocation)
+        stream.allocation = grant
+        rate = kbit_to_bytes(grant)
+        # a raised allocation starts with its full burst allowance
+        stream.ingress.set_rate(rate, self._ingress_depth(rate), now, floor=-float(self.config.queue_bytes), fill=raised)
+        if route.egress is not None and route.stream is stream:
+            route.egress.set_rate(rate, rate * self.config.egress_burst, now)
+        return grant
+
+    def drop(self, route: RouteKey | None, reason: str, count: int, now: float, **fields: Any) -> list[Output]:
+        """Count *count* datagrams dropped for *reason*; log the first at once, then summaries."""
+        return self._drops.drop(route, reason, count, now, **fields)
+
+    def _ingress_depth(self, rate: float) -> float:
+        return rate * self.config.ingress_burst
+
+    def _free_bandwidth(self, route: MuxRoute, stream: MuxStream | None) -> int:
+        own = stream.allocation if stream is not None else 0
+        client = route.client
+        client_free = client.max_bandwidth - (self.client_allocated.get(client.client_id, 0) - own)
+        total_free = self.config.max_bandwidth - (self.allocated - own)
+        return max(0, min(client_free, total_free))
+
+    def _account(self, stream: MuxStream, delta: int) -> None:
+        client_id = stream.route.client.client_id
+        self.allocated += delta
+        self.client_allocated[client_id] = self.client_allocated.get(client_id, 0) + delta
+
+    # -- data path ---------------------------------------------------------------------------
+
+    def ingest(self, stream: MuxStream, datagrams: tuple[bytes, ...], now: float, *, tcp: bool) -> list[Output]:
+        """Take the datagrams of one accepted data_provision of *stream* (TCP or UDP)."""
+        route = stream.route
+        config = self.config
+        counters = self.counters
+        count = len(datagrams)
+        size = sum(map(len, datagrams))
+        counters["data_provisions"] += 1
+        counters["datagrams_in"] += count
+        counters["bytes_in"] += size
+        route.datagrams_in += count
+        route.bytes_in += size
+        outputs: list[Output] = []
+        limit = config.max_datagram_size
+        if max(map(len, datagrams)) > limit:
+            long = [d for d in datagrams if len(d) > limit]
+            datagrams = tuple(d for d in datagrams if len(d) <= limit)
+            size -= sum(map(len, long))
+            outputs += self.drop(route.key, "too_long", len(long), now, max_datagram_size=limit)
+            too_long = {"error_status": (ErrorStatus.INVALID_VALUE,), "error_information": error_information(_DATAGRAM)}
+            outputs.append(self._to_stream(stream, m.StreamError, tcp, **too_long))
+            if not datagrams:
+                return outputs
+            count = len(datagrams)
+        if route.config.kind is RouteKind.STKM:
+            outputs += self._replace_stkm(route, datagrams, now)
+            return outputs
+        if config.unthrottled:
+            counters["datagrams_out"] += count
+            counters["bytes_out"] += size
+            route.datagrams_out += count
+            route.bytes_out += size
+            key = route.key
+            if count == 1:
+                outputs.append(Emit(key, datagrams[0]))
+            else:
+                outputs += [Emit(key, d) for d in datagrams]
+            return outputs
+        # policing: a message starting while the ingress bucket is in debt is an overrun
+        ingress = stream.ingress
+        if ingress.ready(now):
+            stream.overruns_in_a_row = 0
+        else:
+            stream.overruns += 1
+            stream.overruns_in_a_row += 1
+            counters["overruns"] += 1
+            if stream.overruns_in_a_row >= config.overrun_limit:
+                stream.overruns_in_a_row = 0
+                outputs.append(self._to_stream(stream, m.StreamError, tcp, error_status=(ErrorStatus.EXCEEDED_BANDWIDTH,)))
+                fields = {"client_id": route.key[0], "data_id": route.key[1], "stream_id": stream.stream_id,
+                          "allocation": stream.allocation, "overruns": stream.overruns}
+                outputs.append(Notify("exceeded_bandwidth", fields, "warn"))
+        ingress.take(size)
+        queue = route.queue
+        accepted = 0
+        for d in datagrams:
+            if len(queue) >= config.queue_datagrams or route.queued_bytes + len(d) > config.queue_bytes:
+                break
+            queue.append(d)
+            route.queued_bytes += len(d)
+            accepted += 1
+        if accepted < len(datagrams):
+            outputs += self.drop(
+                route.key, "queue_full", len(datagrams) - accepted, now, queued=len(queue), allocation=stream.allocation
+            )
+        if accepted:
+            self._busy.add(route)
+            self.dirty = True
+        return outputs
+
+    def _replace_stkm(self, route: MuxRoute, datagrams: tuple[bytes, ...], now: float, period: float | None = None) -> list[Output]:
+        outputs: list[Output] = []
+        if route.current and not route.current_emitted:
+            outputs += self.drop(route.key, "superseded", len(route.current), now)
+        route.current = tuple(datagrams)
+        route.current_emitted = False
+        if period is not None:
+            route.period = period
+        period = route.period
+        soonest = now if route.last_emit is None else max(now, route.last_emit + period / 4)
+        route.next_emit = soonest if route.next_emit is None else min(route.next_emit, soonest)
+        self._carousels.add(route)
+        self.dirty = True
+        return outputs
+
+    def submit_stkm(
+        self, super_cas_id: int, ecm_id: int, stkm: bytes, on_air_from: float | None, now: float,
+        repetition_ms: int | None = None,
+    ) -> list[Output]:
+        """In-process STKM submission for a co-located SCS (same carousel as a TCP/UDP STKM stream).
+
+        :param super_cas_id: the STKM stream's Super_CAS_id (= the route's client_id).
+        :param ecm_id: its ECM_id (= the route's data_id).
+        :param stkm: the STKM bytes (1..max_datagram_size).
+        :param on_air_from: when it replaces the current STKM (same clock as *now*); ``None`` or a
+            past time = at once.
+        :param repetition_ms: repetition period of this STKM (the ECMG's ECM_rep_period, as an
+            SCS knows it); ``None`` keeps the route's (configured ``repetition_period`` until an
+            SCS gives one).
+        :raises UnknownRoute: no STKM route for (super_cas_id, ecm_id).
+        :raises ValueError: empty or over-long STKM.
+        """
+        route = self.routes.get((super_cas_id, ecm_id))
+        if route is None or route.config.kind is not RouteKind.STKM:
+            raise UnknownRoute(f"no STKM route for Super_CAS_id {super_cas_id:#010x} ECM_id {ecm_id}")
+        stkm = bytes(stkm)
+        if not 1 <= len(stkm) <= self.config.max_datagram_size:
+            raise ValueError(f"STKM of {len(stkm)} bytes outside 1..{self.config.max_datagram_size}")
+        if repetition_ms is not None and not 1 <= repetition_ms <= 0xFFFF:
+            raise ValueError(f"repetition period {repetition_ms} ms outside 1..65535")
+        period = None if repetition_ms is None else repetition_ms / 1000.0
+        route.datagrams_in += 1
+        route.bytes_in += len(stkm)
+        self.counters["datagrams_in"] += 1
+        self.counters["bytes_in"] += len(stkm)
+        if on_air_from is None or on_air_from <= now:
+            return self._replace_stkm(route, (stkm,), now, period)
+        if not route.pending.add(on_air_from, ((stkm,), period)):
+            return self.drop(route.key, "pending_overflow", 1, now, pending=len(route.pending))
+        self._carousels.add(route)
+        self.dirty = True
+        return []
+
+    def tick(self, now: float) -> list[Output]:
+        """Emit what is due at *now*: paced LTKMs, STKM repetitions and switches, drop summaries."""
+        self.dirty = False
+        outputs: list[Output] = []
+        counters = self.counters
+        for route in list(self._busy):
+            bucket = route.egress
+            queue = route.queue
+            emitted = nbytes = 0
+            while queue and bucket.ready(now):
+                d = queue.popleft()
+                route.queued_bytes -= len(d)
+                bucket.take(len(d))
+                outputs.append(Emit(route.key, d))
+                emitted += 1
+                nbytes += len(d)
+            if emitted:
+                route.datagrams_out += emitted
+                route.bytes_out += nbytes
+                counters["datagrams_out"] += emitted
+                counters["bytes_out"] += nbytes
+            if not queue:
+                self._busy.discard(route)
+        for route in list(self._carousels):
+            pending = route.pending
+            if pending.is_due(now):
+                newest, superseded = pending.take_due(now)
+                for datagrams, _period in superseded:
+                    outputs += self.drop(route.key, "superseded", len(datagrams), now)
+                datagrams, period = newest
+                outputs += self._replace_stkm(route, datagrams, now, period)
+            if route.current and route.next_emit is not None and route.next_emit <= now + DUE_EPSILON:
+                period = route.period
+                for d in route.current:
+                    outputs.append(Emit(route.key, d))
+                    route.datagrams_out += 1
+                    route.bytes_out += len(d)
+                    counters["datagrams_out"] += 1
+                    counters["bytes_out"] += len(d)
+                route.current_emitted = True
+                route.last_emit = now
+                following = route.next_emit + period
+                route.next_emit = following if following > now else now + period
+            if not route.current and not pending:
+                self._carousels.discard(route)
+        drops_due = self._drops.due
+        if drops_due is not None and drops_due <= now + DUE_EPSILON:
+            outputs += self._drops.flush(now)
+        self.dirty = False
+        return outputs
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When :meth:`tick` next has something to do (``None``: only new input can change that)."""
+        best = math.inf
+        for route in self._busy:
+            delay = route.egress.delay(now)
+            if now + delay < best:
+                best = now + delay
+        for route in self._carousels:
+            if route.current and route.next_emit is not None:
+                best = min(best, route.next_emit)
+            switch = route.pending.next_due()
+            if switch is not None:
+                best = min(best, switch)
+        if self._drops.due is not None:
+            best = min(best, self._drops.due)
+        return None if best == math.inf else max(best, now)
+
+    def egress_failed(self, route: RouteKey, reason: str, now: float) -> list[Output]:
+        """The adapter could not send one datagram of *route* (socket error): count and log it."""
+        self.counters["datagrams_out"] -= 1
+        known = self.routes.get(route)
+        if known is not None:
+            known.datagrams_out -= 1
+        return self.drop(route, "egress_error", 1, now, error=reason)
+
+    # -- UDP input ---------------------------------------------------------------------------
+
+    def receive_udp(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
+        """One UDP datagram from an EMMG: a decoded message or the codec's error for it."""
+        self.counters["udp_messages"] += 1
+        if type(item) is m.DataProvision and item.data_channel_id is None and item.data_stream_id is None:
+            # the usual shape (digest §4.5: no channel/stream ids on UDP), for a live stream
+            route = self.routes.get((item.client_id, item.data_id))
+            if route is not None:
+                stream = route.stream
+                if stream is not None and item.protocol_version == stream.connection.version:
+                    return self.ingest(stream, item.datagram, now, tcp=False)
+        if isinstance(item, PeerProtocolError):
+            outputs = self.drop(None, "udp_invalid", 1, now, error_status=item.error_status, client_id=item.client_id)
+            connection = self.connection_of(item.client_id)
+            if connection is not None:
+                outputs += self._udp_report(
+                    connection,
+                    connection.channel_error(item.error_status, item.error_information, version=item.protocol_version),
+                    now,
+                )
+            return outputs
+        client_id = getattr(item, "client_id", None)
+        if type(item) is not m.DataProvision:
+            outputs = self.drop(None, "udp_invalid", 1, now, message_type=item.NAME, client_id=client_id)
+            connection = self.connection_of(client_id)
+            if connection is not None:
+                reply = connection.channel_error(ErrorStatus.INVALID_MESSAGE, MESSAGE_TYPE_OFFSET)
+                outputs += self._udp_report(connection, reply, now)
+            return outputs
+        count = len(item.datagram)
+        route = self.routes.get((item.client_id, item.data_id))
+        stream = route.stream if route is not None else None
+        if stream is None:
+            outputs = self.drop(
+                None if route is None else route.key, "udp_unknown", count, now, client_id=item.client_id, data_id=item.data_id
+            )
+            connection = self.connection_of(item.client_id)
+            if connection is not None:
+                if item.data_channel_id is not None and item.data_stream_id is not None:
+                    reply = connection.stream_error(
+                        item.data_stream_id, ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID, channel_id=item.data_channel_id
+                    )
+                else:
+                    reply = connection.channel_error(ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID)
+                outputs += self._udp_report(connection, reply, now)
+            return outputs
+        connection = stream.connection
+        code = None
+        if item.protocol_version != connection.version:
+            code = ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION
+            reply = connection.channel_error(code, PROTOCOL_VERSION_OFFSET)
+        elif item.data_channel_id is not None and item.data_channel_id != stream.channel_id:
+            code = ErrorStatus.UNKNOWN_DATA_CHANNEL_ID
+            reply = connection.stream_error(item.data_stream_id or stream.stream_id, code, channel_id=item.data_channel_id)
+        elif item.data_stream_id is not None and item.data_stream_id != stream.stream_id:
+            code = ErrorStatus.UNKNOWN_DATA_STREAM_ID
+            reply = connection.stream_error(item.data_stream_id, code)
+        if code is not None:
+            outputs = self.drop(route.key, "udp_unknown", count, now, error_status=code)
+            return outputs + self._udp_report(connection, reply, now)
+        return self.ingest(stream, item.datagram, now, tcp=False)
+
+    def receive_udp_fast(self, version: int, client_id: int, data_id: int, datagram: bytes, now: float) -> list[Output] | None:
+        """:meth:`receive_udp` for the usual UDP shape, already taken apart by the adapter.
+
+        Handles only a datagram for a live stream of the same version; returns ``None`` for
+        anything else, and the caller then decodes the bytes in full and calls :meth:`receive_udp`
+        (so every error is judged and answered in one place).
+        """
+        route = self.routes.get((client_id, data_id))
+        if route is None:
+            return None
+        stream = route.stream
+        if stream is None or version != stream.connection.version:
+            return None
+        self.counters["udp_messages"] += 1
+        return self.ingest(stream, (datagram,), now, tcp=False)
+
+    def _udp_report(self, connection: MuxConnection, message: Message, now: float) -> list[Output]:
+        last = self._udp_reported.get(connection)
+        if last is not None and now - last < self.config.udp_error_interval:
+            return []
+        self._udp_reported[connection] = now
+        return [Deliver(connection, message)]
+
+    def _to_stream(self, stream: MuxStream, cls: type, tcp: bool, **fields) -> Output:
+        message = cls(
+            protocol_version=stream.connection.version,
+            client_id=stream.route.key[0],
+            data_channel_id=stream.channel_id,
+            data_stream_id=stream.stream_id,
+            **fields,
+        )
+        return Send(message) if tcp else Deliver(stream.connection, message)
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def route_stats(self, key: RouteKey) -> dict[str, int]:
+        """Counters of one route (for tests, benchmarks and logs)."""
+        r = self.routes[key]
+        return {
+            "datagrams_in": r.datagrams_in,
+            "bytes_in": r.bytes_in,
+            "datagrams_out": r.datagrams_out,
+            "bytes_out": r.bytes_out,
+            "queued": len(r.queue),
+            "allocation": r.stream.allocation if r.stream is not None else 0,
+        }
+
+
+__all__ = ["Deliver", "Emit", "MuxCore", "MuxRoute", "MuxStream", "UnknownRoute"]
