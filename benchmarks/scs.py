@@ -52,8 +52,10 @@ from twisted.internet.endpoints import clientFromString  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from bcast_sp4.bcast.traffic import TrafficProtection  # noqa: E402
-from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing  # noqa: E402
-from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy, tune_gc  # noqa: E402
+from bcast_sp4.machines.scs_core import SCSCore  # noqa: E402
+from bcast_sp4.machines.scs_records import ChannelSpec, LinkSpec, ServiceSpec, Timing  # noqa: E402
+from bcast_sp4.roles.gc_tuning import tune_gc  # noqa: E402
+from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy  # noqa: E402
 from bcast_sp4.media.scrambler import Scrambler  # noqa: E402
 from bcast_sp4.roles.stkm_sink import RecordingSink  # noqa: E402
 
@@ -208,8 +210,9 @@ async def run(args, port: int) -> dict:
     # warm-up: every service past its first switch, plus --warmup
     first_switch = max(s.period_start(s.first_period) for s in core.services.values())
     await deferLater(reactor, max(0.0, first_switch - reactor.seconds()) + args.warmup, lambda: None)
+    collector = None
     if args.gc_tuning:  # what bcast-scs does once set up ([scs] gc_tuning)
-        tune_gc()
+        collector = tune_gc(reactor)
         await deferLater(reactor, 1.0, lambda: None)
     windows = []
     for _ in range(args.runs):
@@ -236,6 +239,8 @@ async def run(args, port: int) -> dict:
             "gc_max_pause_ms": 1000 * max((p for ps in pauses.pauses.values() for p in ps), default=0.0),
         })
     runner.stopService()
+    if collector is not None:
+        collector.stop()
     for client in clients:
         await client.stopService()
     return {"streams": len(services), "channels": len(channels), "setup_s": first_switch - started, "windows": windows}

@@ -24,6 +24,7 @@ from ..bcast.keys import load_keyfile
 from ..config import load_ecmg_settings, load_emmg_settings, load_mux_settings, load_scs_settings
 from ..config._reader import ConfigError, Reader, load_toml
 from ..config.terminal import load_terminal_settings
+from ..roles.gc_tuning import freeze_long_lived
 from ..session import SessionManager
 from . import ecmg as ecmg_tap
 from . import emmg as emmg_tap
@@ -127,11 +128,8 @@ def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None
 
 
 def makeService(options: Options) -> MultiService:
-    import gc
-
     from twisted.internet import reactor
 
     service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     return service

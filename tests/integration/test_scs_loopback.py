@@ -243,7 +243,7 @@ class SCSLoopbackTest(TestCase):
                     self.assertEqual(svc, index)
                     sent_at = sent[(index, seq)]
                     T = scheduler.period_start(n)
-                    if T + margin <= sent_at <= T + scheduler.D - margin:
+                    if T + margin <= sent_at <= T + scheduler.period_length - margin:
                         self.assertEqual(scheduler.period_at(sent_at), n, "protected with another period's TEK")
                         checked += 1
                     break

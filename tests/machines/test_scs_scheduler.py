@@ -14,21 +14,20 @@ from twisted.internet.task import Clock
 from bcast_sp4 import wire
 from bcast_sp4.bcast import cw_encryption, traffic
 from bcast_sp4.machines.ecmg import CasMode, ChannelParameters, ECMGConfig, ECMGConnection, ECMGenerationError, ECMGResources
-from bcast_sp4.machines.outputs import Notify, Send
-from bcast_sp4.machines.scs import (
-    CancelTimer,
+from bcast_sp4.machines.outputs import CancelTimer, Notify, Send, StartTimer
+from bcast_sp4.machines.scs_core import SCSCore
+from bcast_sp4.machines.scs_records import (
     ChannelOutput,
     ChannelSpec,
     CWEncryptionSpec,
     LinkSpec,
-    PeriodState,
     ProvideTEK,
-    SCSCore,
     ServiceSpec,
-    StartTimer,
     SubmitSTKM,
+    SwitchTEK,
     Timing,
 )
+from bcast_sp4.machines.scs_scheduler import PeriodState, TEKSwitchTimer
 from bcast_sp4.wire import ecmg_scs as m
 
 DRM, CARD = 0x00010001, 0x00020001
@@ -83,6 +82,7 @@ class Linked:
         self.timers = {}
         self.sent: list[tuple[float, str, wire.Message]] = []
         self.tek: list[ProvideTEK] = []
+        self.switches: list[tuple[float, SwitchTEK]] = []
         self.stkm: list[tuple[float, SubmitSTKM]] = []
         self.notes: list[Notify] = []
         self.closed: list[tuple[str, str]] = []
@@ -135,6 +135,8 @@ class Linked:
                     old.cancel()
             elif kind is ProvideTEK:
                 self.tek.append(output)
+            elif kind is SwitchTEK:
+                self.switches.append((self.now, output))
             elif kind is SubmitSTKM:
                 self.stkm.append((self.now, output))
             elif kind is Notify:
@@ -250,6 +252,34 @@ def test_first_period_and_period_boundaries():
     assert {t.cp_number for t in link.tek} == {n & 0xFFFF for n in range(first, first + len(starts))}
 
 
+def test_tek_switch_is_a_scheduler_timer_at_t_n():
+    link = Linked([service(period=10, phase=0.3)], [channel()])
+    link.connect("a")
+    scheduler = link.core.services["svc"]
+    first = scheduler.first_period
+    link.advance_to(scheduler.period_start(first) - 0.01)
+    # READY, TEK handed over ahead of T(n), switch timer armed under a named key
+    assert scheduler.periods[first].state is PeriodState.READY and link.tek[0].cp_number == first & 0xFFFF
+    assert TEKSwitchTimer("svc", first) in link.timers and not link.switches
+    link.advance_to(1008.0)
+    provided = {t.cp_number: t.at for t in link.tek}
+    switched = [(when, s.cp_number, s.at) for when, s in link.switches]
+    assert len(switched) >= 5 and [cp for _, cp, _ in switched] == [t.cp_number for t in link.tek][:len(switched)]
+    for when, cp, at in switched:  # at T(n), the instant ProvideTEK announced (to the 1 ms step of the clock)
+        assert at == provided[cp] and at <= when < at + 0.0011
+    assert all(p.state is not PeriodState.READY for n, p in scheduler.periods.items() if p.start <= link.now)
+    # stopping disarms the pending switch timers with the poll timer
+    ready = [n for n, p in scheduler.periods.items() if p.state is PeriodState.READY]
+    out = link.core.stop(link.now)
+    assert ready and {CancelTimer(TEKSwitchTimer("svc", n)) for n in ready} | {CancelTimer(scheduler.timer_key)} <= set(out)
+
+
+def test_core_rejects_a_foreign_timer_key():
+    link = Linked([service()], [channel()])
+    with pytest.raises(ValueError, match="not an SCS timer key"):
+        link.core.timer(("service", "svc"), link.now)
+
+
 def test_cp_number_wraps_modulo_65536():
     link = Linked([service(period=10)], [channel()], start=65533.2)
     link.connect("a")
@@ -350,6 +380,7 @@ def test_missing_stkm_keeps_the_last_good_period():
     assert [n.fields["cp_number"] for n in skipped] == [victim & 0xFFFF]
     assert scheduler.stats.periods_skipped == 1 and scheduler.stats.refusals == 3  # max_attempts
     assert victim & 0xFFFF not in {t.cp_number for t in link.tek}
+    assert victim & 0xFFFF not in {s.cp_number for _, s in link.switches}  # nor switched to
     assert victim & 0xFFFF not in {s.cp_number for _, s in link.stkm}  # never aired
     assert {victim - 1, victim + 1} <= {n for n in range(victim - 3, victim + 4) if n & 0xFFFF in {t.cp_number for t in link.tek}}
     sends = [t for t, msg in link.provisions() if msg.CP_number == victim & 0xFFFF]
