@@ -37,7 +37,7 @@ class RoleProcess:
         )
         self.port = self._wait_for(port_pattern)
 
-    def _wait_for(self, pattern: str, timeout: float = 90.0) -> int:
+    def _wait_for(self, pattern: str, timeout: float = 180.0) -> int:
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while time.monotonic() < deadline:

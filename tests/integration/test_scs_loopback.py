@@ -59,6 +59,8 @@ CW_KEY = "2b7e151628aed2a6abf7158809cf4f3c"
 DELAY_START, TRANSITION_DELAY_START = -0.2, -0.3
 #: crypto-period of every service (s)
 PERIOD = 1.0
+#: content datagram interval per service (s): a light load, so the test keeps up on a busy machine
+CONTENT_EVERY = 0.25
 
 
 def write_ecmg(directory: Path, name: str, scid: int, mode: str, port: int = 0, ecm_ids=range(1, 41)) -> Path:
@@ -183,6 +185,20 @@ class Run:
         scheduler = self.scheduler(name)
         return [scheduler.period_at(s.at) for s in self.top.scramblers[name].switches]
 
+    def switched_since(self, name: str, since: float) -> int:
+        """How many periods starting after *since* *name*'s scrambler switched to (cheap: polled)."""
+        count = 0
+        for switch in reversed(self.top.scramblers[name].switches):
+            if switch.at <= since:
+                break
+            count += 1
+        return count
+
+    def switched_span(self, name: str) -> float:
+        """T(last period switched to) - T(first one), or -1 before the first switch (cheap: polled)."""
+        switches = self.top.scramblers[name].switches
+        return switches[-1].at - switches[0].at if switches else -1.0
+
     def input_port(self, name: str) -> int:
         return self.top.udp[name].args[1].transport.getHost().port
 
@@ -220,8 +236,8 @@ class SCSLoopbackTest(TestCase):
         return contents, [port.getHost().port for port in self.ports[-count:]]
 
     async def run_scs(self, config: Path, contents: list[Content], until, timeout: float, during=None):
-        """Start the SCS from *config*, feed every service content every 0.1 s until *until(run)*
-        holds (at most *timeout* s), stop it. Returns (run, sent: (service, seq) -> sent at)."""
+        """Start the SCS from *config*, feed every service a datagram every ``CONTENT_EVERY`` s until
+        *until(run)* holds (at most *timeout* s), stop it. Returns (run, sent: (service, seq) -> sent at)."""
         run = Run(config)
         sender = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
         sent: dict[tuple[int, int], float] = {}
@@ -236,11 +252,11 @@ class SCSLoopbackTest(TestCase):
 
         loop = LoopingCall(send)
         run.top.startService()
-        loop.start(0.1)
+        loop.start(CONTENT_EVERY)
         try:
             if during is not None:
                 await during(run)
-            await wait_for(lambda: until(run), timeout, "the SCS run's end condition")
+            await wait_for(lambda: until(run), timeout, "the SCS run's end condition", step=0.25)
         finally:
             if loop.running:
                 loop.stop()
@@ -256,13 +272,15 @@ class SCSLoopbackTest(TestCase):
         scheduler = run.scheduler(name)
         links = next(s.spec.links for s in run.settings.services if s.spec.name == name)
         switches = {s.at: s for s in run.top.scramblers[name].switches}
+        submissions: dict[tuple[int, int, int], list] = {}
+        for s in run.sink.submissions:
+            submissions.setdefault((s.super_cas_id, s.ecm_id, s.cp_number), []).append(s)
         materials, skipped = {}, []
         for n in periods:
             T = scheduler.period_start(n)
             on_air = T + (TRANSITION_DELAY_START if n == scheduler.first_period else DELAY_START)
-            per_link = [[s for s in run.sink.submissions
-                         if (s.super_cas_id, s.ecm_id, s.cp_number) == (link.super_CAS_id, link.ECM_id, n & 0xFFFF)
-                         and abs(s.on_air_from - on_air) < 1e-6] for link in links]
+            per_link = [[s for s in submissions.get((link.super_CAS_id, link.ECM_id, n & 0xFFFF), [])
+                         if abs(s.on_air_from - on_air) < 1e-6] for link in links]
             where = (name, n)
             if not any(per_link):
                 skipped.append(n)
@@ -323,8 +341,7 @@ class SCSLoopbackTest(TestCase):
         names = [s["name"] for s in services]
 
         def thirty_after_the_first_switch(run: Run) -> bool:
-            return all(len(run.switched(name)) >= 1 and run.switched(name)[-1] >= run.switched(name)[0] + 30
-                       for name in names)
+            return all(run.switched_span(name) >= 30 * PERIOD - 1e-6 for name in names)
 
         run, sent = await self.run_scs(scs_config(self.directory, services), contents, thirty_after_the_first_switch,
                                        timeout=300)
@@ -333,9 +350,9 @@ class SCSLoopbackTest(TestCase):
             switched = run.switched(name)
             teks[name], skipped = self.check_periods(run, name, range(switched[0], switched[-1] + 1), keys)
             # generous: an idle machine skips none of the thirty; a busy one may miss a deadline
-            self.assertLessEqual(len([n for n in skipped if n < switched[0] + 30]), 10, (name, skipped))
+            self.assertLessEqual(len([n for n in skipped if n < switched[0] + 30]), 5, (name, skipped))
             self.assertEqual(run.switched(name), sorted(set(run.switched(name))))  # forward, each once
-        self.check_content(run, contents, sent, teks, min_checked=100)
+        self.check_content(run, contents, sent, teks, min_checked=60)
 
     # -- ECMG stopped mid-run and restarted --------------------------------------------------------
 
@@ -350,7 +367,8 @@ class SCSLoopbackTest(TestCase):
         outage = []
 
         async def restart(run: Run):
-            await wait_for(lambda: all(len(run.switched(name)) >= 3 for name in names), 120, "three switches each")
+            await wait_for(lambda: all(run.switched_span(name) >= 2 * PERIOD - 1e-6 for name in names), 120,
+                           "three switches each", step=0.25)
             stopped_at = reactor.seconds()
             await deferToThread(drm.stop)
             self.processes.remove(drm)
@@ -360,8 +378,7 @@ class SCSLoopbackTest(TestCase):
             self.assertEqual(process.port, port)
 
         def resumed(run: Run) -> bool:  # three periods switched to that started after the restart
-            return bool(outage) and all(
-                sum(run.scheduler(name).period_start(n) > outage[1] for n in run.switched(name)) >= 3 for name in names)
+            return bool(outage) and all(run.switched_since(name, outage[1]) >= 3 for name in names)
 
         run, sent = await self.run_scs(scs_config(self.directory, services), contents, resumed, timeout=200,
                                        during=restart)
@@ -377,7 +394,7 @@ class SCSLoopbackTest(TestCase):
             self.assertLessEqual(longest_run(skipped), (back_at - stopped_at) / PERIOD + 2, (name, skipped, outage))
             self.assertLessEqual(len(skipped) - len(lost_in_outage), 3, (name, skipped, outage))
             self.assertEqual(scheduler.stats.periods_skipped, len(skipped), name)
-        self.check_content(run, contents, sent, teks, min_checked=30)
+        self.check_content(run, contents, sent, teks, min_checked=20)
 
     async def test_backup_ecmg_takes_over(self):
         primary = await self.ecmg("primary", DRM_SCID, "drm")
@@ -391,18 +408,18 @@ class SCSLoopbackTest(TestCase):
         serving, killed = [], []
 
         async def kill_primary(run: Run):
-            await wait_for(lambda: all(len(run.switched(name)) >= 3 for name in names), 120, "three switches each")
+            await wait_for(lambda: all(run.switched_span(name) >= 2 * PERIOD - 1e-6 for name in names), 120,
+                           "three switches each", step=0.25)
             serving.append({e.current_name for e in run.top.runner.endpoints.values()})
             killed.append(reactor.seconds())
             await deferToThread(primary.stop)
             self.processes.remove(primary)
             await wait_for(lambda: {e.current_name for e in run.top.runner.endpoints.values()} == {tcp(backup.port)},
-                           60, "every channel on the backup")
+                           60, "every channel on the backup", step=0.25)
             serving.append({e.current_name for e in run.top.runner.endpoints.values()})
 
         def resumed(run: Run) -> bool:
-            return bool(killed) and all(
-                sum(run.scheduler(name).period_start(n) > killed[0] for n in run.switched(name)) >= 4 for name in names)
+            return bool(killed) and all(run.switched_since(name, killed[0]) >= 4 for name in names)
 
         run, sent = await self.run_scs(scs_config(self.directory, services), contents, resumed, timeout=200,
                                        during=kill_primary)
@@ -413,7 +430,7 @@ class SCSLoopbackTest(TestCase):
             # an idle machine loses no period (the backup answers within the provisioning lead);
             # generous for a busy one
             self.assertLessEqual(longest_run(skipped), 2, (name, skipped))
-        self.check_content(run, contents, sent, teks, min_checked=30)
+        self.check_content(run, contents, sent, teks, min_checked=20)
         self.assertIn("connection from", backup.text())  # the backup served after the primary died
         self.assertEqual(serving, [{tcp(primary.port)}, {tcp(backup.port)}])
 
