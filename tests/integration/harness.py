@@ -35,7 +35,11 @@ class RoleProcess:
             cwd=str(config.parent),
             env=env,
         )
-        self.port = self._wait_for(port_pattern)
+        try:
+            self.port = self._wait_for(port_pattern)
+        except BaseException:  # never leave a child running that no test will stop
+            self.stop()
+            raise
 
     def _wait_for(self, pattern: str, timeout: float = 180.0) -> int:
         deadline = time.monotonic() + timeout
