@@ -82,6 +82,14 @@ from .scs_records import (
 )
 
 
+#: The poll timer is armed this long after the instant something is due. Provisioning instants
+#: sit on the same grid as T(n) (T(n) - delay - lead, phases staggered by whole ms), so another
+#: service's TEK switch is often due at the very instant of a poll; a reactor runs timers due
+#: together in time order, so the switch - the one timer whose lateness matters - goes first.
+#: 10 us: far above the float resolution of an epoch-seconds clock, far below what a poll cares about.
+POLL_SLACK = 1e-5
+
+
 @attrs.frozen
 class PeriodTimer:
     """Timer key: the next instant the scheduler of *service* has something due (its poll)."""
@@ -362,7 +370,7 @@ class ServiceScheduler:
         for n in [n for n in self.teks if n < keep_from]:
             del self.teks[n]
         if wake < math.inf:
-            out.append(StartTimer(self.timer_key, max(0.0, wake - now)))
+            out.append(StartTimer(self.timer_key, max(0.0, wake - now) + POLL_SLACK))
         return out
 
     # -- helpers -----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from bcast_sp4.machines.scs_records import (
     SwitchTEK,
     Timing,
 )
-from bcast_sp4.machines.scs_scheduler import PeriodState, TEKSwitchTimer
+from bcast_sp4.machines.scs_scheduler import POLL_SLACK, PeriodState, PeriodTimer, ServiceScheduler, TEKSwitchTimer
 from bcast_sp4.wire import ecmg_scs as m
 
 DRM, CARD = 0x00010001, 0x00020001
@@ -274,6 +274,30 @@ def test_tek_switch_is_a_scheduler_timer_at_t_n():
     assert ready and {CancelTimer(TEKSwitchTimer("svc", n)) for n in ready} | {CancelTimer(scheduler.timer_key)} <= set(out)
 
 
+def test_a_switch_due_with_another_service_s_poll_runs_first():
+    """b provisions at T_b(n) - 0.2 - 0.5 s: the very instant a switches; the poll waits POLL_SLACK."""
+    b_link = LinkSpec(channel="a", super_CAS_id=DRM, ECM_stream_id=2, ECM_id=2)
+    link = Linked([service("a"), service("b", links=(b_link,), phase=0.7)], [channel()])
+    fired = []
+    fire = link._fire
+
+    def recording_fire(key):
+        fired.append((link.now, type(key), key.service))
+        fire(key)
+
+    link._fire = recording_fire
+    link.connect("a")
+    link.advance_to(1008.0)
+    together = [(x, y) for x, y in zip(fired, fired[1:]) if x[0] == y[0] and {x[2], y[2]} == {"a", "b"}]
+    assert len(together) >= 4
+    assert all((x[1], x[2], y[1], y[2]) == (TEKSwitchTimer, "a", PeriodTimer, "b") for x, y in together)
+    # the poll is armed POLL_SLACK after the instant it is due (here: the first period's start)
+    scheduler = ServiceScheduler(service("c"), Timing())
+    (timer,) = [o for o in scheduler.start(1000.0) if type(o) is StartTimer]
+    assert timer.key == PeriodTimer("c") and POLL_SLACK > 0
+    assert 1000.0 + timer.seconds == pytest.approx(scheduler.period_start(scheduler.first_period) + POLL_SLACK, abs=1e-9)
+
+
 def test_core_rejects_a_foreign_timer_key():
     link = Linked([service()], [channel()])
     with pytest.raises(ValueError, match="not an SCS timer key"):
@@ -410,6 +434,7 @@ def test_unresponsive_ecmg_skips_periods_then_recovers():
     assert scheduler.stats.periods_skipped >= 1
     assert any(n.event == "stkm_abandoned" or n.event == "stkm_timeout" for n in link.notes)
     link.stalled = False
+    link.advance_to(1005.001)  # the poll at T(n) = 1005 s (POLL_SLACK after it) counts the stall's last victim
     skipped = scheduler.stats.periods_skipped
     link.advance_to(1009.0)
     assert scheduler.stats.periods_skipped == skipped  # recovered
