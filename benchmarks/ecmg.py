@@ -378,7 +378,7 @@ def breakdown(modes: list[str], seconds: float = 0.05) -> None:
     """
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-    from bcast_sp4.bcast.keys import load_keyfile
+    from bcast_sp4.config import load_keyfile
     from bcast_sp4.config import load_ecmg_settings
     from bcast_sp4.tap.ecmg import build_service
 

@@ -25,6 +25,15 @@ SCS has), for --runs windows of --baseline-seconds; reported: their lateness (p5
 the ratio SCS p99 jitter / timer-floor p99. With GC tuning on, the floor runs with the process's
 state frozen too (``gc.freeze``, undone afterwards), as the SCS windows do.
 
+``--profile``: where the SCS's CPU goes, per stream-period. A sampling profiler (SIGPROF every
+ms of this process's CPU time, so idle time is never sampled) runs during the measured windows;
+each sample goes to the category of the innermost frame it recognises (TEK generation, CW_provision
+building, scrambler context set-up, the switch, message encoding, decoding and framing, the three
+machines, the STKM hand-over, the role's executor, reactor timers, TCP I/O, logging, the young GC
+collector); the automatic GC passes are timed by their callbacks. Reported as shares of the SCS's
+CPU and as microseconds per stream-period (CPU time / periods ready in the windows). The sampler
+costs about one per cent of CPU; sampled windows are not the ones to quote for CPU or jitter.
+
 ``python3 benchmarks/scs.py`` (defaults: 10,000 streams, 10 s periods, 100 channels, 3 windows of
 10 s, timer floor 3 x 5 s; ~75 s). ``--quick``: 1,000 streams, 2 s periods, 10 channels, 3 windows
 of 2 s, floor 3 x 1 s (~15 s). Only 127.0.0.1; the run is bounded in time.
@@ -33,9 +42,11 @@ of 2 s, floor 3 x 1 s (~15 s). Only 127.0.0.1; the run is bounded in time.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,8 +63,10 @@ from twisted.internet.endpoints import clientFromString  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from bcast_sp4.bcast.traffic import TrafficProtection  # noqa: E402
-from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing  # noqa: E402
-from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy, tune_gc  # noqa: E402
+from bcast_sp4.machines.scs_core import SCSCore  # noqa: E402
+from bcast_sp4.machines.scs_records import ChannelSpec, LinkSpec, ServiceSpec, Timing  # noqa: E402
+from bcast_sp4.roles.gc_tuning import tune_gc  # noqa: E402
+from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy  # noqa: E402
 from bcast_sp4.media.scrambler import Scrambler  # noqa: E402
 from bcast_sp4.roles.stkm_sink import RecordingSink  # noqa: E402
 
@@ -111,6 +124,80 @@ class GCPauses:
             self._start = time.perf_counter()
         else:
             self.pauses[info["generation"]].append(time.perf_counter() - self._start)
+
+
+#: (path fragment of a frame's code file, function names or None for any, category), innermost match wins
+PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
+    ("bcast_sp4/bcast/traffic.py", frozenset({"encode_cw"}), "CW_provision build (CW layout, CW encryption)"),
+    ("bcast_sp4/bcast/cw_encryption.py", None, "CW_provision build (CW layout, CW encryption)"),
+    ("bcast_sp4/machines/scs_scheduler.py", frozenset({"_request"}), "CW_provision build (CW layout, CW encryption)"),
+    ("bcast_sp4/bcast/traffic.py", None, "TEK generation (CWG)"),
+    ("bcast_sp4/machines/scs_scheduler.py", frozenset({"_generate_tek", "_identifier", "tek"}), "TEK generation (CWG)"),
+    ("bcast_sp4/media/scrambler.py", frozenset({"activate"}), "switch (scrambler activate, switch log)"),
+    ("bcast_sp4/roles/scs_client.py", frozenset({"_switch"}), "switch (scrambler activate, switch log)"),
+    ("bcast_sp4/media/scrambler.py", None, "scrambler context set-up (ProvideTEK)"),
+    (".encode>", None, "message encode"),
+    (".make>", None, "message encode"),
+    ("bcast_sp4/wire/message.py", frozenset({"encode"}), "message encode"),
+    (".decode>", None, "message decode + framing"),
+    ("bcast_sp4/wire/", None, "message decode + framing"),
+    ("bcast_sp4/machines/scs_channel.py", None, "channel machine"),
+    ("bcast_sp4/machines/scs_scheduler.py", None, "scheduler bookkeeping (poll, periods, fetches)"),
+    ("bcast_sp4/machines/scs_core.py", None, "core routing"),
+    ("bcast_sp4/roles/stkm_sink.py", None, "STKM hand-over to the MUX sink"),
+    ("twisted/logger/", None, "logging"),
+    ("bcast_sp4/roles/gc_tuning.py", None, "GC: young collector passes"),
+    ("twisted/internet/base.py", None, "reactor timers (callLater, cancel, run)"),
+    ("heapq", None, "reactor timers (callLater, cancel, run)"),
+    ("twisted/internet/tcp.py", None, "TCP I/O (Twisted)"),
+    ("twisted/internet/abstract.py", None, "TCP I/O (Twisted)"),
+    ("twisted/internet/epollreactor.py", None, "TCP I/O (Twisted)"),
+    ("twisted/internet/posixbase.py", None, "TCP I/O (Twisted)"),
+    ("twisted/python/log.py", None, "TCP I/O (Twisted)"),
+    ("bcast_sp4/roles/_stream.py", None, "role executor (outputs, dispatch)"),
+    ("bcast_sp4/roles/scs_client.py", None, "role executor (outputs, dispatch)"),
+]
+
+
+class CPUSampler:
+    """Samples this process's Python stack every *interval* s of its CPU time (``ITIMER_PROF``)."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._cache: dict[object, str | None] = {}
+        self._previous = None
+
+    def _category(self, code) -> str | None:
+        try:
+            return self._cache[code]
+        except KeyError:
+            pass
+        filename, name = code.co_filename.replace(os.sep, "/"), code.co_name
+        found = None
+        for fragment, names, category in PROFILE_RULES:
+            if fragment in filename and (names is None or name in names):
+                found = category
+                break
+        self._cache[code] = found
+        return found
+
+    def _sample(self, signum, frame) -> None:
+        while frame is not None:
+            category = self._category(frame.f_code)
+            if category is not None:
+                self.counts[category] += 1
+                return
+            frame = frame.f_back
+        self.counts["other"] += 1
+
+    def start(self) -> None:
+        self._previous = signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+
+    def stop(self) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, self._previous or signal.SIG_DFL)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -208,17 +295,23 @@ async def run(args, port: int) -> dict:
     # warm-up: every service past its first switch, plus --warmup
     first_switch = max(s.period_start(s.first_period) for s in core.services.values())
     await deferLater(reactor, max(0.0, first_switch - reactor.seconds()) + args.warmup, lambda: None)
+    collector = None
     if args.gc_tuning:  # what bcast-scs does once set up ([scs] gc_tuning)
-        tune_gc()
+        collector = tune_gc(reactor)
         await deferLater(reactor, 1.0, lambda: None)
     windows = []
+    sampler = CPUSampler() if args.profile else None
     for _ in range(args.runs):
         before = {name: (s.stats.stkms_late, s.stats.periods_skipped, s.stats.periods_ready)
                   for name, s in core.services.items()}
         marker = len(runner.switch_log)
         pauses = GCPauses()
         t0, cpu0 = reactor.seconds(), cpu_seconds()
+        if sampler is not None:
+            sampler.start()
         await deferLater(reactor, args.duration, lambda: None)
+        if sampler is not None:
+            sampler.stop()
         t1, cpu1 = reactor.seconds(), cpu_seconds()
         gc.callbacks.remove(pauses)
         jitters = sorted(s.jitter * 1000 for _, s in list(runner.switch_log)[marker:])
@@ -234,11 +327,16 @@ async def run(args, port: int) -> dict:
             "gc_passes_gen0_1_2": [len(pauses.pauses[g]) for g in (0, 1, 2)],
             "gc_max_pause_ms_gen0_1_2": [1000 * max(pauses.pauses[g], default=0.0) for g in (0, 1, 2)],
             "gc_max_pause_ms": 1000 * max((p for ps in pauses.pauses.values() for p in ps), default=0.0),
+            "cpu_s": cpu1 - cpu0,
+            "gc_s": sum(p for ps in pauses.pauses.values() for p in ps),
         })
     runner.stopService()
+    if collector is not None:
+        collector.stop()
     for client in clients:
         await client.stopService()
-    return {"streams": len(services), "channels": len(channels), "setup_s": first_switch - started, "windows": windows}
+    return {"streams": len(services), "channels": len(channels), "setup_s": first_switch - started, "windows": windows,
+            "profile": None if sampler is None else dict(sampler.counts)}
 
 
 async def benchmark(args, port: int) -> dict:
@@ -266,6 +364,8 @@ def main() -> None:
                         help=f"length of each timer-floor window, s (default {FULL['baseline_seconds']:g})")
     parser.add_argument("--gc-tuning", action=argparse.BooleanOptionalAction, default=True,
                         help="tune_gc() after set-up, as bcast-scs does ([scs] gc_tuning = true)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample where the SCS's CPU goes during the windows; report it per stream-period")
     args = parser.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -322,6 +422,22 @@ def main() -> None:
           f"{spread([w['gc_max_pause_ms'] for w in windows], '.1f')} ms")
     print(f"targets: late STKMs + skipped periods == 0 (total) -> {'OK' if late + skipped == 0 else 'MISSED'}; "
           f"jitter p99 <= 5 ms (median) -> {'OK' if p99 <= 5 else 'MISSED'}")
+    if result.get("profile"):
+        print_profile(result["profile"], windows)
+
+
+def print_profile(counts: dict[str, int], windows: list[dict]) -> None:
+    """The sampled CPU breakdown, per stream-period (the automatic GC passes from their callbacks)."""
+    cpu = sum(w["cpu_s"] for w in windows)
+    gc_s = sum(w["gc_s"] for w in windows)
+    periods = sum(w["periods_ready"] for w in windows)
+    samples = sum(counts.values())
+    sampled_cpu = cpu - gc_s
+    print(f"CPU profile of the windows ({samples:,} samples, {cpu:.2f} s CPU, {periods:,} stream-periods: "
+          f"{cpu / periods * 1e6:.1f} us CPU per stream-period):")
+    rows = [(n / samples * sampled_cpu, name) for name, n in counts.items()] + [(gc_s, "GC: automatic passes (timed)")]
+    for seconds, name in sorted(rows, reverse=True):
+        print(f"  {name:<48} {100 * seconds / cpu:5.1f} %  {seconds / periods * 1e6:7.1f} us / stream-period")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from bcast_sp4.bcast import ltkm_drm, stkm_drm, stkm_mikey, traffic
 from bcast_sp4.bcast.keys import ServiceKey
 from bcast_sp4.bcast.traffic import TrafficProtection
 from bcast_sp4.media.scrambler import Scrambler
-from bcast_sp4.media.terminal import Outcome, ReferenceTerminal, ServiceSpec
+from bcast_sp4.media.terminal import Outcome, ReferenceTerminal, TerminalServiceSpec
 from bcast_sp4.wire.sp4 import Profile
 
 SEK = ServiceKey(key_id=1, key=bytes(range(16)), authentication_key=bytes(range(20)))
@@ -17,7 +17,7 @@ NOW = 1_750_000_000
 
 
 def terminal(protection):
-    spec = ServiceSpec(name="svc", service_id=7, protection=protection)
+    spec = TerminalServiceSpec(name="svc", service_id=7, protection=protection)
     return ReferenceTerminal([spec], device_id=DEVICE_ID, device_key=DEVICE_KEY, smartcard_keys=(MSK,))
 
 
@@ -69,7 +69,7 @@ def test_tampering_and_wrong_service_are_detected(protection):
         assert outcome is Outcome.PATTERN_MISMATCH
     else:
         assert outcome is Outcome.AUTH_FAILED
-    other = ReferenceTerminal([ServiceSpec(name="svc", service_id=8, protection=protection)], device_id=DEVICE_ID,
+    other = ReferenceTerminal([TerminalServiceSpec(name="svc", service_id=8, protection=protection)], device_id=DEVICE_ID,
                               device_key=DEVICE_KEY)
     other.ltkm(ltkm_drm.build_ltkm(DEVICE_ID, DEVICE_KEY, [SEK], issued_at=NOW, sequence=1))
     other.stkm(Profile.DRM, stkm(Profile.DRM, tek), ["svc"])

@@ -23,7 +23,7 @@ import attrs
 
 from ..bcast.cw_encryption import CWAlgorithm
 from ..bcast.traffic import TrafficProtection
-from ..machines.scs import ChannelSpec, CWEncryptionSpec, LinkSpec, ServiceSpec, Timing
+from ..machines.scs_records import ChannelSpec, CWEncryptionSpec, LinkSpec, ServiceSpec, Timing
 from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of

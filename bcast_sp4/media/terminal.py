@@ -51,7 +51,7 @@ class Outcome(enum.Enum):
 
 
 @attrs.frozen(kw_only=True)
-class ServiceSpec:
+class TerminalServiceSpec:
     """What the terminal knows of one service from its SDP / Service Guide."""
 
     name: str
@@ -88,7 +88,7 @@ def _rtp_header_length(packet: bytes) -> int:
 class _ServiceReceiver:
     """The TEKs of one service and the decryption of its datagrams."""
 
-    def __init__(self, spec: ServiceSpec) -> None:
+    def __init__(self, spec: TerminalServiceSpec) -> None:
         self.spec = spec
         self.teks: collections.OrderedDict[bytes, TrafficKeyMaterial] = collections.OrderedDict()
         self._srtp: dict[bytes, pylibsrtp.Session] = {}
@@ -215,7 +215,7 @@ class ReferenceTerminal:
 
     def __init__(
         self,
-        services: list[ServiceSpec],
+        services: list[TerminalServiceSpec],
         device_id: bytes = b"",
         device_key: bytes | None = None,
         smartcard_keys: tuple[ServiceKey, ...] = (),

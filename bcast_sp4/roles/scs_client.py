@@ -1,6 +1,6 @@
 """SCS role: ECMG<=>SCS TCP clients, the scramblers' UDP ports, timers (TS 103 197 §5; SP-4 §14.1.1.3.3).
 
-Thin adapters around the pure :class:`~bcast_sp4.machines.scs.SCSCore` (channels + crypto-period
+Thin adapters around the pure :class:`~bcast_sp4.machines.scs_core.SCSCore` (channels + crypto-period
 schedulers) and :class:`~bcast_sp4.media.scrambler.Scrambler`:
 
 * one ``ClientService`` per ECMG channel, with a back-off retry policy (lengthened by the channel
@@ -8,9 +8,11 @@ schedulers) and :class:`~bcast_sp4.media.scrambler.Scrambler`:
   every (re)connect; its endpoint is a :class:`FailoverEndpoint` (primary, then backup ECMG);
 * :class:`SCSProtocol` per connection: bytes -> framer -> codec -> core -> outputs, replies to
   the same connection coalesced in one write;
-* :class:`SCSRunner`: executes the core's outputs — timers through the injected clock (keyed
-  ``IDelayedCall``s), TEKs to the scramblers (plus a timer at T(n) that makes the switch happen
-  and measures its jitter), STKMs to the :class:`~bcast_sp4.roles.stkm_sink.STKMSink`, events to the
+* :class:`SCSRunner`: executes the core's outputs — timers through the injected clock (one
+  registry of keyed ``IDelayedCall``s; a timer's delay counts from the ``now`` the core was given,
+  so the work done since does not make it late), TEKs to the scramblers ahead of T(n), the switch
+  at T(n) (the core's :class:`~bcast_sp4.machines.scs_records.SwitchTEK`, whose lateness is the
+  measured switch jitter), STKMs to the :class:`~bcast_sp4.roles.stkm_sink.STKMSink`, events to the
   log (structured fields, never key material);
 * :class:`ScramblerProtocol`: one UDP datagram in, one protected datagram out.
 
@@ -22,7 +24,6 @@ lost while a ``prepareConnection`` Deferred is pending raises ``NoTransition`` i
 from __future__ import annotations
 
 import collections
-import gc
 import random
 from typing import Callable, Hashable, Iterable
 
@@ -35,12 +36,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..machines.outputs import Notify, Send
-from ..machines.scs import CancelTimer, ChannelOutput, ProvideTEK, SCSCore, StartTimer, SubmitSTKM
+from ..machines.outputs import CancelTimer, Notify, Send, StartTimer
+from ..machines.scs_core import SCSCore
+from ..machines.scs_records import ChannelOutput, ProvideTEK, SubmitSTKM, SwitchTEK
 from ..media.scrambler import Scrambler, Switch
-from .stkm_sink import STKMSink
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol
+from .gc_tuning import YoungCollector, tune_gc
+from .stkm_sink import STKMSink
 
 
 @implementer(IStreamClientEndpoint)
@@ -105,7 +108,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
         self.runner.connected(self)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list:
-        return self.runner.dispatch(self, self.runner.core.receive(self.channel, item, now))
+        return self.runner.dispatch(self, self.runner.core.receive(self.channel, item, now), now)
 
     def connectionLost(self, reason: Failure) -> None:
         self.log.info("channel {channel}: connection to {peer} closed", channel=self.channel, peer=self.peer)
@@ -143,68 +146,6 @@ def retry_policy(initial_delay: float, max_delay: float, factor: float, jitter: 
     return lambda attempt: base(attempt + refusals())
 
 
-class YoungCollector:
-    """Time-driven young-generation passes: ``gc.collect(1)`` every *interval* seconds.
-
-    CPython starts a generation-0 pass when allocations minus deallocations of container objects
-    exceed threshold 0. In the SCS's steady state every period frees about as many objects as it
-    allocates (periods, TEKs, timers, STKMs of older periods die as new ones are made), so that
-    count hardly moves: automatic passes become rare, the young generations fill with everything
-    allocated since the last pass (the next periods' state lives seconds, so it survives gen0) and
-    each pass - above all every 10th, the generation-1 pass - traverses tens of thousands of objects,
-    stopping the reactor for tens of ms, more as the process approaches its steady state
-    (``benchmarks/scs.py``: 42,000 objects in generation 1, 10-43 ms per pass). Collecting
-    generations 0 and 1 on a clock instead bounds each pass to what the process allocated in
-    *interval* (a ms or two at 10,000 streams). Every *full_every* passes the pass is a full one.
-    """
-
-    def __init__(self, clock: IReactorTime, interval: float, full_every: int | None) -> None:
-        self.clock, self.interval, self.full_every = clock, interval, full_every
-        self.passes = 0
-        self._call: IDelayedCall | None = clock.callLater(interval, self._collect)
-
-    def _collect(self) -> None:
-        self.passes += 1
-        full = self.full_every is not None and self.passes % self.full_every == 0
-        gc.collect(2 if full else 1)
-        self._call = self.clock.callLater(self.interval, self._collect)
-
-    def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-
-def tune_gc(full_collection_every: int = 1000, clock: IReactorTime | None = None,
-            young_interval: float | None = 0.05) -> YoungCollector | None:
-    """Keep the cyclic garbage collector's passes out of the CW-switch path.
-
-    With 10,000 services a full (generation-2) pass over the SCS's state stops the reactor for
-    several hundred ms (``benchmarks/scs.py`` measured 430 ms). Called once the services are set
-    up: collect, move everything alive to the permanent generation (``gc.freeze``), and run a full
-    pass only every *full_collection_every* generation-1 passes instead of every 10.
-
-    Young generations: with *young_interval* (default), the automatic passes (triggered by the
-    allocation count, which stalls in the steady state, so they grow to tens of ms) are replaced
-    by a :class:`YoungCollector` on *clock* (default: the global reactor) collecting generations
-    0 and 1 every *young_interval* seconds; its full pass comes every *full_collection_every* x 10
-    young passes (the automatic generation-1 pass came every 10 generation-0 passes), i.e. every
-    ~8 min at 0.05 s. The automatic thresholds stay as a safety net for allocation bursts, with
-    full passes left to the collector. ``young_interval=None``: thresholds only, as before.
-    """
-    gc.collect()
-    gc.freeze()
-    threshold0, threshold1, _ = gc.get_threshold()
-    if young_interval is None:
-        gc.set_threshold(threshold0, threshold1, full_collection_every)
-        return None
-    if clock is None:
-        from twisted.internet import reactor as clock  # noqa: PLC0415
-    # an explicit pass counts towards the generation-2 trigger too: keep the full passes scheduled
-    gc.set_threshold(threshold0, threshold1, 2**30)
-    return YoungCollector(clock, young_interval, full_collection_every * 10)
-
-
 class SCSRunner(Service):
     """Executes the outputs of the :class:`SCSCore` (see the module docstring).
 
@@ -225,41 +166,42 @@ class SCSRunner(Service):
         self.endpoints = endpoints or {}
         self.protocols: dict[str, SCSProtocol] = {}
         self.timers: dict[Hashable, IDelayedCall] = {}
-        self._switch_calls: dict[tuple[str, float], IDelayedCall] = {}
-        #: every TEK switch made by a switch timer: (service, Switch)
+        #: every TEK switch made by a SwitchTEK output: (service, Switch)
         self.switch_log: collections.deque[tuple[str, Switch]] = collections.deque(maxlen=jitter_history)
         self.on_switch: Callable[[str, Switch], object] | None = None
         self.gc_tuning_after = gc_tuning_after
         self._gc_call: IDelayedCall | None = None
-        self._young_collector: YoungCollector | None = None
+        #: the young-generation collector once the GC is tuned (:func:`~.gc_tuning.tune_gc`)
+        self.young_collector: YoungCollector | None = None
 
     # -- service lifecycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self.execute(self.core.start(self.clock.seconds()))
+        now = self.clock.seconds()
+        self.execute(self.core.start(now), now)
         if self.gc_tuning_after is not None:
             self._gc_call = self.clock.callLater(self.gc_tuning_after, self._tune_gc)
 
     def stopService(self):
-        self.execute(self.core.stop(self.clock.seconds()))
-        for call in list(self.timers.values()) + list(self._switch_calls.values()):
+        now = self.clock.seconds()
+        self.execute(self.core.stop(now), now)
+        for call in self.timers.values():
             if call.active():
                 call.cancel()
         self.timers.clear()
-        self._switch_calls.clear()
         if self._gc_call is not None and self._gc_call.active():
             self._gc_call.cancel()
-        if self._young_collector is not None:
-            self._young_collector.stop()
-            self._young_collector = None
+        if self.young_collector is not None:
+            self.young_collector.stop()
+            self.young_collector = None
         return super().stopService()
 
     def _tune_gc(self) -> None:
         self._gc_call = None
-        collector = tune_gc()
+        collector = tune_gc(self.clock)
         if isinstance(collector, YoungCollector):
-            self._young_collector = collector
+            self.young_collector = collector
         self.log.info("garbage collector tuned: set-up state frozen, young generations collected every 50 ms, "
                       "rare full passes")
 
@@ -267,7 +209,8 @@ class SCSRunner(Service):
 
     def connected(self, protocol: SCSProtocol) -> None:
         self.protocols[protocol.channel] = protocol
-        self.execute(self.core.connection_made(protocol.channel, self.clock.seconds()))
+        now = self.clock.seconds()
+        self.execute(self.core.connection_made(protocol.channel, now), now)
 
     def lost(self, protocol: SCSProtocol) -> None:
         if self.protocols.get(protocol.channel) is not protocol:
@@ -276,10 +219,12 @@ class SCSRunner(Service):
         endpoint = self.endpoints.get(protocol.channel)
         if endpoint is not None:
             endpoint.rotate()
-        self.execute(self.core.connection_lost(protocol.channel, self.clock.seconds()))
+        now = self.clock.seconds()
+        self.execute(self.core.connection_lost(protocol.channel, now), now)
 
-    def dispatch(self, protocol: SCSProtocol, outputs: Iterable) -> list:
-        """Execute *outputs*, except Send / Close for *protocol*'s own connection, returned plain."""
+    def dispatch(self, protocol: SCSProtocol, outputs: Iterable, now: float) -> list:
+        """Execute *outputs* (of an input at *now*), except Send / Close for *protocol*'s own
+        connection, returned plain."""
         own: list = []
         rest: list = []
         for output in outputs:
@@ -287,19 +232,22 @@ class SCSRunner(Service):
                 own.append(output.output)
             else:
                 rest.append(output)
-        self.execute(rest)
+        self.execute(rest, now)
         return own
 
     # -- outputs ----------------------------------------------------------------------------------
 
-    def execute(self, outputs: Iterable) -> None:
+    def execute(self, outputs: Iterable, now: float) -> None:
+        """Carry out the core's *outputs* of an input made at *now*."""
         for output in outputs:
             kind = type(output)
             if kind is StartTimer:
                 old = self.timers.pop(output.key, None)
                 if old is not None and old.active():
                     old.cancel()
-                self.timers[output.key] = self.clock.callLater(output.seconds, self._fire, output.key)
+                # due at now + seconds: the time spent since *now* (earlier outputs) is not added
+                delay = max(0.0, now + output.seconds - self.clock.seconds())
+                self.timers[output.key] = self.clock.callLater(delay, self._fire, output.key)
             elif kind is ChannelOutput:
                 self._to_channel(output)
             elif kind is SubmitSTKM:
@@ -309,8 +257,12 @@ class SCSRunner(Service):
                 except Exception:
                     self.log.failure("STKM sink failed for super_cas_id {super_cas_id:#010x} ecm_id {ecm_id}",
                                      super_cas_id=output.super_cas_id, ecm_id=output.ecm_id)
+            elif kind is SwitchTEK:
+                self._switch(output.service)
             elif kind is ProvideTEK:
-                self._provide(output)
+                scrambler = self.scramblers.get(output.service)
+                if scrambler is not None:
+                    scrambler.provide(output.cp_number, output.material, output.at)
             elif kind is CancelTimer:
                 old = self.timers.pop(output.key, None)
                 if old is not None and old.active():
@@ -333,26 +285,17 @@ class SCSRunner(Service):
 
     def _fire(self, key: Hashable) -> None:
         self.timers.pop(key, None)
+        now = self.clock.seconds()
         try:
-            self.execute(self.core.timer(key, self.clock.seconds()))
+            self.execute(self.core.timer(key, now), now)
         except Exception:
             self.log.failure("SCS timer {key!r} failed", key=key)
 
-    def _provide(self, output: ProvideTEK) -> None:
-        scrambler = self.scramblers.get(output.service)
+    def _switch(self, service: str) -> None:
+        scrambler = self.scramblers.get(service)
         if scrambler is None:
             return
-        scrambler.provide(output.cp_number, output.material, output.at)
-        key = (output.service, output.at)
-        old = self._switch_calls.pop(key, None)
-        if old is not None and old.active():
-            old.cancel()
-        self._switch_calls[key] = self.clock.callLater(max(0.0, output.at - self.clock.seconds()), self._switch, key)
-
-    def _switch(self, key: tuple[str, float]) -> None:
-        self._switch_calls.pop(key, None)
-        service = key[0]
-        for switch in self.scramblers[service].activate(self.clock.seconds()):
+        for switch in scrambler.activate(self.clock.seconds()):
             self.switch_log.append((service, switch))
             if self.on_switch is not None:
                 self.on_switch(service, switch)
@@ -375,7 +318,5 @@ __all__ = [
     "SCSProtocol",
     "SCSRunner",
     "ScramblerProtocol",
-    "YoungCollector",
     "retry_policy",
-    "tune_gc",
 ]

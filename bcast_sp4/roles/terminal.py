@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from ..media import content
 from ..config.terminal import TerminalSettings
-from ..media.terminal import Outcome, ReferenceTerminal, ServiceSpec
+from ..media.terminal import Outcome, ReferenceTerminal, TerminalServiceSpec
 from ..wire.sp4 import Profile
 
 PROFILES = (Profile.DRM, Profile.SMARTCARD)
@@ -55,7 +55,8 @@ class TerminalService(Service):
         self.periods = periods
         self.on_done = on_done
         self.out = out or sys.__stdout__
-        specs = [ServiceSpec(name=s.name, service_id=s.service_id, protection=s.protection, srtp_tag_length=s.srtp_tag_length)
+        specs = [TerminalServiceSpec(name=s.name, service_id=s.service_id, protection=s.protection,
+                                     srtp_tag_length=s.srtp_tag_length)
                  for s in settings.services]
         self.cores = {
             Profile.DRM: ReferenceTerminal(specs, device_id=settings.device_id, device_key=settings.device_key),

@@ -16,6 +16,7 @@ from ..bcast.stkm_drm import LAYOUT_VERSION
 from ..config import ECMGSettings, load_ecmg_settings, load_keyfile
 from ..machines.ecmg import ECMGResources
 from ..roles.ecmg_server import ECMGFactory
+from ..roles.gc_tuning import freeze_long_lived
 from ._options import RoleOptions
 
 log = Logger()
@@ -65,18 +66,14 @@ def build_service(settings: ECMGSettings, key_store, reactor) -> MultiService:
 
 
 def makeService(options: Options) -> MultiService:
-    import gc
-
     from twisted.internet import reactor
 
     service = build_service(options["settings"], options["key_store"], reactor)
     # The key store and configuration live as long as the process: move them out of the cyclic
     # GC's sight, so full collections stay short (with 60,000 streams they cost tens of ms).
-    gc.collect()
-    gc.freeze()
     # Per-STKM objects hold no reference cycles (reference counting frees them), so young
     # collections find nothing: make them 20x rarer (each stays well under a millisecond).
-    gc.set_threshold(14_000, 10, 10)
+    freeze_long_lived(young_threshold=14_000)
     return service
 
 

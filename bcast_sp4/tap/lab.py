@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ..config import LabSettings, load_keyfile, load_lab_settings
+from ..roles.gc_tuning import freeze_long_lived
 from ..session import SessionManager
 from . import ecmg as ecmg_tap
 from . import emmg as emmg_tap
@@ -88,11 +89,8 @@ def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None
 
 
 def makeService(options: Options) -> MultiService:
-    import gc
-
     from twisted.internet import reactor
 
     service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     return service

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
-from ..machines.scs import SCSCore
+from ..machines.scs_core import SCSCore
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.stkm_link import RemoteMuxSink
 from ..media.scrambler import Scrambler

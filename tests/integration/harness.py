@@ -35,9 +35,13 @@ class RoleProcess:
             cwd=str(config.parent),
             env=env,
         )
-        self.port = self._wait_for(port_pattern)
+        try:
+            self.port = self._wait_for(port_pattern)
+        except BaseException:  # never leave a child running that no test will stop
+            self.stop()
+            raise
 
-    def _wait_for(self, pattern: str, timeout: float = 20.0) -> int:
+    def _wait_for(self, pattern: str, timeout: float = 180.0) -> int:
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while time.monotonic() < deadline:

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bcast_sp4.machines.outputs import Close, Notify, Send
-from bcast_sp4.machines.scs import (
-    CancelTimer,
+from bcast_sp4.machines.outputs import CancelTimer, Close, Notify, Send, StartTimer
+from bcast_sp4.machines.scs_channel import ChannelTimer, ChannelTimerKind, SCSChannel, SCSChannelState, SCSStreamState
+from bcast_sp4.machines.scs_records import (
     ChannelSpec,
-    ChannelState,
     ChannelUp,
     ECMArrived,
     LinkSpec,
     ProvisionFailed,
     RequestCWProvision,
-    SCSChannel,
-    StartTimer,
     StreamDown,
-    StreamState,
     StreamUp,
     Timing,
 )
@@ -37,6 +33,13 @@ def make(version=3, nominal=(10, 10), timing=Timing(channel_test_interval=10.0))
     streams = [(f"svc{k}", LinkSpec(channel="c", super_CAS_id=SCID, ECM_stream_id=k, ECM_id=100 + k), nominal[k - 1])
                for k in (1, 2)]
     return SCSChannel(spec, streams, timing)
+
+
+K = ChannelTimerKind
+
+
+def key(kind: ChannelTimerKind, stream_id: int | None = None) -> ChannelTimer:
+    return ChannelTimer("c", kind, stream_id)
 
 
 def status(**kw) -> m.ChannelStatus:
@@ -67,7 +70,7 @@ def streams_up(channel: SCSChannel) -> None:
     for sid in (1, 2):
         channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=sid, ECM_id=100 + sid,
                                        access_criteria_transfer_mode=False), 0.0)
-    assert all(s.state is StreamState.ST_OPEN for s in channel.streams.values())
+    assert all(s.state is SCSStreamState.ST_OPEN for s in channel.streams.values())
 
 
 def request(cp: int, sid: int = 1) -> RequestCWProvision:
@@ -84,17 +87,17 @@ def test_connection_made_sends_channel_setup():
     out = channel.connection_made(0.0)
     (setup,) = sent(out)
     assert (setup.ECM_channel_id, setup.Super_CAS_id, setup.protocol_version) == (CH, SCID, 3)
-    assert StartTimer(("channel", "c", "setup"), 5.0) in out and channel.state is ChannelState.WAIT_CH_STATUS
+    assert StartTimer(key(K.SETUP), 5.0) in out and channel.state is SCSChannelState.WAIT_CH_STATUS
 
 
 def test_channel_status_opens_channel_and_sets_up_streams():
     channel, out = opened()
-    assert channel.state is ChannelState.CH_OPEN and channel.refusals == 0
+    assert channel.state is SCSChannelState.CH_OPEN and channel.refusals == 0
     (up,) = events(out, ChannelUp)
     assert (up.params.lead_CW, up.params.CW_per_msg, up.params.delay_start, up.params.max_comp_time) == (1, 2, -0.2, 0.1)
     setups = sent(out, m.StreamSetup)
     assert [(s.ECM_stream_id, s.ECM_id, s.nominal_CP_duration) for s in setups] == [(1, 101, 10), (2, 102, 10)]
-    assert CancelTimer(("channel", "c", "setup")) in out and StartTimer(("channel", "c", "test"), 10.0) in out
+    assert CancelTimer(key(K.SETUP)) in out and StartTimer(key(K.TEST), 10.0) in out
 
 
 def test_protocol_v1_stream_setup_has_no_ecm_id():
@@ -125,9 +128,9 @@ def test_any_channel_error_refuses_the_setup(code):
 def test_setup_timeout_and_loss_during_setup_count_as_refusals():
     channel = make()
     channel.connection_made(0.0)
-    assert events(channel.timer(("channel", "c", "setup"), 5.0), Close) and channel.refusals == 1
+    assert events(channel.timer(key(K.SETUP), 5.0), Close) and channel.refusals == 1
     channel.connection_lost(5.0)
-    assert channel.refusals == 2 and channel.state is ChannelState.DISCONNECTED
+    assert channel.refusals == 2 and channel.state is SCSChannelState.DISCONNECTED
     channel.connection_made(6.0)
     channel.receive(status(), 6.0)
     assert channel.refusals == 0
@@ -138,7 +141,7 @@ def test_foreign_or_unexpected_channel_status():
     assert notes(channel.receive(status(), 0.0)) == ["unexpected_channel_status"]
     channel.connection_made(0.0)
     assert notes(channel.receive(status(ECM_channel_id=CH + 1), 0.0)) == ["foreign_channel_status"]
-    assert channel.state is ChannelState.WAIT_CH_STATUS
+    assert channel.state is SCSChannelState.WAIT_CH_STATUS
 
 
 # -- CH_OPEN ------------------------------------------------------------------------------------
@@ -146,11 +149,11 @@ def test_foreign_or_unexpected_channel_status():
 
 def test_keepalive_channel_test_and_its_timeout():
     channel, _ = opened()
-    out = channel.timer(("channel", "c", "test"), 10.0)
+    out = channel.timer(key(K.TEST), 10.0)
     assert sent(out, m.ChannelTest) == [m.ChannelTest(ECM_channel_id=CH)]
-    assert StartTimer(("channel", "c", "test_reply"), 5.0) in out
-    assert CancelTimer(("channel", "c", "test_reply")) in channel.receive(status(), 10.1)
-    assert events(channel.timer(("channel", "c", "test_reply"), 15.0), Close)
+    assert StartTimer(key(K.TEST_REPLY), 5.0) in out
+    assert CancelTimer(key(K.TEST_REPLY)) in channel.receive(status(), 10.1)
+    assert events(channel.timer(key(K.TEST_REPLY), 15.0), Close)
 
 
 def test_changed_channel_parameters_reach_the_scheduler():
@@ -177,7 +180,7 @@ def test_channel_error_unknown_channel_sets_the_channel_up_again():
     streams_up(channel)
     out = channel.receive(m.ChannelError(ECM_channel_id=CH, error_status=(0x0006,)), 1.0)
     assert {e.stream_id for e in events(out, StreamDown)} == {1, 2}
-    assert sent(out, m.ChannelSetup) and channel.state is ChannelState.WAIT_CH_STATUS
+    assert sent(out, m.ChannelSetup) and channel.state is SCSChannelState.WAIT_CH_STATUS
     # the same through a stream_error naming our channel as unknown
     channel.receive(status(), 1.0)
     streams_up(channel)
@@ -190,7 +193,7 @@ def test_channel_error_unrecoverable_closes_and_reconnects():
     streams_up(channel)
     out = channel.receive(m.ChannelError(ECM_channel_id=CH, error_status=(0x7001,)), 1.0)
     assert sent(out, m.ChannelClose) and events(out, Close) and len(events(out, StreamDown)) == 2
-    assert channel.state is ChannelState.DISCONNECTED
+    assert channel.state is SCSChannelState.DISCONNECTED
 
 
 @pytest.mark.parametrize("code", [c for c in CHANNEL_CODES if c not in (0x0006, 0x7001)])
@@ -198,7 +201,7 @@ def test_other_channel_errors_are_logged_and_the_channel_stays(code):
     channel, _ = opened()
     streams_up(channel)
     out = channel.receive(m.ChannelError(ECM_channel_id=CH, error_status=(code,)), 1.0)
-    assert notes(out) == ["channel_error"] and not events(out, Close) and channel.state is ChannelState.CH_OPEN
+    assert notes(out) == ["channel_error"] and not events(out, Close) and channel.state is SCSChannelState.CH_OPEN
 
 
 def test_codec_errors_and_wrong_direction_messages_are_answered():
@@ -221,7 +224,7 @@ def test_shutdown_closes_streams_then_channel_then_connection():
     messages = sent(out)
     assert [type(x) for x in messages] == [m.StreamCloseRequest, m.StreamCloseRequest, m.ChannelClose]
     assert type(out[-1]) is Close and len(events(out, StreamDown)) == 2
-    assert make().close(0.0) == [CancelTimer(k) for k in make()._all_timer_keys()]  # nothing to close
+    assert make().close(0.0) == [CancelTimer(k) for k in make().timer_keys()]  # nothing to close
 
 
 def test_connection_lost_takes_the_open_streams_down():
@@ -229,7 +232,7 @@ def test_connection_lost_takes_the_open_streams_down():
     channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101, access_criteria_transfer_mode=False), 0)
     out = channel.connection_lost(1.0)
     assert [e.stream_id for e in events(out, StreamDown)] == [1]
-    assert all(s.state is StreamState.IDLE for s in channel.streams.values())
+    assert all(s.state is SCSStreamState.IDLE for s in channel.streams.values())
 
 
 # -- streams ------------------------------------------------------------------------------------
@@ -248,9 +251,9 @@ def test_stream_status_opens_and_checks_the_ecm_id_echo():
 def test_stream_id_in_use_is_closed_and_set_up_again():
     channel, _ = opened()
     out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=1, error_status=(0x0014,)), 0.0)
-    assert sent(out, m.StreamCloseRequest) and channel.streams[1].state is StreamState.ST_CLOSING
+    assert sent(out, m.StreamCloseRequest) and channel.streams[1].state is SCSStreamState.ST_CLOSING
     out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=1), 0.1)
-    assert sent(out, m.StreamSetup) and channel.streams[1].state is StreamState.WAIT_ST_STATUS
+    assert sent(out, m.StreamSetup) and channel.streams[1].state is SCSStreamState.WAIT_ST_STATUS
 
 
 @pytest.mark.parametrize("code", [0x0009, 0x000A, 0x000C, 0x0011, 0x0012, 0x0015, 0x7000, 0x7001, 0xFF01, 0xFF02])
@@ -263,16 +266,16 @@ def test_refused_stream_setup_backs_off_and_retries(code):
         delays.append(timer.seconds)
         level = [o.level for o in out if type(o) is Notify][0]
         assert level == ("error" if code in (0x0011, 0x0012, 0x0015) or code >= 0x8000 else "warn")
-        assert channel.streams[2].state is StreamState.ST_BACKOFF
-        assert sent(channel.timer(("channel", "c", "stream_retry", 2), 1.0), m.StreamSetup)
+        assert channel.streams[2].state is SCSStreamState.ST_BACKOFF
+        assert sent(channel.timer(key(K.STREAM_RETRY, 2), 1.0), m.StreamSetup)
     assert delays == [1.0, 2.0, 4.0]
-    assert channel.streams[1].state is StreamState.WAIT_ST_STATUS  # the other stream is unaffected
+    assert channel.streams[1].state is SCSStreamState.WAIT_ST_STATUS  # the other stream is unaffected
 
 
 def test_stream_setup_timeout_backs_off():
     channel, _ = opened()
-    out = channel.timer(("channel", "c", "stream_setup", 1), 5.0)
-    assert channel.streams[1].state is StreamState.ST_BACKOFF and "stream_setup_timeout" in notes(out)
+    out = channel.timer(key(K.STREAM_SETUP, 1), 5.0)
+    assert channel.streams[1].state is SCSStreamState.ST_BACKOFF and "stream_setup_timeout" in notes(out)
 
 
 def test_cw_provision_and_ecm_response_matching():
@@ -302,7 +305,7 @@ def test_stream_error_fails_the_oldest_outstanding_cw_provision(code):
     out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=1, error_status=(code,)), 0.1)
     assert events(out, ProvisionFailed) == [ProvisionFailed("c", 1, 6, code)]
     out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=1, error_status=(code,)), 0.1)
-    assert notes(out) == ["stream_error"] and channel.streams[1].state is StreamState.ST_OPEN
+    assert notes(out) == ["stream_error"] and channel.streams[1].state is SCSStreamState.ST_OPEN
 
 
 def test_open_stream_unknown_to_the_ecmg_is_set_up_again():
@@ -319,8 +322,8 @@ def test_open_stream_unrecoverable_error_is_closed_and_set_up_again():
     streams_up(channel)
     out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=2, error_status=(0x7001,)), 0.1)
     assert events(out, StreamDown) and sent(out, m.StreamCloseRequest)
-    out = channel.timer(("channel", "c", "stream_close", 2), 5.1)  # no stream_close_response: go on
-    assert sent(out, m.StreamSetup) and channel.streams[2].state is StreamState.WAIT_ST_STATUS
+    out = channel.timer(key(K.STREAM_CLOSE, 2), 5.1)  # no stream_close_response: go on
+    assert sent(out, m.StreamSetup) and channel.streams[2].state is SCSStreamState.WAIT_ST_STATUS
     out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=9, error_status=(0x0007,)), 0.1)
     assert notes(out) == ["stream_error_unknown_stream"]
     out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=1), 0.1)

@@ -15,21 +15,20 @@ from bcast_sp4 import wire
 from bcast_sp4.bcast import cw_encryption, traffic
 from bcast_sp4.bcast.ecm_request import CasMode, ECMGenerationError
 from bcast_sp4.machines.ecmg import ChannelParameters, ECMGConfig, ECMGConnection, ECMGResources
-from bcast_sp4.machines.outputs import Notify, Send
-from bcast_sp4.machines.scs import (
-    CancelTimer,
+from bcast_sp4.machines.outputs import CancelTimer, Notify, Send, StartTimer
+from bcast_sp4.machines.scs_core import SCSCore
+from bcast_sp4.machines.scs_records import (
     ChannelOutput,
     ChannelSpec,
     CWEncryptionSpec,
     LinkSpec,
-    PeriodState,
     ProvideTEK,
-    SCSCore,
     ServiceSpec,
-    StartTimer,
     SubmitSTKM,
+    SwitchTEK,
     Timing,
 )
+from bcast_sp4.machines.scs_scheduler import POLL_SLACK, PeriodState, PeriodTimer, ServiceScheduler, TEKSwitchTimer
 from bcast_sp4.wire import ecmg_scs as m
 
 DRM, CARD = 0x00010001, 0x00020001
@@ -84,6 +83,7 @@ class Linked:
         self.timers = {}
         self.sent: list[tuple[float, str, wire.Message]] = []
         self.tek: list[ProvideTEK] = []
+        self.switches: list[tuple[float, SwitchTEK]] = []
         self.stkm: list[tuple[float, SubmitSTKM]] = []
         self.notes: list[Notify] = []
         self.closed: list[tuple[str, str]] = []
@@ -136,6 +136,8 @@ class Linked:
                     old.cancel()
             elif kind is ProvideTEK:
                 self.tek.append(output)
+            elif kind is SwitchTEK:
+                self.switches.append((self.now, output))
             elif kind is SubmitSTKM:
                 self.stkm.append((self.now, output))
             elif kind is Notify:
@@ -251,6 +253,58 @@ def test_first_period_and_period_boundaries():
     assert {t.cp_number for t in link.tek} == {n & 0xFFFF for n in range(first, first + len(starts))}
 
 
+def test_tek_switch_is_a_scheduler_timer_at_t_n():
+    link = Linked([service(period=10, phase=0.3)], [channel()])
+    link.connect("a")
+    scheduler = link.core.services["svc"]
+    first = scheduler.first_period
+    link.advance_to(scheduler.period_start(first) - 0.01)
+    # READY, TEK handed over ahead of T(n), switch timer armed under a named key
+    assert scheduler.periods[first].state is PeriodState.READY and link.tek[0].cp_number == first & 0xFFFF
+    assert TEKSwitchTimer("svc", first) in link.timers and not link.switches
+    link.advance_to(1008.0)
+    provided = {t.cp_number: t.at for t in link.tek}
+    switched = [(when, s.cp_number, s.at) for when, s in link.switches]
+    assert len(switched) >= 5 and [cp for _, cp, _ in switched] == [t.cp_number for t in link.tek][:len(switched)]
+    for when, cp, at in switched:  # at T(n), the instant ProvideTEK announced (to the 1 ms step of the clock)
+        assert at == provided[cp] and at <= when < at + 0.0011
+    assert all(p.state is not PeriodState.READY for n, p in scheduler.periods.items() if p.start <= link.now)
+    # stopping disarms the pending switch timers with the poll timer
+    ready = [n for n, p in scheduler.periods.items() if p.state is PeriodState.READY]
+    out = link.core.stop(link.now)
+    assert ready and {CancelTimer(TEKSwitchTimer("svc", n)) for n in ready} | {CancelTimer(scheduler.timer_key)} <= set(out)
+
+
+def test_a_switch_due_with_another_service_s_poll_runs_first():
+    """b provisions at T_b(n) - 0.2 - 0.5 s: the very instant a switches; the poll waits POLL_SLACK."""
+    b_link = LinkSpec(channel="a", super_CAS_id=DRM, ECM_stream_id=2, ECM_id=2)
+    link = Linked([service("a"), service("b", links=(b_link,), phase=0.7)], [channel()])
+    fired = []
+    fire = link._fire
+
+    def recording_fire(key):
+        fired.append((link.now, type(key), key.service))
+        fire(key)
+
+    link._fire = recording_fire
+    link.connect("a")
+    link.advance_to(1008.0)
+    together = [(x, y) for x, y in zip(fired, fired[1:]) if x[0] == y[0] and {x[2], y[2]} == {"a", "b"}]
+    assert len(together) >= 4
+    assert all((x[1], x[2], y[1], y[2]) == (TEKSwitchTimer, "a", PeriodTimer, "b") for x, y in together)
+    # the poll is armed POLL_SLACK after the instant it is due (here: the first period's start)
+    scheduler = ServiceScheduler(service("c"), Timing())
+    (timer,) = [o for o in scheduler.start(1000.0) if type(o) is StartTimer]
+    assert timer.key == PeriodTimer("c") and POLL_SLACK > 0
+    assert 1000.0 + timer.seconds == pytest.approx(scheduler.period_start(scheduler.first_period) + POLL_SLACK, abs=1e-9)
+
+
+def test_core_rejects_a_foreign_timer_key():
+    link = Linked([service()], [channel()])
+    with pytest.raises(ValueError, match="not an SCS timer key"):
+        link.core.timer(("service", "svc"), link.now)
+
+
 def test_cp_number_wraps_modulo_65536():
     link = Linked([service(period=10)], [channel()], start=65533.2)
     link.connect("a")
@@ -351,6 +405,7 @@ def test_missing_stkm_keeps_the_last_good_period():
     assert [n.fields["cp_number"] for n in skipped] == [victim & 0xFFFF]
     assert scheduler.stats.periods_skipped == 1 and scheduler.stats.refusals == 3  # max_attempts
     assert victim & 0xFFFF not in {t.cp_number for t in link.tek}
+    assert victim & 0xFFFF not in {s.cp_number for _, s in link.switches}  # nor switched to
     assert victim & 0xFFFF not in {s.cp_number for _, s in link.stkm}  # never aired
     assert {victim - 1, victim + 1} <= {n for n in range(victim - 3, victim + 4) if n & 0xFFFF in {t.cp_number for t in link.tek}}
     sends = [t for t, msg in link.provisions() if msg.CP_number == victim & 0xFFFF]
@@ -380,6 +435,7 @@ def test_unresponsive_ecmg_skips_periods_then_recovers():
     assert scheduler.stats.periods_skipped >= 1
     assert any(n.event == "stkm_abandoned" or n.event == "stkm_timeout" for n in link.notes)
     link.stalled = False
+    link.advance_to(1005.001)  # the poll at T(n) = 1005 s (POLL_SLACK after it) counts the stall's last victim
     skipped = scheduler.stats.periods_skipped
     link.advance_to(1009.0)
     assert scheduler.stats.periods_skipped == skipped  # recovered

@@ -16,7 +16,11 @@ from bcast_sp4 import wire
 from bcast_sp4.bcast import traffic
 from bcast_sp4.config import ConfigError, load_scs_settings
 from bcast_sp4.config.scs import MuxMode
-from bcast_sp4.machines.scs import ChannelSpec, LinkSpec, SCSCore, ServiceSpec, Timing
+from bcast_sp4.machines.outputs import StartTimer
+from bcast_sp4.machines.scs_channel import ChannelTimer, ChannelTimerKind
+from bcast_sp4.machines.scs_core import SCSCore
+from bcast_sp4.machines.scs_records import ChannelSpec, LinkSpec, ServiceSpec, Timing
+from bcast_sp4.machines.scs_scheduler import TEKSwitchTimer
 from bcast_sp4.roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, retry_policy
 from bcast_sp4.media.scrambler import Scrambler
 from bcast_sp4.roles.stkm_sink import JSONLinesSink, RecordingSink
@@ -81,9 +85,11 @@ def test_adapter_runs_the_whole_cycle_on_a_clock():
         (submission,) = sink.submissions
         assert (submission.ecm_id, submission.stkm, submission.on_air_from) == (5, b"an stkm", scheduler.period_start(first) - 0.2)
         assert scrambler.protect(b"\x80" + bytes(20), scheduler.period_start(first) - 0.001) is None
+        assert runner.timers[TEKSwitchTimer("svc", first)].getTime() == scheduler.period_start(first)
         clock.advance(scheduler.period_start(first) - clock.seconds())
-        assert scrambler.current_cp == first & 0xFFFF  # switched by the timer at T(n)
+        assert scrambler.current_cp == first & 0xFFFF  # switched by the core's switch timer at T(n)
         assert runner.switch_log[-1][1].jitter == 0.0
+        assert TEKSwitchTimer("svc", first) not in runner.timers
         # keep-alive through the clock, and its answer
         clock.advance(3.0 - (clock.seconds() % 3.0) + 0.001)
         assert any(isinstance(x, m.ChannelTest) for x in replies(transport))
@@ -95,9 +101,9 @@ def test_adapter_runs_the_whole_cycle_on_a_clock():
 def test_connection_loss_cancels_timers_and_the_stream():
     clock, runner, protocol, transport, sink, _ = connected_runner()
     protocol.dataReceived(status().encode())
-    assert ("channel", "c", "test") in runner.timers
+    assert ChannelTimer("c", ChannelTimerKind.TEST) in runner.timers
     protocol.connectionLost(None)
-    assert ("channel", "c", "test") not in runner.timers and "c" not in runner.protocols
+    assert ChannelTimer("c", ChannelTimerKind.TEST) not in runner.timers and "c" not in runner.protocols
     assert runner.core.channels["c"].streams[1].state.value == "IDLE"
     runner.stopService()
     assert not runner.timers
@@ -288,7 +294,7 @@ def test_stagger_spreads_phases(tmp_path):
 
 def test_pure_modules_import_no_twisted():
     code = (
-        "import sys, bcast_sp4.machines.scs, bcast_sp4.media.scrambler, bcast_sp4.roles.stkm_sink, bcast_sp4.config.scs;"
+        "import sys, bcast_sp4.machines.scs_core, bcast_sp4.media.scrambler, bcast_sp4.roles.stkm_sink, bcast_sp4.config.scs;"
         "bad = sorted(m for m in sys.modules if m == 'twisted' or m.startswith('twisted.'));"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -300,8 +306,8 @@ def test_runner_tunes_the_garbage_collector_once_set_up(monkeypatch):
     import bcast_sp4.roles.scs_client as module
 
     calls = []
-    monkeypatch.setattr(module, "tune_gc", lambda: calls.append("tuned"))
     clock = Clock()
+    monkeypatch.setattr(module, "tune_gc", lambda on: calls.append("tuned") if on is clock else None)
     core = SCSCore([], [], Timing())
     runner = SCSRunner(core, clock, RecordingSink(clock.seconds), {}, gc_tuning_after=20.0)
     runner.startService()
@@ -315,3 +321,50 @@ def test_runner_tunes_the_garbage_collector_once_set_up(monkeypatch):
     stopped.stopService()
     clock.advance(10)
     assert calls == ["tuned"] and not clock.getDelayedCalls()
+
+
+def test_timer_delay_counts_from_the_input_instant():
+    """A StartTimer of an input made at *now* fires at now + seconds, however long the outputs took."""
+    clock, runner, *_ = connected_runner()
+    now = clock.seconds()
+    clock.advance(0.3)  # as if the outputs before the timer had taken 300 ms
+    runner.execute([StartTimer("k", 1.0), StartTimer("late", 0.1)], now)
+    assert runner.timers["k"].getTime() == pytest.approx(now + 1.0)
+    assert runner.timers["late"].getTime() == clock.seconds()  # already due: at once, never in the past
+
+
+@pytest.fixture
+def gc_state():
+    """Undo what GC tuning does to this process (frozen objects, thresholds)."""
+    import gc
+
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_gc_tuning_runs_on_the_injected_clock_not_the_global_reactor(gc_state):
+    import gc
+
+    from twisted.internet import reactor
+
+    from bcast_sp4.roles.gc_tuning import YoungCollector, tune_gc
+
+    with pytest.raises(TypeError):
+        tune_gc()  # the clock is required: no silent fallback to the global reactor
+    before = set(reactor.getDelayedCalls())
+    clock = Clock()
+    runner = SCSRunner(SCSCore([], [], Timing()), clock, RecordingSink(clock.seconds), {}, gc_tuning_after=20.0)
+    runner.startService()
+    clock.advance(20.0)
+    assert gc.get_freeze_count() > 0 and gc.get_threshold()[2] == 2**30
+    assert isinstance(runner.young_collector, YoungCollector) and runner.young_collector.clock is clock
+    assert set(reactor.getDelayedCalls()) == before  # nothing scheduled on the real reactor
+    clock.pump([0.05] * 3)
+    assert runner.young_collector.passes == 3
+    collector = runner.young_collector
+    runner.stopService()
+    assert not clock.getDelayedCalls() and runner.young_collector is None
+    clock.advance(1.0)
+    assert collector.passes == 3
