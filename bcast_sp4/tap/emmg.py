@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
+from ..ops.startup import FailFast, build_or_fail, client_endpoint
 from ..roles.emmg_client import EMMGService
 from ._options import RoleOptions
 
@@ -51,6 +52,7 @@ class Options(RoleOptions):
 
 def build_service(settings: EMMGSettings, reactor) -> MultiService:
     """The EMMG service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+    client_endpoint(reactor, settings.connect)  # a malformed endpoint string fails here, with its line
     top = MultiService()
     service = EMMGService(settings, reactor)
     service.setServiceParent(top)
@@ -67,7 +69,8 @@ def build_service(settings: EMMGSettings, reactor) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ..config import TerminalSettings, load_terminal_settings
+from ..ops.startup import FailFast
 from ..roles.terminal import TerminalService
 from ._exit import stop_with_status
 from ._options import RoleOptions
@@ -45,4 +46,5 @@ def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
+    service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
+    return FailFast(options.tapname, reactor, service)
