@@ -17,6 +17,7 @@ from ..machines.emmg import EMMGConfig, EMMGStreamConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .ops import read_metrics
 from .addresses import TRANSPORTS
 from .subscribers import load_subscribers
 
@@ -43,6 +44,7 @@ class EMMGSettings:
     sources: dict[int, StreamSources]  # by data_id
     retry_max_delay: float
     source_path: Path
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_emmg_settings(path: str | Path) -> EMMGSettings:
@@ -94,6 +96,7 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         entry.no_unknown_keys()
     if not streams:
         raise root.fail("stream", "no stream: add at least one [[stream]] table")
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     try:
         config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=udp, **kwargs)
@@ -107,6 +110,7 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         sources=sources,
         retry_max_delay=retry_max_delay,
         source_path=path,
+        metrics=metrics,
     )
 
 

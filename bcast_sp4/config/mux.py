@@ -10,6 +10,7 @@ from ..machines.mux import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -22,6 +23,7 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -116,6 +118,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -124,6 +127,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
+        metrics=metrics,
     )
 
 

@@ -28,6 +28,7 @@ from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
+from .ops import read_metrics
 from .addresses import TRANSPORTS
 
 
@@ -93,6 +94,7 @@ class SCSSettings:
     max_message_length: int = MAX_MESSAGE_LENGTH
     gc_tuning: bool = True
     source_path: Path | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
@@ -262,10 +264,11 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             scrambler=ScramblerSettings(input_port=input_port, input_interface=input_interface,
                                         output=output, srtp_profile=profile, inner_destination=inner),
         ))
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return SCSSettings(timing=timing, reconnect=reconnect, channels=tuple(channels.values()), services=tuple(services),
                        mux=mux, max_message_length=max_length, gc_tuning=gc_tuning,
-                       source_path=path)
+                       source_path=path, metrics=metrics)
 
 
 __all__ = ["MuxMode", "MuxSettings", "ReconnectPolicy", "SCSSettings", "ScramblerSettings", "ServiceSettings",
