@@ -107,12 +107,7 @@ class _Collector:
         return []  # families are only known at scrape time; nothing to check at registration
 
     def collect(self) -> Iterator:
-        values: dict[str, dict[tuple[str, ...], float]] = collections.defaultdict(dict)
-        for source in self.metrics.sources():
-            for name, labels, value in source():
-                family = values[name]
-                family[labels] = family.get(labels, 0) + value
-        for name, samples in values.items():
+        for name, samples in self.metrics.snapshot().items():
             kind, doc, labelnames = FAMILIES[name]
             if kind == "counter":
                 family = CounterMetricFamily(PREFIX + name, doc, labels=labelnames)
@@ -156,6 +151,15 @@ class Metrics:
 
     def sources(self) -> list[Source]:
         return list(self._sources)
+
+    def snapshot(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """Every source read now: family -> labels -> value (samples with equal labels add up)."""
+        values: dict[str, dict[tuple[str, ...], float]] = collections.defaultdict(dict)
+        for source in self.sources():
+            for name, labels, value in source():
+                family = values[name]
+                family[labels] = family.get(labels, 0) + value
+        return values
 
     def count(self, family: str, labels: tuple[str, ...], n: int = 1) -> None:
         """Add *n* to an event counter (a family of :data:`FAMILIES`)."""

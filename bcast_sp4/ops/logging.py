@@ -1,0 +1,141 @@
+"""Operator logs (issue #12, item 4): ``--log-level``, ``--log-format text|json``, ``--log-keys``.
+
+:class:`OperatorLogObserver` is a ``twisted.logger`` observer that every plugin can put in place of
+twistd's own (as the application's ``ILogObserver`` component). Each event becomes one line:
+
+* ``text``: ``2026-12-03T03:04:39.120Z info  bcast-ecmg: <message>``;
+* ``json``: one flat object per line, ``{"time", "level", "role", "event", <fields>...}``, that
+  ``jq`` reads; ``event`` is the formatted message, the fields are the event's own named fields.
+
+Values are made readable on the way: Super_CAS_id / client_id as ``0x00010001``, ECM_id /
+data_id / error codes as ``0x0001``, POSIX times (fields named ``*_at``, ``at``, ``time``...)
+as ISO 8601 UTC. Bytes are never written: a ``bytes`` field becomes ``<16 bytes>`` at every
+level, unless ``--log-keys`` is given (then hex; a debug switch for lab work only).
+:class:`KeyLog` is what roles call to log key material: it emits nothing unless that switch is on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
+from zope.interface import implementer
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error,
+          "critical": LogLevel.critical}
+FORMATS = ("text", "json")
+_ORDER = {level: n for n, level in enumerate(LEVELS.values())}
+
+#: field names rendered as 32-bit hex ids / 16-bit hex ids
+HEX32 = frozenset({"super_cas_id", "super_CAS_id", "client_id", "Super_CAS_id"})
+HEX16 = frozenset({"ecm_id", "ECM_id", "data_id", "error_status", "error_code", "status_code"})
+#: field names holding a POSIX time
+TIMES = frozenset({"at", "time", "first_switch_at", "switched_at", "on_air_from", "deadline", "since", "started",
+                   "last_emit", "next_emit", "issued_at"})
+#: reserved keys of a JSON line; an event field of the same name is written as field_<name>
+#: keys twisted.python.log adds to an event (not the event's own fields)
+_LEGACY = frozenset({"format", "message", "system", "isError", "why", "failure", "printed"})
+_RESERVED = frozenset({"time", "level", "role", "event", "namespace", "traceback"})
+
+
+def iso_utc(seconds: float) -> str:
+    """``2026-12-03T03:04:39.120Z``."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def readable(name: str, value: Any, keys: bool = False) -> Any:
+    """*value* of field *name* as an operator reads it (see the module docstring); JSON-safe."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex() if keys else f"<{len(value)} bytes>"
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if name in HEX32:
+            return f"{value:#010x}"
+        if name in HEX16:
+            return f"{value:#06x}"
+        return value
+    if isinstance(value, float):
+        if (name in TIMES or name.endswith("_at")) and value > 1e8:
+            return iso_utc(value)
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [readable(name, v, keys) for v in value]
+    if isinstance(value, dict):
+        return {str(k): readable(str(k), v, keys) for k, v in value.items()}
+    if hasattr(value, "value") and hasattr(value, "name") and isinstance(getattr(value, "name"), str):
+        return value.name if not isinstance(value.value, (str, int)) else value.value  # enum members
+    return str(value)
+
+
+@implementer(ILogObserver)
+class OperatorLogObserver:
+    """Writes each event at or above *level* to *out* as one text or JSON line (module docstring).
+
+    :param role: the plugin's name (``bcast-ecmg``), the ``role`` of every line.
+    :param out: a text stream (flushed per line).
+    :param fmt: ``text`` or ``json``.
+    :param level: the lowest level written.
+    :param keys: ``--log-keys``: write bytes fields (key material) as hex instead of redacting them.
+    """
+
+    def __init__(self, role: str, out: IO[str], fmt: str = "text", level: LogLevel = LogLevel.info,
+                 keys: bool = False) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"log format {fmt!r} is not one of {FORMATS}")
+        self.role = role
+        self.out = out
+        self.fmt = fmt
+        self.level = _ORDER[level]
+        self.keys = keys
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level", LogLevel.info)
+        if _ORDER.get(level, 1) < self.level:
+            return
+        fields = {k: readable(k, v, self.keys) for k, v in event.items()
+                  if not k.startswith("log_") and k not in _LEGACY}
+        if "time" in fields and event.get("time") == event.get("log_time"):
+            del fields["time"]  # twisted.python.log's copy of log_time
+        # format the message from the readable values, so ids, times and bytes read the same in the text
+        text = formatEvent({**event, **fields})
+        failure = event.get("log_failure")
+        when = iso_utc(event.get("log_time") or 0.0)
+        if self.fmt == "json":
+            line: dict[str, Any] = {"time": when, "level": level.name, "role": self.role, "event": text,
+                                    "namespace": event.get("log_namespace", "")}
+            for key, value in fields.items():
+                line[f"field_{key}" if key in _RESERVED else key] = value
+            if failure is not None:
+                line["traceback"] = failure.getTraceback()
+            self.out.write(json.dumps(line, default=str) + "\n")
+        else:
+            body = text if failure is None else text + "\n" + failure.getTraceback().rstrip("\n")
+            self.out.write(f"{when} {level.name:<5} {self.role}: {body}\n")
+        self.out.flush()
+
+
+class KeyLog:
+    """How roles log key material: only with ``--log-keys``, at debug level, never otherwise.
+
+    ``key_log.key("SEK", material, sek_id=...)`` emits ``debug: key SEK <hex> sek_id=...`` when
+    :attr:`enabled`, and nothing at all when not (so no observer, twistd's own included, ever
+    sees the bytes).
+    """
+
+    log = Logger(namespace="bcast_sp4.keys")
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+
+    def key(self, what: str, material: bytes, **ids: Any) -> None:
+        if not self.enabled:
+            return
+        names = " ".join(f"{k}={{{k}}}" for k in ids)
+        self.log.debug("key {what} {key_hex} " + names, what=what, key_hex=bytes(material).hex(), **ids)
+
+
+__all__ = ["FORMATS", "KeyLog", "LEVELS", "OperatorLogObserver", "iso_utc", "readable"]
