@@ -118,6 +118,22 @@ class OperatorLogObserver:
         self.out.flush()
 
 
+#: what :func:`twistd_observer` builds: set by the plugin's options, read once by twistd
+_TWISTD_OBSERVER: list = []
+
+
+def use_for_twistd(make) -> str:
+    """Make ``make()`` twistd's log observer: returns the name to put in twistd's ``logger``
+    option (twistd resolves that option by name, after the plugin's options were parsed)."""
+    _TWISTD_OBSERVER[:] = [make]
+    return f"{__name__}.twistd_observer"
+
+
+def twistd_observer() -> OperatorLogObserver:
+    """twistd's ``--logger`` factory (see :func:`use_for_twistd`)."""
+    return _TWISTD_OBSERVER[0]()
+
+
 class KeyLog:
     """How roles log key material: only with ``--log-keys``, at debug level, never otherwise.
 
@@ -138,4 +154,4 @@ class KeyLog:
         self.log.debug("key {what} {key_hex} " + names, what=what, key_hex=bytes(material).hex(), **ids)
 
 
-__all__ = ["FORMATS", "KeyLog", "LEVELS", "OperatorLogObserver", "iso_utc", "readable"]
+__all__ = ["FORMATS", "KeyLog", "twistd_observer", "use_for_twistd", "LEVELS", "OperatorLogObserver", "iso_utc", "readable"]

@@ -30,6 +30,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 #: exit status of a configuration error, bad endpoint strings included (sysexits.h EX_CONFIG)
 CONFIG_ERROR_STATUS = getattr(os, "EX_CONFIG", 78)
@@ -107,6 +108,8 @@ class ListeningService(StreamServerEndpointService):
     :attr:`port` is the listening port once started (tests read ``port.getHost().port``).
     """
 
+    log = Logger()
+
     def __init__(self, reactor, spec: str, factory) -> None:
         super().__init__(server_endpoint(reactor, spec), factory)
         self.spec = spec
@@ -123,6 +126,9 @@ class ListeningService(StreamServerEndpointService):
 
     def _listening(self, port):
         self.port = port
+        address = port.getHost()
+        self.log.info("listening on {endpoint} ({host} port {port})", endpoint=self.spec,
+                      host=getattr(address, "host", "?"), port=getattr(address, "port", "?"))
         return port
 
     def abandon(self) -> None:

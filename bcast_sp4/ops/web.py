@@ -148,7 +148,7 @@ class OpsWebService(ListeningService):
         self.role = metrics.role
 
     def _listening(self, port):
-        port = super()._listening(port)
+        self.port = port
         host = port.getHost()
         self.log.info("{role}: metrics on http://{host}:{port}/metrics, status on http://{host}:{port}/",
                       role=self.role, host=host.host, port=host.port)

@@ -17,7 +17,7 @@ from typing import Callable, NoReturn, TypeVar
 from twisted.python import usage
 
 from .. import version_text
-from ..ops.logging import FORMATS, LEVELS, OperatorLogObserver
+from ..ops.logging import FORMATS, LEVELS, OperatorLogObserver, use_for_twistd
 from ..config import ConfigError
 from ..config.locate import locate_default
 
@@ -59,6 +59,10 @@ class RoleOptions(usage.Options):
                            "never use in production"],
     ]
 
+    def parseOptions(self, options=None) -> None:
+        super().parseOptions(options)
+        self.install_log_observer()  # now: twistd reads its logger option before makeService
+
     def install_log_observer(self) -> OperatorLogObserver | None:
         """With ``--log-level``, ``--log-format`` or ``--log-keys``: make :class:`OperatorLogObserver` the
         process's log observer, in twistd (its ``logger`` option) or ``twist`` (its observer factory),
@@ -79,11 +83,11 @@ class RoleOptions(usage.Options):
         if parent is not None and "nodaemon" in parent:  # twistd
             logfile = parent.get("logfile")
             if logfile and logfile != "-":
-                parent["logger"] = lambda: make(open(logfile, "a", encoding="utf-8"))
+                parent["logger"] = use_for_twistd(lambda: make(open(logfile, "a", encoding="utf-8")))
             elif parent.get("nodaemon") or logfile == "-":
-                parent["logger"] = lambda: make(sys.__stdout__)
+                parent["logger"] = use_for_twistd(lambda: make(sys.__stdout__))
             else:
-                parent["logger"] = lambda: make(open("twistd.log", "a", encoding="utf-8"))
+                parent["logger"] = use_for_twistd(lambda: make(open("twistd.log", "a", encoding="utf-8")))
             return None
         return make(sys.__stdout__)  # not under a runner (tests): the caller installs it
 
