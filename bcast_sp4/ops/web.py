@@ -12,6 +12,7 @@ import json
 
 from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -42,7 +43,8 @@ th { background: #f0f0f0; }
 // Every value is set with textContent: nothing from status.json is parsed as HTML.
 function cell(row, tag, text) {
   const c = document.createElement(tag);
-  c.textContent = text === null || text === undefined ? "" : (typeof text === "object" ? JSON.stringify(text) : String(text));
+  c.textContent = text === null || text === undefined ? "" :
+    Array.isArray(text) ? text.join(", ") : (typeof text === "object" ? JSON.stringify(text) : String(text));
   row.appendChild(c);
 }
 function table(title, rows) {
@@ -124,7 +126,7 @@ class _Root(Resource):
     def getChild(self, path: bytes, request):
         if path in (b"", b"index.html"):
             return self.page
-        return super().getChild(path, request)
+        return notFound()
 
 
 def make_site(metrics, board) -> Site:
