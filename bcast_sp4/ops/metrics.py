@@ -213,13 +213,17 @@ class Metrics:
                 del pending[stale]
 
     def observe(self, role: str, peer: str, event: str, fields: dict[str, Any]) -> None:
-        """A role's lifecycle event (what the session manager is told): connections and losses."""
-        if event in ("connected", "connection_made"):
-            self._events[("connections_total", (role,))] += 1
-            if fields.get("reconnect"):
-                self._events[("reconnects_total", (role,))] += 1
-        elif event in ("connection_lost", "peer_lost", "disconnected"):
-            self._events[("peer_losses_total", (role,))] += 1
+        """A role's lifecycle event (what the session manager is told): a server's lost peers.
+
+        Client roles count their connections, reconnects and losses themselves
+        (:class:`~.reconnect.ReportingClientService`); servers count accepted connections with
+        :meth:`counting_factory`."""
+        if event == "connection_lost":
+            self._events[("peer_losses_total", (_role_interface(role)[0],))] += 1
+
+    def counting_factory(self, factory, role: str):
+        """*factory*, counting each connection it builds a protocol for (``connections_total``)."""
+        return _CountingFactory(factory, self, role)
 
     # -- role sources --------------------------------------------------------------------------
 
@@ -310,6 +314,29 @@ class Metrics:
                                n)
 
         self.add_source(samples)
+
+
+class _CountingFactory:
+    """A server factory that counts the protocols it builds, then delegates everything to *inner*."""
+
+    def __init__(self, inner, metrics: Metrics, role: str) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.role = role
+        self.noisy = False
+
+    def buildProtocol(self, addr):
+        self.metrics.count("connections_total", (self.role,))
+        return self.inner.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self.inner.doStart()
+
+    def doStop(self) -> None:
+        self.inner.doStop()
+
+    def logPrefix(self) -> str:
+        return self.inner.__class__.__name__
 
 
 def _role_interface(role: str) -> tuple[str, str]:
