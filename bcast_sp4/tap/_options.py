@@ -63,6 +63,15 @@ class RoleOptions(usage.Options):
         super().parseOptions(options)
         self.install_log_observer()  # now: twistd reads its logger option before makeService
 
+    def log_goes_to_stdout(self) -> bool:
+        """True under ``twistd -n`` without ``-l FILE``: the log is already on stdout, so a role's
+        console lines (the terminal's progress) would appear twice."""
+        parent = self.parent if isinstance(getattr(self, "parent", None), usage.Options) else None
+        if parent is None or "nodaemon" not in parent:
+            return False
+        logfile = parent.get("logfile")
+        return bool(parent.get("nodaemon")) and (not logfile or logfile == "-")
+
     def install_log_observer(self) -> OperatorLogObserver | None:
         """With ``--log-level``, ``--log-format`` or ``--log-keys``: make :class:`OperatorLogObserver` the
         process's log observer, in twistd (its ``logger`` option) or ``twist`` (its observer factory),

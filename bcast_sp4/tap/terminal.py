@@ -43,8 +43,21 @@ def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done
     return top
 
 
+class _Discard:
+    """A console that prints nothing (see :func:`makeService`)."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
+    # under `twistd -n` the log is on stdout already: the progress lines go there once, as log lines
+    out = _Discard() if options.log_goes_to_stdout() else None
+    service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status),
+                            out)
     return FailFast(options.tapname, reactor, service)
