@@ -199,8 +199,6 @@ class Metrics:
         if name == "CW_provision":
             self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
         elif name == "ECM_response":
-            if super_cas_id is not None:
-                self._events[("stkms_generated_total", (role, profile_of_super_cas_id(super_cas_id)))] += 1
             received = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), None)
             if received is not None:
                 self.latency.labels(role, hex32(super_cas_id or 0)).observe(max(0.0, now - received))
@@ -266,6 +264,16 @@ class Metrics:
                 yield "scrambler_packets_total", (role, name, "sent"), s.sent
                 yield "scrambler_packets_total", (role, name, "dropped_no_key"), s.dropped_no_key
                 yield "scrambler_packets_total", (role, name, "dropped_invalid"), s.dropped_invalid
+
+        self.add_source(samples)
+
+    def watch_ecmg(self, source, role: str = "ecmg") -> None:
+        """The ECMG's STKM source: STKMs (ECM_datagrams) generated, by profile."""
+        profiles = {"drm": "drm", "smartcard": "smartcard", "dvb-sections": "dvb", "dvb-ts": "dvb"}
+
+        def samples() -> Iterator[Sample]:
+            for mode, n in source.generated.items():
+                yield "stkms_generated_total", (role, profiles.get(mode.value, mode.value)), n
 
         self.add_source(samples)
 

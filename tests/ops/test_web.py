@@ -47,7 +47,6 @@ class MetricsHooks(SynchronousTestCase):
         self.assertEqual(_sample(text, "bcast_sp4_messages_received_total", **labels, message_type="CW_provision"), 1)
         self.assertEqual(_sample(text, "bcast_sp4_messages_sent_total", **labels, message_type="ECM_response"), 1)
         self.assertEqual(_sample(text, "bcast_sp4_errors_sent_total", **labels, error_status="0x0007"), 1)
-        self.assertEqual(_sample(text, "bcast_sp4_stkms_generated_total", role="ecmg", profile="smartcard"), 1)
         self.assertEqual(_sample(text, "bcast_sp4_ecm_response_latency_seconds_count", role="ecmg",
                                  super_CAS_id="0x00020001"), 1)
         self.assertEqual(_sample(text, "bcast_sp4_ecm_response_latency_seconds_bucket", role="ecmg",
@@ -130,3 +129,19 @@ class Endpoint(TestCase):
         self.assertIn(b"textContent", body)
         self.assertNotIn(b"innerHTML", body)
         self.assertNotIn(b"http://", body.replace(b'"http://www.w3.org', b""))  # self-contained: no CDN
+
+
+def test_stkms_generated_by_profile_are_read_from_the_source():
+    from prometheus_client import generate_latest
+
+    from tests.bcast.test_bcast_ecm_source import CARD, DRM, DVB, make_source, refused, request
+
+    source = make_source()
+    metrics = Metrics("bcast-ecmg", Clock())
+    metrics.watch_ecmg(source)
+    for scid in (DRM, DRM, CARD, DVB):
+        source.generate(request(scid))
+    refused(source, request(DRM, cws=[(11, bytes(3))]))  # a refusal is no STKM
+    text = generate_latest(metrics.registry).decode()
+    counts = {p: _sample(text, "bcast_sp4_stkms_generated_total", role="ecmg", profile=p) for p in ("drm", "smartcard", "dvb")}
+    assert counts == {"drm": 2, "smartcard": 1, "dvb": 1}
