@@ -153,5 +153,29 @@ class KeyLog:
         names = " ".join(f"{k}={{{k}}}" for k in ids)
         self.log.debug("key {what} {key_hex} " + names, what=what, key_hex=bytes(material).hex(), **ids)
 
+    def service_key(self, what: str, key, **ids: Any) -> None:
+        """A :class:`~bcast_sp4.bcast.keys.ServiceKey`: its key and, when it has one, its authentication key."""
+        if not self.enabled:
+            return
+        self.key(what, key.key, key_id=f"{key.key_id:#010x}", name=key.name, **ids)
+        if key.authentication_key:
+            self.key(what + " authentication key", key.authentication_key, key_id=f"{key.key_id:#010x}", **ids)
+
+    def key_store(self, store) -> None:
+        """Every key of an ECMG key store."""
+        if not self.enabled:
+            return
+        for key in store.keys():
+            self.service_key("SEK/PEK", key)
+
+    def subscribers(self, subscribers) -> None:
+        """Every device key and entitled key of a subscriber file."""
+        if not self.enabled:
+            return
+        for device in subscribers.devices:
+            self.key("device key", device.device_key, device_id=device.device_id.hex())
+            for key in device.entitlements:
+                self.service_key("entitlement", key, device_id=device.device_id.hex())
+
 
 __all__ = ["FORMATS", "KeyLog", "twistd_observer", "use_for_twistd", "LEVELS", "OperatorLogObserver", "iso_utc", "readable"]

@@ -95,3 +95,21 @@ def test_summary_line_reads_the_metrics():
                 e.get("allocated_bps")) for e in lines]
     assert by_role == [("ecmg", 10, 10, 4, None, None), ("mux", None, None, None, 2, 64000),
                        ("ecmg", 15, 5, 4, None, None), ("mux", None, None, None, 2, 64000)]
+
+
+def test_key_log_writes_a_key_store_and_a_subscriber_file_only_when_enabled():
+    from pathlib import Path
+
+    from bcast_sp4.config import load_keyfile
+    from bcast_sp4.config.subscribers import load_subscribers
+
+    lab = Path(__file__).resolve().parents[2] / "etc" / "lab"
+    store, subscribers = load_keyfile(lab / "keys.toml"), load_subscribers(lab / "subscribers.toml")
+    for enabled in (False, True):
+        with capturedLogs() as events:
+            KeyLog(enabled).key_store(store)
+            KeyLog(enabled).subscribers(subscribers)
+        written = {e["key_hex"] for e in events}
+        expected = {"000102030405060708090a0b0c0d0e0f", "5341b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1",
+                    "0f0e0d0c0b0a09080706050403020100", "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"}
+        assert written == (expected if enabled else set())
