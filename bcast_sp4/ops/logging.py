@@ -16,59 +16,24 @@ level, unless ``--log-keys`` is given (then hex; a debug switch for lab work onl
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
 from zope.interface import implementer
 
+from ..logfields import HEX16, HEX32, TIMES, iso_utc, readable
+
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error,
           "critical": LogLevel.critical}
 FORMATS = ("text", "json")
 _ORDER = {level: n for n, level in enumerate(LEVELS.values())}
 
-#: field names rendered as 32-bit hex ids / 16-bit hex ids
-HEX32 = frozenset({"super_cas_id", "super_CAS_id", "client_id", "Super_CAS_id"})
-HEX16 = frozenset({"ecm_id", "ECM_id", "data_id", "error_status", "error_code", "status_code"})
-#: field names holding a POSIX time
-TIMES = frozenset({"at", "time", "first_switch_at", "switched_at", "on_air_from", "deadline", "since", "started",
-                   "last_emit", "next_emit", "issued_at"})
-#: reserved keys of a JSON line; an event field of the same name is written as field_<name>
 #: keys twisted.python.log adds to an event (not the event's own fields)
 _LEGACY = frozenset({"format", "message", "system", "isError", "why", "failure", "printed"})
+#: reserved keys of a JSON line; an event field of the same name is written as field_<name>
 _RESERVED = frozenset({"time", "level", "role", "event", "namespace", "traceback"})
 
-
-def iso_utc(seconds: float) -> str:
-    """``2026-12-03T03:04:39.120Z``."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def readable(name: str, value: Any, keys: bool = False) -> Any:
-    """*value* of field *name* as an operator reads it (see the module docstring); JSON-safe."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex() if keys else f"<{len(value)} bytes>"
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        if name in HEX32:
-            return f"{value:#010x}"
-        if name in HEX16:
-            return f"{value:#06x}"
-        return value
-    if isinstance(value, float):
-        if (name in TIMES or name.endswith("_at")) and value > 1e8:
-            return iso_utc(value)
-        return value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [readable(name, v, keys) for v in value]
-    if isinstance(value, dict):
-        return {str(k): readable(str(k), v, keys) for k, v in value.items()}
-    if hasattr(value, "value") and hasattr(value, "name") and isinstance(getattr(value, "name"), str):
-        return value.name if not isinstance(value.value, (str, int)) else value.value  # enum members
-    return str(value)
 
 
 @implementer(ILogObserver)
