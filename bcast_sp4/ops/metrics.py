@@ -92,11 +92,6 @@ def hex16(value: int) -> str:
     return f"{value:#06x}"
 
 
-def profile_of_super_cas_id(super_cas_id: int) -> str:
-    """``drm`` (0x0001xxxx), ``smartcard`` (0x0002xxxx) or ``dvb`` (any other CA system)."""
-    return {0x0001: "drm", 0x0002: "smartcard"}.get(super_cas_id >> 16, "dvb")
-
-
 class _Collector:
     """The registry's view of :class:`Metrics`: every source's samples grouped into families."""
 
@@ -133,6 +128,8 @@ class Metrics:
         self._sources: list[Source] = [self._event_samples]
         self._events: collections.Counter[tuple[str, tuple[str, ...]]] = collections.Counter()
         self._pending: dict[tuple, float] = {}  # (role, peer, channel, stream, CP) -> CW_provision sent at
+        self._channels: dict[tuple, int] = {}  # (role, peer, ECM_channel_id) -> Super_CAS_id (channel_setup)
+        self._kinds: dict[type, tuple[str, str]] = {}  # message class -> (NAME, interface)
         self.latency = Histogram(
             PREFIX + "ecm_response_latency_seconds",
             "time from a CW_provision sent to its ECM_response received (SCS), or from a CW_provision "
@@ -171,37 +168,38 @@ class Metrics:
 
     # -- hooks of the adapters -----------------------------------------------------------------
 
-    def message_received(self, role: str, interface: str, peer: str, message: Any, now: float,
-                         super_cas_id: int | None = None) -> None:
-        """A decoded SimulCrypt message came in (called by the TCP / UDP adapters)."""
-        name = message.NAME
-        self._events[("messages_received_total", (role, interface, name))] += 1
-        errors = getattr(message, "error_status", None)
-        if errors is not None and name.endswith("_error"):
-            for code in errors:
-                self._events[("errors_received_total", (role, interface, hex16(code)))] += 1
-        if name == "ECM_response":
-            sent = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), None)
-            if sent is not None:
-                self.latency.labels(role, hex32(super_cas_id or 0)).observe(max(0.0, now - sent))
-        elif name == "CW_provision":
-            self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
+    def message_received(self, role: str, peer: str, message: Any, now: float) -> None:
+        """A decoded SimulCrypt message came in (called by the roles' adapters)."""
+        self._message("messages_received_total", "errors_received_total", role, peer, message, now)
 
-    def message_sent(self, role: str, interface: str, peer: str, message: Any, now: float,
-                     super_cas_id: int | None = None) -> None:
-        """A SimulCrypt message went out (called by the adapters)."""
-        name = message.NAME
-        self._events[("messages_sent_total", (role, interface, name))] += 1
-        errors = getattr(message, "error_status", None)
-        if errors is not None and name.endswith("_error"):
-            for code in errors:
-                self._events[("errors_sent_total", (role, interface, hex16(code)))] += 1
-        if name == "CW_provision":
-            self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
-        elif name == "ECM_response":
-            received = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), None)
-            if received is not None:
-                self.latency.labels(role, hex32(super_cas_id or 0)).observe(max(0.0, now - received))
+    def message_sent(self, role: str, peer: str, message: Any, now: float) -> None:
+        """A SimulCrypt message went out (called by the roles' output executor)."""
+        self._message("messages_sent_total", "errors_sent_total", role, peer, message, now)
+
+    def _message(self, family: str, errors_family: str, role: str, peer: str, message: Any, now: float) -> None:
+        kind = type(message)
+        described = self._kinds.get(kind)
+        if described is None:
+            interface = "EMMG<=>MUX" if kind.__module__.endswith("emmg_mux") else "ECMG<=>SCS"
+            described = self._kinds[kind] = (message.NAME, interface)
+        name, interface = described
+        self._events[(family, (role, interface, name))] += 1
+        if name.endswith("_error"):
+            for code in message.error_status:
+                self._events[(errors_family, (role, interface, hex16(code)))] += 1
+        elif interface == "ECMG<=>SCS":
+            if name == "CW_provision":
+                self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
+            elif name == "ECM_response":
+                start = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number),
+                                          None)
+                if start is not None:
+                    super_cas_id = self._channels.get((role, peer, message.ECM_channel_id), 0)
+                    self.latency.labels(role, hex32(super_cas_id)).observe(max(0.0, now - start))
+            elif name == "channel_setup":
+                self._channels[(role, peer, message.ECM_channel_id)] = message.Super_CAS_id
+                if len(self._channels) > 100_000:
+                    self._channels.clear()
 
     def _remember(self, key: tuple, now: float) -> None:
         pending = self._pending
@@ -356,4 +354,4 @@ def _role_interface(role: str) -> tuple[str, str]:
     return name, interface
 
 
-__all__ = ["FAMILIES", "LATENCY_BUCKETS", "Metrics", "PREFIX", "hex16", "hex32", "profile_of_super_cas_id"]
+__all__ = ["FAMILIES", "LATENCY_BUCKETS", "Metrics", "PREFIX", "hex16", "hex32"]

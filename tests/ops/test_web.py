@@ -31,15 +31,17 @@ def _sample(text: str, name: str, **labels: str) -> float | None:
 
 
 class MetricsHooks(SynchronousTestCase):
-    def test_messages_errors_latency_and_stkms_by_profile(self):
+    def test_messages_errors_and_latency(self):
         clock = Clock()
         metrics = Metrics("bcast-ecmg", clock)
+        setup = ecmg_scs.ChannelSetup(ECM_channel_id=1, Super_CAS_id=0x00020001)
+        metrics.message_received("ecmg", "127.0.0.1:4000", setup, 9.0)
         cw = ecmg_scs.CWProvision(ECM_channel_id=1, ECM_stream_id=2, CP_number=7, CP_CW_combination=[(7, bytes(16))])
-        metrics.message_received("ecmg", "ECMG<=>SCS", "127.0.0.1:4000", cw, 10.0)
+        metrics.message_received("ecmg", "127.0.0.1:4000", cw, 10.0)
         response = ecmg_scs.ECMResponse(ECM_channel_id=1, ECM_stream_id=2, CP_number=7, ECM_datagram=b"x")
-        metrics.message_sent("ecmg", "ECMG<=>SCS", "127.0.0.1:4000", response, 10.004, super_cas_id=0x00020001)
+        metrics.message_sent("ecmg", "127.0.0.1:4000", response, 10.004)
         error = ecmg_scs.StreamError(ECM_channel_id=1, ECM_stream_id=3, error_status=(0x0007,))
-        metrics.message_sent("ecmg", "ECMG<=>SCS", "127.0.0.1:4000", error, 10.005)
+        metrics.message_sent("ecmg", "127.0.0.1:4000", error, 10.005)
         from prometheus_client import generate_latest
 
         text = generate_latest(metrics.registry).decode()
