@@ -119,8 +119,6 @@ def test_lab_roles_report_into_one_session():
     service = lab.build_service(settings, UDPMemoryReactor())
     session = service.session
     assert session.lookup("mux") is service.mux.mux and session.lookup("emmg") is service.emmg.emmg
-    assert service.mux.mux.factory.session is session
-    assert all(e.factory.session is session for e in service.ecmgs)
-    from bcast_sp4.roles.emmg_client import _Factory
-
-    assert service.scs.runner.session is session and _Factory(service.emmg.emmg).session is session
+    executors = [service.mux.mux.play_out.executor, service.emmg.emmg.executor, service.scs.runner.executor]
+    executors += [e.factory.executor for e in service.ecmgs]
+    assert all(executor.session is session for executor in executors)

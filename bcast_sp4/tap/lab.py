@@ -60,32 +60,38 @@ class Options(RoleOptions):
         self["settings"] = self.load(load_lab_settings)
 
 
-def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:
-    """Every role of the lab on *reactor*, sharing one session manager (start order = list order)."""
-    session = SessionManager(reactor)
-    top = MultiService()
-    top.session = session
-    top.mux = mux_tap.build_service(settings.mux, reactor)
-    top.mux.setServiceParent(top)
-    session.register("mux", top.mux.mux)
-    top.mux.mux.factory.session = session
-    top.ecmgs = []
-    for ecmg in settings.ecmgs:
-        service = ecmg_tap.build_service(ecmg, load_keyfile(ecmg.key_file), reactor)
-        service.factory.session = session
-        service.setServiceParent(top)
-        top.ecmgs.append(service)
-    top.emmg = emmg_tap.build_service(settings.emmg, reactor)
-    top.emmg.setServiceParent(top)
-    session.register("emmg", top.emmg.emmg)
-    top.emmg.emmg.session_manager = session
-    top.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session))
-    top.scs.runner.session = session
-    top.scs.setServiceParent(top)
-    top.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out)
-    top.terminal.terminal.session = session
-    top.terminal.setServiceParent(top)
-    return top
+class Lab(MultiService):
+    """Every role of the lab on one reactor, sharing one session manager (start order = child order).
+
+    Each role is handed the session manager when it is built; the attributes name the roles' service
+    trees for tests and tools.
+    """
+
+    def __init__(self, settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.session = session = SessionManager(reactor)
+        self.mux = mux_tap.build_service(settings.mux, reactor, session)
+        self.mux.setServiceParent(self)
+        session.register("mux", self.mux.mux)
+        self.ecmgs = []
+        key_stores = settings.key_stores or tuple(load_keyfile(e.key_file) for e in settings.ecmgs)
+        for ecmg, key_store in zip(settings.ecmgs, key_stores):
+            service = ecmg_tap.build_service(ecmg, key_store, reactor, session)
+            service.setServiceParent(self)
+            self.ecmgs.append(service)
+        self.emmg = emmg_tap.build_service(settings.emmg, reactor, session)
+        self.emmg.setServiceParent(self)
+        session.register("emmg", self.emmg.emmg)
+        self.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session), session=session)
+        self.scs.setServiceParent(self)
+        self.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out)
+        self.terminal.setServiceParent(self)
+
+
+def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None) -> Lab:
+    """Every role of the lab on *reactor*, sharing one session manager."""
+    return Lab(settings, reactor, periods, on_done, out)
 
 
 def makeService(options: Options) -> MultiService:
