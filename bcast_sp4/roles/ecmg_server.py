@@ -36,19 +36,27 @@ class ECMGFactory(Factory):
     """Builds one :class:`ECMGProtocol` per accepted SCS connection.
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels
-        and streams), or ``None``.
+        and streams, and that the server listens), or ``None``.
+    :param listening_on: the endpoint description the factory is listening on (for the session).
     """
 
     log = Logger()
     noisy = False
 
     def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
-                 session=None) -> None:
+                 session=None, listening_on: str | None = None) -> None:
+        self.session = session
+        self.listening_on = listening_on
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
         self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session)
+
+    def startFactory(self) -> None:
+        """The server listens (Twisted calls this before the first connection is accepted)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, "ecmg")
 
     def buildProtocol(self, addr) -> ECMGProtocol:
         protocol = ECMGProtocol(self)

@@ -193,11 +193,19 @@ class MuxFactory(Factory):
     protocol = MuxProtocol
     noisy = False
 
-    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
+                 session=None, listening_on: str | None = None) -> None:
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = max_message_length
+        self.session = session
+        self.listening_on = listening_on
+
+    def startFactory(self) -> None:
+        """The server listens: tell the session (``listening`` under the endpoint description)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, "mux")
 
     def buildProtocol(self, addr) -> MuxProtocol:
         protocol = self.protocol(self)
@@ -272,11 +280,12 @@ class MuxDatagramProtocol(DatagramProtocol):
 class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
-    def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None) -> None:
+    def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
+                 listening_on: str | None = None) -> None:
         self.core = core
         self.clock: IReactorTime = reactor
         self.play_out = PlayOut(core, reactor, interface, session)
-        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length)
+        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on)
         self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
 
     def submit_stkm(

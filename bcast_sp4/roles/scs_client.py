@@ -157,6 +157,9 @@ class SCSRunner(Service):
     :param scramblers: service name -> its scrambler.
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels and
         streams, peer = channel name), or ``None``.
+    :param autostart: start the schedulers with the service (choosing the first period
+        ``start_allowance`` ahead); ``False``: only when :meth:`begin` is called (the lab calls it
+        once every channel and stream is up).
     """
 
     log = Logger()
@@ -165,7 +168,8 @@ class SCSRunner(Service):
 
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
-                 jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None) -> None:
+                 jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
+                 autostart: bool = True) -> None:
         self.core = core
         self.clock = clock
         self.sink = sink
@@ -185,11 +189,22 @@ class SCSRunner(Service):
         self.gc_tuning_after = gc_tuning_after
         #: the young-generation collector once the GC is tuned (:func:`~.gc_tuning.tune_gc`)
         self.young_collector: YoungCollector | None = None
+        self.autostart = autostart
+        #: the schedulers were started (:meth:`begin`)
+        self.begun = False
 
     # -- service lifecycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        if self.autostart:
+            self.begin()
+
+    def begin(self) -> None:
+        """Start every service's scheduler now (once): the first period is chosen from now on."""
+        if self.begun or not self.running:
+            return
+        self.begun = True
         now = self.clock.seconds()
         self.execute(self.core.start(now), now)
         if self.gc_tuning_after is not None:

@@ -53,7 +53,7 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> M
     """
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
-    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint)
     top = MultiService()
     server = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), factory)
     server.setServiceParent(top)

@@ -63,7 +63,7 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     """
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session)
+                       session=session, listening_on=settings.endpoint)
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
