@@ -183,10 +183,12 @@ class SessionManager:
         pending = dict(waits)
         results: dict[str, Any] = {}
         done: Deferred = Deferred()
+        finished: list[bool] = []
 
         def finish(outcome: Any) -> None:
-            if done.called:
+            if finished:
                 return
+            finished.append(True)
             if deadline.active():
                 deadline.cancel()
             rest = list(pending.values())
@@ -201,7 +203,7 @@ class SessionManager:
 
         def track(name: str, d: Deferred) -> None:
             def ok(value: Any) -> None:
-                if done.called:
+                if finished:
                     return
                 results[name] = value
                 pending.pop(name, None)
@@ -209,7 +211,7 @@ class SessionManager:
                     finish(results)
 
             def failed(failure: Failure) -> None:
-                if not done.called:
+                if not finished:
                     finish(Failure(NotReady(f"{what}: {name}: {failure.getErrorMessage()}", [name])))
 
             d.addCallbacks(ok, failed)
