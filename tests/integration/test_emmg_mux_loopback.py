@@ -38,24 +38,13 @@ from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig
 from bcast_sp4.roles.emmg_client import EMMGService
 from bcast_sp4.roles.mux_server import MuxProtocol, MuxServer
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import Receiver
 
 from ..tshark_json import problems
 
 REPO = Path(__file__).resolve().parents[2]
 BSM, NEIGHBOUR = 0x00010001, 0x00010002
 DATA_ID = 0x0100
-
-
-class Receiver(DatagramProtocol):
-    """The test's receiving socket: counts (arrival time, bytes) of every datagram."""
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, bytes]] = []
-
-    def datagramReceived(self, data: bytes, addr) -> None:
-        self.got.append((reactor.seconds(), data))
 
 
 class RecordingMuxProtocol(MuxProtocol):
@@ -94,7 +83,7 @@ class Lab:
 
     def __init__(self, test: TestCase, *, mux_kw=None, record=False) -> None:
         self.test = test
-        self.receivers = {BSM: Receiver(), NEIGHBOUR: Receiver()}
+        self.receivers = {BSM: Receiver(reactor), NEIGHBOUR: Receiver(reactor)}
         self.receiver_ports = {
             c: reactor.listenUDP(0, r, interface="127.0.0.1", maxPacketSize=65536) for c, r in self.receivers.items()
         }
