@@ -134,9 +134,15 @@ class Operations:
             yield SummaryService(self.metrics, self.reactor, self.summary_interval)
 
     def attach(self, parent: MultiService) -> None:
-        """Add the endpoint (first: it binds with the role's ports) and the summary to *parent*."""
+        """Add the endpoint and the summary to *parent* (the endpoint string is parsed here: a bad
+        one raises :class:`~.startup.StartupError`)."""
         for service in self.services():
             service.setServiceParent(parent)
+
+    def attached(self, parent: MultiService) -> MultiService:
+        """:meth:`attach`, returning *parent*."""
+        self.attach(parent)
+        return parent
 
 
 __all__ = ["Operations", "SummaryService"]

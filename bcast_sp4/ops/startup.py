@@ -19,7 +19,6 @@ nothing, ``serverFromString`` raises ``ValueError`` / ``TypeError`` from ``makeS
 from __future__ import annotations
 
 import atexit
-import errno as errno_module
 import os
 import sys
 from typing import Callable
@@ -31,6 +30,8 @@ from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+
+from ..logfields import socket_reason
 
 #: exit status of a configuration error, bad endpoint strings included (sysexits.h EX_CONFIG)
 CONFIG_ERROR_STATUS = getattr(os, "EX_CONFIG", 78)
@@ -47,14 +48,6 @@ class StartupError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-def socket_reason(error: BaseException) -> str:
-    """``address already in use``: the OS's wording of *error*'s errno, lower case."""
-    code = getattr(error, "errno", None)
-    if isinstance(code, int) and code in errno_module.errorcode:
-        return os.strerror(code).lower()
-    return str(error) or type(error).__name__
 
 
 def _parse_reason(exc: Exception) -> str:
@@ -268,5 +261,5 @@ def build_or_fail(role: str, build: Callable[[], IService], write: Callable[[str
 
 __all__ = [
     "CONFIG_ERROR_STATUS", "FailFast", "LISTEN_ERROR_STATUS", "ListeningService", "StartupError",
-    "UDPListeningService", "build_or_fail", "client_endpoint", "listen_failure", "server_endpoint", "socket_reason",
+    "UDPListeningService", "build_or_fail", "client_endpoint", "listen_failure", "server_endpoint",
 ]

@@ -64,6 +64,7 @@ class SimulCryptStreamProtocol(Protocol):
         if outbox.closing:
             return
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        meter = executor.meter
         received_at = clock.seconds()
         executor.begin()
         try:
@@ -73,6 +74,9 @@ class SimulCryptStreamProtocol(Protocol):
                         item = decode(item, interface)
                     except PeerProtocolError as exc:
                         item = exc
+                    else:
+                        if meter is not None:
+                            meter.message_received(executor.role, outbox.peer, item, received_at)
                 now = clock.seconds()
                 try:
                     outputs = self.handle(item, now, received_at)

@@ -38,20 +38,21 @@ class ECMGFactory(Factory):
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels
         and streams, and that the server listens), or ``None``.
     :param listening_on: the endpoint description the factory is listening on (for the session).
+    :param meter: the process's metrics (messages by type), or ``None``.
     """
 
     log = Logger()
     noisy = False
 
     def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
-                 session=None, listening_on: str | None = None) -> None:
+                 session=None, listening_on: str | None = None, meter=None) -> None:
         self.session = session
         self.listening_on = listening_on
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
-        self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session)
+        self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session, meter=meter)
 
     def startFactory(self) -> None:
         """The server listens (Twisted calls this before the first connection is accepted)."""

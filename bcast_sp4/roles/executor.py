@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..logfields import readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
 
@@ -164,6 +165,7 @@ class OutputExecutor:
     :param default_outbox: ``() -> Outbox | None``: where Send / Close go when a batch names no
         connection (a client role's one connection); ``None`` drops them.
     :param peer_of: ``(notify) -> str``: how a Notify made without a connection names its peer.
+    :param meter: the process's metrics (``message_sent(role, peer, message, now)``), or ``None``.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class OutputExecutor:
         handlers: dict[type, Callable[[Any, float], None]] | None = None,
         default_outbox: Callable[[], Outbox | None] | None = None,
         peer_of: Callable[[Notify], str] | None = None,
+        meter=None,
     ) -> None:
         self.clock = clock
         self.log = log
@@ -186,6 +189,7 @@ class OutputExecutor:
         self.handlers = dict(handlers or {})
         self.default_outbox = default_outbox
         self.peer_of = peer_of
+        self.meter = meter
         self.timers = KeyedTimers(clock, self._timer_fired)
         self._depth = 0
         self._touched: list[Outbox] = []
@@ -237,6 +241,8 @@ class OutputExecutor:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
+        if self.meter is not None:
+            self.meter.message_sent(self.role, outbox.peer, message, self.clock.seconds())
         if outbox.queue(message.encode()):
             self._touched.append(outbox)
             if self._depth == 0:
@@ -269,8 +275,10 @@ class OutputExecutor:
         fields = event.fields
         if self.session is not None:
             self.session.observe(self.role, peer, event.event, fields)
-        text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in fields)
-        log_at(self.log, event.level)(text, peer=peer, event=event.event, **fields)
+        # ids in hex, POSIX times in ISO 8601 UTC, bytes never shown (bcast_sp4.logfields)
+        shown = {k: readable(k, v) for k, v in fields.items()}
+        text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in shown)
+        log_at(self.log, event.level)(text, peer=peer, event=event.event, **shown)
 
     # -- timers --------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class PlayOut(Service):
     log = Logger()
     TICK = "tick"
 
-    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None) -> None:
+    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None, meter=None) -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -71,7 +71,7 @@ class PlayOut(Service):
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
-            reactor, self.log, "mux", session=session, timer_input=self._tick,
+            reactor, self.log, "mux", session=session, timer_input=self._tick, meter=meter,
             handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver},
         )
 
@@ -281,10 +281,10 @@ class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
     def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
-                 listening_on: str | None = None) -> None:
+                 listening_on: str | None = None, meter=None) -> None:
         self.core = core
         self.clock: IReactorTime = reactor
-        self.play_out = PlayOut(core, reactor, interface, session)
+        self.play_out = PlayOut(core, reactor, interface, session, meter)
         self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on)
         self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
 

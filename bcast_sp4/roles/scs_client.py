@@ -169,7 +169,7 @@ class SCSRunner(Service):
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
                  jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
-                 autostart: bool = True) -> None:
+                 autostart: bool = True, meter=None) -> None:
         self.core = core
         self.clock = clock
         self.sink = sink
@@ -181,7 +181,7 @@ class SCSRunner(Service):
             clock, self.log, "scs", session=session, timer_input=self._timer,
             handlers={ChannelOutput: self._to_channel, SubmitSTKM: self._submit, SwitchTEK: self._switch,
                       ProvideTEK: self._provide},
-            peer_of=lambda event: str(event.fields.get("channel", "")),
+            peer_of=lambda event: str(event.fields.get("channel", "")), meter=meter,
         )
         #: every TEK switch made by a SwitchTEK output: (service, Switch)
         self.switch_log: collections.deque[tuple[str, Switch]] = collections.deque(maxlen=jitter_history)

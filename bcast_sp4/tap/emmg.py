@@ -14,6 +14,7 @@ from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
 from ..ops.startup import FailFast, build_or_fail, client_endpoint
 from ..roles.emmg_client import EMMGService
+from ..session import SessionManager
 from ._options import RoleOptions
 
 log = Logger()
@@ -50,14 +51,20 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService:
+def build_service(settings: EMMGSettings, reactor, session=None, ops=None) -> MultiService:
     """The EMMG service tree for *settings* on *reactor* (tests pass a fake reactor).
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, key log), or ``None``.
     """
     client_endpoint(reactor, settings.connect)  # a malformed endpoint string fails here, with its line
     top = MultiService()
-    service = EMMGService(settings, reactor, session=session)
+    service = EMMGService(settings, reactor, session=session, meter=None if ops is None else ops.metrics)
+    if ops is not None:
+        ops.metrics.watch_emmg(service.counters)
+        for sources in settings.sources.values():
+            if sources.subscribers is not None:
+                ops.keys.subscribers(sources.subscribers)
     service.setServiceParent(top)
     top.emmg = service  # for tests and the lab
     log.info(
@@ -72,7 +79,11 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(build_service(settings, reactor, session, ops)))
     return FailFast(options.tapname, reactor, service)
 
 

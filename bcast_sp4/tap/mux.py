@@ -13,7 +13,9 @@ from twisted.python import usage
 from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
 from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
+from ..ops.status import mux_routes
 from ..roles.mux_server import MuxServer
+from ..session import SessionManager
 from ._options import RoleOptions
 
 log = Logger()
@@ -54,17 +56,23 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
+def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> MultiService:
     """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint)
+                       session=session, listening_on=settings.endpoint, meter=None if ops is None else ops.metrics)
+    listening = server.factory
+    if ops is not None:
+        ops.metrics.watch_mux(core)
+        ops.board.add_section("routes", mux_routes(core))
+        listening = ops.metrics.counting_factory(server.factory, "mux")
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = ListeningService(reactor, settings.endpoint, server.factory)
+    tcp = ListeningService(reactor, settings.endpoint, listening)
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:
@@ -88,7 +96,11 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(build_service(settings, reactor, session, ops)))
     return FailFast(options.tapname, reactor, service)
 
 

@@ -11,13 +11,15 @@ runner can submit and stops after it.
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs_core import SCSCore
+from ..ops.status import scs_services
+from ..roles.reconnect import ReportingClientService
+from ..session import SessionManager
 from ..ops.startup import FailFast, UDPListeningService, build_or_fail, client_endpoint
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.stkm_link import RemoteMuxSink
@@ -48,7 +50,7 @@ class Options(RoleOptions):
 
 
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,
-                  session=None, autostart: bool = True) -> MultiService:
+                  session=None, autostart: bool = True, ops=None) -> MultiService:
     """The SCS service tree for *settings* on *reactor*.
 
     :param sink: where STKMs go; by default from ``[mux]`` (an in-process :class:`RecordingSink`
@@ -56,7 +58,9 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     :param tek_factory: ``(service, n) -> material`` instead of the CSPRNG (tests only).
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     :param autostart: ``False``: the schedulers start when ``runner.begin()`` is called (the lab).
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
+    meter = None if ops is None else ops.metrics
     link = None
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
@@ -81,7 +85,10 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
-                       gc_tuning_after=settle, session=session, autostart=autostart)
+                       gc_tuning_after=settle, session=session, autostart=autostart, meter=meter)
+    if ops is not None:
+        ops.metrics.watch_scs(lambda: core.services, scramblers)
+        ops.board.add_section("services", scs_services(lambda: core.services, scramblers))
     top = MultiService()
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
@@ -91,12 +98,18 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     rc = settings.reconnect
     for channel in settings.channels:
         machine = core.channels[channel.name]
-        client = ClientService(
-            endpoints[channel.name],
+        failover = endpoints[channel.name]
+        # one line per attempt: "ECMG tcp:host=..:port=.. unreachable (connection refused), retry in 0.8 s"
+        client = ReportingClientService(
+            "ECMG",
+            lambda f=failover: " or ".join(name for name, _endpoint in f.endpoints),
+            failover,
             SCSClientFactory(runner, channel.name),
-            retryPolicy=retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
-            clock=reactor,
+            retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
+            reactor,
             prepareConnection=lambda protocol: protocol.start_channel(),
+            metrics=meter,
+            role="scs",
         )
         client.setServiceParent(top)
         top.clients[channel.name] = client
@@ -117,7 +130,12 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(
+        build_service(settings, reactor, session=session, ops=ops)))
     return FailFast(options.tapname, reactor, service)
 
 

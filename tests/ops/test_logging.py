@@ -38,6 +38,13 @@ def test_json_is_one_flat_object_per_line_with_readable_values():
     assert json.loads(lines[1])["level"] == "warn"
 
 
+def test_a_format_spec_still_gets_the_raw_value():
+    out = io.StringIO()
+    _emit(OperatorLogObserver("bcast-emmg", out, "json"), fmt="client_id {client_id:#010x}", client_id=0x10001)
+    line = json.loads(out.getvalue())
+    assert (line["event"], line["client_id"]) == ("client_id 0x00010001", "0x00010001")
+
+
 def test_text_lines_and_level_filter():
     out = io.StringIO()
     observer = OperatorLogObserver("bcast-mux", out, "text", LogLevel.warn)
