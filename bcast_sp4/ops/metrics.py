@@ -212,14 +212,14 @@ class Metrics:
         """A role's lifecycle event (what the session manager is told): a server's lost peers.
 
         Client roles count their connections, reconnects and losses themselves
-        (:class:`~.reconnect.ReportingClientService`); servers count accepted connections with
-        :meth:`counting_factory`."""
-        if event == "connection_lost":
+        (:class:`~bcast_sp4.roles.reconnect.ReportingClientService`); servers count each accepted
+        connection (:meth:`connection_made`) and each channel freed by a lost connection here."""
+        if event == "connection_lost" or (event == "channel_closed" and fields.get("why") == "connection_lost"):
             self._events[("peer_losses_total", (_role_interface(role)[0],))] += 1
 
-    def counting_factory(self, factory, role: str):
-        """*factory*, counting each connection it builds a protocol for (``connections_total``)."""
-        return _CountingFactory(factory, self, role)
+    def connection_made(self, role: str) -> None:
+        """A server accepted a connection (called by the roles' TCP adapter)."""
+        self._events[("connections_total", (role,))] += 1
 
     # -- role sources --------------------------------------------------------------------------
 
@@ -288,6 +288,8 @@ class Metrics:
                 allocation = route.stream.allocation if route.stream is not None else 0
                 yield "mux_allocated_bandwidth_bits_per_second", ids, allocation * 1000
             yield "mux_allocated_bandwidth_total_bits_per_second", (role,), core.allocated * 1000
+            # UDP data_provisions take the MUX's fast path, not the TCP adapter: counted by the core
+            yield "messages_received_total", (role, "EMMG<=>MUX", "data_provision (UDP)"), core.counters["udp_messages"]
             for cause, n in core.dropped.items():
                 yield "mux_drops_total", (role, cause), n
 
@@ -301,6 +303,7 @@ class Metrics:
             yield "ltkms_sent_total", (role, "subscribers"), counters.get("subscriber_sent", counters.get("subscriber_ltkms", 0))
             yield "ltkms_sent_total", (role, "spool"), counters.get("spool_sent", 0)
             yield "emmg_udp_errors_total", (role,), counters.get("udp_errors", 0)
+            yield "messages_sent_total", (role, "EMMG<=>MUX", "data_provision (UDP)"), counters.get("udp_sent", 0)
 
         self.add_source(samples)
 
@@ -320,29 +323,6 @@ class Metrics:
                                n)
 
         self.add_source(samples)
-
-
-class _CountingFactory:
-    """A server factory that counts the protocols it builds, then delegates everything to *inner*."""
-
-    def __init__(self, inner, metrics: Metrics, role: str) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.role = role
-        self.noisy = False
-
-    def buildProtocol(self, addr):
-        self.metrics.count("connections_total", (self.role,))
-        return self.inner.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self.inner.doStart()
-
-    def doStop(self) -> None:
-        self.inner.doStop()
-
-    def logPrefix(self) -> str:
-        return self.inner.__class__.__name__
 
 
 def _role_interface(role: str) -> tuple[str, str]:

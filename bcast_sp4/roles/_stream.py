@@ -58,6 +58,8 @@ class SimulCryptStreamProtocol(Protocol):
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
         self.log.info("connection from {peer}", peer=self.peer)
+        if self.executor.meter is not None:  # servers; the clients count in their ClientService
+            self.executor.meter.connection_made(self.executor.role)
 
     def dataReceived(self, data: bytes) -> None:
         outbox = self.outbox

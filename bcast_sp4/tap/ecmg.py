@@ -56,17 +56,15 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
     factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint,
                           meter=None if ops is None else ops.metrics)
-    listening = factory
     if ops is not None:
         ops.metrics.watch_ecmg(source)
-        listening = ops.metrics.counting_factory(factory, "ecmg")
         ops.keys.key_store(key_store)
         for key_id, key in settings.cw_encryption_keys.items():
             ops.keys.key("CW_encryption key", key, key_id=key_id)
         for super_cas_id, key in settings.dvb_keys.items():
             ops.keys.key("DVB test-ECM key", key, super_cas_id=super_cas_id)
     top = MultiService()
-    server = ListeningService(reactor, settings.endpoint, listening)
+    server = ListeningService(reactor, settings.endpoint, factory)
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server

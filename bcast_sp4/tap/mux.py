@@ -65,14 +65,12 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
                        session=session, listening_on=settings.endpoint, meter=None if ops is None else ops.metrics)
-    listening = server.factory
     if ops is not None:
         ops.metrics.watch_mux(core)
         ops.board.add_section("routes", mux_routes(core))
-        listening = ops.metrics.counting_factory(server.factory, "mux")
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = ListeningService(reactor, settings.endpoint, listening)
+    tcp = ListeningService(reactor, settings.endpoint, server.factory)
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:
