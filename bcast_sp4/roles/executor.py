@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..logfields import readable
+from ..logfields import HEX16, HEX32, readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
 
@@ -50,6 +50,26 @@ def log_at(log: Logger, level: str) -> Callable[..., None]:
     if level == "error":
         return log.error
     return log.info
+
+
+def event_text(peer: str, event: str, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The log format and fields of a machine's event: ids stay integers in the fields and read in
+    hex in the text (``client_id=0x00010001``), POSIX times become ISO 8601 UTC, bytes are never
+    shown (:func:`bcast_sp4.logfields.readable`)."""
+    parts = ["{peer} {event}" if peer else "{event}"]
+    shown: dict[str, Any] = {"peer": peer, "event": event}
+    for key, value in fields.items():
+        if type(value) is int and key in HEX32:
+            parts.append(f" {key}={{{key}:#010x}}")
+            shown[key] = value
+        elif type(value) is int and key in HEX16:
+            parts.append(f" {key}={{{key}:#06x}}")
+            shown[key] = value
+        else:
+            parts.append(f" {key}={{{key}}}")
+            keep = isinstance(value, (int, str)) or (isinstance(value, (list, tuple)) and key not in HEX16 | HEX32)
+            shown[key] = value if keep else readable(key, value)
+    return "".join(parts), shown
 
 
 class Outbox:
@@ -275,10 +295,8 @@ class OutputExecutor:
         fields = event.fields
         if self.session is not None:
             self.session.observe(self.role, peer, event.event, fields)
-        # ids in hex, POSIX times in ISO 8601 UTC, bytes never shown (bcast_sp4.logfields)
-        shown = {k: readable(k, v) for k, v in fields.items()}
-        text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in shown)
-        log_at(self.log, event.level)(text, peer=peer, event=event.event, **shown)
+        text, shown = event_text(peer, event.event, fields)
+        log_at(self.log, event.level)(text, **shown)
 
     # -- timers --------------------------------------------------------------------------------
 
