@@ -68,6 +68,7 @@ def runs(tmp_path_factory):
     ecmg = str(ROOT / "etc" / "ecmg.toml")
 
     in_use = f"tcp:{tcp_port}:interface=127.0.0.1"
+    lab_base = 20000 + os.getpid() % 30000  # the lab's own ports (a taken one would fail the same way)
     cases = {
         "ecmg tcp in use": (LISTEN_ERROR_STATUS, f"bcast-ecmg: cannot listen on {in_use}: address already in use\n",
                             _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", in_use)),
@@ -100,6 +101,17 @@ def runs(tmp_path_factory):
         "emmg bad connect": (CONFIG_ERROR_STATUS, "bcast-emmg: cannot parse endpoint foo:bar: unknown endpoint type 'foo' "
                                                   "(expected e.g. tcp:PORT:interface=ADDR)\n",
                              _twistd("bcast-emmg", "--config", str(ROOT / "etc" / "emmg.toml"), "--connect", "foo:bar")),
+        "ecmg metrics port in use": (
+            LISTEN_ERROR_STATUS, f"bcast-ecmg: cannot listen on {in_use}: address already in use\n",
+            _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", free_tcp, "--metrics", in_use)),
+        "lab metrics port in use": (
+            LISTEN_ERROR_STATUS, f"bcast-lab: cannot listen on {in_use}: address already in use\n",
+            _twistd("bcast-lab", "--config", str(ROOT / "etc" / "lab" / "lab.toml"), "--port-base", str(lab_base),
+                    "--metrics", in_use)),
+        "lab bad metrics endpoint": (
+            CONFIG_ERROR_STATUS,
+            "bcast-lab: cannot listen on foo:bar: unknown endpoint type 'foo' (expected e.g. tcp:PORT:interface=ADDR)\n",
+            _twistd("bcast-lab", "--config", str(ROOT / "etc" / "lab" / "lab.toml"), "--metrics", "foo:bar")),
         "ecmg key file missing": (CONFIG_ERROR_STATUS, None, _twistd("bcast-ecmg", "--config", str(no_keys))),
         "emmg subscriber file missing": (CONFIG_ERROR_STATUS, None, _twistd("bcast-emmg", "--config", str(no_subscribers))),
     }
@@ -115,7 +127,8 @@ def runs(tmp_path_factory):
 CASES = [
     "ecmg tcp in use", "twist ecmg tcp in use", "mux tcp in use", "mux udp in use", "scs udp in use",
     "terminal udp in use", "ecmg port out of range", "ecmg unknown endpoint type", "ecmg config port not a number",
-    "mux unknown endpoint type", "emmg bad connect", "ecmg key file missing", "emmg subscriber file missing",
+    "mux unknown endpoint type", "emmg bad connect", "ecmg metrics port in use", "lab metrics port in use",
+    "lab bad metrics endpoint", "ecmg key file missing", "emmg subscriber file missing",
 ]
 
 
