@@ -119,6 +119,13 @@ class Operations:
         self.summary_interval = summary_interval
         self.web: OpsWebService | None = None
 
+    @property
+    def meter(self) -> Metrics | None:
+        """What the roles' adapters count messages into: the metrics when an HTTP endpoint serves
+        them, else ``None`` (no per-message cost: measured 3-6 µs per CW_provision / ECM_response
+        pair on the development machine, against ~18 µs of ECMG CPU per STKM)."""
+        return self.metrics if self.endpoint else None
+
     def watch_session(self, session) -> None:
         """Read channels and streams from *session* and observe its events (metrics and status)."""
         self.metrics.watch_session(session)

@@ -55,7 +55,7 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
     factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint,
-                          meter=None if ops is None else ops.metrics)
+                          meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_ecmg(source)
         ops.keys.key_store(key_store)

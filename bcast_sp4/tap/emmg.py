@@ -59,7 +59,7 @@ def build_service(settings: EMMGSettings, reactor, session=None, ops=None) -> Mu
     """
     client_endpoint(reactor, settings.connect)  # a malformed endpoint string fails here, with its line
     top = MultiService()
-    service = EMMGService(settings, reactor, session=session, meter=None if ops is None else ops.metrics)
+    service = EMMGService(settings, reactor, session=session, meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_emmg(service.counters)
         for sources in settings.sources.values():

@@ -64,7 +64,7 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
     """
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint, meter=None if ops is None else ops.metrics)
+                       session=session, listening_on=settings.endpoint, meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_mux(core)
         ops.board.add_section("routes", mux_routes(core))

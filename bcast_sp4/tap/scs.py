@@ -60,7 +60,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     :param autostart: ``False``: the schedulers start when ``runner.begin()`` is called (the lab).
     :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
-    meter = None if ops is None else ops.metrics
+    meter = None if ops is None else ops.meter
     link = None
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
