@@ -153,20 +153,23 @@ class PlayOut(Service):
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
     def execute(self, outputs: Iterable[Output]) -> None:
-        """Carry out core outputs (Emit, Deliver, Notify)."""
+        """Carry out core outputs (Emit, Deliver, Notify); one that raises (our bug) is logged, the rest go on."""
         emit = self.emit
         for output in outputs:
             kind = type(output)
-            if kind is Emit:
-                emit(output)
-            elif kind is Deliver:
-                protocol = self.protocols.get(output.connection)
-                if protocol is not None:
-                    protocol.send(output.message)
-            elif kind is Notify:
-                _log_notify(self.log, output)
-            else:  # pragma: no cover - the core emits nothing else
-                self.log.error("unexpected play-out output {output!r}", output=output)
+            try:
+                if kind is Emit:
+                    emit(output)
+                elif kind is Deliver:
+                    protocol = self.protocols.get(output.connection)
+                    if protocol is not None:
+                        protocol.send(output.message)
+                elif kind is Notify:
+                    _log_notify(self.log, output)
+                else:  # pragma: no cover - the core emits nothing else
+                    self.log.error("unexpected play-out output {output!r}", output=output)
+            except Exception:
+                self.log.failure("play-out of {kind} failed", kind=kind.__name__)
 
 
 class MuxProtocol(SimulCryptStreamProtocol):
@@ -181,6 +184,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.machine.peer_host = getattr(self.transport.getPeer(), "host", None)
         self.play_out.protocols[self.machine] = self
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
@@ -272,13 +276,13 @@ class MuxDatagramProtocol(DatagramProtocol):
         outputs = None
         usual = parse_usual_udp(data) if len(data) <= self.max_message_length else None
         if usual is not None:
-            outputs = core.receive_udp_fast(*usual, now)
+            outputs = core.receive_udp_fast(*usual, now, addr[0])
         if outputs is None:
             try:
                 item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
             except PeerProtocolError as exc:
                 item = exc
-            outputs = core.receive_udp(item, now)
+            outputs = core.receive_udp(item, now, addr[0])
         if outputs:
             if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
                 self.play_out.emit(outputs[0])

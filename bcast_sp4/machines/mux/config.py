@@ -14,6 +14,7 @@ import attrs
 
 from ...wire.params import DataType
 from ..channel import MAX_UDP_PAYLOAD
+from .limits import MuxLimits
 
 RouteKey = tuple[int, int]  # (client_id, data_id)
 
@@ -79,10 +80,11 @@ class MuxConfig:
     drop_log_interval: float = 1.0
     udp_error_interval: float = 1.0
     max_pending_stkms: int = 8
+    limits: MuxLimits = MuxLimits()  # STKM amplification bounds, UDP source addresses (.limits)
 
     def __attrs_post_init__(self) -> None:
         if any(v < 2 for v in self.versions):
             raise ValueError("EMMG<=>MUX v1 has no data_id: the MUX could not map streams; use versions 2..5")
 
 
-__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "RouteConfig", "RouteKey", "RouteKind"]
+__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "MuxLimits", "RouteConfig", "RouteKey", "RouteKind"]

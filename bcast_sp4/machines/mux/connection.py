@@ -83,7 +83,7 @@ class MuxConnection(ServerChannel):
 
     INTERFACE = EMMG_MUX_CHANNEL
 
-    def __init__(self, core: MuxCore) -> None:
+    def __init__(self, core: MuxCore, peer_host: str | None = None) -> None:
         super().__init__(
             core.config,
             {
@@ -95,6 +95,8 @@ class MuxConnection(ServerChannel):
             },
         )
         self.core = core
+        #: the TCP peer's address: by default UDP for this connection's client_id must come from it
+        self.peer_host = peer_host
         self.client: ClientConfig | None = None
         self.streams: dict[int, MuxStream] = {}
 
