@@ -79,6 +79,7 @@ def start_ecmg(directory: Path, streams: int) -> tuple[subprocess.Popen, int]:
     for ecm_id in range(1, streams + 1):
         lines += ["[[streams]]", f"super_cas_id = {SCID}", f"ecm_id = {ecm_id}", 'keys = ["sek"]']
     (directory / "keys.toml").write_text("\n".join(lines) + "\n")
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     config = directory / "ecmg.toml"
     config.write_text(f"""[ecmg]
 endpoint = "tcp:0:interface=127.0.0.1"
