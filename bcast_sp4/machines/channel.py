@@ -18,7 +18,8 @@ codes, error_information, which message carries the error) and §9 (where source
                                                                                        code, channel id read, else own,
                                                                                        else 0; the message's version
     *             message in another version -                                         channel_error unsupported
-                  than the channel's                                                   version, error_information 0
+                  than the channel's (also                                             version, error_information 0
+                  when it does not decode)
     CHANNEL_OPEN  channel_setup              same id: id in use; other: too many       channel_error
                                              channels (one channel per connection)
     *             channel_test               own channel (unknown channel), sender     channel_status
@@ -321,6 +322,14 @@ class ServerChannel(InvalidCounting):
         self._now = now
         if isinstance(item, PeerProtocolError):
             channel = item.channel_id if item.channel_id is not None else self.channel_id or 0
+            if self.version is not None and item.protocol_version is not None and item.protocol_version != self.version:
+                # judged by another version's tables (v1 lacks ECM_id / data_id): the version is the fault
+                code = self.INTERFACE.unsupported_version
+                return self._invalid(
+                    self.channel_error(code, PROTOCOL_VERSION_OFFSET, channel_id=channel),
+                    "version_mismatch",
+                    message_version=item.protocol_version,
+                )
             reply = self.channel_error(item.error_status, item.error_information, channel_id=channel, version=item.protocol_version)
             return self._invalid(
                 reply,

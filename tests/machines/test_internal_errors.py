@@ -219,3 +219,18 @@ def test_a_failing_tek_source_is_retried_and_the_other_service_never_notices():
     by_service = {name: [s for _t, s in link.switches if s.service == name] for name in ("s1", "s2")}
     assert len(by_service["s2"]) >= 8  # every period of the healthy service
     assert len(by_service["s1"]) >= 5  # the flaky one recovered after its retries
+
+
+def test_an_undecodable_message_in_another_version_than_the_channels_gets_0x0002():
+    # v1 has no ECM_id: a v1 stream_setup carrying one fails v1's tables (0x000E), but on a v3
+    # channel the version is the fault (found by benchmarks/robustness.py)
+    from bcast_sp4 import wire
+
+    conn = ECMGConnection(ECMGResources(ECMGConfig(cas_modes={DRM: CasMode.DRM_PROFILE})), FlakySource())
+    one(conn.receive(e.ChannelSetup(protocol_version=3, ECM_channel_id=1, Super_CAS_id=DRM), 0.0), e.ChannelStatus)
+    frame = bytes.fromhex("0101010018000e00020001000f00020004001900020002001000020014")
+    with pytest.raises(wire.PeerProtocolError) as caught:
+        wire.decode(frame, wire.Interface.ECMG_SCS)
+    assert caught.value.error_status == 0x000E
+    error = one(conn.receive(caught.value, 0.0), e.ChannelError)
+    assert (error.error_status, error.protocol_version, error.ECM_channel_id) == ((0x0002,), 3, 1)
