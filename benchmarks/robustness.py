@@ -323,6 +323,8 @@ class Role:
         self.start()
 
     def start(self) -> None:
+        """Start the process and wait until it logs *ready* (once more than before)."""
+        seen = self.text().count(self.ready)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(TWISTD + ["-l", str(self.log_path), self.tap, "--config", str(self.config),
@@ -330,7 +332,7 @@ class Role:
                                          cwd=str(self.config.parent), env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.ready in self.text():
+            if self.text().count(self.ready) > seen:
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.tap} exited {self.proc.returncode}: {self.text()[-2000:]}")
@@ -509,14 +511,24 @@ class FuzzConnection:
     """One TCP connection to a server, set up by *setup*, with a probe tying replies to messages."""
 
     def __init__(self, port: int, setup: list[bytes], probe: bytes, is_probe_reply: Callable[[bytes], bool]) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.frames = Frames()
         self.probe, self.is_probe_reply = probe, is_probe_reply
-        self.closed = False
-        for message in setup:
-            self.sock.sendall(message)
-            self._read_until(1)
+        for _attempt in range(100):  # the server may still be freeing the ids of a closed connection
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.frames = Frames()
+            self.closed = False
+            refused = False
+            for message in setup:
+                self.sock.sendall(message)
+                replies = self._read_until(1)
+                if not replies or parse(replies[0])[0] in ERROR_TYPES:
+                    refused = True
+                    break
+            if not refused:
+                return
+            self.sock.close()
+            time.sleep(0.1)
+        raise RuntimeError("the server keeps refusing the harness's channel set-up")
 
     def _read_until(self, count: int) -> list[bytes]:
         out: list[bytes] = []
@@ -602,7 +614,7 @@ def fuzz_framing(port: int, fuzzer: Fuzzer, setup: list[bytes], count: int) -> i
     return sent
 
 
-def floods(port: int, count: int, hold: float, server: Role) -> dict[str, object]:
+def floods(port: int, count: int, hold: float, server: Role, settle: float = 3.0) -> dict[str, object]:
     """*count* idle connections, then *count* half-sent ones (65,535 claimed, 32 KiB sent)."""
     out: dict[str, object] = {}
     for what in ("idle", "half-sent"):
@@ -635,11 +647,11 @@ def floods(port: int, count: int, hold: float, server: Role) -> dict[str, object
                 closed += 1
         for s in socks:
             s.close()
-        time.sleep(3.0)
+        time.sleep(settle)
         out[what] = dict(opened=len(socks), closed_by_server=closed, rss_before=before, rss_during=during,
                          rss_after=rss_mb(server.pid))
         print(f"  flood {what}: {len(socks)} connections held {hold:.0f} s, {closed} closed by the server; RSS "
-              f"{before:.1f} -> {during:.1f} -> {out[what]['rss_after']:.1f} MB (3 s after they went)", flush=True)
+              f"{before:.1f} -> {during:.1f} -> {out[what]['rss_after']:.1f} MB ({settle:.0f} s after they went)", flush=True)
     return out
 
 
@@ -735,7 +747,7 @@ def ecmg_setup(channel: int, streams: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def run_ecmg(n: int, work: Path, rng: random.Random, flood: int) -> dict:
+def run_ecmg(n: int, work: Path, rng: random.Random, flood: int, quiet_s: float = 5.0, hold_s: float = 5.0) -> dict:
     print(f"ECMG<=>SCS server over TCP: {n:,} mutated messages", flush=True)
     write_keys(work, [1, 2, 3, 4, PROBE_ST, 0x0C0C])
     port = free_port()
@@ -743,8 +755,8 @@ def run_ecmg(n: int, work: Path, rng: random.Random, flood: int) -> dict:
     result: dict = {}
     try:
         control = Control(port, ecmg_setup(CONTROL_CH, []), encode(3, 0x0002, [(0x000E, CONTROL_CH.to_bytes(2, "big"))]))
-        time.sleep(5.0)
-        quiet = (time.time() - 5.0, time.time())
+        time.sleep(quiet_s)
+        quiet = (time.time() - quiet_s, time.time())
         rss_before = rss_mb(server.pid)
         fuzzer = ecmg_fuzzer(rng)
         probe = encode(3, 0x0102, [(0x000E, FUZZ_CH.to_bytes(2, "big")), (0x000F, PROBE_ST.to_bytes(2, "big"))])
@@ -764,7 +776,7 @@ def run_ecmg(n: int, work: Path, rng: random.Random, flood: int) -> dict:
         framing = fuzz_framing(port, fuzzer, setup[:1], max(50, n // 200))
         t1 = time.time()
         print(f"  framing-breaking messages on connections of their own: {framing:,}", flush=True)
-        flood_result = floods(port, flood, 5.0, server) if flood else {}
+        flood_result = floods(port, flood, hold_s, server, min(3.0, hold_s)) if flood else {}
         t2 = time.time()
         samples, lost = control.stop()
         result = dict(tally=tally, quiet=p99(samples, *quiet), during=p99(samples, t0, t1),
@@ -906,7 +918,8 @@ class Receiver:
             n += 1
 
 
-def run_mux(n: int, work: Path, rng: random.Random, flood: int) -> dict:
+def run_mux(n: int, work: Path, rng: random.Random, flood: int, quiet_s: float = 5.0, amplify: bool = True,
+            hold_s: float = 5.0) -> dict:
     print(f"EMMG<=>MUX server over TCP and UDP: {n:,} mutated messages each", flush=True)
     port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
     ltkm, stkm, probe_rx = Receiver(), Receiver(), Receiver()
@@ -917,8 +930,8 @@ def run_mux(n: int, work: Path, rng: random.Random, flood: int) -> dict:
         control = Control(port, mux_setup(CONTROL_CLIENT, CONTROL_CH, []),
                           encode(3, 0x0012, [(0x0001, CONTROL_CLIENT.to_bytes(4, "big")),
                                              (0x0003, CONTROL_CH.to_bytes(2, "big"))]))
-        time.sleep(5.0)
-        quiet = (time.time() - 5.0, time.time())
+        time.sleep(quiet_s)
+        quiet = (time.time() - quiet_s, time.time())
         rss_before = rss_mb(server.pid)
         counter = [0]
         fuzzer = mux_fuzzer(rng, counter)
@@ -972,6 +985,7 @@ def run_mux(n: int, work: Path, rng: random.Random, flood: int) -> dict:
         emitted = [d for _t, d in ltkm.got[emitted_before:]]
         wrong = [d for d in emitted if d[-10:] not in valid_tags]
         utally.wrong = len(wrong)
+        utally.invalid = utally.sent - len(valid_tags)
         utally.judged = utally.sent
         utally.ok = utally.sent - len(wrong)
         print(f"  udp: {len(valid_tags):,} valid data_provisions, {len(emitted):,} emitted, "
@@ -980,9 +994,9 @@ def run_mux(n: int, work: Path, rng: random.Random, flood: int) -> dict:
         holder.close()
         udp.close()
 
-        amp = amplification(port, stkm)
+        amp = amplification(port, stkm) if amplify else None
         t3 = time.time()
-        flood_result = floods(port, flood, 5.0, server) if flood else {}
+        flood_result = floods(port, flood, hold_s, server, min(3.0, hold_s)) if flood else {}
         t4 = time.time()
         samples, lost = control.stop()
         common = dict(control_lost=lost, rss_before=rss_before, rss_after=rss_mb(server.pid), alive=server.alive())
@@ -990,7 +1004,8 @@ def run_mux(n: int, work: Path, rng: random.Random, flood: int) -> dict:
                               flood_p99=p99(samples, t3, t4), framing=framing, **common)
         results["udp"] = dict(tally=utally, quiet=p99(samples, *quiet), during=p99(samples, t1, t2),
                               flood_p99="-", **common)
-        results["amplification"] = dict(amp, p99=p99(samples, t2, t3))
+        if amp is not None:
+            results["amplification"] = dict(amp, p99=p99(samples, t2, t3))
         results["floods"] = flood_result
     finally:
         server.stop()
@@ -1106,9 +1121,9 @@ def one_kill(d: Path, backup: bool, periods: int, kill_at: int, down: float) -> 
                 killed_at = time.monotonic()
                 print(f"  primary ECMG killed at {elapsed:.1f} s", flush=True)
             if killed_at is not None and restarted_at is None and time.monotonic() - killed_at >= down:
-                primary.start()
+                primary.start()  # returns once it listens again
                 restarted_at = time.monotonic()
-                print(f"  primary ECMG restarted at {restarted_at - start:.1f} s", flush=True)
+                print(f"  primary ECMG listening again at {restarted_at - start:.1f} s", flush=True)
             time.sleep(0.01)
         for r in receivers.values():
             r.drain()
@@ -1132,9 +1147,12 @@ def one_kill(d: Path, backup: bool, periods: int, kill_at: int, down: float) -> 
         last_window = int(periods - first) - 1
         missing[e] = sum(1 for w in range(0, last_window) if w not in windows)
         gaps[e] = max((b - a for a, b in zip(fresh, fresh[1:])), default=0.0)
-    result = dict(missing=missing, longest_gap=gaps, down=down)
+    downtime = (restarted_at - killed_at) if restarted_at and killed_at else float("nan")
+    result = dict(missing=missing, longest_gap=gaps, downtime=downtime)
     print(f"== kill -9 {label}: crypto-periods without a fresh STKM per route {missing}; longest gap between "
-          f"fresh STKMs {', '.join(f'{e}: {g:.2f} s' for e, g in gaps.items())} (downtime {down:.0f} s)", flush=True)
+          f"fresh STKMs {', '.join(f'{e}: {g:.2f} s' for e, g in gaps.items())}; ECMG down {downtime:.2f} s "
+          f"(kill to listening again; target: {'0 periods' if backup else 'at most downtime + 1 period'})",
+          flush=True)
     return result
 
 
