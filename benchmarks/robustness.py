@@ -198,6 +198,10 @@ class Fuzzer:
         self.reserved = reserved_streams
         self.kinds = list(base)
         self.unknown_types = [k for k in range(0, 0x0300) if k not in table.messages] + [0x0401, 0x8000, 0xFFFF]
+        self.bad_versions = [v for v in range(256) if v not in accepted]
+        self.unused_streams = [s for s in range(0x1000, 0x1100) if s not in reserved_streams]
+        self.unknown_params = {kind: [c for c in range(1, 0x30) if c not in params] + [0x6FFF, 0x7002, 0x8001]
+                               for kind, params in table.messages.items()}
 
     def _value(self, code: int) -> bytes:
         size = self.t.sizes.get(code)
@@ -215,14 +219,14 @@ class Fuzzer:
         if mutation == "none":
             return encode(self.version, kind, params), valid_answer, mutation
         if mutation == "version":
-            v = rng.choice([v for v in range(256) if v not in self.accepted])
+            v = rng.choice(self.bad_versions)
             return encode(v, kind, params), {codes["version"]}, mutation
         if mutation == "other_version":  # accepted by the server, not the channel's (same tables: §2.1)
             return encode(rng.choice(self.same_tables), kind, params), {codes["version"]}, mutation
         if mutation == "type":
             return encode(self.version, rng.choice(self.unknown_types), params), {codes["type"]}, mutation
         if mutation == "param_unknown":
-            code = rng.choice([c for c in range(1, 0x30) if c not in table] + [0x6FFF, 0x7002, 0x8001])
+            code = rng.choice(self.unknown_params[kind])
             params.insert(rng.randint(0, len(params)), (code, self._value(code) if code in t.sizes else b"\x00\x01"))
             return encode(self.version, kind, params), {codes["param"]}, mutation
         if mutation == "param_length":
@@ -268,7 +272,7 @@ class Fuzzer:
             if kind in t.silent or kind in t.server_only or kind in (0x0001, 0x0011, 0x0101, 0x0111):
                 return self.make("param_dup", kind)
             if t.stream_param in table and kind not in (0x0211,) and rng.random() < 0.5:
-                unused = rng.choice([s for s in range(0x1000, 0x1100) if s not in self.reserved])
+                unused = rng.choice(self.unused_streams)
                 params = [(c, unused.to_bytes(2, "big") if c == t.stream_param else v) for c, v in params]
                 return encode(self.version, kind, params), {codes["stream"]}, mutation
             params = [(c, (0x0F00 + rng.randint(0, 0xFF)).to_bytes(2, "big") if c == t.channel_param else v)
