@@ -42,6 +42,7 @@ State table (streams are set up, then given bandwidth, one after the other, in c
   *                   message only an EMMG sends          channel_error 0x0001                    same
   *                   message in another version          channel_error 0x0002                    same
   *                   codec error                         channel_error with its code             same
+  *                   a handler raises (our bug)          channel_error 0x7000; internal_error    same
   *                   connection_lost                     timers cancelled; queues kept           DISCONNECTED
   CLOSED              anything                            ignored                                 CLOSED
 

@@ -10,8 +10,11 @@ reaches the core only through its public registry API (:meth:`MuxCore.channel_re
 :meth:`~MuxCore.connection_of`).
 
 UDP ``data_provision`` (digest §4.5): accepted only for a stream set up over TCP, found by
-``client_id`` + ``data_id``; ``data_channel_id`` / ``data_stream_id`` are optional and must match
-when present. Anything else is dropped, counted and logged; when the client_id has an open channel,
+``client_id`` + ``data_id``, and only from a source address allowed for that client_id (its
+configured ``udp_sources``, else the addresses of its TCP channels: :class:`.limits.UdpSources`;
+others are dropped, counted ``udp_source`` and never reported); ``data_channel_id`` /
+``data_stream_id`` are optional and must match when present. Anything else is dropped, counted and
+logged; when the client_id has an open channel,
 the error also goes to it over TCP (undecodable: channel_error with the codec's code; not
 data_provision: 0x0001; version other than the channel's: 0x0002; no stream for data_id: 0x0010
 as channel_error, or stream_error when the stream ids were given; ids mismatching 0x0006/0x0005),
@@ -38,7 +41,10 @@ current set at once (normally one STKM; several are repeated together) -- this i
 signals the crypto-period switch over the wire. The set is emitted at once (unless it went out
 less than a quarter period ago; then at that quarter) and then every ``repetition_period`` ms until
 replaced. A set replaced before it was ever emitted counts as dropped ("superseded"). The STKM
-stays on air when its stream or connection goes away (TSDuck's degraded mode: last ECM kept).
+stays on air when its stream or connection goes away (TSDuck's degraded mode: last ECM kept), but
+only for ``stkm_sender_grace``; the bounds of :mod:`.limits` apply to every set: datagrams per
+message and STKM size (refused with 0x0004 / 0x000D), repetition never above the route's bandwidth
+(repeated more slowly, 0x000F), validity (an in-process ``valid_until``, ``stkm_max_age``).
 :meth:`MuxCore.submit_stkm` is the in-process path for a co-located SCS: same carousel, with
 ``on_air_from`` scheduling the switch and an optional ``repetition_ms`` (the ECMG's ECM_rep_period
 as the SCS knows it) replacing the route's configured period from that switch on; at most
@@ -48,6 +54,10 @@ STKM ingress is not policed: the carousel, not the sender, sets the egress rate.
 
 Drops: every datagram that arrives and is not emitted is counted under a reason and logged
 (:mod:`.drops`); ``refused`` is a data_provision answered with an error.
+
+An exception escaping the UDP input or :meth:`MuxCore.tick` (our bug) is caught there: counted
+(``internal_errors``), notified ``internal_error``, the datagram dropped; the MUX goes on. TCP
+input is guarded by the server channel (:mod:`bcast_sp4.machines.channel`).
 """
 
 from __future__ import annotations
