@@ -13,6 +13,8 @@ Every wait is bounded (polled every 10 ms) and every port is closed at the end.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -165,3 +167,73 @@ class UdpIdentityTests(TestCase):
             self.assertEqual(lab.mux.core.dropped["stkm_limit"], 10_000)
         finally:
             await lab.close()
+
+
+class BrokenSource:
+    """The issue's bug, generalised: the real ECM source, raising struct.error for some ECM_ids."""
+
+    def __init__(self, real, broken: set[int]) -> None:
+        self.real, self.broken = real, broken
+
+    def check_stream(self, super_cas_id, ecm_id, now):
+        return self.real.check_stream(super_cas_id, ecm_id, now)
+
+    def generate(self, request):
+        if request.ECM_id in self.broken:
+            import struct
+
+            struct.pack(">B", 256)  # raises struct.error, as build_dvb_ecm did for a 256-byte CW
+        return self.real.generate(request)
+
+
+class EcmgInternalErrorTests(TestCase):
+    """An ECM source raising an unforeseen exception, over a real loopback TCP connection."""
+
+    timeout = 60
+
+    async def test_the_stream_gets_0x7000_and_the_channel_and_other_stream_stay_up(self):
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from bcast_sp4.bcast.ecm import STKMSource
+        from bcast_sp4.bcast.ecm_request import CasMode
+        from bcast_sp4.bcast.traffic import TrafficProtection, encode_cw, generate
+        from bcast_sp4.config import load_keyfile
+        from bcast_sp4.machines.ecmg import ECMGConfig, ECMGResources
+        from bcast_sp4.roles.ecmg_server import ECMGFactory
+        from bcast_sp4.wire import ecmg_scs as e
+        from bcast_sp4.wire.params import CPCWCombination as CW
+
+        drm = 0x00010001
+        keys = load_keyfile(Path(__file__).resolve().parents[1] / "etc" / "keys.example.toml")
+        source = BrokenSource(STKMSource(keys, {drm: CasMode.DRM_PROFILE}), {2})
+        factory = ECMGFactory(ECMGResources(ECMGConfig(cas_modes={drm: CasMode.DRM_PROFILE})), source, reactor,
+                              wire.MAX_MESSAGE_LENGTH)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+        class ScsClient(Client):
+            def dataReceived(self, data: bytes) -> None:
+                self.replies += [wire.decode(f, wire.Interface.ECMG_SCS) for f in self.framer.feed(data)]
+
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), ScsClient())
+        try:
+            client.send(e.ChannelSetup(ECM_channel_id=1, Super_CAS_id=drm),
+                        *[e.StreamSetup(ECM_channel_id=1, ECM_stream_id=s, ECM_id=s, nominal_CP_duration=20) for s in (1, 2)])
+            await wait_for(lambda: len(client.replies) >= 3, 5.0, "set-up replies")
+            self.assertEqual([type(r) for r in client.replies], [e.ChannelStatus, e.StreamStatus, e.StreamStatus])
+            client.replies.clear()
+            cw = encode_cw(generate(TrafficProtection.SRTP, mki=b"\x00\x00\x00\x01"))
+            for cp in range(1, 5):  # more failures than max_invalid_messages: still no close
+                for stream_id in (2, 1):
+                    client.send(e.CWProvision(ECM_channel_id=1, ECM_stream_id=stream_id, CP_number=cp,
+                                              CP_CW_combination=(CW(cp, cw), CW(cp + 1, cw))))
+            await wait_for(lambda: len(client.replies) >= 8, 10.0, "eight replies")
+            errors = [r for r in client.replies if isinstance(r, e.StreamError)]
+            ecms = [r for r in client.replies if isinstance(r, e.ECMResponse)]
+            self.assertEqual([(r.ECM_stream_id, r.error_status) for r in errors], [(2, (0x7000,))] * 4)
+            self.assertEqual([(r.ECM_stream_id, r.CP_number) for r in ecms], [(1, cp) for cp in range(1, 5)])
+            client.send(e.ChannelTest(ECM_channel_id=1))
+            await wait_for(lambda: isinstance(client.replies[-1], e.ChannelStatus), 5.0, "channel_status")
+        finally:
+            client.transport.loseConnection()
+            await client.lost
+            await port.stopListening()
