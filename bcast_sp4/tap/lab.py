@@ -73,7 +73,7 @@ class Options(RoleOptions):
     tapname = "bcast-lab"
     default_config = "etc/lab/lab.toml"
     synopsis = "--config FILE [--periods N] [--port-base N] [--startup-timeout S] [--role NAME]"
-    longdesc = __doc__.split("\n\n")[1]
+    longdesc = __doc__.split("\n\n")[2]
     optParameters = [
         ["config", "c", default_config, "lab file naming one configuration file per role (a default not in "
                                        "the working directory is taken from the package's etc/)"],
