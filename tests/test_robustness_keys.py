@@ -90,3 +90,34 @@ def test_the_example_and_lab_configurations_still_load():
     assert load_emmg_settings(ETC / "emmg.toml").sources
     lab = load_lab_settings(ETC / "lab" / "lab.toml")
     assert len(lab.key_stores) == 2
+
+
+def test_the_lab_logs_carry_no_key_bytes(tmp_path):
+    """Every role of the one-process lab, a few periods, debug logging off: no key of the lab's key
+    and subscriber files appears in its log or output (hex either case, or a bytes repr)."""
+    import subprocess
+    import tomllib
+
+    from tests.integration.test_lab import LAB, TWISTD, env, listen_failure, port_bases
+
+    secrets: set[bytes] = set()
+    for name in ("keys.toml", "subscribers.toml"):
+        doc = tomllib.loads((LAB / name).read_text())
+        for table in doc.get("keys", {}).values():
+            secrets |= {bytes.fromhex(table[k]) for k in ("key", "authentication_key") if k in table}
+        secrets |= {bytes.fromhex(d["device_key"]) for d in doc.get("devices", [])}
+    assert len(secrets) >= 3
+    for base in port_bases():
+        result = subprocess.run(
+            TWISTD + ["-l", str(tmp_path / "lab.log"), "bcast-lab", "--config", str(LAB / "lab.toml"), "--periods", "3",
+                      "--port-base", str(base)],
+            capture_output=True, text=True, timeout=180, env=env(), cwd=tmp_path,
+        )
+        text = result.stdout + result.stderr + (tmp_path / "lab.log").read_text()
+        if not listen_failure(text):
+            break
+    assert result.returncode == 0, text[-3000:]
+    assert "PASS: 3 periods" in result.stdout
+    for secret in secrets:
+        for form in (secret.hex(), secret.hex().upper(), repr(secret)[2:-1]):
+            assert form not in text
