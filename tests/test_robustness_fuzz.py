@@ -20,6 +20,7 @@ def check(result: dict) -> None:
     assert tally.sent == tally.judged and tally.closed_unjudged == 0, tally.examples
     assert (tally.wrong, tally.unanswered, tally.internal) == (0, 0, 0), tally.examples
     assert tally.invalid > 0 and tally.ok == tally.judged
+    assert tally.invalid_ok == tally.invalid  # TCP: the spec's error_status; UDP: dropped
     log = result["log"]
     assert (log["traceback"], log["internal_error"], log["unhandled"]) == (0, 0, 0)
 
