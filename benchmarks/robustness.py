@@ -326,17 +326,25 @@ class Role:
         self.proc: subprocess.Popen | None = None
         self.start()
 
-    def start(self) -> None:
-        """Start the process and wait until it logs *ready* (once more than before)."""
+    def spawn(self) -> int:
+        """Start the process without waiting; returns how often *ready* was logged before."""
         seen = self.text().count(self.ready)
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(TWISTD + ["-l", str(self.log_path), self.tap, "--config", str(self.config),
                                                    *self.extra], stdout=log, stderr=subprocess.STDOUT,
                                          cwd=str(self.config.parent), env=env)
+        return seen
+
+    def is_ready(self, seen: int) -> bool:
+        return self.text().count(self.ready) > seen
+
+    def start(self) -> None:
+        """Start the process and wait until it logs *ready* (once more than before)."""
+        seen = self.spawn()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.text().count(self.ready) > seen:
+            if self.is_ready(seen):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.tap} exited {self.proc.returncode}: {self.text()[-2000:]}")
@@ -1118,7 +1126,7 @@ def one_kill(d: Path, backup: bool, periods: int, kill_at: int, down: float) -> 
     try:
         roles.append(Role("bcast-scs", scs, "service_start"))
         start = time.monotonic()
-        killed_at = restarted_at = None
+        killed_at = restarted_at = respawned = None
         while time.monotonic() - start < periods:
             for r in receivers.values():
                 r.drain()
@@ -1127,8 +1135,9 @@ def one_kill(d: Path, backup: bool, periods: int, kill_at: int, down: float) -> 
                 primary.kill9()
                 killed_at = time.monotonic()
                 print(f"  primary ECMG killed at {elapsed:.1f} s", flush=True)
-            if killed_at is not None and restarted_at is None and time.monotonic() - killed_at >= down:
-                primary.start()  # returns once it listens again
+            if killed_at is not None and respawned is None and time.monotonic() - killed_at >= down:
+                respawned = primary.spawn()  # the receivers keep being read while it starts
+            if respawned is not None and restarted_at is None and primary.is_ready(respawned):
                 restarted_at = time.monotonic()
                 print(f"  primary ECMG listening again at {restarted_at - start:.1f} s", flush=True)
             time.sleep(0.01)
