@@ -24,6 +24,8 @@ class SimulCryptStreamProtocol(Protocol):
 
     log = Logger()
     interface: Interface
+    #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
+    tolerate: frozenset = frozenset()
 
     def __init__(self, clock: IReactorTime, max_message_length: int) -> None:
         self.clock = clock
@@ -45,7 +47,7 @@ class SimulCryptStreamProtocol(Protocol):
         for item in self.framer.feed(data):
             if not isinstance(item, PeerProtocolError):
                 try:
-                    item = decode(item, self.interface)
+                    item = decode(item, self.interface, tolerate=self.tolerate)
                 except PeerProtocolError as exc:
                     item = exc
             try:

@@ -27,10 +27,11 @@ from twisted.python.failure import Failure
 
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Notify, Output, Send
-from ..wire import VERSION_GROUPS, Interface, Message, PeerProtocolError, decode_datagram
+from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram
 from ._stream import SimulCryptStreamProtocol
 
 log = Logger()
+_V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
 
 
 def _log_notify(logger: Logger, event: Notify, **context) -> None:
@@ -178,6 +179,8 @@ class MuxProtocol(SimulCryptStreamProtocol):
         super().__init__(factory.clock, factory.max_message_length)
         self.play_out = factory.play_out
         self.machine = MuxConnection(factory.core)
+        if 1 in factory.core.config.versions:  # v1 peers that send data_id anyway (digest §2.1)
+            self.tolerate = _V1_TOLERATED
 
     def connectionMade(self) -> None:
         super().connectionMade()
