@@ -66,6 +66,7 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         data_channel_id=top.integer("data_channel_id", 1),
         protocol_version=top.integer("protocol_version", 3, 2, 5),
         response_timeout=top.milliseconds("response_timeout_ms", 5000, 1),
+        close_timeout=top.milliseconds("close_timeout_ms", 5000, 1),
         udp_end_wait=top.milliseconds("udp_end_wait_ms", 100),
         datagrams_per_message=top.integer("datagrams_per_message", 1, 1, 1000),
         max_message_length=top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE + 64, MAX_MESSAGE_LENGTH),

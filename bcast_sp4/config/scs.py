@@ -145,6 +145,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
         retry_delay=top.number("retry_delay", 0.05, 0.0, 60.0),
         stream_retry_delay=top.number("stream_retry_delay", 1.0, 0.001, 3600.0),
         start_allowance=top.number("start_allowance", 0.5, 0.0, 3600.0),
+        close_timeout=top.number("close_timeout", 5.0, 0.01, 600.0),
     )
     stagger = top.boolean("stagger", True)
     gc_tuning = top.boolean("gc_tuning", True)
@@ -213,6 +214,8 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             scid = ecmg.integer("super_CAS_id", low=0, high=0xFFFFFFFF)
             channel_id = ecmg.integer("ECM_channel_id")
             version = ecmg.integer("protocol_version", 3, 1, 3)
+            flags = frozenset(ecmg.int_list("section_TSpkt_flags", [2], (0, 1, 2),
+                                            " (2 STKMs; 0 sections / 1 TS packets: a classic ECMG, ECMs carried opaque)"))
             stream_id = ecmg.integer("ECM_stream_id")
             ecm_id = ecmg.integer("ECM_id")
             access = ecmg.hex_bytes("access_criteria", None, None, secret=False)
@@ -230,13 +233,15 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             ecmg.no_unknown_keys()
             key = (endpoint, channel_id)
             spec = ChannelSpec(name=f"{endpoint}#{channel_id}", endpoint=endpoint, backup_endpoint=backup,
-                               super_CAS_id=scid, ECM_channel_id=channel_id, protocol_version=version)
+                               super_CAS_id=scid, ECM_channel_id=channel_id, protocol_version=version,
+                               section_TSpkt_flags=flags)
             known = channels.get(key)
             if known is None:
                 channels[key], channel_where[key] = spec, ecmg.prefix
             elif known != spec:
                 raise ecmg.fail("ECM_channel_id", f"{channel_id} on {endpoint} is also {channel_where[key]} "
-                                                  "with another super_CAS_id, backup_endpoint or protocol_version")
+                                                  "with another super_CAS_id, backup_endpoint, protocol_version or "
+                                                  "section_TSpkt_flags")
             if (spec.name, stream_id) in stream_ids:
                 raise ecmg.fail("ECM_stream_id", f"{stream_id} used twice on channel {channel_id} of {endpoint}")
             stream_ids.add((spec.name, stream_id))

@@ -27,6 +27,7 @@ from . import scs as scs_tap
 from . import terminal as terminal_tap
 from ._exit import stop_with_status
 from ._options import RoleOptions
+from ._ordered import SequentialStop
 
 
 class SessionMuxSink:
@@ -61,9 +62,11 @@ class Options(RoleOptions):
 
 
 def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:
-    """Every role of the lab on *reactor*, sharing one session manager (start order = list order)."""
+    """Every role of the lab on *reactor*, sharing one session manager (start order = list order;
+    stop order the reverse, one role after the other: terminal, SCS, EMMG -- the clients, each
+    closing its channels in order -- then the ECMGs and the MUX, which answer until then)."""
     session = SessionManager(reactor)
-    top = MultiService()
+    top = SequentialStop()  # clients close in order before their servers stop
     top.session = session
     top.mux = mux_tap.build_service(settings.mux, reactor)
     top.mux.setServiceParent(top)
