@@ -22,6 +22,8 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
+    egress_interface6: str = "::1"  # source address of datagrams to IPv6 destinations
+    ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -63,6 +65,10 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
 
     e = root.sub("egress")
     egress_interface = e.ipv4("interface", "127.0.0.1")
+    egress_interface6 = e.ip_address("interface6", "::1")
+    if ":" not in egress_interface6:
+        raise e.fail("interface6", f"{egress_interface6!r} is not an IPv6 address")
+    multicast6 = e.string("ipv6_multicast_interface", "")
     kwargs["unthrottled"] = e.boolean("unthrottled", False)
     e.no_unknown_keys()
 
@@ -131,6 +137,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
+        egress_interface6=egress_interface6,
+        ipv6_multicast_interface=multicast6,
     )
 
 

@@ -28,7 +28,7 @@ from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
-from .addresses import TRANSPORTS
+from .addresses import TRANSPORTS, same_family
 
 
 class MuxMode(enum.Enum):
@@ -118,8 +118,10 @@ def _mux_settings(table: Reader) -> MuxSettings:
             protocol_version=table.integer("protocol_version", 3, 2, 5),
             udp=udp,
             mux_udp=mux_udp,
-            udp_interface=table.ipv4("udp_interface", "127.0.0.1"),
+            udp_interface=table.ip_address("udp_interface", "::1" if mux_udp and ":" in mux_udp[0] else "127.0.0.1"),
         )
+        if mux_udp is not None and not same_family(settings.udp_interface, mux_udp[0]):
+            raise table.fail("udp_interface", f"{settings.udp_interface} and mux_udp {mux_udp[0]} are not of one IP family")
     else:
         settings = MuxSettings(mode=mode)
     table.no_unknown_keys()
@@ -187,6 +189,8 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             phase = round(index * period / len(entries), 3) if stagger else 0.0
         input_port, input_interface = svc.udp_listen("input")
         output = svc.host_port("output")
+        if not same_family(input_interface, output[0]):  # one socket reads the input and writes the output
+            raise svc.fail("output", f"{output[0]} and the input interface {input_interface} are not of one IP family")
 
         srtp, ipsec, isma = svc.sub("srtp"), svc.sub("ipsec"), svc.sub("ismacryp")
         profile = SRTPProfile.AES128_CM_SHA1_80

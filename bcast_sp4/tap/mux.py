@@ -59,7 +59,8 @@ class Options(RoleOptions):
 def build_service(settings: MuxSettings, reactor) -> MultiService:
     """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor)."""
     core = MuxCore(settings.mux)
-    server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length)
+    server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
