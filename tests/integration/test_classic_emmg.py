@@ -15,7 +15,10 @@ Every wait is bounded; every port and connection is closed.
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from bcast_sp4.machines.mux import MuxCore
 from bcast_sp4.roles.mux_server import MuxServer
 from bcast_sp4.tools.capture import PcapWriter, TcpFlow, TcpReassembler, read_packets
 from bcast_sp4.wire import emmg_mux as m
+
+from ..tshark_json import problems
 
 CLIENT = 0x4ADC0001
 TS_ID, SECTIONS_ID = 1, 2
@@ -241,6 +246,27 @@ max_bandwidth = 8000
         self.assertEqual(self.receivers[SECTIONS_ID].got, captured[SECTIONS_ID])
         self.assertGreater(len(captured[SECTIONS_ID]), 48)  # several datagrams per data_provision
         self.assertEqual(self.core.dropped, {})
+        self._check_in_tshark(provisions)
+
+    def _check_in_tshark(self, provisions: int) -> None:
+        """Wireshark decodes the capture with nothing malformed, every data_provision included."""
+        tshark = shutil.which("tshark")
+        if tshark is None:
+            self.fail("tshark is not installed: the capture cannot be checked (scripts/bootstrap installs it)")
+        result = subprocess.run(
+            [tshark, "-r", str(self.capture), "-T", "json", "--no-duplicate-keys",
+             "-d", f"tcp.port=={MUX_TCP[1]},simulcrypt", "-d", f"udp.port=={MUX_UDP[1]},simulcrypt"],
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        packets = [p["_source"]["layers"] for p in json.loads(result.stdout)]
+        self.assertEqual(problems(packets), [])
+        types = []
+        for layers in packets:
+            items = layers.get("simulcrypt", [])
+            for item in items if isinstance(items, list) else [items]:
+                types.append(int(item["simulcrypt.header"]["simulcrypt.message.type"], 0))
+        self.assertEqual(types.count(0x0211), provisions)
 
     async def test_a_broken_ts_datagram_is_refused_and_the_rest_still_flows(self):
         client: ClassicEMMG = await TCP4ClientEndpoint(reactor, "127.0.0.1", self.tcp_port.getHost().port).connect(
