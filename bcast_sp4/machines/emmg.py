@@ -28,6 +28,8 @@ State table (streams are set up, then given bandwidth, one after the other, in c
   READY               stream_BW_allocation (unsolicited)  rate := allocation; pace                READY
   READY               timer pace / enqueue                data_provision while the stream's       READY
                                                           token bucket allows; timer pace
+  WAIT_STREAM_STATUS, shutdown                            stream_close_request per stream set up  CLOSING /
+  WAIT_BW_ALLOCATION                                      (none: channel_close; Close)            CLOSED
   READY               shutdown                            TCP: stream_close_request(s); UDP:      CLOSING /
                                                           first wait udp_end_wait (100 ms, as     DRAINING
                                                           TSDuck) so UDP data is not overtaken
@@ -340,6 +342,9 @@ class EMMGClient(InvalidCounting):
             return [CancelTimer("pace")] + self._close_streams()
         if state in (EMMGState.DRAINING, EMMGState.CLOSING):
             return []
+        if state in (EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION):
+            # mid-setup: the streams already set up are closed in order too
+            return [CancelTimer("response")] + self._close_streams()
         if state in _CHANNEL_OPEN:
             self.state = EMMGState.CLOSED
             return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown", "info")]

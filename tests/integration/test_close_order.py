@@ -14,6 +14,7 @@ Every wait is bounded; every process is stopped and every socket closed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -143,16 +144,48 @@ def env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def lab_copy(tmp_path: Path, proxies: dict[int, RecordingProxy]) -> Path:
-    """etc/lab copied, with the clients' TCP endpoints (not the servers') pointed at the proxies."""
-    folder = tmp_path / "lab"
-    shutil.copytree(LAB, folder)
-    for name in ("scs.toml", "emmg.toml"):
-        text = (folder / name).read_text()
-        for port, proxy in proxies.items():
-            text = text.replace(f"tcp:host=127.0.0.1:port={port}", f"tcp:host=127.0.0.1:port={proxy.port}")
-        (folder / name).write_text(text)
-    return folder
+LAB_PORT = re.compile(r"\b1[2-6]\d{3}\b")  # every number of this range in etc/lab/*.toml is a port
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on 127.0.0.1 now (the lab's files need numbers, not port 0)."""
+    for _ in range(100):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            try:
+                udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+            except OSError:
+                continue
+            return tcp.getsockname()[1]
+    raise AssertionError("no free port")
+
+
+class LabCopy:
+    """etc/lab copied with every port renumbered (other test runs may use the lab's ports), and the
+    clients' TCP endpoints -- not the servers' -- pointed at recording proxies.
+
+    :ivar proxies: the lab's port (12201, 12202, 15000) -> the proxy in front of its server.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.folder = tmp_path / "lab"
+        shutil.copytree(LAB, self.folder)
+        ports: dict[str, str] = {}
+        files = {path: path.read_text() for path in self.folder.glob("*.toml")}
+        for text in files.values():
+            for number in LAB_PORT.findall(text):
+                ports.setdefault(number, str(free_port()))
+        self.proxies = {int(lab): RecordingProxy(("127.0.0.1", int(ports[str(lab)]))) for lab in (12201, 12202, 15000)}
+        for path, text in files.items():
+            text = LAB_PORT.sub(lambda found: ports[found.group(0)], text)
+            if path.name in ("scs.toml", "emmg.toml"):
+                for lab, proxy in self.proxies.items():
+                    text = text.replace(f"tcp:host=127.0.0.1:port={ports[str(lab)]}", f"tcp:host=127.0.0.1:port={proxy.port}")
+            path.write_text(text)
+
+    def close(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
 
 
 def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
@@ -165,14 +198,21 @@ def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
 
 
 def set_up(proxies: dict[int, RecordingProxy]) -> bool:
-    """Every proxied connection got as far as its streams being set up."""
+    """Every proxied channel has all its streams set up (and, EMMG<=>MUX, their bandwidth)."""
     for port, proxy in proxies.items():
         interface = wire.Interface.EMMG_MUX if port == 15000 else wire.Interface.ECMG_SCS
         messages = emmg_mux if port == 15000 else ecmg_scs
-        conversations = proxy.messages(interface).values()
-        if not conversations or not any(
-                any(side == "s" and isinstance(x, messages.StreamStatus) for side, x in seq) for seq in conversations):
+        channels = [seq for seq in proxy.messages(interface).values()
+                    if any(side == "s" and isinstance(x, messages.ChannelStatus) for side, x in seq)]
+        if not channels:
             return False
+        for seq in channels:
+            count = lambda side, cls: sum(1 for s, x in seq if s == side and isinstance(x, cls))  # noqa: E731
+            setups = count("c", messages.StreamSetup)
+            if not setups or count("s", messages.StreamStatus) < setups:
+                return False
+            if messages is emmg_mux and count("s", messages.StreamBWAllocation) < setups:
+                return False
     return True
 
 
@@ -197,14 +237,10 @@ def verify(proxies: dict[int, RecordingProxy]) -> dict[str, int]:
     return closed
 
 
-def proxies_for_the_lab() -> dict[int, RecordingProxy]:
-    return {port: RecordingProxy(("127.0.0.1", port)) for port in (12201, 12202, 15000)}
-
-
 def test_close_order_in_the_one_process_lab(tmp_path):
-    proxies = proxies_for_the_lab()
+    lab = LabCopy(tmp_path)
+    proxies, folder = lab.proxies, lab.folder
     try:
-        folder = lab_copy(tmp_path, proxies)
         log = tmp_path / "lab.log"
         proc = subprocess.Popen(TWISTD + ["-l", str(log), "bcast-lab", "--config", str(folder / "lab.toml")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env(), cwd=tmp_path)
@@ -217,15 +253,14 @@ def test_close_order_in_the_one_process_lab(tmp_path):
         assert closed["ecmg"] == 6 and closed["mux"] >= 1, closed
         assert "Traceback" not in log.read_text()
     finally:
-        for proxy in proxies.values():
-            proxy.close()
+        lab.close()
 
 
 def test_close_order_with_the_roles_apart(tmp_path):
-    proxies = proxies_for_the_lab()
+    lab = LabCopy(tmp_path)
+    proxies, folder = lab.proxies, lab.folder
     processes: list[tuple[subprocess.Popen, Path]] = []
     try:
-        folder = lab_copy(tmp_path, proxies)
         servers = [("bcast-mux", "mux.toml", "MuxFactory starting on"),
                    ("bcast-ecmg", "ecmg-drm.toml", "ECMGFactory starting on"),
                    ("bcast-ecmg", "ecmg-smartcard.toml", "ECMGFactory starting on")]
@@ -248,5 +283,4 @@ def test_close_order_with_the_roles_apart(tmp_path):
         for proc, log in reversed(processes):
             if proc.poll() is None:
                 stop(proc, log)
-        for proxy in proxies.values():
-            proxy.close()
+        lab.close()

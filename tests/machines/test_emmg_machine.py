@@ -344,3 +344,14 @@ def test_a_failed_stream_setup_names_each_differing_field():
     s.receive(channel_status(), 0.0)
     out = s.receive(stream_status(data_id=0x999, data_type=1), 0.0)
     assert of(out, Notify)[0].fields["reason"] == "MUX answered data_id 2457; we sent 256; MUX answered data_type 1; we sent 0"
+
+
+def test_shutdown_mid_setup_closes_the_streams_already_set_up():
+    s = make(streams=((1, 0x100, 200), (2, 0x101, 64)))
+    s.connection_made(0.0)
+    s.receive(channel_status(), 0.0)
+    s.receive(stream_status(), 0.0)  # stream 1 set up, stream 2's stream_setup in flight
+    out = s.shutdown(0.5)
+    assert [(type(x), x.data_stream_id) for x in sent(out)] == [(m.StreamCloseRequest, 1)] and s.state is EMMGState.CLOSING
+    out = s.receive(m.StreamCloseResponse(**IDS, data_stream_id=1), 0.6)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and isinstance(out[-1], Close)
