@@ -175,6 +175,7 @@ class MuxConnection(ServerChannel):
             why["reason"] = f"client asked protocol_version {version}; this MUX accepts {sorted(config.versions)}"
         elif client is None:
             code, info = ErrorStatus.UNKNOWN_CLIENT_ID, _CLIENT_ID
+            why["reason"] = f"client asked client_id {msg.client_id:#010x}; no [[client]] of this MUX has it"
         elif msg.section_TSpkt_flag not in client.section_TSpkt_flags:
             code, info = ErrorStatus.INVALID_VALUE, _SECTION_TSPKT_FLAG
             why["reason"] = (
