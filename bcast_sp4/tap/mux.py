@@ -56,11 +56,15 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: MuxSettings, reactor) -> MultiService:
-    """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
+    """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    """
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
+                       session=session, listening_on=settings.endpoint, interface6=settings.egress_interface6,
+                       multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
