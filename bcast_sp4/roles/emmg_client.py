@@ -298,7 +298,7 @@ class EMMGService(Service):
         if self.protocol is not None:
             done = Deferred()
             self._closed_waiters.append(done)
-            done.addTimeout(config.response_timeout + config.udp_end_wait + 0.5, self.clock)
+            done.addTimeout(config.close_timeout + config.udp_end_wait + 0.5, self.clock)
             done.addErrback(lambda _f: None)
             self._run(self.machine.shutdown(self.clock.seconds()))
         else:

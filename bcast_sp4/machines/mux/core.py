@@ -71,11 +71,12 @@ import attrs
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
 from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
-from ...wire.params import EMMG_MUX_PARAMS
+from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
 from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, error_information, internal_error
 from ..outputs import Notify, Output, Send
 from ..pacing import TokenBucket, kbit_to_bytes
 from ..stkm_schedule import DUE_EPSILON, STKMSchedule
+from . import classic
 from .config import ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
 from .drops import DropLog
 from .limits import UdpSources, min_gap, stkm_refusal
@@ -125,6 +126,8 @@ class MuxStream:
     ingress: TokenBucket | None = None
     overruns_in_a_row: int = 0
     overruns: int = 0
+    #: the channel's section_TSpkt_flag: 0x00 / 0x01 datagrams are format-checked (:mod:`.classic`)
+    section_TSpkt_flag: int = SectionTSpktFlag.BCAST
 
 
 @attrs.define(eq=False)
@@ -254,7 +257,7 @@ class MuxCore:
         stream.ingress = TokenBucket(
             rate=rate, depth=self._ingress_depth(rate), tokens=self._ingress_depth(rate), stamp=now, floor=-float(config.queue_bytes)
         )
-        if route.config.kind is RouteKind.LTKM:
+        if route.config.kind.queued:
             route.egress = TokenBucket(rate=rate, depth=rate * config.egress_burst, tokens=0.0, stamp=now)
         return stream
 
@@ -336,6 +339,16 @@ class MuxCore:
             if not datagrams:
                 return outputs
             count = len(datagrams)
+        if stream.section_TSpkt_flag != SectionTSpktFlag.BCAST:
+            datagrams, bad, fault = classic.screen(stream.section_TSpkt_flag, datagrams)
+            if bad:
+                outputs += self.drop(route.key, "bad_format", bad, now, section_TSpkt_flag=stream.section_TSpkt_flag,
+                                     fault=fault)
+                invalid = {"error_status": (ErrorStatus.INVALID_VALUE,), "error_information": error_information(_DATAGRAM)}
+                outputs.append(self._to_stream(stream, m.StreamError, tcp, **invalid))
+                if not datagrams:
+                    return outputs
+                count, size = len(datagrams), sum(map(len, datagrams))
         if route.config.kind is RouteKind.STKM:
             refused = stkm_refusal(config.limits, datagrams)
             if refused is not None:
