@@ -65,6 +65,8 @@ from .channel import (
 )
 from .outputs import Notify, Output, Send
 
+_new_request = tuple.__new__
+
 # error_information: the offending parameter_type (digest §5.3)
 _SUPER_CAS_ID = ECMG_SCS_PARAMS["Super_CAS_id"].code
 _ACCESS_CRITERIA = ECMG_SCS_PARAMS["access_criteria"].code
@@ -329,18 +331,21 @@ class ECMGConnection(ServerChannel):
                 cp_number=msg.CP_number,
                 waited_ms=round((now - received_at) * 1000.0, 1),
             )
-        request = ECMRequest(
-            self.super_CAS_id,
-            self.mode,
-            stream.ECM_id,
-            self.channel_id,
-            stream.stream_id,
-            msg.CP_number,
-            combos,
-            msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
-            access_criteria,
-            msg.CW_encryption,
-            now,
+        request = _new_request(  # the NamedTuple's fields in order, without its __new__ frame
+            ECMRequest,
+            (
+                self.super_CAS_id,
+                self.mode,
+                stream.ECM_id,
+                self.channel_id,
+                stream.stream_id,
+                msg.CP_number,
+                combos,
+                msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
+                access_criteria,
+                msg.CW_encryption,
+                now,
+            ),
         )
         try:
             datagram = self.source.generate(request)
