@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import math
 import os
 import resource
 import signal
@@ -416,13 +417,13 @@ def main() -> None:
     for i, w in enumerate(windows, 1):
         print(f"  SCS window {i} ({w['window_s']:.1f} s): {w['periods_ready']:,} periods ready, late STKMs "
               f"{w['late_stkms']}, skipped periods {w['skipped_periods']}; {w['switches']:,} switches, jitter p50 "
-              f"{w['jitter_p50_ms']:.3f} ms, p99 {w['jitter_p99_ms']:.3f} ms, max {w['jitter_max_ms']:.3f} ms; "
+              f"{_ms(w['jitter_p50_ms'])} ms, p99 {_ms(w['jitter_p99_ms'])} ms, max {_ms(w['jitter_max_ms'])} ms; "
               f"CPU {w['scs_cpu_percent']:.1f} %; GC passes gen0/1/2 {w['gc_passes_gen0_1_2']}, max pause "
               f"{w['gc_max_pause_ms']:.1f} ms")
     late = sum(w["late_stkms"] for w in windows)
     skipped = sum(w["skipped_periods"] for w in windows)
-    p99 = statistics.median(w["jitter_p99_ms"] for w in windows if w["jitter_p99_ms"] is not None)
-    floor_p99 = statistics.median(w["p99_ms"] for w in floor if w["p99_ms"] is not None)
+    p99 = statistics.median([w["jitter_p99_ms"] for w in windows if w["jitter_p99_ms"] is not None] or [math.inf])
+    floor_p99 = statistics.median([w["p99_ms"] for w in floor if w["p99_ms"] is not None] or [math.nan])
     print(f"late STKMs per window {spread([w['late_stkms'] for w in windows], 'd')} (total {late}); skipped periods "
           f"per window {spread([w['skipped_periods'] for w in windows], 'd')} (total {skipped})")
     print(f"CW-switch jitter p99: SCS {spread([w['jitter_p99_ms'] for w in windows], '.3f')} ms; timer floor "
@@ -449,6 +450,10 @@ def main() -> None:
           f"per STKM -> {'OK' if cpu_ratio <= 3 else 'MISSED'} ({cpu_ratio:.2f}x)")
     if result.get("profile"):
         print_profile(result["profile"], windows)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def print_profile(counts: dict[str, int], windows: list[dict]) -> None:
