@@ -10,6 +10,7 @@ from ..machines.mux import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
 @attrs.frozen(kw_only=True)
@@ -22,6 +23,8 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -116,6 +119,9 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
+    limits = read_limits(root, server=True, udp=True, max_message_length=max_length)
+    tls = read_tls(root, server=True)
+    check_tls_endpoint(top, "endpoint", endpoint, tls)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -124,6 +130,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
+        limits=limits,
+        tls=tls,
     )
 
 
