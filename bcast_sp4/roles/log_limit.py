@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 #: distinct (peer, kind) pairs counted per window before they are pooled under "other peers"
-MAX_PEERS = 1024
+MAX_PEERS = 64
 #: items of a list or tuple kept in a log value
 MAX_ITEMS = 8
 #: characters of a string (or repr) kept in a log value

@@ -251,3 +251,41 @@ def test_guard_closes_are_rate_limited_in_the_log():
 @pytest.mark.parametrize("text", ["10.0.0.0/8", "::1", "192.0.2.1/32"])
 def test_allow_list_networks_parse(text):
     assert AllowList(nets(text)).networks == nets(text)
+
+
+def test_memory_is_reclaimed_once_after_a_flood_goes():
+    from bcast_sp4.roles.guard import Reclaimer
+
+    clock = Clock()
+    trims = []
+    reclaimer = Reclaimer(clock, connections=100, delay=2.0, trim=lambda: trims.append(clock.seconds()))
+    guard = ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer)
+    peers = [Peer(guard) for _ in range(150)]
+    for peer in peers[:99]:
+        peer.watch.connection_lost()
+    clock.advance(10)
+    assert trims == []  # 99 gone: below the mark
+    for peer in peers[99:]:
+        peer.watch.connection_lost()
+    assert trims == []  # not at once: the rest of the flood goes first
+    clock.advance(2)
+    assert trims == [clock.seconds()] and reclaimer.runs == 1
+    clock.advance(60)
+    assert reclaimer.runs == 1
+
+
+def test_reclaim_after_buffered_bytes_go():
+    from bcast_sp4.roles.guard import Reclaimer
+
+    clock = Clock()
+    trims = []
+    reclaimer = Reclaimer(clock, connections=10_000, buffered=1000, delay=1.0, trim=lambda: trims.append(1))
+    guard = ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer)
+    peers = [Peer(guard) for _ in range(3)]
+    for peer in peers:
+        peer.partial = 600
+        peer.receive([], 0.0)
+    for peer in peers:
+        peer.watch.connection_lost()
+    clock.advance(1)
+    assert trims == [1]
