@@ -14,13 +14,19 @@ topic              key                                         value
 ``stkm``           (super_CAS_id, ECM_id, CP_number)           STKM bytes
 ``allocation``     (client_id, data_id)                        granted bandwidth, kbit/s
 ``peer_lost``      peer                                        the reason (a string)
+``listening``      the server's endpoint description           the role's name
 =================  ==========================================  ===============================
+
+The SCS names its channels itself (peer = the channel's name, channel_id 0); the ECMG and MUX
+name the peer by address and the channel by its id.
 
 :meth:`SessionManager.when` hands each caller a fresh Deferred (STYLE §5), fired on a later
 reactor turn so no callback re-enters a role mid-transition; an event already published fires it
 at once (on the next turn). A timeout errbacks with :class:`twisted.internet.defer.TimeoutError`;
 :meth:`SessionManager.fail` (e.g. a channel going away) errbacks every waiter of that key with
 the given error. The store of published values is bounded per topic (oldest evicted first).
+:meth:`SessionManager.all_ready` waits for many named events at once under one deadline and
+fails with :class:`NotReady` naming every one still missing (how the lab starts up).
 """
 
 from __future__ import annotations
@@ -33,11 +39,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-TOPICS = ("channel", "stream", "stkm", "allocation", "peer_lost")
+TOPICS = ("channel", "stream", "stkm", "allocation", "peer_lost", "listening")
 
 
 class ChannelLost(Exception):
     """What a waiter gets when the channel, stream or peer it waited on went away."""
+
+
+class NotReady(Exception):
+    """:meth:`SessionManager.all_ready` gave up: the message names what never became ready."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class _Topic:
@@ -151,6 +165,63 @@ class SessionManager:
 
     def when_allocation(self, client_id: int, data_id: int, timeout: float | None = None) -> Deferred:
         return self.when("allocation", (client_id, data_id), timeout)
+
+    def listening(self, endpoint: str, role: str) -> None:
+        """A server of *role* listens on *endpoint* (its description string)."""
+        self.publish("listening", endpoint, role)
+
+    def when_listening(self, endpoint: str, timeout: float | None = None) -> Deferred:
+        return self.when("listening", endpoint, timeout)
+
+    def all_ready(self, waits: dict[str, Deferred], timeout: float, what: str) -> Deferred:
+        """A Deferred firing with ``{name: value}`` once every Deferred of *waits* has fired.
+
+        After *timeout* seconds it fails with :class:`NotReady` ("*what*: not ready after N s:
+        name, name") and cancels the waits still pending; the first wait that fails makes it fail
+        at once with :class:`NotReady` naming that wait and its reason.
+        """
+        pending = dict(waits)
+        results: dict[str, Any] = {}
+        done: Deferred = Deferred()
+        finished: list[bool] = []
+
+        def finish(outcome: Any) -> None:
+            if finished:
+                return
+            finished.append(True)
+            if deadline.active():
+                deadline.cancel()
+            rest = list(pending.values())
+            pending.clear()
+            for d in rest:
+                d.cancel()
+            done.callback(outcome) if not isinstance(outcome, Failure) else done.errback(outcome)
+
+        def expire() -> None:
+            missing = list(pending)
+            finish(Failure(NotReady(f"{what}: not ready after {timeout:g} s: {', '.join(missing)}", missing)))
+
+        def track(name: str, d: Deferred) -> None:
+            def ok(value: Any) -> None:
+                if finished:
+                    return
+                results[name] = value
+                pending.pop(name, None)
+                if not pending:
+                    finish(results)
+
+            def failed(failure: Failure) -> None:
+                if not finished:
+                    finish(Failure(NotReady(f"{what}: {name}: {failure.getErrorMessage()}", [name])))
+
+            d.addCallbacks(ok, failed)
+
+        deadline = self.clock.callLater(timeout, expire)
+        if not pending:
+            finish(results)
+        for name, d in waits.items():
+            track(name, d)
+        return done
 
     def peer_lost(self, peer: str, reason: str) -> None:
         self.publish("peer_lost", peer, reason)

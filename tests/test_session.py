@@ -5,7 +5,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from bcast_sp4.session import ChannelLost, SessionManager
+from bcast_sp4.session import ChannelLost, NotReady, SessionManager
 
 
 class SessionTests(SynchronousTestCase):
@@ -119,8 +119,50 @@ def test_lab_roles_report_into_one_session():
     service = lab.build_service(settings, UDPMemoryReactor())
     session = service.session
     assert session.lookup("mux") is service.mux.mux and session.lookup("emmg") is service.emmg.emmg
-    assert service.mux.mux.factory.session is session
-    assert all(e.factory.session is session for e in service.ecmgs)
-    from bcast_sp4.roles.emmg_client import _Factory
+    executors = [service.mux.mux.play_out.executor, service.emmg.emmg.executor, service.scs.runner.executor]
+    executors += [e.factory.executor for e in service.ecmgs]
+    assert all(executor.session is session for executor in executors)
 
-    assert service.scs.runner.session is session and _Factory(service.emmg.emmg).session is session
+
+class AllReadyTests(SynchronousTestCase):
+    """all_ready: many named waits under one deadline; the failure names what is missing."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.session = SessionManager(self.clock)
+
+    def test_fires_with_every_value_once_all_are_published(self):
+        d = self.session.all_ready({"a": self.session.when_allocation(1, 1), "b": self.session.when_listening("tcp:1")},
+                                   10.0, "start")
+        self.session.allocation_granted(1, 1, 64)
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        self.session.listening("tcp:1", "mux")
+        self.clock.advance(0)
+        assert self.successResultOf(d) == {"a": 64, "b": "mux"}
+        assert not self.clock.getDelayedCalls()  # the deadline is disarmed
+
+    def test_timeout_names_every_missing_wait_and_cancels_them(self):
+        d = self.session.all_ready({"MUX listening": self.session.when_listening("tcp:1"),
+                                    "ECMG listening": self.session.when_listening("tcp:2"),
+                                    "LTKM allocation": self.session.when_allocation(1, 1)}, 5.0, "lab start-up")
+        self.session.listening("tcp:2", "ecmg")
+        self.clock.advance(4.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        error = self.failureResultOf(d, NotReady).value
+        assert str(error) == "lab start-up: not ready after 5 s: MUX listening, LTKM allocation"
+        assert error.missing == ["MUX listening", "LTKM allocation"]
+        assert self.session.waiting("listening") == 0 and self.session.waiting("allocation") == 0
+
+    def test_a_failed_wait_fails_at_once_naming_it(self):
+        d = self.session.all_ready({"SCS channel": self.session.when_channel_ready("scs", "c", 0),
+                                    "other": self.session.when_allocation(1, 1)}, 5.0, "lab start-up")
+        self.session.channel_lost("scs", "c", 0, "refused")
+        self.clock.advance(0)
+        error = self.failureResultOf(d, NotReady).value
+        assert str(error).startswith("lab start-up: SCS channel: ") and "refused" in str(error)
+        assert self.session.waiting("allocation") == 0
+
+    def test_nothing_to_wait_for_is_ready_at_once(self):
+        assert self.successResultOf(self.session.all_ready({}, 1.0, "none")) == {}

@@ -83,7 +83,6 @@ __all__ = [
     "UnsupportedTrafficProtectionError",
     "NoKeyError",
     "KeyNotValidError",
-    "KeyFileError",
     "STKMError",
 ]
 
@@ -260,21 +259,3 @@ class KeyNotValidError(BcastError, LookupError):
     """Keys exist for the stream, but none is inside its validity window at the given time."""
 
     status = BcastStatus.KEY_NOT_VALID
-
-
-class KeyFileError(BcastError, ValueError):
-    """A key file is unreadable or invalid; the message names the file, the key and the reason.
-
-    :ivar path: the key file.
-    :ivar key: the key entry's name (or a table path such as ``stream[2]``), or ``None``.
-    :ivar reason: what is wrong, never containing key bytes.
-    """
-
-    status = BcastStatus.SERVER_ERROR
-
-    def __init__(self, path: object, key: str | None, reason: str) -> None:
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
-        where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {reason}")

@@ -1,97 +1,96 @@
 """The TCP adapter shared by the SimulCrypt roles: bytes -> framer -> codec -> machine -> outputs.
 
 A protocol here does nothing but translate: it feeds received bytes to the :class:`Framer`,
-decoded messages (or the codec's errors) to its machine, and executes the machine's outputs —
-:class:`Send` becomes one coalesced ``transport.write`` per received chunk, :class:`Close` a
-``loseConnection`` after those writes, :class:`Notify` a structured log event. Logs carry ids,
-codes and message names, never parameter values (so never key material).
+decoded messages (or the codec's errors) to its machine, and hands the machine's outputs to the
+role's :class:`~bcast_sp4.roles.executor.OutputExecutor` with its own
+:class:`~bcast_sp4.roles.executor.Outbox`: the replies to one received chunk leave in one
+``transport.write``, a :class:`Close` after them.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..machines.outputs import Close, Notify, Output, Send
+from ..machines.outputs import Close, Output
 from ..wire import Framer, Interface, Message, PeerProtocolError, decode
+from .executor import Outbox, OutputExecutor
+
+_INTERNAL_ERROR = (Close("internal error", "warn"),)
+
+
+def peer_name(transport) -> str:
+    """``host:port`` of the other end of *transport*."""
+    peer = transport.getPeer()
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    return "?" if host is None else f"{host}:{port}"
+
 
 class SimulCryptStreamProtocol(Protocol):
-    """Base of the TCP roles. Subclasses set :attr:`interface` and implement :meth:`handle`."""
+    """Base of the TCP roles. Subclasses set :attr:`interface` and implement :meth:`handle`.
+
+    :param executor: the role's output executor (shared by its connections).
+    """
 
     log = Logger()
     interface: Interface
 
-    def __init__(self, clock: IReactorTime, max_message_length: int) -> None:
-        self.clock = clock
+    def __init__(self, executor: OutputExecutor, max_message_length: int) -> None:
+        self.executor = executor
+        self.clock = executor.clock
         self.framer = Framer(max_length=max_message_length, interface=self.interface)
-        self.peer = "?"
-        self._closing = False
+        self.outbox = Outbox(self.log)
+        #: where the machine's plain Send / Close go (``None`` when the machine addresses them itself)
+        self.reply_outbox: Outbox | None = self.outbox
+
+    @property
+    def peer(self) -> str:
+        return self.outbox.peer
+
+    @property
+    def closing(self) -> bool:
+        """A close is under way: nothing more is read or written."""
+        return self.outbox.closing
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.outbox.attach(self.transport, peer_name(self.transport))
         self.log.info("connection from {peer}", peer=self.peer)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        outbox = self.outbox
+        if outbox.closing:
             return
-        received_at = self.clock.seconds()
-        out: list[bytes] = []
-        close_reason = None
-        for item in self.framer.feed(data):
-            if not isinstance(item, PeerProtocolError):
+        clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        received_at = clock.seconds()
+        executor.begin()
+        try:
+            for item in self.framer.feed(data):
+                if not isinstance(item, PeerProtocolError):
+                    try:
+                        item = decode(item, interface)
+                    except PeerProtocolError as exc:
+                        item = exc
+                now = clock.seconds()
                 try:
-                    item = decode(item, self.interface)
-                except PeerProtocolError as exc:
-                    item = exc
-            try:
-                outputs = self.handle(item, self.clock.seconds(), received_at)
-            except Exception:
-                # Our bug, not the peer's: log it, drop this connection, keep the process serving.
-                self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
-                outputs = [Close("internal error", "warn")]
-            close_reason = self._execute(outputs, out)
-            if close_reason is not None:
-                break
-        if out:
-            self.transport.write(b"".join(out))
-        if close_reason is not None:
-            self._closing = True
-            emit = self.log.info if close_reason.level == "info" else self.log.warn
-            emit("closing connection with {peer}: {reason}", peer=self.peer, reason=close_reason.reason)
-            self.transport.loseConnection()
+                    outputs = self.handle(item, now, received_at)
+                except Exception:
+                    # Our bug, not the peer's: log it, drop this connection, keep the process serving.
+                    self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
+                    outputs = _INTERNAL_ERROR
+                executor.run(outputs, now, reply_outbox)
+                if outbox.closing:
+                    break
+        finally:
+            executor.end()
 
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
-        for output in outputs:
-            if type(output) is Send:
-                out.append(output.message.encode())
-            elif type(output) is Notify:
-                self._log_event(output)
-            elif type(output) is Close:
-                return output
-        return None
-
-    @property
-    def session(self):
-        """The process's :class:`~bcast_sp4.session.SessionManager`, when the factory has one."""
-        return getattr(getattr(self, "factory", None), "session", None)
-
-    def _log_event(self, event: Notify) -> None:
-        session = self.session
-        if session is not None:
-            session.observe(self.interface.value + ":" + type(self).__name__, self.peer, event.event, event.fields)
-        fields = dict(event.fields)
-        text = "{peer} {event} " + " ".join(f"{k}={{{k}}}" for k in fields)
-        emit = {"debug": self.log.debug, "warn": self.log.warn}.get(event.level, self.log.info)
-        emit(text, peer=self.peer, event=event.event, **fields)
+    def run(self, outputs) -> None:
+        """Execute outputs produced outside ``dataReceived`` (timers, shutdown) on this connection."""
+        self.executor.run(outputs, self.clock.seconds(), self.outbox)
 
     def send(self, message: Message) -> None:
-        """Write one message now (for role-initiated traffic such as tests)."""
-        self.transport.write(message.encode())
+        """Write one message now (role-initiated traffic, e.g. the MUX's deliveries)."""
+        self.executor.send(self.outbox, message)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 One :class:`ECMGProtocol` per SCS connection wraps one :class:`ECMGConnection` machine; the
 :class:`ECMGFactory` holds what the connections share (:class:`ECMGResources`, the ECM source,
-the clock). Connection loss frees the channel, its streams and ECM_ids.
+the role's output executor). Connection loss frees the channel, its streams and ECM_ids.
 """
 
 from __future__ import annotations
@@ -14,35 +14,49 @@ from twisted.python.failure import Failure
 
 from ..bcast.ecm_request import ECMSource
 from ..machines.ecmg import ECMGConnection, ECMGResources
-from ..machines.outputs import Output
-from ..wire import Interface, Message, PeerProtocolError
+from ..wire import Interface
 from ._stream import SimulCryptStreamProtocol
+from .executor import OutputExecutor
 
 
 class ECMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
 
     def __init__(self, factory: "ECMGFactory") -> None:
-        super().__init__(factory.clock, factory.max_message_length)
+        super().__init__(factory.executor, factory.max_message_length)
         self.machine = ECMGConnection(factory.resources, factory.source)
         self.handle = self.machine.receive  # per message: one call less than a delegating method
 
     def connectionLost(self, reason: Failure) -> None:
-        out: list[bytes] = []
-        self._execute(self.machine.connection_lost(), out)
+        self.run(self.machine.connection_lost())
         self.log.info("connection from {peer} closed", peer=self.peer)
 
 
 class ECMGFactory(Factory):
-    """Builds one :class:`ECMGProtocol` per accepted SCS connection."""
+    """Builds one :class:`ECMGProtocol` per accepted SCS connection.
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels
+        and streams, and that the server listens), or ``None``.
+    :param listening_on: the endpoint description the factory is listening on (for the session).
+    """
 
     log = Logger()
+    noisy = False
 
-    def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int) -> None:
+    def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
+                 session=None, listening_on: str | None = None) -> None:
+        self.session = session
+        self.listening_on = listening_on
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
+        self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session)
+
+    def startFactory(self) -> None:
+        """The server listens (Twisted calls this before the first connection is accepted)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, "ecmg")
 
     def buildProtocol(self, addr) -> ECMGProtocol:
         protocol = ECMGProtocol(self)

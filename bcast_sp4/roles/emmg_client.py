@@ -1,8 +1,8 @@
 """EMMG / LTKM generator role: TCP control via ClientService, data_provision over TCP or UDP (TS 103 197 §6).
 
 Adapters only (STYLE §4): :class:`EMMGProtocol` (the shared TCP adapter) feeds the MUX's messages to
-the process-wide :class:`~bcast_sp4.machines.emmg.EMMGClient`; :class:`EMMGService` owns the
-session, a ``ClientService`` with ``backoffPolicy()`` (``prepareConnection`` starts the setup after
+the process-wide :class:`~bcast_sp4.machines.emmg.EMMGClient`; :class:`EMMGService` owns that
+machine, a ``ClientService`` with ``backoffPolicy()`` (``prepareConnection`` starts the setup after
 every (re)connect), the keyed timers, the UDP data socket (a :class:`EMMGDatagramProtocol` on a
 connected UDP port, the same ``wire`` encoder) and the LTKM sources:
 
@@ -12,9 +12,9 @@ connected UDP port, the same ``wire`` encoder) and the LTKM sources:
   each sent once and then moved to ``sent/`` (unreadable, empty or over-long files to ``rejected/``).
   Writers should create ``name.ltkm.tmp`` and rename it, so a half-written file is never read.
 
-Queues live in the session, so LTKMs queued when the connection drops are sent after the next
+Queues live in the client machine, so LTKMs queued when the connection drops are sent after the next
 setup. A UDP send that fails puts its LTKMs back at the head of the queue. ``ClientService`` resets
-its attempt counter on every TCP connect, so the retry policy adds the session's count of setups
+its attempt counter on every TCP connect, so the retry policy adds the machine's count of setups
 that failed in a row: a MUX that keeps refusing the channel is retried with a growing delay too.
 """
 
@@ -39,16 +39,10 @@ from ..bcast.status import BcastError
 from ..bcast.subscribers import IssuedLTKM, Subscribers
 from ..config.emmg import EMMGSettings
 from ..machines.emmg import Delivered, EMMGClient, EMMGState, Ready, SendDatagram
-from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
+from ..machines.outputs import Output
 from ..wire import Interface, Message, PeerProtocolError
-from ._stream import SimulCryptStreamProtocol
-
-
-def _log_notify(logger: Logger, event: Notify, **context) -> None:
-    fields = dict(event.fields)
-    text = " ".join(["{event}"] + [f"{k}={{{k}}}" for k in fields])
-    emit = {"debug": logger.debug, "warn": logger.warn}.get(event.level, logger.info)
-    emit(text, event=event.event, **context, **fields)
+from ._stream import SimulCryptStreamProtocol, peer_name
+from .executor import Outbox, OutputExecutor
 
 
 class SubscriberSource:
@@ -165,43 +159,19 @@ class EMMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, service: "EMMGService") -> None:
-        super().__init__(service.clock, service.settings.emmg.max_message_length)
+        super().__init__(service.executor, service.settings.emmg.max_message_length)
         self.service = service
 
-    @property
-    def closing(self) -> bool:
-        """The connection is being closed: nothing more is written on it."""
-        return self._closing
+    def connectionMade(self) -> None:
+        self.outbox.attach(self.transport, peer_name(self.transport))
+        self.log.info("connected to the MUX at {peer}", peer=self.peer)
 
     def begin_session(self) -> None:
         """Called by ``prepareConnection`` after every (re)connect: channel_setup and the rest."""
         self.service._attach(self)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
-        return self.service.session.receive(item, now)
-
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
-        basic: list[Output] = []
-        for output in outputs:
-            if type(output) in (Send, Notify, Close):
-                basic.append(output)
-            else:
-                self.service._execute_other(output)
-        return super()._execute(basic, out)
-
-    def run(self, outputs: Iterable[Output]) -> None:
-        """Execute outputs produced outside ``dataReceived`` (timers, new LTKMs, shutdown)."""
-        if self._closing:
-            return
-        out: list[bytes] = []
-        close = self._execute(outputs, out)
-        if out:
-            self.transport.write(b"".join(out))
-        if close is not None:
-            self._closing = True
-            emit = self.log.info if close.level == "info" else self.log.warn
-            emit("closing connection to {peer}: {reason}", peer=self.peer, reason=close.reason)
-            self.transport.loseConnection()
+        return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
         self.service._detach(self)
@@ -221,13 +191,10 @@ class EMMGDatagramProtocol(DatagramProtocol):
 
 
 class _Factory(Factory):
+    noisy = False
+
     def __init__(self, service: "EMMGService") -> None:
         self.service = service
-
-    @property
-    def session(self):
-        """The process's SessionManager, if the EMMG was given one (``service.session_manager``)."""
-        return getattr(self.service, "session_manager", None)
 
     def buildProtocol(self, addr) -> EMMGProtocol:
         protocol = EMMGProtocol(self.service)
@@ -236,7 +203,11 @@ class _Factory(Factory):
 
 
 class EMMGService(Service):
-    """The LTKM generator: session, connection, UDP data socket, timers and LTKM sources."""
+    """The LTKM generator: client machine, connection, UDP data socket, timers and LTKM sources.
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of the
+        channel, its streams and their allocations), or ``None``.
+    """
 
     log = Logger()
 
@@ -247,15 +218,21 @@ class EMMGService(Service):
         *,
         endpoint=None,
         retry_policy: Callable[[int], float] | None = None,
+        session=None,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
-        self.session = EMMGClient(settings.emmg)
+        self.machine = EMMGClient(settings.emmg)
         self.protocol: EMMGProtocol | None = None
         self.udp_port = None
         self.udp_socket: socket.socket | None = None
-        self.timers: dict[str, object] = {}
+        self.executor = OutputExecutor(
+            reactor, self.log, "emmg", session=session, timer_input=self._timer_fired,
+            handlers={SendDatagram: lambda o, _now: self._send_datagram(o),
+                      Delivered: lambda o, _now: self._delivered(o.tokens), Ready: self._ready},
+            default_outbox=self._outbox, peer_of=lambda _event: settings.connect,
+        )
         self.setup_failures = 0
         self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0}
         self._ready_waiters: list[Deferred] = []
@@ -318,14 +295,13 @@ class EMMGService(Service):
             self._closed_waiters.append(done)
             done.addTimeout(config.response_timeout + config.udp_end_wait + 0.5, self.clock)
             done.addErrback(lambda _f: None)
-            self._run(self.session.shutdown(self.clock.seconds()))
+            self._run(self.machine.shutdown(self.clock.seconds()))
         else:
-            self.session.shutdown(self.clock.seconds())
+            self.machine.shutdown(self.clock.seconds())
             done = succeed(None)
 
         def finish(_):
-            for key in list(self.timers):
-                self._cancel(key)
+            self.executor.stop()
             stopping = self.client_service.stopService()
             if self.udp_port is not None:
                 self.udp_port.stopListening()
@@ -335,9 +311,9 @@ class EMMGService(Service):
         return done.addCallback(finish)
 
     def when_ready(self) -> Deferred:
-        """A new Deferred firing (on a later turn) once the session is READY."""
+        """A new Deferred firing (on a later turn) once the client machine is READY."""
         d = Deferred()
-        if self.session.state is EMMGState.READY:
+        if self.machine.state is EMMGState.READY:
             self.clock.callLater(0, d.callback, self.protocol)
         else:
             self._ready_waiters.append(d)
@@ -347,27 +323,27 @@ class EMMGService(Service):
 
     def enqueue_ltkm(self, data_id: int, ltkm: bytes) -> bool:
         """Queue one LTKM from elsewhere in the process (``False`` when the queue is full)."""
-        accepted = self.session.enqueue(data_id, ltkm)
+        accepted = self.machine.enqueue(data_id, ltkm)
         if accepted:
             self._poke()
         return accepted
 
     def refill(self) -> None:
         """Top up every stream's queue from its spool, then from its subscriber file."""
-        session = self.session
+        machine = self.machine
         now = self.clock.seconds()
         queued = 0
-        for data_id in session.by_data_id:
+        for data_id in machine.by_data_id:
             spool = self.spools.get(data_id)
             if spool is not None:
-                for path, data in spool.take(session.room(data_id)):
-                    session.enqueue(data_id, data, token=("spool", data_id, path))
+                for path, data in spool.take(machine.room(data_id)):
+                    machine.enqueue(data_id, data, token=("spool", data_id, path))
                     queued += 1
             source = self.subscriber_sources.get(data_id)
             if source is not None:
-                for issued in source.take(session.room(data_id), now):
+                for issued in source.take(machine.room(data_id), now):
                     try:
-                        session.enqueue(data_id, issued.data)
+                        machine.enqueue(data_id, issued.data)
                     except ValueError as exc:
                         self.log.error("LTKM for device {device} not queued: {why}", device=issued.device_id.hex(), why=str(exc))
                         continue
@@ -381,50 +357,27 @@ class EMMGService(Service):
     def _attach(self, protocol: EMMGProtocol) -> None:
         self.protocol = protocol
         self.setup_failures += 1  # until Ready says otherwise
-        protocol.run(self.session.connection_made(self.clock.seconds()))
+        protocol.run(self.machine.connection_made(self.clock.seconds()))
 
     def _detach(self, protocol: EMMGProtocol) -> None:
         if self.protocol is protocol:
             self.protocol = None
-            self._run_detached(self.session.connection_lost(self.clock.seconds()))
+            self._run(self.machine.connection_lost(self.clock.seconds()))  # no connection: Sends dropped
         waiters, self._closed_waiters = self._closed_waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _run(self, outputs: list[Output]) -> None:
-        if self.protocol is not None:
-            self.protocol.run(outputs)
-        else:
-            self._run_detached(outputs)
+    def _outbox(self) -> Outbox | None:
+        return None if self.protocol is None else self.protocol.outbox
 
-    def _run_detached(self, outputs: Iterable[Output]) -> None:
-        for output in outputs:
-            kind = type(output)
-            if kind is Notify:
-                _log_notify(self.log, output)
-            elif kind in (Send, Close):
-                continue
-            else:
-                self._execute_other(output)
+    def _run(self, outputs: Iterable[Output]) -> None:
+        self.executor.run(outputs, self.clock.seconds())
 
-    def _execute_other(self, output: Output) -> None:
-        kind = type(output)
-        if kind is SendDatagram:
-            self._send_datagram(output)
-        elif kind is Delivered:
-            self._delivered(output.tokens)
-        elif kind is StartTimer:
-            self._cancel(output.key)
-            self.timers[output.key] = self.clock.callLater(output.seconds, self._timer_fired, output.key)
-        elif kind is CancelTimer:
-            self._cancel(output.key)
-        elif kind is Ready:
-            self.setup_failures = 0
-            waiters, self._ready_waiters = self._ready_waiters, []
-            for d in waiters:
-                self.clock.callLater(0, d.callback, self.protocol)
-        else:  # pragma: no cover - the session emits nothing else
-            self.log.error("unexpected EMMG output {output!r}", output=output)
+    def _ready(self, _output: Ready, _now) -> None:
+        self.setup_failures = 0
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            self.clock.callLater(0, d.callback, self.protocol)
 
     def _send_datagram(self, output: SendDatagram) -> None:
         data = output.message.encode()
@@ -436,7 +389,7 @@ class EMMGService(Service):
         except OSError as exc:
             self.counters["udp_errors"] += 1
             self.counters["requeued"] += len(output.message.datagram)
-            self.session.requeue(output.message.data_id, output.message.datagram, output.tokens)
+            self.machine.requeue(output.message.data_id, output.message.datagram, output.tokens)
             self.log.warn(
                 "UDP data_provision not sent ({error}); {count} LTKMs back in the queue",
                 error=errno.errorcode.get(exc.errno, str(exc)), count=len(output.message.datagram),
@@ -453,26 +406,23 @@ class EMMGService(Service):
                 self.spools[data_id].done(path)
                 self.counters["spool_sent"] += 1
 
-    def _cancel(self, key: str) -> None:
-        call = self.timers.pop(key, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _timer_fired(self, key: str) -> None:
-        self.timers.pop(key, None)
+    def _timer_fired(self, key: Hashable, now: float) -> list[Output]:
         if key == "pace":
-            self._poke()
-        else:
-            self._run(self.session.timer_fired(key, self.clock.seconds()))
+            return self._poke_outputs(now)
+        return self.machine.timer_fired(key, now)
 
-    def _poke(self) -> None:
-        """Let the session send what its allocation allows, unless the connection is closing.
+    def _poke_outputs(self, now: float) -> list[Output]:
+        """What the client machine sends now within its allocation, unless the connection is closing.
 
-        While a close is under way the session still believes it is READY; LTKMs it popped now
+        While a close is under way the machine still believes it is READY; LTKMs it popped now
         would be written on a dying connection and lost. They wait for the next connection.
         """
         if self.protocol is not None and not self.protocol.closing:
-            self._run(self.session.poke(self.clock.seconds()))
+            return self.machine.poke(now)
+        return []
+
+    def _poke(self) -> None:
+        self._run(self._poke_outputs(self.clock.seconds()))
 
 
 __all__ = ["EMMGDatagramProtocol", "EMMGProtocol", "EMMGService", "SpoolSource", "SubscriberSource"]

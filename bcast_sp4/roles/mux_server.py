@@ -26,18 +26,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
-from ..machines.outputs import Notify, Output, Send
+from ..machines.outputs import Output
 from ..wire import VERSION_GROUPS, Interface, Message, PeerProtocolError, decode_datagram
 from ._stream import SimulCryptStreamProtocol
+from .executor import OutputExecutor
 
 log = Logger()
-
-
-def _log_notify(logger: Logger, event: Notify, **context) -> None:
-    fields = dict(event.fields)
-    text = " ".join(["{event}"] + [f"{k}={{{k}}}" for k in fields])
-    emit = {"debug": logger.debug, "warn": logger.warn}.get(event.level, logger.info)
-    emit(text, event=event.event, **context, **fields)
 
 
 class _EgressProtocol(DatagramProtocol):
@@ -58,11 +52,16 @@ class PlayOut(Service):
     :param core: the shared :class:`MuxCore`.
     :param reactor: provides ``listenUDP`` and the clock.
     :param interface: source address of the play-out sockets (and the multicast interface).
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager`, or ``None``.
+
+    Its :attr:`executor` is the MUX's one output executor, shared by the TCP connections: Emit
+    and Deliver are play-out's own outputs, the tick is its timer ``"tick"``.
     """
 
     log = Logger()
+    TICK = "tick"
 
-    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1") -> None:
+    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None) -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -70,8 +69,11 @@ class PlayOut(Service):
         self.ports: dict[RouteKey, object] = {}
         self.sockets: dict[RouteKey, socket.socket] = {}
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
-        self._timer = None
         self._wake_at: float | None = None
+        self.executor = OutputExecutor(
+            reactor, self.log, "mux", session=session, timer_input=self._tick,
+            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver},
+        )
 
     # -- service -----------------------------------------------------------------------------
 
@@ -102,9 +104,8 @@ class PlayOut(Service):
 
     def stopService(self):
         super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.executor.stop()
+        self._wake_at = None
         ports, self.ports = self.ports, {}
         self.sockets = {}
         for port in ports.values():
@@ -121,24 +122,26 @@ class PlayOut(Service):
         """Tick the core, emit what is due, and arm the timer for the next due time."""
         now = self.clock.seconds()
         self.execute(self.core.tick(now))
+        timers = self.executor.timers
         wake = self.core.next_wakeup(self.clock.seconds())
         if wake is None:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer, self._wake_at = None, None
+            timers.cancel(self.TICK)
+            self._wake_at = None
             return
-        delay = max(0.0, wake - self.clock.seconds())
-        if self._timer is not None and self._timer.active():
-            if self._wake_at == wake:
-                return
-            self._timer.reset(delay)
-        else:
-            self._timer = self.clock.callLater(delay, self._fire)
+        if self._wake_at == wake and self.TICK in timers:
+            return
+        timers.start(self.TICK, max(0.0, wake - self.clock.seconds()))
         self._wake_at = wake
 
-    def _fire(self) -> None:
-        self._timer = None
+    def _tick(self, _key, _now: float) -> list:
+        self._wake_at = None
         self.run()
+        return []
+
+    def _deliver(self, output: Deliver, _now) -> None:
+        protocol = self.protocols.get(output.connection)
+        if protocol is not None:
+            protocol.send(output.message)
 
     def emit(self, output: Emit) -> None:
         """Send one datagram on its route's socket; a failure is counted and logged as a drop."""
@@ -153,20 +156,8 @@ class PlayOut(Service):
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
     def execute(self, outputs: Iterable[Output]) -> None:
-        """Carry out core outputs (Emit, Deliver, Notify)."""
-        emit = self.emit
-        for output in outputs:
-            kind = type(output)
-            if kind is Emit:
-                emit(output)
-            elif kind is Deliver:
-                protocol = self.protocols.get(output.connection)
-                if protocol is not None:
-                    protocol.send(output.message)
-            elif kind is Notify:
-                _log_notify(self.log, output)
-            else:  # pragma: no cover - the core emits nothing else
-                self.log.error("unexpected play-out output {output!r}", output=output)
+        """Carry out core outputs (Emit, Deliver, Notify) through the executor."""
+        self.executor.run(outputs, self.clock.seconds())
 
 
 class MuxProtocol(SimulCryptStreamProtocol):
@@ -175,7 +166,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, factory: "MuxFactory") -> None:
-        super().__init__(factory.clock, factory.max_message_length)
+        super().__init__(factory.play_out.executor, factory.max_message_length)
         self.play_out = factory.play_out
         self.machine = MuxConnection(factory.core)
 
@@ -190,20 +181,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
         super().dataReceived(data)
         self.play_out.kick()
 
-    def _execute(self, outputs: Iterable[Output], out: list[bytes]) -> Close | None:
-        basic: list[Output] = []
-        other: list[Output] = []
-        for output in outputs:
-            (other if type(output) in (Emit, Deliver) else basic).append(output)
-        if other:
-            self.play_out.execute(other)
-        return super()._execute(basic, out)
-
     def connectionLost(self, reason: Failure) -> None:
         self.play_out.protocols.pop(self.machine, None)
-        self.play_out.execute(
-            o for o in self.machine.connection_lost(self.clock.seconds()) if type(o) is not Send
-        )
+        self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
 
 
@@ -211,12 +191,21 @@ class MuxFactory(Factory):
     """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden)."""
 
     protocol = MuxProtocol
+    noisy = False
 
-    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
+                 session=None, listening_on: str | None = None) -> None:
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = max_message_length
+        self.session = session
+        self.listening_on = listening_on
+
+    def startFactory(self) -> None:
+        """The server listens: tell the session (``listening`` under the endpoint description)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, "mux")
 
     def buildProtocol(self, addr) -> MuxProtocol:
         protocol = self.protocol(self)
@@ -291,11 +280,12 @@ class MuxDatagramProtocol(DatagramProtocol):
 class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
-    def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int) -> None:
+    def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
+                 listening_on: str | None = None) -> None:
         self.core = core
         self.clock: IReactorTime = reactor
-        self.play_out = PlayOut(core, reactor, interface)
-        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length)
+        self.play_out = PlayOut(core, reactor, interface, session)
+        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on)
         self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
 
     def submit_stkm(

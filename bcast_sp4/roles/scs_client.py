@@ -8,12 +8,13 @@ schedulers) and :class:`~bcast_sp4.media.scrambler.Scrambler`:
   every (re)connect; its endpoint is a :class:`FailoverEndpoint` (primary, then backup ECMG);
 * :class:`SCSProtocol` per connection: bytes -> framer -> codec -> core -> outputs, replies to
   the same connection coalesced in one write;
-* :class:`SCSRunner`: executes the core's outputs — timers through the injected clock (one
-  registry of keyed ``IDelayedCall``s; a timer's delay counts from the ``now`` the core was given,
-  so the work done since does not make it late), TEKs to the scramblers ahead of T(n), the switch
-  at T(n) (the core's :class:`~bcast_sp4.machines.scs_records.SwitchTEK`, whose lateness is the
-  measured switch jitter), STKMs to the :class:`~bcast_sp4.roles.stkm_sink.STKMSink`, events to the
-  log (structured fields, never key material);
+* :class:`SCSRunner`: the core's outputs through the role's one
+  :class:`~bcast_sp4.roles.executor.OutputExecutor` — its keyed timers (channel, period and TEK
+  switch timers alike; a delay counts from the ``now`` the core was given, so the work done since
+  does not make it late), Send / Close to the connection of the channel named, events to the log;
+  the SCS's own outputs are TEKs to the scramblers ahead of T(n), the switch at T(n) (the core's
+  :class:`~bcast_sp4.machines.scs_records.SwitchTEK`, whose lateness is the measured switch
+  jitter) and STKMs to the :class:`~bcast_sp4.roles.stkm_sink.STKMSink`;
 * :class:`ScramblerProtocol`: one UDP datagram in, one protected datagram out.
 
 ``prepareConnection`` only sends channel_setup and returns at once: with Twisted 26 a connection
@@ -30,18 +31,19 @@ from typing import Callable, Hashable, Iterable
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..machines.outputs import CancelTimer, Notify, Send, StartTimer
+from ..machines.outputs import Send
 from ..machines.scs_core import SCSCore
 from ..machines.scs_records import ChannelOutput, ProvideTEK, SubmitSTKM, SwitchTEK
 from ..media.scrambler import Scrambler, Switch
 from ..wire import Interface, Message, PeerProtocolError
-from ._stream import SimulCryptStreamProtocol
+from ._stream import SimulCryptStreamProtocol, peer_name
+from .executor import KeyedTimers, OutputExecutor
 from .gc_tuning import YoungCollector, tune_gc
 from .stkm_sink import STKMSink
 
@@ -95,12 +97,12 @@ class SCSProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
 
     def __init__(self, runner: "SCSRunner", channel: str) -> None:
-        super().__init__(runner.clock, runner.max_message_length)
+        super().__init__(runner.executor, runner.max_message_length)
         self.runner, self.channel = runner, channel
+        self.reply_outbox = None  # the core addresses every Send / Close to a channel (ChannelOutput)
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.outbox.attach(self.transport, peer_name(self.transport))
         self.log.info("channel {channel}: connected to ECMG {peer}", channel=self.channel, peer=self.peer)
 
     def start_channel(self) -> None:
@@ -108,7 +110,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
         self.runner.connected(self)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list:
-        return self.runner.dispatch(self, self.runner.core.receive(self.channel, item, now), now)
+        return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:
         self.log.info("channel {channel}: connection to {peer} closed", channel=self.channel, peer=self.peer)
@@ -117,6 +119,8 @@ class SCSProtocol(SimulCryptStreamProtocol):
 
 class SCSClientFactory(Factory):
     """Builds the :class:`SCSProtocol` of one channel."""
+
+    noisy = False
 
     def __init__(self, runner: "SCSRunner", channel: str) -> None:
         self.runner, self.channel = runner, channel
@@ -151,13 +155,21 @@ class SCSRunner(Service):
 
     :param sink: where STKMs go (the MUX).
     :param scramblers: service name -> its scrambler.
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels and
+        streams, peer = channel name), or ``None``.
+    :param autostart: start the schedulers with the service (choosing the first period
+        ``start_allowance`` ahead); ``False``: only when :meth:`begin` is called (the lab calls it
+        once every channel and stream is up).
     """
 
     log = Logger()
+    #: the timer key of the one-off garbage collector tuning
+    GC_TUNING = "gc_tuning"
 
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
-                 jitter_history: int = 100_000, gc_tuning_after: float | None = None) -> None:
+                 jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
+                 autostart: bool = True) -> None:
         self.core = core
         self.clock = clock
         self.sink = sink
@@ -165,40 +177,60 @@ class SCSRunner(Service):
         self.max_message_length = max_message_length
         self.endpoints = endpoints or {}
         self.protocols: dict[str, SCSProtocol] = {}
-        self.timers: dict[Hashable, IDelayedCall] = {}
+        self.executor = OutputExecutor(
+            clock, self.log, "scs", session=session, timer_input=self._timer,
+            handlers={ChannelOutput: self._to_channel, SubmitSTKM: self._submit, SwitchTEK: self._switch,
+                      ProvideTEK: self._provide},
+            peer_of=lambda event: str(event.fields.get("channel", "")),
+        )
         #: every TEK switch made by a SwitchTEK output: (service, Switch)
         self.switch_log: collections.deque[tuple[str, Switch]] = collections.deque(maxlen=jitter_history)
         self.on_switch: Callable[[str, Switch], object] | None = None
         self.gc_tuning_after = gc_tuning_after
-        self._gc_call: IDelayedCall | None = None
         #: the young-generation collector once the GC is tuned (:func:`~.gc_tuning.tune_gc`)
         self.young_collector: YoungCollector | None = None
+        self.autostart = autostart
+        #: the schedulers were started (:meth:`begin`)
+        self.begun = False
 
     # -- service lifecycle ----------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        if self.autostart:
+            self.begin()
+
+    def begin(self) -> None:
+        """Start every service's scheduler now (once): the first period is chosen from now on."""
+        if self.begun or not self.running:
+            return
+        self.begun = True
         now = self.clock.seconds()
         self.execute(self.core.start(now), now)
         if self.gc_tuning_after is not None:
-            self._gc_call = self.clock.callLater(self.gc_tuning_after, self._tune_gc)
+            self.executor.timers.start(self.GC_TUNING, self.gc_tuning_after)
+
+    @property
+    def timers(self) -> KeyedTimers:
+        """The armed timers of the core, by key."""
+        return self.executor.timers
 
     def stopService(self):
         now = self.clock.seconds()
         self.execute(self.core.stop(now), now)
-        for call in self.timers.values():
-            if call.active():
-                call.cancel()
-        self.timers.clear()
-        if self._gc_call is not None and self._gc_call.active():
-            self._gc_call.cancel()
+        self.executor.stop()
         if self.young_collector is not None:
             self.young_collector.stop()
             self.young_collector = None
         return super().stopService()
 
+    def _timer(self, key: Hashable, now: float) -> list:
+        if key == self.GC_TUNING:
+            self._tune_gc()
+            return []
+        return self.core.timer(key, now)
+
     def _tune_gc(self) -> None:
-        self._gc_call = None
         collector = tune_gc(self.clock)
         if isinstance(collector, YoungCollector):
             self.young_collector = collector
@@ -222,76 +254,36 @@ class SCSRunner(Service):
         now = self.clock.seconds()
         self.execute(self.core.connection_lost(protocol.channel, now), now)
 
-    def dispatch(self, protocol: SCSProtocol, outputs: Iterable, now: float) -> list:
-        """Execute *outputs* (of an input at *now*), except Send / Close for *protocol*'s own
-        connection, returned plain."""
-        own: list = []
-        rest: list = []
-        for output in outputs:
-            if type(output) is ChannelOutput and output.channel == protocol.channel:
-                own.append(output.output)
-            else:
-                rest.append(output)
-        self.execute(rest, now)
-        return own
-
     # -- outputs ----------------------------------------------------------------------------------
 
     def execute(self, outputs: Iterable, now: float) -> None:
         """Carry out the core's *outputs* of an input made at *now*."""
-        for output in outputs:
-            kind = type(output)
-            if kind is StartTimer:
-                old = self.timers.pop(output.key, None)
-                if old is not None and old.active():
-                    old.cancel()
-                # due at now + seconds: the time spent since *now* (earlier outputs) is not added
-                delay = max(0.0, now + output.seconds - self.clock.seconds())
-                self.timers[output.key] = self.clock.callLater(delay, self._fire, output.key)
-            elif kind is ChannelOutput:
-                self._to_channel(output)
-            elif kind is SubmitSTKM:
-                try:
-                    self.sink.submit(output.super_cas_id, output.ecm_id, output.cp_number, output.stkm,
-                                     output.on_air_from, output.repetition_ms)
-                except Exception:
-                    self.log.failure("STKM sink failed for super_cas_id {super_cas_id:#010x} ecm_id {ecm_id}",
-                                     super_cas_id=output.super_cas_id, ecm_id=output.ecm_id)
-            elif kind is SwitchTEK:
-                self._switch(output.service)
-            elif kind is ProvideTEK:
-                scrambler = self.scramblers.get(output.service)
-                if scrambler is not None:
-                    scrambler.provide(output.cp_number, output.material, output.at)
-            elif kind is CancelTimer:
-                old = self.timers.pop(output.key, None)
-                if old is not None and old.active():
-                    old.cancel()
-            elif kind is Notify:
-                self._log_event(output)
-            else:
-                self.log.error("unknown output {output!r}", output=output)
+        self.executor.run(outputs, now)
 
-    def _to_channel(self, output: ChannelOutput) -> None:
+    def _to_channel(self, output: ChannelOutput, _now) -> None:
         protocol = self.protocols.get(output.channel)
-        if protocol is None or protocol.transport is None:
+        if protocol is None:
             return
         if type(output.output) is Send:
-            protocol.transport.write(output.output.message.encode())
+            self.executor.send(protocol.outbox, output.output.message)
         else:
-            self.log.info("channel {channel}: closing: {reason}", channel=output.channel, reason=output.output.reason)
-            protocol._closing = True
-            protocol.transport.loseConnection()
+            self.executor.close(protocol.outbox, output.output)
 
-    def _fire(self, key: Hashable) -> None:
-        self.timers.pop(key, None)
-        now = self.clock.seconds()
+    def _submit(self, output: SubmitSTKM, _now) -> None:
         try:
-            self.execute(self.core.timer(key, now), now)
+            self.sink.submit(output.super_cas_id, output.ecm_id, output.cp_number, output.stkm,
+                             output.on_air_from, output.repetition_ms)
         except Exception:
-            self.log.failure("SCS timer {key!r} failed", key=key)
+            self.log.failure("STKM sink failed for super_cas_id {super_cas_id:#010x} ecm_id {ecm_id}",
+                             super_cas_id=output.super_cas_id, ecm_id=output.ecm_id)
 
-    def _switch(self, service: str) -> None:
+    def _provide(self, output: ProvideTEK, _now) -> None:
+        scrambler = self.scramblers.get(output.service)
+        if scrambler is not None:
+            scrambler.provide(output.cp_number, output.material, output.at)
+
+    def _switch(self, output: SwitchTEK, _now) -> None:
+        service = output.service
         scrambler = self.scramblers.get(service)
         if scrambler is None:
             return
@@ -301,15 +293,6 @@ class SCSRunner(Service):
                 self.on_switch(service, switch)
             self.log.debug("{service}: TEK {cp_number} on at {at} (jitter {jitter_ms} ms)", service=service,
                            cp_number=switch.cp_number, at=switch.at, jitter_ms=round(switch.jitter * 1000, 3))
-
-    def _log_event(self, event: Notify) -> None:
-        fields = dict(event.fields)
-        session = getattr(self, "session", None)
-        if session is not None:
-            session.observe("scs", str(fields.get("channel", "")), event.event, fields)
-        text = "{event} " + " ".join(f"{k}={{{k}}}" for k in fields)
-        emit = {"debug": self.log.debug, "warn": self.log.warn, "error": self.log.error}.get(event.level, self.log.info)
-        emit(text, event=event.event, **fields)
 
 
 __all__ = [

@@ -43,7 +43,7 @@ Timing at the MUX: an STKM arrives at on_air_from plus this process's timer late
 the MUX airs the first copy at once, unless its previous copy left less than a quarter repetition
 period before (then at that quarter). ``bandwidth`` (kbit/s per stream) only bounds how soon an
 STKM can follow the previous one of the same ECM_id (its size / allocation); the MUX does not
-police STKM ingress. A MUX granting 0 kbit/s stops the stream: STKMs then wait in the session
+police STKM ingress. A MUX granting 0 kbit/s stops the stream: STKMs then wait in the EMMG client's
 queue and each newer one supersedes the older.
 """
 
@@ -58,7 +58,6 @@ import attrs
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..config.emmg import EMMGSettings
@@ -67,12 +66,13 @@ from ..machines.emmg import EMMGConfig, EMMGState, EMMGStreamConfig
 from ..machines.stkm_schedule import STKMSchedule
 from ..wire.params import DataType
 from .emmg_client import EMMGService
+from .executor import KeyedTimers
 
 #: handed over this long after on_air_from or later: counted and logged as late (timer lateness is not)
 LATE_AFTER = 0.05
 #: s between two looks at a link whose connection is closing (READY, but nothing may be written)
 RECHECK_INTERVAL = 0.05
-#: STKMs per stream in the EMMG session's queue (newer ones supersede older ones, so 1 is normal)
+#: STKMs per stream in the EMMG client's queue (newer ones supersede older ones, so 1 is normal)
 _MAX_QUEUE = 2
 
 PairKey = tuple[int, int]  # (super_cas_id, ecm_id)
@@ -80,6 +80,21 @@ PairKey = tuple[int, int]  # (super_cas_id, ecm_id)
 
 class UnknownSTKMLink(ValueError):
     """:meth:`RemoteMuxSink.submit` named a (super_CAS_id, ECM_id) absent from the SCS settings."""
+
+
+@attrs.frozen
+class _DueTimer:
+    """Timer key: an STKM of *pair* reaches its on_air_from (*token* tells STKMs apart)."""
+
+    token: int
+    pair: PairKey
+
+
+@attrs.frozen
+class _RecheckTimer:
+    """Timer key: look again at the link of *super_cas_id* (READY, but its connection was closing)."""
+
+    super_cas_id: int
 
 
 @attrs.frozen
@@ -149,7 +164,7 @@ class RemoteMuxSink(MultiService):
     log = Logger()
 
     def __init__(self, settings: SCSSettings, reactor, *, endpoints: dict[int, object] | None = None,
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None, session=None) -> None:
         super().__init__()
         self.clock = reactor
         self.settings = settings
@@ -158,7 +173,8 @@ class RemoteMuxSink(MultiService):
                                                jitter=lambda: random.random() * rc.jitter)
         self.links: dict[int, EMMGService] = {}
         for scid, emmg_settings in sorted(link_settings(settings).items()):
-            link = EMMGService(emmg_settings, reactor, endpoint=(endpoints or {}).get(scid), retry_policy=policy)
+            link = EMMGService(emmg_settings, reactor, endpoint=(endpoints or {}).get(scid), retry_policy=policy,
+                               session=session)
             link.setName(f"stkm-link-{scid:#010x}")
             link.setServiceParent(self)
             self.links[scid] = link
@@ -166,13 +182,13 @@ class RemoteMuxSink(MultiService):
                          "dropped_queue_full": 0}
         #: per (super_cas_id, ecm_id): the cp_number last handed to the link
         self.last_handed_over: dict[PairKey, int] = {}
-        self._scheduled: dict[int, IDelayedCall] = {}
+        #: the armed timers: each held STKM's on_air_from, and rechecks of a link whose connection was closing
+        self.timers = KeyedTimers(reactor, self._timer)
         self._tokens = itertools.count()
         #: per (super_cas_id, ecm_id): STKMs not yet handed over, due or not (newest due wins)
         self._pending: dict[PairKey, STKMSchedule[HeldSTKM]] = {}
         self._superseded_while_held: dict[PairKey, int] = {}
         self._awaiting: set[int] = set()
-        self._rechecks: dict[int, IDelayedCall] = {}
         self._repetition: dict[PairKey, int] = {}
 
     # -- service -------------------------------------------------------------------------------
@@ -184,19 +200,12 @@ class RemoteMuxSink(MultiService):
             "STKM link to the MUX at {connect} ({transport}): {clients} client_ids, {streams} STKM streams, "
             "data_channel_id {channel_id}",
             connect=mux.connect, transport="udp" if mux.udp else "tcp", clients=len(self.links),
-            streams=sum(len(link.session.streams) for link in self.links.values()), channel_id=mux.data_channel_id,
+            streams=sum(len(link.machine.streams) for link in self.links.values()), channel_id=mux.data_channel_id,
         )
 
     def stopService(self) -> Deferred:
         """Drop what is not yet handed over (counted), then close every link's streams and channel."""
-        scheduled, self._scheduled = self._scheduled, {}
-        for call in scheduled.values():
-            if call.active():
-                call.cancel()
-        rechecks, self._rechecks = self._rechecks, {}
-        for call in rechecks.values():
-            if call.active():
-                call.cancel()
+        self.timers.cancel_all()
         dropped = sum(len(pending.clear()) for pending in self._pending.values())
         self._awaiting.clear()
         if dropped:
@@ -224,7 +233,7 @@ class RemoteMuxSink(MultiService):
         """
         key = (super_cas_id, ecm_id)
         link = self.links.get(super_cas_id)
-        if link is None or ecm_id not in link.session.by_data_id:
+        if link is None or ecm_id not in link.machine.by_data_id:
             raise UnknownSTKMLink(f"no STKM stream for super_CAS_id {super_cas_id:#010x} ECM_id {ecm_id}")
         stkm = bytes(stkm)
         limit = link.settings.emmg.max_datagram
@@ -238,20 +247,23 @@ class RemoteMuxSink(MultiService):
                           "dropped: the MUX link is stopped", super_cas_id=super_cas_id, ecm_id=ecm_id, cp_number=cp_number)
             return
         self._pending.setdefault(key, STKMSchedule()).add(on_air_from, HeldSTKM(cp_number, stkm, on_air_from))
-        token = next(self._tokens)
-        delay = max(0.0, on_air_from - self.clock.seconds())
-        self._scheduled[token] = self.clock.callLater(delay, self._due, token, key)
+        self.timers.start(_DueTimer(next(self._tokens), key), max(0.0, on_air_from - self.clock.seconds()))
 
     # -- hand-over -----------------------------------------------------------------------------
 
     @staticmethod
     def _ready(link: EMMGService) -> bool:
         protocol = link.protocol
-        return link.session.state is EMMGState.READY and protocol is not None and not protocol.closing
+        return link.machine.state is EMMGState.READY and protocol is not None and not protocol.closing
 
-    def _due(self, token: int, key: PairKey) -> None:
+    def _timer(self, key: _DueTimer | _RecheckTimer) -> None:
+        if type(key) is _DueTimer:
+            self._due(key.pair)
+        else:
+            self._link_ready(key.super_cas_id)
+
+    def _due(self, key: PairKey) -> None:
         """An STKM of *key* reached its on_air_from: hand the newest due one over, or hold it."""
-        self._scheduled.pop(token, None)
         pending = self._pending[key]
         now = self.clock.seconds()
         superseded = pending.settle(now)  # due together (a late timer): only the newest counts
@@ -274,8 +286,8 @@ class RemoteMuxSink(MultiService):
             return
         self._awaiting.add(scid)
         link = self.links[scid]
-        if link.session.state is EMMGState.READY:  # READY, but its connection is closing: look again soon
-            self._rechecks[scid] = self.clock.callLater(RECHECK_INTERVAL, self._link_ready, scid)
+        if link.machine.state is EMMGState.READY:  # READY, but its connection is closing: look again soon
+            self.timers.start(_RecheckTimer(scid), RECHECK_INTERVAL)
             return
         d = link.when_ready()
         d.addCallback(lambda _protocol: self._link_ready(scid))
@@ -283,7 +295,6 @@ class RemoteMuxSink(MultiService):
                                                       failure, super_cas_id=scid))
 
     def _link_ready(self, scid: int) -> None:
-        self._rechecks.pop(scid, None)
         if scid not in self._awaiting or not self.running:
             return
         self._awaiting.discard(scid)
@@ -323,7 +334,7 @@ class RemoteMuxSink(MultiService):
     def _purge_queue(self, key: PairKey) -> None:
         """Remove older STKMs of *key* still queued in the EMMG client (a newer one replaces them)."""
         scid, ecm_id = key
-        count = self.links[scid].session.discard_queued(ecm_id)
+        count = self.links[scid].machine.discard_queued(ecm_id)
         if count:
             self._supersede(key, count, None)
 

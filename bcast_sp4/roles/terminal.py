@@ -44,13 +44,16 @@ class TerminalService(Service):
     :param periods: stop after this many reporting periods of content (0 = run until stopped).
     :param on_done: called with the exit status (0 = every packet decrypted in both profiles).
     :param out: where progress lines go (the console; twistd redirects ``sys.stdout`` into the log).
+    :param autostart: start waiting for keys (``ready_timeout``) with the service; ``False``: when
+        :meth:`begin` is called (the lab calls it once the first STKMs are out).
     """
 
     log = Logger()
 
     def __init__(self, settings: TerminalSettings, reactor, periods: int = 0, on_done: Callable[[int], None] | None = None,
-                 out=None) -> None:
+                 out=None, autostart: bool = True) -> None:
         self.settings = settings
+        self.autostart = autostart
         self.reactor = reactor
         self.periods = periods
         self.on_done = on_done
@@ -90,10 +93,23 @@ class TerminalService(Service):
         for service in s.services:
             self._listen(service.listen, lambda data, name=service.name: self._content(name, data))
         self.send_socket = self.reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1") if s.source_rate else None
+        if self.autostart:
+            self.begin()
+
+    def begin(self) -> None:
+        """Wait for keys (at most ``ready_timeout``), then run the source and the reports."""
+        if self._ready_check.running or self._deadline is not None or not self.running:
+            return
+        s = self.settings
         self._ready_check.start(0.1, now=False)
         self._deadline = self.reactor.callLater(s.ready_timeout, self._not_ready)
         self._line(f"terminal: {len(s.services)} services, {len(s.stkm_streams)} STKM streams, "
                    f"waiting for LTKMs and STKMs (timeout {s.ready_timeout:.0f} s)")
+
+    def fail(self, reason: str, status: int) -> None:
+        """Give up before any content (the lab's start-up failed): one line, then the verdict *status*."""
+        self._line(reason)
+        self._finish(status)
 
     def stopService(self):
         super().stopService()

@@ -46,11 +46,14 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: ECMGSettings, key_store, reactor) -> MultiService:
-    """The ECMG service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> MultiService:
+    """The ECMG service tree for *settings* on *reactor* (tests pass a fake reactor).
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    """
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
-    factory = ECMGFactory(resources, source, reactor, settings.max_message_length)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint)
     top = MultiService()
     server = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), factory)
     server.setServiceParent(top)

@@ -49,10 +49,13 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: EMMGSettings, reactor) -> MultiService:
-    """The EMMG service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService:
+    """The EMMG service tree for *settings* on *reactor* (tests pass a fake reactor).
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    """
     top = MultiService()
-    service = EMMGService(settings, reactor)
+    service = EMMGService(settings, reactor, session=session)
     service.setServiceParent(top)
     top.emmg = service  # for tests and the lab
     log.info(

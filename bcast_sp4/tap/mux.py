@@ -56,10 +56,14 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: MuxSettings, reactor) -> MultiService:
-    """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor)."""
+def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
+    """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    """
     core = MuxCore(settings.mux)
-    server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length)
+    server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
+                       session=session, listening_on=settings.endpoint)
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)

@@ -47,19 +47,22 @@ class Options(RoleOptions):
         self["settings"] = self.load(load_scs_settings)
 
 
-def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None) -> MultiService:
+def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,
+                  session=None, autostart: bool = True) -> MultiService:
     """The SCS service tree for *settings* on *reactor*.
 
     :param sink: where STKMs go; by default from ``[mux]`` (an in-process :class:`RecordingSink`
         for ``in-process``, :class:`JSONLinesSink` for ``file``, :class:`RemoteMuxSink` for ``remote``).
     :param tek_factory: ``(service, n) -> material`` instead of the CSPRNG (tests only).
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param autostart: ``False``: the schedulers start when ``runner.begin()`` is called (the lab).
     """
     link = None
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
             sink = JSONLinesSink(open(settings.mux.path, "a"), reactor.seconds)
         elif settings.mux.mode is MuxMode.REMOTE:
-            sink = link = RemoteMuxSink(settings, reactor)
+            sink = link = RemoteMuxSink(settings, reactor, session=session)
         else:
             sink = RecordingSink(reactor.seconds, limit=100_000)
     elif isinstance(sink, RemoteMuxSink) and sink.parent is None:
@@ -78,7 +81,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
-                       gc_tuning_after=settle)
+                       gc_tuning_after=settle, session=session, autostart=autostart)
     top = MultiService()
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}

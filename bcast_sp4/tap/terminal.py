@@ -34,9 +34,10 @@ class Options(RoleOptions):
         self["settings"] = self.load(load_terminal_settings)
 
 
-def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done=None, out=None) -> MultiService:
+def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done=None, out=None,
+                  autostart: bool = True) -> MultiService:
     top = MultiService()
-    terminal = TerminalService(settings, reactor, periods, on_done, out)
+    terminal = TerminalService(settings, reactor, periods, on_done, out, autostart)
     terminal.setServiceParent(top)
     top.terminal = terminal
     return top

@@ -83,7 +83,7 @@ def test_no_bcast_exception_claims_13_or_22():
     import bcast_sp4.bcast.ltkm_drm as ltkm_drm
 
     raised = [status.BcastError, status.TrafficKeyError, status.STKMError, status.UnsupportedTrafficProtectionError,
-              status.NoKeyError, status.KeyNotValidError, status.KeyFileError, ltkm_drm.LTKMError]
+              status.NoKeyError, status.KeyNotValidError, ltkm_drm.LTKMError]
     raised += [obj for obj in vars(cw_encryption).values() if isinstance(obj, type) and issubclass(obj, status.BcastError)]
     assert {int(exc.status) for exc in raised} <= {7, 8, 0x7F01, 0x7F02, 0x7F03, 0x7F04}
 
@@ -114,9 +114,3 @@ def test_exception_families():
     assert issubclass(status.TrafficKeyError, ValueError)
     assert issubclass(status.UnsupportedTrafficProtectionError, status.STKMError)
     assert issubclass(status.NoKeyError, LookupError)
-
-
-def test_key_file_error_names_file_key_reason():
-    err = status.KeyFileError("/etc/k.toml", "key 'a'", "bad hex")
-    assert str(err) == "/etc/k.toml: key 'a': bad hex"
-    assert (err.path, err.key, err.reason) == ("/etc/k.toml", "key 'a'", "bad hex")

@@ -187,7 +187,7 @@ class LoopbackTests(TestCase):
         for k, data in enumerate(files):
             (spool / f"{k:04d}.ltkm").write_bytes(data)
         emmg = lab.emmg(udp=udp, kbit=4000, subscribers=True, spool=spool)
-        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+        await wait_for(lambda: emmg.machine.state.name == "READY", 5.0, "the EMMG to be ready")
         queued = random_ltkms(200, seed=2) + [bytes(range(256)) * 120]  # and one of 30720 bytes
         for data in queued:
             self.assertTrue(emmg.enqueue_ltkm(DATA_ID, data))
@@ -267,7 +267,7 @@ class LoopbackTests(TestCase):
     async def test_egress_rate_of_a_200_kbit_stream_over_10_seconds_is_within_1_percent(self):
         lab = Lab(self)
         emmg = lab.emmg(udp=False, kbit=200)
-        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+        await wait_for(lambda: emmg.machine.state.name == "READY", 5.0, "the EMMG to be ready")
         for k in range(620):  # 500-byte LTKMs: 310000 bytes, 12.4 s at 25000 bytes/s
             emmg.enqueue_ltkm(DATA_ID, k.to_bytes(4, "big") * 125)
         receiver = lab.receivers[BSM]
@@ -284,7 +284,7 @@ class LoopbackTests(TestCase):
     async def test_a_misbehaving_client_does_not_disturb_another(self):
         lab = Lab(self, mux_kw=dict(overrun_limit=2, queue_datagrams=16, max_invalid_messages=0))
         emmg = lab.emmg(udp=True, kbit=800, client=NEIGHBOUR)
-        await wait_for(lambda: emmg.session.state.name == "READY", 5.0, "the EMMG to be ready")
+        await wait_for(lambda: emmg.machine.state.name == "READY", 5.0, "the EMMG to be ready")
 
         replies: list[bytes] = []
 

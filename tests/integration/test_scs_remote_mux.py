@@ -181,7 +181,7 @@ class SCSRemoteMuxTest(TestCase):
                            f"{PERIODS + 1} STKMs aired on every route", step=0.1)
         finally:
             await top.stopService()
-        self.assertTrue(all(link.session.state is EMMGState.CLOSED for link in sink.links.values()))
+        self.assertTrue(all(link.machine.state is EMMGState.CLOSED for link in sink.links.values()))
 
         stkm_period = {(scid, ecm_id, stkm): cp for (scid, ecm_id, cp), (_on_air, stkm) in submitted.items()}
         checked = 0

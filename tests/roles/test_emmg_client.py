@@ -126,7 +126,7 @@ def test_connects_sets_up_and_sends_spool_files_once_then_moves_them(tmp_path):
     ready = lab.emmg.when_ready()
     lab.connect()
     lab.run(0.1)
-    assert lab.emmg.session.state is EMMGState.READY and ready.called
+    assert lab.emmg.machine.state is EMMGState.READY and ready.called
     lab.run(1.0)
     assert lab.aired() == files
     assert sorted(p.name for p in (lab.spool / "sent").iterdir()) == [f"{k:05d}.ltkm" for k in range(20)]
@@ -189,7 +189,7 @@ def test_reconnects_and_resumes_without_losing_queued_ltkms(tmp_path):
     assert 5 <= sent_before < 30
     lab.pump.clientIO.loseConnection()  # the MUX connection drops
     lab.pump.flush()
-    assert lab.emmg.session.state is EMMGState.DISCONNECTED and lab.emmg.session.queued(DATA_ID) > 0
+    assert lab.emmg.machine.state is EMMGState.DISCONNECTED and lab.emmg.machine.queued(DATA_ID) > 0
     lab.run(3.5)
     assert len(lab.reactor.tcpClients) == 0  # waiting for the retry delay (policy(1) = 4 s)
     lab.run(1.0)
@@ -197,7 +197,7 @@ def test_reconnects_and_resumes_without_losing_queued_ltkms(tmp_path):
     lab.connect()
     lab.run(3.0)
     assert lab.aired() == files and lab.mux.core.dropped == {}
-    assert lab.emmg.session.connections == 2
+    assert lab.emmg.machine.connections == 2
 
 
 def test_setup_refusals_grow_the_retry_delay(tmp_path):
@@ -250,7 +250,7 @@ def test_graceful_stop_closes_stream_then_channel(tmp_path):
     lab.pump.flush()
     lab.run(0.1)
     assert stopped.called
-    assert not lab.mux.core.channels and lab.emmg.session.state is EMMGState.CLOSED
+    assert not lab.mux.core.channels and lab.emmg.machine.state is EMMGState.CLOSED
     assert not lab.emmg_udp_exists()
 
 
@@ -297,9 +297,9 @@ def test_nothing_is_popped_while_the_connection_is_closing(tmp_path):
     lab.pump.pump()  # deliver the error only: the close itself is not processed yet
     protocol = lab.emmg.protocol
     assert protocol.closing
-    queued = lab.emmg.session.queued(DATA_ID)
+    queued = lab.emmg.machine.queued(DATA_ID)
     lab.reactor.advance(1.0)  # pace timers fire while the close is pending
-    assert lab.emmg.session.queued(DATA_ID) == queued
+    assert lab.emmg.machine.queued(DATA_ID) == queued
     lab.pump.flush()
     lab.run(5.0)
     lab.connect()

@@ -84,7 +84,7 @@ def test_example_emmg_config_and_service_tree(tmp_path):
     (udp,) = reactor.udp
     assert udp.connected == ("127.0.0.1", 5000) and udp.interface == "127.0.0.1"
     assert (tmp_path / "spool" / "sent").is_dir()
-    assert top.emmg.session.queued(0x0100) == 3  # the subscriber file's LTKMs, waiting for the MUX
+    assert top.emmg.machine.queued(0x0100) == 3  # the subscriber file's LTKMs, waiting for the MUX
     top.stopService()
     with pytest.raises(usage.UsageError):
         emmg_tap.Options().parseOptions(["--config", str(ETC / "emmg.toml"), "--transport", "sctp"])

@@ -224,7 +224,7 @@ def test_channels_and_streams_as_the_mux_sees_them(tmp_path):
     assert sorted(lab.mux.core.channels) == [(DRM, 2), (CARD, 2)]  # data_channel_id 2 for both
     streams = {(p.server.machine.client_id, s.data_id): s for p in lab.pumps for s in p.server.machine.streams.values()}
     assert set(streams) == set(DEST) and {s.data_type for s in streams.values()} == {DataType.ECM}
-    stats = lab.sink.links[DRM].session.stats()
+    stats = lab.sink.links[DRM].machine.stats()
     assert {k: v["allocation"] for k, v in stats.items()} == {1: 16, 2: 16}
 
 
@@ -307,7 +307,7 @@ def test_reconnect_resumes_with_the_newest_stkm_and_the_mux_keeps_the_last_meanw
     lab.run(0.2)
     lab.pump_of(DRM).clientIO.loseConnection()  # the MUX connection of the DRM link drops
     lab.flush()
-    assert lab.sink.links[DRM].session.state is EMMGState.DISCONNECTED and lab.sink.is_ready(CARD)
+    assert lab.sink.links[DRM].machine.state is EMMGState.DISCONNECTED and lab.sink.is_ready(CARD)
     lab.sink.submit(DRM, 1, 2, b"TWO", t + 0.5, 100)
     lab.sink.submit(DRM, 1, 3, b"THREE", t + 0.7, 100)
     lab.run_until(t + 0.9)
@@ -318,7 +318,7 @@ def test_reconnect_resumes_with_the_newest_stkm_and_the_mux_keeps_the_last_meanw
     lab.run(0.05)
     after = [d for _t, d in lab.aired[(DRM, 1)] if _t > t + 0.9]
     assert b"TWO" not in after and after[-1] == b"THREE"
-    assert lab.sink.counters["superseded"] == 1 and lab.sink.links[DRM].session.connections == 2
+    assert lab.sink.counters["superseded"] == 1 and lab.sink.links[DRM].machine.connections == 2
 
 
 def test_queued_stkms_are_superseded_when_the_mux_grants_no_bandwidth(tmp_path):
@@ -331,7 +331,7 @@ def test_queued_stkms_are_superseded_when_the_mux_grants_no_bandwidth(tmp_path):
     for n in range(4):
         lab.sink.submit(DRM, 1, n, b"Q-%d" % n, t + 0.1 * (n + 1), 100)
     lab.run(0.5)
-    session = lab.sink.links[DRM].session
+    session = lab.sink.links[DRM].machine
     assert session.queued(1) == 1 and lab.sink.counters["superseded"] == 3  # only the newest waits
     assert lab.aired[(DRM, 1)] == []
 
@@ -389,8 +389,7 @@ def test_stop_drops_what_is_not_due_and_closes_streams_then_channel(tmp_path):
     lab.sink.submit(DRM, 1, 1, b"NOW", t + 0.01, 100)
     lab.sink.submit(DRM, 1, 2, b"LATER", t + 5.0, 100)
     lab.run(0.05)
-    ours = lambda: [c for c in lab.reactor.getDelayedCalls() if c.active() and "RemoteMuxSink" in repr(c.func)]  # noqa: E731
-    assert len(ours()) == 1  # LATER, due in 5 s
+    assert [call.getTime() for call in lab.sink.timers.values()] == [t + 5.0]  # LATER
     received = []
     for pump in lab.pumps:
         handle = pump.server.handle
@@ -406,14 +405,14 @@ def test_stop_drops_what_is_not_due_and_closes_streams_then_channel(tmp_path):
     kinds = [type(x) for x in received]
     assert kinds.count(m.StreamCloseRequest) == 3 and kinds.count(m.ChannelClose) == 2
     assert kinds.index(m.ChannelClose) > kinds.index(m.StreamCloseRequest)
-    assert all(link.session.state is EMMGState.CLOSED for link in lab.sink.links.values())
+    assert all(link.machine.state is EMMGState.CLOSED for link in lab.sink.links.values())
     assert lab.sink.counters["dropped_stopped"] == 1
     lab.run(6.0)
     assert b"LATER" not in {d for _t, d in lab.aired[(DRM, 1)]}
     with capturedLogs() as events:
         lab.sink.submit(DRM, 1, 3, b"AFTER", lab.now(), 100)
     assert lab.sink.counters["dropped_stopped"] == 2 and any("stopped" in e.get("log_format", "") for e in events)
-    assert ours() == []
+    assert not lab.sink.timers
 
 
 # -- the tap ----------------------------------------------------------------------------------

@@ -291,7 +291,8 @@ class MuxConnection(ServerChannel):
             ),
             Notify(
                 "bandwidth_allocated",
-                {"stream_id": stream.stream_id, "data_id": stream.data_id, "requested": msg.bandwidth, "allocation": grant},
+                {"channel_id": self.channel_id, "stream_id": stream.stream_id, "client_id": self.client_id,
+                 "data_id": stream.data_id, "requested": msg.bandwidth, "allocation": grant},
             ),
         )
 

@@ -1,0 +1,291 @@
+"""The one output executor of the roles: carries out what a pure machine asks for (STYLE §2).
+
+Every role turns its machines' outputs (:mod:`bcast_sp4.machines.outputs`) into effects the same
+way, here:
+
+==========================  ==================================================================
+output                      effect
+==========================  ==================================================================
+:class:`Send`               the encoded message joins its connection's :class:`Outbox`; every
+                            outbox touched in one batch is written with ONE ``transport.write``
+                            when the batch ends
+:class:`Close`              the connection is closed after those writes (write-then-close);
+                            later Sends to it are dropped
+:class:`Notify`             one structured log event at the output's level (debug, info, warn,
+                            error), and the event handed to the process's
+                            :class:`~bcast_sp4.session.SessionManager` when there is one
+:class:`StartTimer`         a keyed ``IDelayedCall`` on the injected clock, due at
+                            ``now + seconds`` (the work done since *now* does not make it late);
+                            a timer armed under the same key is replaced
+:class:`CancelTimer`        that timer disarmed
+anything else               the role's handler for that output type
+==========================  ==================================================================
+
+A fired timer's key goes back to the role's ``timer_input(key, now)`` and what that returns is
+executed in turn. Logs carry ids, codes and message names, never parameter values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
+from ..wire import Message
+
+#: the levels a :class:`Notify` or :class:`Close` may carry, and the logger method of each
+LEVELS = ("debug", "info", "warn", "error")
+
+
+def log_at(log: Logger, level: str) -> Callable[..., None]:
+    """The method of *log* for *level* (an unknown level logs at info)."""
+    if level == "warn":
+        return log.warn
+    if level == "debug":
+        return log.debug
+    if level == "error":
+        return log.error
+    return log.info
+
+
+class Outbox:
+    """Write-then-close for one connection: queued bytes go out in one write, a close after them.
+
+    :ivar peer: how the logs name the other end (``host:port``).
+    """
+
+    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed")
+
+    def __init__(self, log: Logger, peer: str = "?") -> None:
+        self.transport = None
+        self.peer = peer
+        self.log = log
+        self.chunks: list[bytes] = []
+        #: the :class:`Close` asked for, once one was
+        self.close: Close | None = None
+        self.closed = False
+
+    @property
+    def closing(self) -> bool:
+        """A close was asked for: nothing more is written."""
+        return self.close is not None
+
+    def attach(self, transport, peer: str) -> None:
+        self.transport, self.peer = transport, peer
+
+    def queue(self, data: bytes) -> bool:
+        """Queue *data*; ``True`` when the outbox was empty (it needs a flush)."""
+        if self.close is not None:
+            return False
+        chunks = self.chunks
+        chunks.append(data)
+        return len(chunks) == 1
+
+    def ask_close(self, close: Close) -> bool:
+        """Ask for a close after what is queued; ``True`` when this is the first ask."""
+        if self.close is not None:
+            return False
+        self.close = close
+        return True
+
+    def flush(self) -> None:
+        """Write what is queued (one write), then close if asked."""
+        transport = self.transport
+        if self.chunks:
+            data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+            self.chunks.clear()
+            if transport is not None and not self.closed:
+                transport.write(data)
+        if self.close is not None and not self.closed and transport is not None:
+            self.closed = True
+            log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
+                                               reason=self.close.reason)
+            transport.loseConnection()
+
+
+class KeyedTimers(Mapping[Hashable, IDelayedCall]):
+    """``IDelayedCall``s by key on an injected clock; *fire(key)* runs when one is due.
+
+    Read as a mapping: key -> the armed call.
+    """
+
+    def __init__(self, clock: IReactorTime, fire: Callable[[Hashable], None]) -> None:
+        self.clock = clock
+        self._fire = fire
+        self._calls: dict[Hashable, IDelayedCall] = {}
+
+    def start(self, key: Hashable, seconds: float, now: float | None = None) -> None:
+        """Arm *key* to fire *seconds* after *now* (default: the clock's now), replacing it if armed."""
+        clock = self.clock
+        delay = seconds if now is None else max(0.0, now + seconds - clock.seconds())
+        call = self._calls.get(key)
+        if call is not None and call.active():
+            call.reset(delay)
+        else:
+            self._calls[key] = clock.callLater(delay, self._due, key)
+
+    def cancel(self, key: Hashable) -> None:
+        call = self._calls.pop(key, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def cancel_all(self) -> None:
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            if call.active():
+                call.cancel()
+
+    def _due(self, key: Hashable) -> None:
+        self._calls.pop(key, None)
+        self._fire(key)
+
+    def __getitem__(self, key: Hashable) -> IDelayedCall:
+        return self._calls[key]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._calls))
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+class OutputExecutor:
+    """Carries out machine outputs for one role (see the module docstring).
+
+    :param clock: the reactor (a ``Clock`` in tests): timers and ``now``.
+    :param log: the role's logger.
+    :param role: the role's name in the session manager (``"ecmg"``, ``"mux"``, ``"emmg"``, ``"scs"``).
+    :param session: the process's session manager, told of every :class:`Notify`; ``None`` = none.
+    :param timer_input: ``(key, now) -> outputs`` for a fired timer.
+    :param handlers: output type -> ``handler(output, now)`` for the role's own outputs.
+    :param default_outbox: ``() -> Outbox | None``: where Send / Close go when a batch names no
+        connection (a client role's one connection); ``None`` drops them.
+    :param peer_of: ``(notify) -> str``: how a Notify made without a connection names its peer.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        log: Logger,
+        role: str,
+        *,
+        session=None,
+        timer_input: Callable[[Hashable, float], Iterable[Output]] | None = None,
+        handlers: dict[type, Callable[[Any, float], None]] | None = None,
+        default_outbox: Callable[[], Outbox | None] | None = None,
+        peer_of: Callable[[Notify], str] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.log = log
+        self.role = role
+        self.session = session
+        self.timer_input = timer_input
+        self.handlers = dict(handlers or {})
+        self.default_outbox = default_outbox
+        self.peer_of = peer_of
+        self.timers = KeyedTimers(clock, self._timer_fired)
+        self._depth = 0
+        self._touched: list[Outbox] = []
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Open a batch: writes wait for :meth:`end` (batches nest; the outermost flushes)."""
+        self._depth += 1
+
+    def end(self) -> None:
+        """Close a batch; the outermost writes every outbox touched, then closes those asked to."""
+        self._depth -= 1
+        if self._depth == 0 and self._touched:
+            touched, self._touched = self._touched, []
+            for outbox in touched:
+                outbox.flush()
+
+    def run(self, outputs: Iterable[Output], now: float | None = None, outbox: Outbox | None = None) -> None:
+        """Carry out *outputs* of an input made at *now*; Send / Close go to *outbox*."""
+        self._depth += 1
+        try:
+            for output in outputs:
+                kind = type(output)
+                if kind is Send:
+                    self.send(outbox, output.message)
+                elif kind is Notify:
+                    self.notify(output, outbox)
+                elif kind is StartTimer:
+                    self.timers.start(output.key, output.seconds, now)
+                elif kind is CancelTimer:
+                    self.timers.cancel(output.key)
+                elif kind is Close:
+                    self.close(outbox, output)
+                else:
+                    handler = self.handlers.get(kind)
+                    if handler is None:
+                        self.log.error("{role}: no handler for output {output!r}", role=self.role, output=output)
+                    else:
+                        handler(output, now)
+        finally:
+            self.end()
+
+    # -- the basic outputs, also for handlers that route them --------------------------------
+
+    def send(self, outbox: Outbox | None, message: Message) -> None:
+        """Queue *message* on *outbox* (default: :attr:`default_outbox`); dropped when closing or absent."""
+        if outbox is None:
+            outbox = self.default_outbox() if self.default_outbox is not None else None
+            if outbox is None:
+                return
+        if outbox.queue(message.encode()):
+            self._touched.append(outbox)
+            if self._depth == 0:
+                self.end_now()
+
+    def close(self, outbox: Outbox | None, close: Close) -> None:
+        """Close *outbox*'s connection after what is queued on it."""
+        if outbox is None:
+            outbox = self.default_outbox() if self.default_outbox is not None else None
+            if outbox is None:
+                return
+        if outbox.ask_close(close):
+            self._touched.append(outbox)
+            if self._depth == 0:
+                self.end_now()
+
+    def end_now(self) -> None:
+        """Flush outside any batch (a routed Send made from a callback)."""
+        self._depth += 1
+        self.end()
+
+    def notify(self, event: Notify, outbox: Outbox | None = None) -> None:
+        """Log *event* at its level; tell the session manager."""
+        if outbox is not None:
+            peer = outbox.peer
+        elif self.peer_of is not None:
+            peer = self.peer_of(event)
+        else:
+            peer = ""
+        fields = event.fields
+        if self.session is not None:
+            self.session.observe(self.role, peer, event.event, fields)
+        text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in fields)
+        log_at(self.log, event.level)(text, peer=peer, event=event.event, **fields)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _timer_fired(self, key: Hashable) -> None:
+        now = self.clock.seconds()
+        try:
+            if self.timer_input is None:
+                raise LookupError(f"{self.role}: timer {key!r} fired but nothing takes timers")
+            self.run(self.timer_input(key, now), now)
+        except Exception:
+            self.log.failure("{role}: timer {key!r} failed", Failure(), role=self.role, key=key)
+
+    def stop(self) -> None:
+        """Disarm every timer."""
+        self.timers.cancel_all()
+
+
+__all__ = ["KeyedTimers", "LEVELS", "Outbox", "OutputExecutor", "log_at"]
