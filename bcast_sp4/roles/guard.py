@@ -43,8 +43,10 @@ import gc
 import ipaddress
 from typing import Any, Callable, Sequence
 
+from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 
 from ..config.limits import Limits, Network
 from .log_limit import LogLimiter
@@ -149,8 +151,11 @@ def peer_host(addr: Any) -> str | None:
     return getattr(addr, "host", None)
 
 
-class ConnectionGuard:
+class ConnectionGuard(Service):
     """What the connections of one role share: limits, counts, the warning limiter.
+
+    A service: when its parent stops, the pending log summaries are written and the reclaim
+    timer is disarmed.
 
     :param limits: the role's :class:`Limits`.
     :param clock: timers (the reactor, or a ``Clock`` in tests).
@@ -177,6 +182,15 @@ class ConnectionGuard:
         self.buffered_total = 0
         #: refusals and closes by reason, deferred turns (``deferred_turns``), UDP drops
         self.counters: collections.Counter[str] = collections.Counter()
+
+    def stopService(self):
+        self.stop()
+        return super().stopService()
+
+    def stop(self) -> None:
+        """Write the pending log summaries, disarm the reclaim timer."""
+        self.limiter.flush()
+        self.reclaimer.stop()
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -242,7 +256,8 @@ class ConnectionWatch:
                  channel_test: Callable[[], bool] | None) -> None:
         self.guard = guard
         self.peer = peer
-        self.transport = transport
+        # reading is paused on the socket's transport, under a TLS layer when there is one
+        self.transport = transport.transport if isinstance(transport, ProtocolWrapper) else transport
         self.clock = guard.clock
         self.limits = guard.limits
         self._handle_frames = handle_frames

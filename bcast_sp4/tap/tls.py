@@ -74,6 +74,17 @@ def client_options(tls: TLSSettings, host: str):
     return ssl.optionsForClientTLS(tls.server_name or host, trustRoot=trust, clientCertificate=_own_certificate(tls))
 
 
+class _RefusingTLSFactory(TLSMemoryBIOFactory):
+    """TLS around a factory that may refuse a connection (``buildProtocol`` -> ``None``, the
+    guard's allow-list and connection cap): the refusal closes the socket before any handshake."""
+
+    def buildProtocol(self, addr):
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
+
+
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """A server endpoint whose connections speak TLS (the wrapped endpoint carries the bytes)."""
@@ -83,7 +94,7 @@ class TLSServerEndpoint:
         self.options = options
 
     def listen(self, protocolFactory):  # noqa: N803 - Twisted's interface name
-        return self.wrapped.listen(TLSMemoryBIOFactory(self.options, False, protocolFactory))
+        return self.wrapped.listen(_RefusingTLSFactory(self.options, False, protocolFactory))
 
 
 def endpoint_host(spec: str) -> str:

@@ -173,6 +173,8 @@ mode = "drm"
             if all(guard.connections == 0 for guard in self.guards):
                 break
             await deferLater(reactor, 0.02, lambda: None)
+        for guard in self.guards:
+            guard.stop()
 
     def tls_server_table(self, client_ca: Path | None) -> str:
         ca_line = f'ca = "{client_ca}"' if client_ca else ""
