@@ -226,9 +226,11 @@ def fair(args) -> None:
           "stream_close_requests per write")
     print(f"{'row':44} {'replies':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'0x000D':>6} {'hog msg/s':>10}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limits in (("budget off (messages_per_turn 1000000)", {"messages_per_turn": 1_000_000}),
-                             ("default budget (messages_per_turn 64)", {})):
-            proc, port = start_ecmg(Path(tmp) / name.split()[0], args.hog_batch, limits)
+        rows = [("budget off (messages_per_turn 1000000)", {"messages_per_turn": 1_000_000}),
+                ("default budget", {})]
+        rows += [(f"messages_per_turn {n}", {"messages_per_turn": n}) for n in args.budgets]
+        for name, limits in rows:
+            proc, port = start_ecmg(Path(tmp) / name.replace(" ", "_"), args.hog_batch, limits)
             try:
                 if name.startswith("budget off"):
                     quiet = paced(port, args.streams, args.rate, args.seconds)
@@ -320,6 +322,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="paced CW_provisions per second")
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--hog-batch", type=int, default=2000)
+    parser.add_argument("--budgets", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
+                        help="also measure these messages_per_turn values (comma-separated)")
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--half", type=int, default=2000)
     parser.add_argument("--half-bytes", type=int, default=32 * 1024)

@@ -8,7 +8,7 @@ checked to exist here, their contents are read when the role starts.
 Defaults protect a server out of the box (issue #13): 30 s to the first channel_setup, 10 s to
 complete a started message, a channel silent for 60 s gets a channel_test and is closed when 10 s
 pass without an answer, at most 2,048 connections (with or without a channel), 256 KiB buffered
-per connection and 16 MiB in total, 64 messages per connection per reactor turn.
+per connection and 16 MiB in total, 64 messages (and 5 ms) per connection per reactor turn.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Limits:
 
     :ivar messages_per_turn: messages one connection may have handled per reactor turn; the rest
         waits for the next turn with reading paused.
+    :ivar turn_time: nor more messages once this long has passed in the turn (0 = no time limit).
     :ivar first_channel_setup_timeout: a server closes a connection without a channel this long.
     :ivar message_timeout: a started message must be complete this long after its first byte.
     :ivar idle_timeout: a server sends channel_test on a channel silent this long ...
@@ -43,6 +44,7 @@ class Limits:
     """
 
     messages_per_turn: int = 64
+    turn_time: float = 0.005
     first_channel_setup_timeout: float = 30.0
     message_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -101,6 +103,7 @@ def read_limits(root: Reader, *, server: bool, udp: bool = False, max_message_le
     d = Limits()
     kwargs: dict = dict(
         messages_per_turn=table.integer("messages_per_turn", d.messages_per_turn, 1, 1_000_000),
+        turn_time=table.number("turn_time", d.turn_time, 0.0, 10.0),
         message_timeout=table.number("message_timeout", d.message_timeout, 0.0, 3600.0),
         max_buffered_bytes=table.integer("max_buffered_bytes", d.max_buffered_bytes, 1, 1 << 32),
         max_buffered_bytes_total=table.integer("max_buffered_bytes_total", d.max_buffered_bytes_total, 1, 1 << 40),

@@ -115,16 +115,23 @@ class SimulCryptStreamProtocol(Protocol):
             self.handle_frames(frames, received_at)
             return
         frames = watch.take(frames, received_at)
-        if frames:
-            self.handle_frames(frames, received_at)
-        watch.turn_done(bool(frames))
+        handled = self.handle_frames(frames, received_at) if frames else 0
+        if handled < len(frames):
+            watch.put_back(frames, handled, received_at)
+        watch.turn_done(handled > 0)
 
-    def handle_frames(self, frames: list, received_at: float) -> None:
-        """Decode and handle whole messages whose bytes arrived at *received_at*; replies in one write."""
+    def handle_frames(self, frames: list, received_at: float) -> int:
+        """Decode and handle whole messages whose bytes arrived at *received_at*; replies in one write.
+
+        :returns: how many were handled: all, unless the connection closes or the guard's turn
+            time runs out (the guard keeps the rest for the next turn).
+        """
         outbox = self.outbox
         if outbox.closing:
-            return
+            return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        deadline = self.watch.deadline if self.watch is not None else None
+        handled = 0
         executor.begin()
         try:
             for item in frames:
@@ -141,10 +148,14 @@ class SimulCryptStreamProtocol(Protocol):
                     self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
                     outputs = _INTERNAL_ERROR
                 executor.run(outputs, now, reply_outbox)
+                handled += 1
                 if outbox.closing:
-                    break
+                    return len(frames)  # nothing more is handled on this connection
+                if deadline is not None and clock.seconds() > deadline:
+                    break  # the turn's time is up: the guard keeps the rest for the next turn
         finally:
             executor.end()
+        return handled
 
     def run(self, outputs) -> None:
         """Execute outputs produced outside ``dataReceived`` (timers, shutdown) on this connection."""

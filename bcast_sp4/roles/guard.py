@@ -12,7 +12,8 @@ Rules (times from :class:`Limits`; 0 turns a timeout off):
   allow-list, or one more connection than ``max_connections`` (channel or not), is refused:
   ``buildProtocol`` returns ``None`` and Twisted closes the socket at once.
 * **Fair service** (:meth:`ConnectionWatch.take`): a connection has at most
-  ``messages_per_turn`` messages handled per reactor turn. The rest stays queued, the transport
+  ``messages_per_turn`` messages handled per reactor turn, and no more once ``turn_time`` has
+  passed in the turn (the message under way finishes). The rest stays queued, the transport
   stops reading (``pauseProducing``) and the next batch runs on the next turn
   (``callLater(0)``); reading resumes when the queue is empty. The queued messages keep the time
   their bytes arrived, so a deadline (the ECMG's ``max_comp_time``, error 0x000D) counts the wait.
@@ -223,7 +224,7 @@ class ConnectionGuard(Service):
 
     # -- per connection --------------------------------------------------------------------------
 
-    def watch(self, peer: str, transport: Any, *, handle_frames: Callable[[list, float], None],
+    def watch(self, peer: str, transport: Any, *, handle_frames: Callable[[list, float], int],
               close: Callable[[str], None], partial: Callable[[], int],
               has_channel: Callable[[], bool] | None = None,
               channel_test: Callable[[], bool] | None = None) -> "ConnectionWatch":
@@ -241,8 +242,9 @@ class ConnectionGuard(Service):
 class ConnectionWatch:
     """The guard's rules for one connection (see the module docstring).
 
-    :param handle_frames: ``(frames, received_at)``: the protocol handles these whole messages
-        (called for batches taken off the queue on later turns).
+    :param handle_frames: ``(frames, received_at) -> handled``: the protocol handles these whole
+        messages in order, stopping after the one that ends past :attr:`deadline`; returns how
+        many it handled (called for batches taken off the queue on later turns).
     :param close: ``(reason)``: the protocol closes the connection (already logged and counted).
     :param partial: bytes of an unfinished message the framer holds.
     :param has_channel: whether the connection carries a channel now (servers; ``None``: a client,
@@ -251,7 +253,7 @@ class ConnectionWatch:
     """
 
     def __init__(self, guard: ConnectionGuard, peer: str, transport: Any, *,
-                 handle_frames: Callable[[list, float], None], close: Callable[[str], None],
+                 handle_frames: Callable[[list, float], int], close: Callable[[str], None],
                  partial: Callable[[], int], has_channel: Callable[[], bool] | None,
                  channel_test: Callable[[], bool] | None) -> None:
         self.guard = guard
@@ -266,6 +268,9 @@ class ConnectionWatch:
         self._has_channel = has_channel
         self._channel_test = channel_test
         self.budget = self.limits.messages_per_turn
+        self.turn_time = self.limits.turn_time if self.limits.turn_time else float("inf")
+        #: when the current turn's handling stops (clock seconds); see :meth:`take`
+        self.deadline = float("inf")
         self._queue: collections.deque = collections.deque()  # (frames, index, received_at)
         self._queued_bytes = 0
         self._next_turn: IDelayedCall | None = None
@@ -287,7 +292,12 @@ class ConnectionWatch:
     # -- fair service --------------------------------------------------------------------------
 
     def take(self, frames: list, received_at: float) -> list:
-        """The frames to handle in this turn; any beyond the budget wait for the next turns."""
+        """The frames to handle in this turn; any beyond the budget wait for the next turns.
+
+        Starts the turn's clock: :attr:`deadline` is when the protocol stops handling (it gives
+        the rest back with :meth:`put_back`).
+        """
+        self.deadline = self.clock.seconds() + self.turn_time
         if self._queue:  # a backlog is waiting: keep the order
             self._enqueue(frames, 0, received_at)
             return []
@@ -296,11 +306,22 @@ class ConnectionWatch:
         self._enqueue(frames, self.budget, received_at)
         return frames[: self.budget]
 
+    def put_back(self, frames: list, handled: int, received_at: float) -> None:
+        """The turn's time ran out after *handled* of *frames*: the rest goes first next turn."""
+        if handled >= len(frames) or self.closed:
+            return
+        self._queue.appendleft([frames, handled, received_at])
+        self._queued_bytes += sum(len(f) for f in frames[handled:] if isinstance(f, bytes))
+        self._schedule()
+
     def _enqueue(self, frames: list, start: int, received_at: float) -> None:
         if start >= len(frames):
             return
         self._queue.append([frames, start, received_at])
         self._queued_bytes += sum(len(f) for f in frames[start:] if isinstance(f, bytes))
+        self._schedule()
+
+    def _schedule(self) -> None:
         if not self._paused:
             self._paused = True
             self.transport.pauseProducing()
@@ -312,17 +333,22 @@ class ConnectionWatch:
         self._next_turn = None
         if self.closed:
             return
+        self.deadline = self.clock.seconds() + self.turn_time
         left = self.budget
+        any_handled = False
         while left and self._queue and not self.closed:
             entry = self._queue[0]
             frames, start, received_at = entry
             batch = frames[start : start + left]
-            entry[1] = start + len(batch)
+            handled = self._handle_frames(batch, received_at)
+            any_handled = any_handled or handled > 0
+            entry[1] = start + handled
             if entry[1] >= len(frames):
                 self._queue.popleft()
-            left -= len(batch)
-            self._queued_bytes -= sum(len(f) for f in batch if isinstance(f, bytes))
-            self._handle_frames(batch, received_at)
+            left -= handled
+            self._queued_bytes -= sum(len(f) for f in batch[:handled] if isinstance(f, bytes))
+            if handled < len(batch):
+                break  # out of time: the rest next turn
         if self.closed:
             return
         if self._queue:
@@ -331,7 +357,7 @@ class ConnectionWatch:
         elif self._paused:
             self._paused = False
             self.transport.resumeProducing()
-        self.turn_done(True)
+        self.turn_done(any_handled)
 
     @property
     def queued(self) -> int:

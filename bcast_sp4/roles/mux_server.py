@@ -192,9 +192,10 @@ class MuxProtocol(SimulCryptStreamProtocol):
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         return self.machine.receive(item, now)
 
-    def handle_frames(self, frames: list, received_at: float) -> None:
-        super().handle_frames(frames, received_at)
+    def handle_frames(self, frames: list, received_at: float) -> int:
+        handled = super().handle_frames(frames, received_at)
         self.play_out.kick()
+        return handled
 
     def connectionLost(self, reason: Failure) -> None:
         self.stop_watch()

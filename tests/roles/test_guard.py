@@ -36,6 +36,7 @@ class Peer:
 
     def handle(self, frames, received_at):
         self.handled.append((list(frames), received_at))
+        return len(frames)
 
     def channel_test(self) -> bool:
         self.tests_sent += 1
@@ -44,9 +45,9 @@ class Peer:
     def receive(self, frames, received_at):
         """What the protocol's dataReceived does: take the turn's frames, handle them, report."""
         now = self.watch.take(frames, received_at)
-        if now:
-            self.handle(now, received_at)
-        self.watch.turn_done(bool(now))
+        handled = self.handle(now, received_at) if now else 0
+        self.watch.put_back(now, handled, received_at)
+        self.watch.turn_done(handled > 0)
 
 
 def one_turn(clock: Clock) -> None:
@@ -289,3 +290,31 @@ def test_reclaim_after_buffered_bytes_go():
         peer.watch.connection_lost()
     clock.advance(1)
     assert trims == [1]
+
+
+def test_the_turn_time_stops_a_batch_and_the_rest_goes_first_next_turn():
+    clock, guard = make(messages_per_turn=100, turn_time=0.005)
+    class SlowPeer(Peer):
+        def handle(self, frames, received_at):
+            count = 0
+            for frame in frames:
+                self.handled.append(([frame], received_at))
+                clock.rightNow += 0.002
+                count += 1
+                if clock.seconds() > self.watch.deadline:
+                    break
+            return count
+
+    peer = SlowPeer(guard)
+    frames = [bytes([i]) for i in range(10)]
+    peer.receive(frames, 0.0)
+    assert [f for batch, _ in peer.handled for f in batch] == frames[:3]  # 2, 4, 6 ms: past 5 ms after the third
+    assert peer.transport.producerState == "paused"
+    peer.receive([b"later"], clock.seconds())  # queued behind the rest
+    one_turn(clock)
+    assert [f for batch, _ in peer.handled for f in batch] == frames[:6]
+    for _ in range(3):
+        one_turn(clock)
+    assert [f for batch, _ in peer.handled for f in batch] == frames + [b"later"]
+    assert all(r == 0.0 for batch, r in peer.handled[:10])
+    assert peer.transport.producerState == "producing" and guard.buffered_total == 0
