@@ -72,7 +72,7 @@ def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object]) -> 
     table = "\n".join(f"{k} = {v}" for k, v in limits.items())
     config = directory / "ecmg.toml"
     config.write_text(f"""[ecmg]
-endpoint = "tcp:{port}:interface=127.0.0.1"
+endpoint = "tcp:{port}:interface=127.0.0.1:backlog=4096"
 key_file = "keys.toml"
 max_streams = {hog_streams + 200}
 [channel]
@@ -257,6 +257,46 @@ def fair(args) -> None:
 # -- flood --------------------------------------------------------------------------------------
 
 
+def open_flood(port: int, idle: int, half: int, half_bytes: int) -> list[socket.socket]:
+    """*idle* connections that send nothing, *half* that send a header claiming 65,535 bytes and
+    *half_bytes* of them."""
+    header = struct.pack(">BHH", 3, 0x0201, 0xFFFF)
+    body = bytes(half_bytes)
+    socks: list[socket.socket] = []
+    for i in range(idle + half):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if i >= idle:
+            sock.sendall(header + body)
+        socks.append(sock)
+    return socks
+
+
+def wait_closed(socks: list[socket.socket], pid: int, seconds: float) -> tuple[int, float]:
+    """Wait until the server closed every socket (at most *seconds*): (still open, peak RSS MB)."""
+    sel = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ)
+    open_count = len(socks)
+    deadline = time.monotonic() + seconds
+    peak = rss_mb(pid)
+    while open_count and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.5):
+            try:
+                data = key.fileobj.recv(65536)
+            except (ConnectionResetError, BlockingIOError):
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                open_count -= 1
+        peak = max(peak, rss_mb(pid))
+    sel.close()
+    for sock in socks:
+        sock.close()
+    return open_count, peak
+
+
 def flood(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     limits = {"first_channel_setup_timeout": args.timeout, "message_timeout": args.timeout,
@@ -268,48 +308,28 @@ def flood(args) -> None:
             # warm up: one channel with a few ECMs, so the code paths are loaded before "before"
             paced(port, 4, 100, 1.0)
             time.sleep(1.0)
-            before = rss_mb(proc.pid)
-            header = struct.pack(">BHH", 3, 0x0201, 0xFFFF)
-            body = bytes(args.half_bytes)
-            socks: list[socket.socket] = []
-            t0 = time.monotonic()
-            for i in range(args.idle + args.half):
-                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-                if i >= args.idle:
-                    sock.sendall(header + body)
-                socks.append(sock)
-            opened = time.monotonic() - t0
-            time.sleep(min(1.0, args.timeout / 2))
-            during = rss_mb(proc.pid)
-            sel = selectors.DefaultSelector()
-            for sock in socks:
-                sock.setblocking(False)
-                sel.register(sock, selectors.EVENT_READ)
-            open_count = len(socks)
-            deadline = time.monotonic() + args.timeout + 60
-            peak = during
-            while open_count and time.monotonic() < deadline:
-                for key, _ in sel.select(timeout=0.5):
-                    try:
-                        data = key.fileobj.recv(65536)
-                    except (ConnectionResetError, BlockingIOError):
-                        data = b""
-                    if not data:
-                        sel.unregister(key.fileobj)
-                        key.fileobj.close()
-                        open_count -= 1
-                peak = max(peak, rss_mb(proc.pid))
-            closed_after = time.monotonic() - t0
-            time.sleep(args.settle)
-            after = rss_mb(proc.pid)
             print(f"flood: {args.idle} idle + {args.half} half-sent ({args.half_bytes} of 65,540 bytes) connections, "
-                  f"timeouts {args.timeout:g} s; opened in {opened:.1f} s")
-            print(f"  closed by the ECMG: {len(socks) - open_count} of {len(socks)} "
-                  f"(last {closed_after:.1f} s after the first connect)")
-            print(f"  RSS before {before:.1f} MB, during {during:.1f} MB (peak {peak:.1f}), "
-                  f"{args.settle:g} s after {after:.1f} MB: {after - before:+.1f} MB")
+                  f"timeouts {args.timeout:g} s, {args.floods} floods one after the other")
+            start = rss_mb(proc.pid)
+            print(f"  RSS before the first flood {start:.1f} MB")
+            for number in range(1, args.floods + 1):
+                before = rss_mb(proc.pid)
+                t0 = time.monotonic()
+                socks = open_flood(port, args.idle, args.half, args.half_bytes)
+                opened = time.monotonic() - t0
+                left, peak = wait_closed(socks, proc.pid, args.timeout + 60)
+                closed_after = time.monotonic() - t0
+                time.sleep(args.settle)
+                after = rss_mb(proc.pid)
+                print(f"  flood {number}: opened in {opened:.1f} s; closed by the ECMG: {len(socks) - left} of "
+                      f"{len(socks)} (the last {closed_after:.1f} s after the first connect); RSS before "
+                      f"{before:.1f} MB, peak {peak:.1f}, {args.settle:g} s after {after:.1f} MB "
+                      f"({after - before:+.1f} MB; {after - start:+.1f} MB since before the first)")
             paced_after = paced(port, 4, 100, 1.0)
-            print(f"  a channel after the flood: {paced_after['replies']} replies, p99 {paced_after['p99']:.2f} ms")
+            print(f"  a channel after the floods: {paced_after['replies']} replies, p99 {paced_after['p99']:.2f} ms")
+            for line in (Path(tmp) / "flood" / "ecmg.log").read_text().splitlines():
+                if "unreachable objects collected" in line:
+                    print("  ECMG:", line.split("] ", 1)[-1])
         finally:
             proc.terminate()
             proc.wait(30)
@@ -329,6 +349,7 @@ def main() -> int:
     parser.add_argument("--half-bytes", type=int, default=32 * 1024)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--floods", type=int, default=2, help="floods one after the other (the first loads code paths)")
     args = parser.parse_args()
     if args.what in ("fair", "all"):
         fair(args)
