@@ -238,3 +238,54 @@ def test_endpoint_host_reads_keyword_and_positional_forms():
     assert endpoint_host("tcp:host=127.0.0.1:port=2222") == "127.0.0.1"
     assert endpoint_host("tcp:ecmg.example:2222") == "ecmg.example"
     assert endpoint_host(r"tcp6:host=\:\:1:port=2222") == "::1"
+
+
+class ClientRolesOverTLSTest(TestCase):
+    """The client side as the taps build it: an EMMG (``tap.emmg``) over mutual TLS to a MUX (``tap.mux``)."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        for name in ("mux.toml", "emmg.toml", "subscribers.example.toml"):
+            shutil.copy(ETC / name, self.dir / name)
+        ca = make_ca("bcast-sp4 test CA")
+        self.ca_path, _ = write_pair(self.dir, "ca", ca)
+        self.server_cert, self.server_key = write_pair(self.dir, "mux", issue(ca, "mux", server=True))
+        self.client_cert, self.client_key = write_pair(self.dir, "emmg", issue(ca, "emmg", server=False))
+
+    async def test_an_emmg_with_a_client_certificate_gets_its_channel_and_streams_from_a_mutual_tls_mux(self):
+        from bcast_sp4.config import load_emmg_settings, load_mux_settings
+        from bcast_sp4.tap import emmg as emmg_tap
+        from bcast_sp4.tap import mux as mux_tap
+
+        mux_path = self.dir / "mux.toml"
+        text = mux_path.read_text().replace('endpoint = "tcp:5000:interface=127.0.0.1"', 'endpoint = "tcp:0:interface=127.0.0.1"')
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("udp = "))
+        mux_path.write_text(text + f'\n[tls]\ncertificate = "{self.server_cert}"\nprivate_key = "{self.server_key}"\n'
+                                   f'ca = "{self.ca_path}"\n')
+        mux_settings = load_mux_settings(mux_path)
+        mux = mux_tap.build_service(mux_settings, reactor)
+        mux.mux.play_out.startService()
+        self.addCleanup(mux.mux.play_out.stopService)
+        port = await server_endpoint(reactor, mux_settings.endpoint, mux_settings.tls).listen(mux.mux.factory)
+        self.addCleanup(port.stopListening)
+
+        emmg_path = self.dir / "emmg.toml"
+        text = emmg_path.read_text().replace('connect = "tcp:host=127.0.0.1:port=5000"',
+                                             f'connect = "tcp:host=127.0.0.1:port={port.getHost().port}"')
+        text = text.replace('directory = "/tmp/bcast-sp4/ltkm-spool"', f'directory = "{self.dir / "spool"}"')
+        emmg_path.write_text(text + f'\n[tls]\nca = "{self.ca_path}"\ncertificate = "{self.client_cert}"\n'
+                                    f'private_key = "{self.client_key}"\n')
+        emmg = emmg_tap.build_service(load_emmg_settings(emmg_path), reactor)
+        emmg.startService()
+        try:
+            protocol = await emmg.emmg.when_ready().addTimeout(WAIT, reactor)
+            self.assertEqual(protocol.transport.getPeer().port, port.getHost().port)
+            self.assertEqual(mux.mux.factory.guard.connections, 1)
+        finally:
+            await emmg.stopService()
+        for _ in range(int(WAIT / 0.02)):
+            if mux.mux.factory.guard.connections == 0:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        mux.mux.factory.guard.stop()
