@@ -18,7 +18,7 @@ from bcast_sp4.session import NotReady
 from bcast_sp4.tap import lab as lab_tap
 
 from .integration.harness import ROOT
-from .roles.helpers import UDPMemoryReactor
+from .doubles import UDPMemoryReactor
 
 LAB = ROOT / "etc" / "lab" / "lab.toml"
 

@@ -113,7 +113,7 @@ def test_lab_roles_report_into_one_session():
     from bcast_sp4.tap import lab
 
     from .integration.harness import ROOT
-    from .roles.helpers import UDPMemoryReactor
+    from .doubles import UDPMemoryReactor
 
     settings = lab.load_lab_settings(ROOT / "etc" / "lab" / "lab.toml")
     service = lab.build_service(settings, UDPMemoryReactor())

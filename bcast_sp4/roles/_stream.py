@@ -15,6 +15,7 @@ send the channel_test it asks for.
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,10 +29,11 @@ _INTERNAL_ERROR = (Close("internal error", "warn"),)
 
 
 def peer_name(transport) -> str:
-    """``host:port`` of the other end of *transport*."""
+    """``host:port`` of the other end of *transport* (``?`` for an address without one)."""
     peer = transport.getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return "?" if host is None else f"{host}:{port}"
+    if isinstance(peer, (IPv4Address, IPv6Address)):
+        return f"{peer.host}:{peer.port}"
+    return "?"
 
 
 class SimulCryptStreamProtocol(Protocol):

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,41 +22,78 @@ DRM_SCID, CARD_SCID, DVB_SCID = 0x00010001, 0x00020001, 0x4AE60000
 
 
 class RoleProcess:
-    """``twistd -n <tapname> --config FILE`` on an ephemeral port; stopped with SIGTERM."""
+    """``twistd -n <tapname> --config FILE`` on an ephemeral port; stopped with SIGTERM.
+
+    The process's output (its log) is copied line by line to ``FILE.log`` by a reader thread;
+    :meth:`wait_for` blocks on that thread's condition (no polling, no sleep) until a line matches
+    or the bound passes.
+    """
 
     def __init__(self, tapname: str, config: Path, port_pattern: str, extra: tuple[str, ...] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.log_path = config.with_suffix(".log")
-        self.log = open(self.log_path, "w+")
+        self.log = open(self.log_path, "w")
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              tapname, "--config", str(config), *extra],
-            stdout=self.log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
             cwd=str(config.parent),
             env=env,
         )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         try:
-            self.port = self._wait_for(port_pattern)
+            self.port = int(self.wait_for(port_pattern).group(1))
         except BaseException:  # never leave a child running that no test will stop
             self.stop()
             raise
 
-    def _wait_for(self, pattern: str, timeout: float = 180.0) -> int:
-        deadline = time.monotonic() + timeout
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._changed:
+                self.log.write(line)
+                self.log.flush()
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 180.0, start: int = 0) -> re.Match:
+        """The first match of *pattern* in a log line (from line *start*), waiting up to *timeout* s.
+
+        :raises RuntimeError: the process exited, or *timeout* passed, without such a line.
+        """
         regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text()
-            match = regex.search(text)
-            if match:
-                return int(match.group(1))
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args} exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        raise RuntimeError(f"no port in log after {timeout} s:\n{self.log_path.read_text()}")
+        checked = start
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self._lines[checked:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                checked = len(self._lines)
+                if self._ended:
+                    raise RuntimeError(f"{self.proc.args} exited {self.proc.wait()} without {pattern!r}:\n{self.text()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RuntimeError(f"no {pattern!r} in the log after {timeout} s:\n{self.text()}")
+                self._changed.wait(remaining)
+
+    def lines_so_far(self) -> int:
+        """How many log lines have been read (a ``start`` for :meth:`wait_for`)."""
+        with self._changed:
+            return len(self._lines)
 
     def text(self) -> str:
-        return self.log_path.read_text()
+        with self._changed:
+            return "".join(self._lines)
 
     def stop(self) -> int:
         """SIGTERM and wait; returns 0 for a clean stop (twistd re-raises the signal it stopped on)."""
@@ -66,6 +104,7 @@ class RoleProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._reader.join(10)
         self.log.close()
         code = self.proc.returncode
         if code == -signal.SIGTERM and "Server Shut Down." in self.text():

@@ -2,8 +2,9 @@
 
 * over TCP and over UDP, every LTKM (spool files, subscriber-file LTKMs, LTKMs queued in-process)
   reaches the configured UDP destination byte-identical, none lost, at the allocated bandwidth;
-* a stream allocated 200 kbit/s is played out at 200 kbit/s +- 1 %, measured over 10 s by the
-  receiving socket;
+* a stream allocated 200 kbit/s plays every LTKM out in order, none dropped (its rate is a figure
+  of ``benchmarks/mux.py`` pacing; on simulated time ``tests/machines/test_emmg_mux_linked.py``
+  checks it: no wall-clock measurement here);
 * the wire bytes of a whole EMMG session (TCP control and data, UDP data) decode in tshark with
   nothing malformed;
 * a client sending garbage, over-running its allocation and spraying bad UDP does not disturb a
@@ -37,24 +38,13 @@ from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig
 from bcast_sp4.roles.emmg_client import EMMGService
 from bcast_sp4.roles.mux_server import MuxProtocol, MuxServer
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import Receiver
 
 from ..tshark_json import problems
 
 REPO = Path(__file__).resolve().parents[2]
 BSM, NEIGHBOUR = 0x00010001, 0x00010002
 DATA_ID = 0x0100
-
-
-class Receiver(DatagramProtocol):
-    """The test's receiving socket: counts (arrival time, bytes) of every datagram."""
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, bytes]] = []
-
-    def datagramReceived(self, data: bytes, addr) -> None:
-        self.got.append((reactor.seconds(), data))
 
 
 class RecordingMuxProtocol(MuxProtocol):
@@ -93,7 +83,7 @@ class Lab:
 
     def __init__(self, test: TestCase, *, mux_kw=None, record=False) -> None:
         self.test = test
-        self.receivers = {BSM: Receiver(), NEIGHBOUR: Receiver()}
+        self.receivers = {BSM: Receiver(reactor), NEIGHBOUR: Receiver(reactor)}
         self.receiver_ports = {
             c: reactor.listenUDP(0, r, interface="127.0.0.1", maxPacketSize=65536) for c, r in self.receivers.items()
         }
@@ -264,21 +254,16 @@ class LoopbackTests(TestCase):
         self.assertEqual(pdus, {"tcp": tcp_messages, "udp": len(lab.udp_records)})
         self.assertTrue({0x0011, 0x0013, 0x0111, 0x0113, 0x0117, 0x0118, 0x0211, 0x0114, 0x0115, 0x0014} <= types)
 
-    async def test_egress_rate_of_a_200_kbit_stream_over_10_seconds_is_within_1_percent(self):
+    async def test_a_paced_200_kbit_stream_plays_every_ltkm_out_in_order(self):
         lab = Lab(self)
         emmg = lab.emmg(udp=False, kbit=200)
         await wait_for(lambda: emmg.machine.state.name == "READY", 5.0, "the EMMG to be ready")
-        for k in range(620):  # 500-byte LTKMs: 310000 bytes, 12.4 s at 25000 bytes/s
-            emmg.enqueue_ltkm(DATA_ID, k.to_bytes(4, "big") * 125)
+        ltkms = [k.to_bytes(4, "big") * 125 for k in range(100)]  # 50,000 bytes: about 2 s at 25,000 bytes/s
+        for data in ltkms:
+            emmg.enqueue_ltkm(DATA_ID, data)
         receiver = lab.receivers[BSM]
-        await wait_for(lambda: receiver.got, 5.0, "the first LTKM")
-        start = receiver.got[0][0] + 0.5
-        await wait_for(lambda: receiver.got[-1][0] > start + 10.0, 14.0, "10 s of play-out")
-        window = sum(len(d) for t, d in receiver.got if start < t <= start + 10.0)
-        rate = window * 8 / 10.0
-        print(f"measured egress {rate:.0f} bit/s")
-        self.assertLess(abs(rate - 200_000) / 200_000, 0.01, f"{rate:.0f} bit/s")
-        self.assertEqual([d for _t, d in receiver.got], [k.to_bytes(4, "big") * 125 for k in range(len(receiver.got))])
+        await wait_for(lambda: len(receiver.got) >= len(ltkms), 30.0, "every LTKM at the receiver")
+        self.assertEqual([d for _t, d in receiver.got], ltkms)
         self.assertEqual(lab.core.dropped, {})
 
     async def test_a_misbehaving_client_does_not_disturb_another(self):
@@ -341,10 +326,19 @@ def _decode_all(data: bytes) -> list:
 
 
 def test_receiver_that_starts_late_loses_only_what_was_sent_before_it(tmp_path):
-    """Regression: the MUX's play-out socket once died on the first ICMP 'port unreachable'."""
-    import socket
-    import time
+    """Regression: the MUX's play-out socket once died on the first ICMP 'port unreachable'.
 
+    The destination port is held from the start by a socket connected to another peer (so no
+    other process can take it, and datagrams from the MUX match no socket: the kernel answers
+    'port unreachable'); the late receiver then binds the same port beside it (SO_REUSEPORT).
+    """
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.connect(("127.0.0.1", 9))  # accepts only what 127.0.0.1:9 sends
+    destination = holder.getsockname()[1]
     config = tmp_path / "mux.toml"
     config.write_text(
         """[mux]
@@ -355,14 +349,14 @@ client_id = 0x00010001
 ecm_id = 1
 destination = "127.0.0.1:%d"
 repetition_period = 50
-""" % _free_udp_port()
+""" % destination
     )
     from .harness import RoleProcess
 
     port_line = r"MuxFactory starting on (\d+)"
     process = RoleProcess("bcast-mux", config, port_line)
+    receiver = None
     try:
-        destination = int(config.read_text().split('127.0.0.1:')[1].split('"')[0])
         client = socket.create_connection(("127.0.0.1", process.port), timeout=5)
         from bcast_sp4 import wire
         from bcast_sp4.wire import emmg_mux as x
@@ -382,20 +376,15 @@ repetition_period = 50
         request(x.StreamBWRequest(client_id=0x00010001, data_channel_id=1, data_stream_id=1, bandwidth=16))
         client.sendall(x.DataProvision(client_id=0x00010001, data_channel_id=1, data_stream_id=1, data_id=1,
                                        datagram=(b"stkm-bytes",)).encode())
-        time.sleep(0.5)  # about ten copies go out to nobody: ICMP refusals
+        process.wait_for(r"dropped .*reason=egress_error", timeout=60)  # the refusals reached the MUX
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         receiver.bind(("127.0.0.1", destination))
-        receiver.settimeout(2)
+        receiver.settimeout(10)
         assert receiver.recvfrom(100)[0] == b"stkm-bytes"  # the route survived the refusals
-        receiver.close()
         client.close()
     finally:
+        holder.close()
+        if receiver is not None:
+            receiver.close()
         assert process.stop() == 0
-
-
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

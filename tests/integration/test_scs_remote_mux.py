@@ -28,7 +28,6 @@ import textwrap
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -38,6 +37,7 @@ from bcast_sp4.config import load_scs_settings
 from bcast_sp4.machines.emmg import EMMGState
 from bcast_sp4.roles.stkm_link import RemoteMuxSink
 from bcast_sp4.tap.scs import build_service
+from tests.doubles import Receiver
 
 from .harness import CARD_SCID, DRM_SCID, RoleProcess
 from .test_scs_loopback import DELAY_START, KEYS, TRANSITION_DELAY_START, wait_for
@@ -48,18 +48,6 @@ SERVICES = 3
 PERIODS = 6
 REPETITION = {DRM_SCID: 0.100, CARD_SCID: 0.250}  # s, the MUX routes' repetition_period
 PROTECTIONS = ["srtp", "ipsec", "ismacryp"]
-
-
-class Receiver(DatagramProtocol):
-    """One STKM route destination: (arrival time, datagram)."""
-
-    noisy = False
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, bytes]] = []
-
-    def datagramReceived(self, data: bytes, addr) -> None:
-        self.got.append((reactor.seconds(), data))
 
 
 def write_ecmg(directory: Path) -> Path:
@@ -138,7 +126,7 @@ class SCSRemoteMuxTest(TestCase):
         ecmg = await deferToThread(RoleProcess, "bcast-ecmg", write_ecmg(self.directory), ECMG_PORT_LOG)
         keys = load_keyfile(self.directory / "keys.toml")
         self.processes.append(ecmg)
-        receivers = {(scid, e): Receiver() for scid in (DRM_SCID, CARD_SCID) for e in range(1, SERVICES + 1)}
+        receivers = {(scid, e): Receiver(reactor) for scid in (DRM_SCID, CARD_SCID) for e in range(1, SERVICES + 1)}
         for receiver in receivers.values():
             self.ports.append(reactor.listenUDP(0, receiver, interface="127.0.0.1"))
         destinations = {key: port.getHost().port for key, port in zip(receivers, self.ports)}

@@ -23,8 +23,8 @@ from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig
 from bcast_sp4.roles.emmg_client import EMMGService
 from bcast_sp4.roles.mux_server import MuxServer
 from bcast_sp4.wire import emmg_mux as m
+from tests.doubles import UDPMemoryReactor
 
-from .helpers import UDPMemoryReactor
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT, DATA_ID = 0x00010001, 0x0100

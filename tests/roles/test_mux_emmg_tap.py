@@ -14,8 +14,8 @@ from bcast_sp4.config import ConfigError, load_emmg_settings, load_mux_settings,
 from bcast_sp4.machines.mux import RouteKind
 from bcast_sp4.tap import emmg as emmg_tap
 from bcast_sp4.tap import mux as mux_tap
+from tests.doubles import UDPMemoryReactor
 
-from .helpers import UDPMemoryReactor
 
 REPO = Path(__file__).resolve().parents[2]
 ETC = REPO / "etc"

@@ -14,7 +14,6 @@ from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig
 from bcast_sp4.roles.mux_server import MuxServer
 from bcast_sp4.wire import emmg_mux as m
 
-from .helpers import UDPMemoryReactor
 
 BSM, CARD = 0x00010001, 0x00020001
 
@@ -223,6 +222,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from bcast_sp4.roles.mux_server import parse_usual_udp  # noqa: E402
+from tests.doubles import UDPMemoryReactor
 
 
 def _codec_view(frame):

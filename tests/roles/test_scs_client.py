@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from bcast_sp4 import wire
@@ -26,6 +26,7 @@ from bcast_sp4.media.scrambler import Scrambler
 from bcast_sp4.roles.stkm_sink import JSONLinesSink, RecordingSink
 from bcast_sp4.tap import scs as tap
 from bcast_sp4.wire import ecmg_scs as m
+from tests.doubles import UDPMemoryReactor
 
 from ..integration.harness import ROOT
 
@@ -142,30 +143,13 @@ def test_failover_endpoint_tries_the_backup_and_rotates():
     assert len(failures) == 1 and failures[0].check(ConnectionRefusedError)
 
 
-class MemoryReactorUDP(MemoryReactorClock):
-    """MemoryReactorClock has no listenUDP: record the calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.udpPorts = []
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        self.udpPorts.append((port, protocol, interface))
-
-        class Port:
-            def stopListening(self):
-                return None
-
-        return Port()
-
-
 def test_build_service_from_the_example_config(tmp_path):
     settings = load_scs_settings(ROOT / "etc" / "scs.toml")
     assert settings.mux.mode is MuxMode.FILE and len(settings.services) == 2 and len(settings.channels) == 2
-    reactor = MemoryReactorUDP()
+    reactor = UDPMemoryReactor()
     top = tap.build_service(settings, reactor, sink=RecordingSink(reactor.seconds))
     top.startService()
-    assert sorted(port for port, _, _ in reactor.udpPorts) == [5004, 5006]
+    assert sorted(port.port for port in reactor.udp) == [5004, 5006]
     assert {(host, port) for host, port, *_ in reactor.tcpClients} == {("127.0.0.1", 2222)}
     assert set(top.core.services) == {"news", "radio"}
     assert top.core.channels[settings.channels[0].name].streams.keys() == {1, 2}  # shared DRM channel

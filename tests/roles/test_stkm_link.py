@@ -23,8 +23,8 @@ from bcast_sp4.roles.stkm_link import LATE_AFTER, RemoteMuxSink, UnknownSTKMLink
 from bcast_sp4.tap import scs as scs_tap
 from bcast_sp4.wire import emmg_mux as m
 from bcast_sp4.wire.params import DataType
+from tests.doubles import UDPMemoryReactor
 
-from .helpers import UDPMemoryReactor
 
 DRM, CARD = 0x00010001, 0x00020001
 MUX_UDP = ("127.0.0.1", 5000)

@@ -9,9 +9,9 @@ from bcast_sp4.config.terminal import load_terminal_settings
 from bcast_sp4.roles.terminal import TerminalService
 from bcast_sp4.media.scrambler import Scrambler
 from bcast_sp4.wire.sp4 import Profile
+from tests.doubles import UDPMemoryReactor
 
 from ..integration.harness import ROOT
-from .helpers import UDPMemoryReactor
 
 LAB = ROOT / "etc" / "lab"
 
