@@ -229,6 +229,7 @@ def fair(args) -> None:
         rows = [("budget off (no count, no time limit)", {"messages_per_turn": 1_000_000, "turn_time": 0}),
                 ("default budget", {})]
         rows += [(f"messages_per_turn {n}", {"messages_per_turn": n}) for n in args.budgets]
+        rows += [(f"turn_time {t * 1000:g} ms", {"turn_time": t}) for t in args.turn_times]
         for name, limits in rows:
             proc, port = start_ecmg(Path(tmp) / name.replace(" ", "_"), args.hog_batch, limits)
             try:
@@ -344,6 +345,8 @@ def main() -> int:
     parser.add_argument("--hog-batch", type=int, default=2000)
     parser.add_argument("--budgets", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
                         help="also measure these messages_per_turn values (comma-separated)")
+    parser.add_argument("--turn-times", type=lambda t: [float(v) / 1000 for v in t.split(",") if v], default=[],
+                        help="also measure these turn_time values (ms, comma-separated)")
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--half", type=int, default=2000)
     parser.add_argument("--half-bytes", type=int, default=32 * 1024)
