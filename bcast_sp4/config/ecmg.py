@@ -12,6 +12,8 @@ from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .ops import read_metrics
+from .keyfile import check_private
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
 @attrs.frozen(kw_only=True)
@@ -26,6 +28,8 @@ class ECMGSettings:
     dvb_keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
     cw_encryption_keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
     metrics: str | None = None  # [metrics] endpoint
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 _MODE_PROFILE = {CasMode.DRM_PROFILE: Profile.DRM, CasMode.SMARTCARD_PROFILE: Profile.SMARTCARD}
@@ -43,6 +47,7 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
     versions = top.int_list("versions", [1, 2, 3], (1, 2, 3))
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     key_file = top.path_value("key_file")
+    check_private(top, "key_file", key_file, top.boolean("allow_readable_key_file", False), "allow_readable_key_file")
     ecmg_kwargs = dict(
         versions=frozenset(versions),
         max_channels=top.integer("max_channels", 1000, 1, 65536),
@@ -103,6 +108,9 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
         cw_keys[key_id] = entry.hex_key("key")
         entry.no_unknown_keys()
     metrics = read_metrics(root)
+    limits = read_limits(root, server=True, max_message_length=max_length)
+    tls = read_tls(root, server=True)
+    check_tls_endpoint(top, "endpoint", endpoint, tls)
     root.no_unknown_keys()
     return ECMGSettings(
         endpoint=endpoint,
@@ -113,4 +121,6 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
         dvb_keys=dvb_keys,
         cw_encryption_keys=cw_keys,
         metrics=metrics,
+        limits=limits,
+        tls=tls,
     )

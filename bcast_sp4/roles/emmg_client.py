@@ -43,6 +43,7 @@ from ..machines.outputs import Output
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol, peer_name
 from .executor import Outbox, OutputExecutor
+from .guard import ConnectionGuard
 from .reconnect import ReportingClientService
 
 
@@ -81,6 +82,10 @@ class SubscriberSource:
             except BcastError as exc:
                 self.failures += 1
                 self.log.error("no LTKM for device {device}: {why}", device=device.device_id.hex(), why=str(exc))
+                continue
+            except Exception:  # the source's bug: this device is skipped, the others still get theirs
+                self.failures += 1
+                self.log.failure("LTKM source failed for device {device}", device=device.device_id.hex())
                 continue
             if issued is not None:
                 out.append(issued)
@@ -160,11 +165,12 @@ class EMMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, service: "EMMGService") -> None:
-        super().__init__(service.executor, service.settings.emmg.max_message_length)
+        super().__init__(service.executor, service.settings.emmg.max_message_length, service.guard)
         self.service = service
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.start_watch()
         self.log.info("connected to the MUX at {peer}", peer=self.peer)
 
     def begin_session(self) -> None:
@@ -175,6 +181,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
         return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.service._detach(self)
 
 
@@ -208,6 +215,8 @@ class EMMGService(Service):
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of the
         channel, its streams and their allocations), or ``None``.
+    :param guard: the connection guard of the MUX connection (per-turn budget, buffers,
+        unfinished-message timeout), or ``None``.
     """
 
     log = Logger()
@@ -220,9 +229,11 @@ class EMMGService(Service):
         endpoint=None,
         retry_policy: Callable[[int], float] | None = None,
         session=None,
+        guard: ConnectionGuard | None = None,
         meter=None,
     ) -> None:
         self.settings = settings
+        self.guard = guard
         self.reactor = reactor
         self.clock = reactor
         self.machine = EMMGClient(settings.emmg)
@@ -233,10 +244,12 @@ class EMMGService(Service):
             reactor, self.log, "emmg", session=session, timer_input=self._timer_fired,
             handlers={SendDatagram: lambda o, _now: self._send_datagram(o),
                       Delivered: lambda o, _now: self._delivered(o.tokens), Ready: self._ready},
-            default_outbox=self._outbox, peer_of=lambda _event: settings.connect, meter=meter,
+            default_outbox=self._outbox, peer_of=lambda _event: settings.connect,
+            limiter=guard.limiter if guard is not None else None, meter=meter,
         )
         self.setup_failures = 0
-        self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0}
+        self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0,
+                         "source_errors": 0}
         self._ready_waiters: list[Deferred] = []
         self._closed_waiters: list[Deferred] = []
         self._base_policy = retry_policy or backoffPolicy(maxDelay=settings.retry_max_delay)
@@ -293,7 +306,7 @@ class EMMGService(Service):
         if self.protocol is not None:
             done = Deferred()
             self._closed_waiters.append(done)
-            done.addTimeout(config.response_timeout + config.udp_end_wait + 0.5, self.clock)
+            done.addTimeout(config.close_timeout + config.udp_end_wait + 0.5, self.clock)
             done.addErrback(lambda _f: None)
             self._run(self.machine.shutdown(self.clock.seconds()))
         else:
@@ -329,28 +342,42 @@ class EMMGService(Service):
         return accepted
 
     def refill(self) -> None:
-        """Top up every stream's queue from its spool, then from its subscriber file."""
+        """Top up every stream's queue from its spool, then from its subscriber file.
+
+        A source that raises (its bug) is logged and counted (``source_errors``); the other
+        streams are still served and the refill timer keeps running.
+        """
+        machine = self.machine
+        queued = 0
+        for data_id in machine.by_data_id:
+            try:
+                queued += self._refill(data_id)
+            except Exception:
+                self.counters["source_errors"] += 1
+                self.log.failure("LTKM source of data_id {data_id} failed", data_id=data_id)
+        if queued:
+            self._poke()
+
+    def _refill(self, data_id: int) -> int:
         machine = self.machine
         now = self.clock.seconds()
         queued = 0
-        for data_id in machine.by_data_id:
-            spool = self.spools.get(data_id)
-            if spool is not None:
-                for path, data in spool.take(machine.room(data_id)):
-                    machine.enqueue(data_id, data, token=("spool", data_id, path))
-                    queued += 1
-            source = self.subscriber_sources.get(data_id)
-            if source is not None:
-                for issued in source.take(machine.room(data_id), now):
-                    try:
-                        machine.enqueue(data_id, issued.data)
-                    except ValueError as exc:
-                        self.log.error("LTKM for device {device} not queued: {why}", device=issued.device_id.hex(), why=str(exc))
-                        continue
-                    self.counters["subscriber_ltkms"] += 1
-                    queued += 1
-        if queued:
-            self._poke()
+        spool = self.spools.get(data_id)
+        if spool is not None:
+            for path, data in spool.take(machine.room(data_id)):
+                machine.enqueue(data_id, data, token=("spool", data_id, path))
+                queued += 1
+        source = self.subscriber_sources.get(data_id)
+        if source is not None:
+            for issued in source.take(machine.room(data_id), now):
+                try:
+                    machine.enqueue(data_id, issued.data)
+                except ValueError as exc:
+                    self.log.error("LTKM for device {device} not queued: {why}", device=issued.device_id.hex(), why=str(exc))
+                    continue
+                self.counters["subscriber_ltkms"] += 1
+                queued += 1
+        return queued
 
     # -- connection plumbing -----------------------------------------------------------------
 

@@ -16,8 +16,10 @@ from ..machines.ecmg import ECMGResources
 from ..roles.ecmg_server import ECMGFactory
 from ..ops.startup import FailFast, ListeningService, build_or_fail
 from ..roles.gc_tuning import freeze_long_lived
+from ..roles.guard import ConnectionGuard
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
 
@@ -54,7 +56,8 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=
     """
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
-    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint,
+    guard = ConnectionGuard(settings.limits, reactor, role="ECMG", server=True)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint, guard,
                           meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_ecmg(source)
@@ -64,7 +67,9 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=
         for super_cas_id, key in settings.dvb_keys.items():
             ops.keys.key("DVB test-ECM key", key, super_cas_id=super_cas_id)
     top = MultiService()
-    server = ListeningService(reactor, settings.endpoint, factory)
+    guard.setServiceParent(top)
+    server = ListeningService(reactor, settings.endpoint, factory,
+                              lambda: tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server

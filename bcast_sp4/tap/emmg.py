@@ -14,8 +14,10 @@ from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
 from ..ops.startup import FailFast, build_or_fail, client_endpoint
 from ..roles.emmg_client import EMMGService
+from ..roles.guard import ConnectionGuard
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import client_endpoint as tls_client_endpoint
 
 log = Logger()
 
@@ -57,9 +59,13 @@ def build_service(settings: EMMGSettings, reactor, session=None, ops=None) -> Mu
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, key log), or ``None``.
     """
-    client_endpoint(reactor, settings.connect)  # a malformed endpoint string fails here, with its line
     top = MultiService()
-    service = EMMGService(settings, reactor, session=session, meter=None if ops is None else ops.meter)
+    guard = ConnectionGuard(settings.limits, reactor, role="EMMG", server=False)
+    guard.setServiceParent(top)
+    endpoint = client_endpoint(reactor, settings.connect,
+                               lambda: tls_client_endpoint(reactor, settings.connect, settings.tls))
+    service = EMMGService(settings, reactor, session=session, guard=guard, endpoint=endpoint,
+                          meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_emmg(service.counters)
         for sources in settings.sources.values():

@@ -50,6 +50,7 @@ from .terminal import _Discard
 from ..ops.startup import FailFast, build_or_fail
 from ._exit import stop_with_status
 from ._options import RoleOptions
+from ._ordered import SequentialStop
 
 log = Logger()
 
@@ -58,24 +59,25 @@ STARTUP_FAILED = 4
 
 
 class SessionMuxSink:
-    """The SCS's STKM sink in the lab: the MUX registered in the session manager, in-process."""
+    """The SCS's STKM sink in the lab: each STKM published in the session (STKM(n) is what the lab's
+    start-up waits for) and handed to the in-process MUX (an exception there is logged, never
+    raised into the SCS)."""
 
-    def __init__(self, session: SessionManager) -> None:
+    def __init__(self, session: SessionManager, mux) -> None:
         self.session = session
+        self.mux = mux
 
     def submit(self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes, on_air_from: float, repetition_ms: int) -> None:
-        mux = self.session.lookup("mux")
         self.session.stkm_ready(super_cas_id, ecm_id, cp_number, stkm)
-        if mux is not None:
-            self.session.call_guarded("STKM hand-over to the MUX", mux.submit, super_cas_id, ecm_id, cp_number, stkm,
-                                      on_air_from, repetition_ms)
+        self.session.call_guarded("STKM hand-over to the MUX", self.mux.submit, super_cas_id, ecm_id, cp_number, stkm,
+                                  on_air_from, repetition_ms)
 
 
 class Options(RoleOptions):
     tapname = "bcast-lab"
     default_config = "etc/lab/lab.toml"
     synopsis = "--config FILE [--periods N] [--port-base N] [--startup-timeout S] [--role NAME]"
-    longdesc = __doc__.split("\n\n")[1]
+    longdesc = __doc__.split("\n\n")[2]
     optParameters = [
         ["config", "c", default_config, "lab file naming one configuration file per role (a default not in "
                                        "the working directory is taken from the package's etc/)"],
@@ -108,8 +110,10 @@ def role_names(settings: LabSettings) -> list[str]:
     return ["mux", *(f"ecmg{i}" for i in range(1, len(settings.ecmgs) + 1)), "emmg", "scs", "terminal"]
 
 
-class Lab(MultiService):
-    """Every role of the lab on one reactor, sharing one session manager (start order = child order).
+class Lab(SequentialStop):
+    """Every role of the lab on one reactor, sharing one session manager (start order = child order;
+    stop order the reverse, one role after the other: terminal, SCS, EMMG -- the clients, each
+    closing its channels in order -- then the ECMGs and the MUX, which answer until then).
 
     Each role is handed the session manager when it is built; the attributes name the roles' service
     trees for tests and tools. :attr:`started` (after ``startService``) fires once the terminal
@@ -139,8 +143,8 @@ class Lab(MultiService):
         self.emmg = emmg_tap.build_service(settings.emmg, reactor, session, ops)
         self.emmg.setServiceParent(self)
         session.register("emmg", self.emmg.emmg)
-        self.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session), session=session,
-                                         autostart=False, ops=ops)
+        self.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session, self.mux.mux),
+                                         session=session, autostart=False, ops=ops)
         self.scs.setServiceParent(self)
         self.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out, autostart=False,
                                                    ops=ops)

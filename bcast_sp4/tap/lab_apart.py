@@ -18,7 +18,6 @@ was killed by a signal).
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import re
 import signal

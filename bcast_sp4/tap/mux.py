@@ -14,9 +14,11 @@ from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
 from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
 from ..ops.status import mux_routes
+from ..roles.guard import ConnectionGuard
 from ..roles.mux_server import MuxServer
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
 
@@ -63,14 +65,19 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
     :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
     core = MuxCore(settings.mux)
+    guard = ConnectionGuard(settings.limits, reactor, role="MUX", server=True)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint, meter=None if ops is None else ops.meter)
+                       session=session, listening_on=settings.endpoint, guard=guard,
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface,
+                       meter=None if ops is None else ops.meter)
     if ops is not None:
         ops.metrics.watch_mux(core)
         ops.board.add_section("routes", mux_routes(core))
     top = MultiService()
+    guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = ListeningService(reactor, settings.endpoint, server.factory)
+    tcp = ListeningService(reactor, settings.endpoint, server.factory,
+                           lambda: tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:

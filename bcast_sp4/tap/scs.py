@@ -22,10 +22,13 @@ from ..roles.reconnect import ReportingClientService
 from ..session import SessionManager
 from ..ops.startup import FailFast, UDPListeningService, build_or_fail, client_endpoint
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
-from ..roles.stkm_link import RemoteMuxSink
+from ..roles.guard import ConnectionGuard
+from ..roles.stkm_link import RemoteMuxSink, link_settings
 from ..media.scrambler import Scrambler
 from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 from ._options import RoleOptions
+from ._ordered import SequentialStop
+from .tls import client_endpoint as tls_client_endpoint
 
 log = Logger()
 
@@ -49,6 +52,14 @@ class Options(RoleOptions):
         self["settings"] = self.load(load_scs_settings)
 
 
+def mux_endpoints(settings: SCSSettings, reactor) -> dict[int, object] | None:
+    """With ``[tls]``: the remote MUX link's endpoint per super_CAS_id, in TLS; else ``None``
+    (the links make their plain endpoints themselves)."""
+    if settings.tls is None:
+        return None
+    return {scid: client_endpoint(reactor, link.connect, settings.tls) for scid, link in link_settings(settings).items()}
+
+
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,
                   session=None, autostart: bool = True, ops=None) -> MultiService:
     """The SCS service tree for *settings* on *reactor*.
@@ -62,11 +73,13 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     """
     meter = None if ops is None else ops.meter
     link = None
+    guard = ConnectionGuard(settings.limits, reactor, role="SCS", server=False)
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
             sink = JSONLinesSink(open(settings.mux.path, "a"), reactor.seconds)
         elif settings.mux.mode is MuxMode.REMOTE:
-            sink = link = RemoteMuxSink(settings, reactor, session=session)
+            sink = link = RemoteMuxSink(settings, reactor, session=session, guard=guard,
+                                        endpoints=mux_endpoints(settings, reactor))
         else:
             sink = RecordingSink(reactor.seconds, limit=100_000)
     elif isinstance(sink, RemoteMuxSink) and sink.parent is None:
@@ -78,23 +91,25 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         for s in settings.services
     }
     endpoints = {
-        c.name: FailoverEndpoint([(e, client_endpoint(reactor, e)) for e in (c.endpoint, c.backup_endpoint) if e])
+        c.name: FailoverEndpoint([(e, client_endpoint(reactor, e, lambda e=e: tls_client_endpoint(reactor, e, settings.tls)))
+                                  for e in (c.endpoint, c.backup_endpoint) if e])
         for c in settings.channels
     }
     settle = None
     if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
-                       gc_tuning_after=settle, session=session, autostart=autostart, meter=meter)
+                       gc_tuning_after=settle, session=session, autostart=autostart, guard=guard, meter=meter)
     if ops is not None:
         ops.metrics.watch_scs(lambda: core.services, scramblers)
         ops.board.add_section("services", scs_services(lambda: core.services, scramblers))
-    top = MultiService()
+    top = SequentialStop()  # the runner closes its channels in order before the ClientServices stop
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
     top.mux_link = link
     if link is not None:  # first: up before the runner submits, stopped (closing its channels) last
         link.setServiceParent(top)
+    guard.setServiceParent(top)  # stops after the runner: flushes the log summaries
     rc = settings.reconnect
     for channel in settings.channels:
         machine = core.channels[channel.name]
@@ -115,7 +130,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         top.clients[channel.name] = client
     for service in settings.services:
         s = service.scrambler
-        udp = UDPListeningService(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor),
+        udp = UDPListeningService(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor, guard),
                                   interface=s.input_interface, reactor=reactor)
         udp.setServiceParent(top)
         top.udp[service.spec.name] = udp
