@@ -12,8 +12,8 @@ from ..machines.mux.limits import MuxLimits
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
-from .ops import read_metrics
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -26,11 +26,11 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
-    metrics: str | None = None  # [metrics] endpoint
     egress_interface6: str = "::1"  # source address of datagrams to IPv6 destinations
     ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
     limits: Limits = Limits()
     tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -154,10 +154,10 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
-    metrics = read_metrics(root)
     guard_limits = read_limits(root, server=True, udp=True, max_message_length=max_length, table=lim)
     tls = read_tls(root, server=True)
     check_tls_endpoint(top, "endpoint", endpoint, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -166,11 +166,11 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
-        metrics=metrics,
         egress_interface6=egress_interface6,
         ipv6_multicast_interface=multicast6,
         limits=guard_limits,
         tls=tls,
+        metrics=metrics,
     )
 
 

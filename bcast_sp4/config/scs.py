@@ -276,7 +276,6 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             scrambler=ScramblerSettings(input_port=input_port, input_interface=input_interface,
                                         output=output, srtp_profile=profile, inner_destination=inner),
         ))
-    metrics = read_metrics(root)
     limits = read_limits(root, server=False, udp=True, max_message_length=max_length)
     tls = read_tls(root, server=False)
     if tls is not None:
@@ -284,6 +283,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             check_tls_endpoint(root, "service", spec.endpoint, tls)
             check_tls_endpoint(root, "service", spec.backup_endpoint, tls)
         check_tls_endpoint(root, "mux", mux.connect, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return SCSSettings(timing=timing, reconnect=reconnect, channels=tuple(channels.values()), services=tuple(services),
                        mux=mux, max_message_length=max_length, gc_tuning=gc_tuning,

@@ -62,25 +62,24 @@ def _parse_reason(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-def server_endpoint(reactor, spec: str, build: Callable[[], object] | None = None):
-    """``serverFromString(reactor, spec)`` (or ``build()``, e.g. a TLS-wrapping one), a malformed
-    *spec* raising :class:`StartupError`.
+def server_endpoint(reactor, spec: str):
+    """``serverFromString(reactor, spec)``, a malformed *spec* raising :class:`StartupError`.
 
     :raises StartupError: ``cannot listen on SPEC: reason``, status :data:`CONFIG_ERROR_STATUS`.
     """
     try:
-        return build() if build is not None else serverFromString(reactor, spec)
+        return serverFromString(reactor, spec)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StartupError(f"cannot listen on {spec}: {_parse_reason(exc)}", CONFIG_ERROR_STATUS) from None
 
 
-def client_endpoint(reactor, spec: str, build: Callable[[], object] | None = None):
-    """``clientFromString(reactor, spec)`` (or ``build()``), a malformed *spec* raising :class:`StartupError`.
+def client_endpoint(reactor, spec: str):
+    """``clientFromString(reactor, spec)``, a malformed *spec* raising :class:`StartupError`.
 
     :raises StartupError: ``cannot parse endpoint SPEC: reason``, status :data:`CONFIG_ERROR_STATUS`.
     """
     try:
-        return build() if build is not None else clientFromString(reactor, spec)
+        return clientFromString(reactor, spec)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StartupError(f"cannot parse endpoint {spec}: {_parse_reason(exc)}", CONFIG_ERROR_STATUS) from None
 
@@ -97,16 +96,16 @@ def listen_failure(spec: str, exc: BaseException) -> StartupError:
 class ListeningService(StreamServerEndpointService):
     """A ``StreamServerEndpointService`` for endpoint string *spec* that fails loudly.
 
-    The endpoint is parsed at construction (:func:`server_endpoint`; *build* makes it instead, e.g.
-    wrapped in TLS); a ``listen`` failing at
+    The endpoint is parsed at construction (:func:`server_endpoint`); a ``listen`` failing at
     ``privilegedStartService`` raises :class:`StartupError` instead of being logged and ignored.
     :attr:`port` is the listening port once started (tests read ``port.getHost().port``).
     """
 
     log = Logger()
 
-    def __init__(self, reactor, spec: str, factory, build: Callable[[], object] | None = None) -> None:
-        super().__init__(server_endpoint(reactor, spec, build), factory)
+    def __init__(self, reactor, spec: str, factory, endpoint=None) -> None:
+        # endpoint: *spec* already parsed and wrapped (a [tls] table: bcast_sp4.tap.tls); None: parse it here
+        super().__init__(server_endpoint(reactor, spec) if endpoint is None else endpoint, factory)
         self.spec = spec
         self.port = None
 
@@ -263,5 +262,5 @@ def build_or_fail(role: str, build: Callable[[], IService], write: Callable[[str
 
 __all__ = [
     "CONFIG_ERROR_STATUS", "FailFast", "LISTEN_ERROR_STATUS", "ListeningService", "StartupError",
-    "UDPListeningService", "build_or_fail", "client_endpoint", "listen_failure", "server_endpoint",
+    "UDPListeningService", "build_or_fail", "client_endpoint", "listen_failure", "server_endpoint", "socket_reason",
 ]

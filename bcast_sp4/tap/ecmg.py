@@ -69,7 +69,7 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=
     top = MultiService()
     guard.setServiceParent(top)
     server = ListeningService(reactor, settings.endpoint, factory,
-                              lambda: tls_server_endpoint(reactor, settings.endpoint, settings.tls))
+                              endpoint=tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server

@@ -12,7 +12,7 @@ from twisted.python import usage
 
 from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
-from ..ops.startup import FailFast, build_or_fail, client_endpoint
+from ..ops.startup import FailFast, build_or_fail
 from ..roles.emmg_client import EMMGService
 from ..roles.guard import ConnectionGuard
 from ..session import SessionManager
@@ -62,8 +62,7 @@ def build_service(settings: EMMGSettings, reactor, session=None, ops=None) -> Mu
     top = MultiService()
     guard = ConnectionGuard(settings.limits, reactor, role="EMMG", server=False)
     guard.setServiceParent(top)
-    endpoint = client_endpoint(reactor, settings.connect,
-                               lambda: tls_client_endpoint(reactor, settings.connect, settings.tls))
+    endpoint = tls_client_endpoint(reactor, settings.connect, settings.tls)  # a bad string: StartupError
     service = EMMGService(settings, reactor, session=session, guard=guard, endpoint=endpoint,
                           meter=None if ops is None else ops.meter)
     if ops is not None:

@@ -77,7 +77,7 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
     guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = ListeningService(reactor, settings.endpoint, server.factory,
-                           lambda: tls_server_endpoint(reactor, settings.endpoint, settings.tls))
+                           endpoint=tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:

@@ -20,7 +20,7 @@ from ..machines.scs_core import SCSCore
 from ..ops.status import scs_services
 from ..roles.reconnect import ReportingClientService
 from ..session import SessionManager
-from ..ops.startup import FailFast, UDPListeningService, build_or_fail, client_endpoint
+from ..ops.startup import FailFast, UDPListeningService, build_or_fail
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.guard import ConnectionGuard
 from ..roles.stkm_link import RemoteMuxSink, link_settings
@@ -91,7 +91,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         for s in settings.services
     }
     endpoints = {
-        c.name: FailoverEndpoint([(e, client_endpoint(reactor, e, lambda e=e: tls_client_endpoint(reactor, e, settings.tls)))
+        c.name: FailoverEndpoint([(e, tls_client_endpoint(reactor, e, settings.tls))
                                   for e in (c.endpoint, c.backup_endpoint) if e])
         for c in settings.channels
     }
