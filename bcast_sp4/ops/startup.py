@@ -220,7 +220,8 @@ class FailFast(MultiService):
         if self.failure is not None:
             return
         if isinstance(exc, CannotListenError):
-            where = f"{exc.interface or '*'} port {exc.port}"
+            # TCP servers listen through ListeningService: a bare CannotListenError is a role's own UDP port
+            where = f"udp:{exc.port}" + (f":interface={exc.interface}" if exc.interface else "")
             exc = StartupError(f"cannot listen on {where}: {socket_reason(exc.socketError)}")
         self.failure = exc
         for service in _walk(self):

@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
                            f"bcast-scs: cannot listen on udp:{udp_port}:interface=127.0.0.1: address already in use\n",
                            _twistd("bcast-scs", "--config", str(scs_udp))),
         "terminal udp in use": (LISTEN_ERROR_STATUS,
-                                f"bcast-terminal: cannot listen on 127.0.0.1 port {udp_port}: address already in use\n",
+                                f"bcast-terminal: cannot listen on udp:{udp_port}:interface=127.0.0.1: address already in use\n",
                                 _twistd("bcast-terminal", "--config", str(terminal))),
         "ecmg port out of range": (CONFIG_ERROR_STATUS, "bcast-ecmg: cannot listen on tcp:99999: port out of range 0-65535\n",
                                    _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", "tcp:99999")),
