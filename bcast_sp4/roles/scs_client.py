@@ -137,6 +137,8 @@ class SCSClientFactory(Factory):
 class ScramblerProtocol(DatagramProtocol):
     """Reads one service's content from UDP, writes it protected to *output*."""
 
+    noisy = False  # no "Starting protocol <... object at 0x...>" line (the port logs where it listens)
+
     def __init__(self, scrambler: Scrambler, output: tuple[str, int], clock: IReactorTime,
                  guard: ConnectionGuard | None = None) -> None:
         self.scrambler, self.output, self.clock = scrambler, output, clock

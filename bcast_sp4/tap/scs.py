@@ -117,7 +117,8 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         # one line per attempt: "ECMG tcp:host=..:port=.. unreachable (connection refused), retry in 0.8 s"
         client = ReportingClientService(
             "ECMG",
-            lambda f=failover: " or ".join(name for name, _endpoint in f.endpoints),
+            lambda f=failover, c=channel: " or ".join(name for name, _endpoint in f.endpoints)
+            + f" (ECM_channel_id {c.ECM_channel_id})",
             failover,
             SCSClientFactory(runner, channel.name),
             retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
