@@ -18,6 +18,7 @@ from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .addresses import TRANSPORTS, same_family
+from .keyfile import check_private
 from .subscribers import load_subscribers
 
 
@@ -118,6 +119,7 @@ def _sources(entry: Reader) -> StreamSources:
     if entry.has("subscribers"):
         sub = entry.sub("subscribers")
         file = sub.path_value("file")
+        check_private(sub, "file", file, sub.boolean("allow_readable", False), "allow_readable")
         fields["subscribers"] = load_subscribers(file)  # its errors name the subscriber file
         fields["subscribers_file"] = file
         fields["repeat_interval"] = float(sub.integer("repeat_interval", 0, 0, 86400 * 365))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import attrs
 
 from ..machines.mux import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig, RouteKind
+from ..machines.mux.limits import MuxLimits
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
@@ -63,6 +65,15 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     )
     q.no_unknown_keys()
 
+    lim = root.sub("limits")
+    limits = dict(
+        max_stkm_datagrams=lim.integer("max_stkm_datagrams", 16, 1, 65535),
+        max_stkm_size=lim.integer("max_stkm_size", 8192, 1, MAX_UDP_PAYLOAD),
+        stkm_sender_grace=lim.milliseconds("stkm_sender_grace_ms", 10_000),
+        stkm_max_age=lim.milliseconds("stkm_max_age_ms", 0),
+    )
+    lim.no_unknown_keys()
+
     e = root.sub("egress")
     egress_interface = e.ipv4("interface", "127.0.0.1")
     egress_interface6 = e.ip_address("interface6", "::1")
@@ -73,6 +84,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     e.no_unknown_keys()
 
     clients: dict[int, ClientConfig] = {}
+    udp_sources: dict[int, tuple] = {}
     destinations: dict[tuple[str, int], str] = {}
     for entry in root.list_of_tables("client"):
         client_id = entry.integer("client_id", low=0, high=0xFFFFFFFF)
@@ -118,6 +130,15 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         if flags != {2} and not any(r.kind is RouteKind.DATA for r in routes.values()):
             raise entry.fail("section_TSpkt_flags", "classic flags 0/1 carry data on [[client.data]] routes only; "
                                                     "this client has none")
+        sources = entry.string_list("udp_sources", None)
+        if sources is not None:
+            networks = []
+            for text in sources:
+                try:
+                    networks.append(ipaddress.ip_network(text, strict=False))
+                except ValueError:
+                    raise entry.fail("udp_sources", f"{text!r} is not an IP address or network (ADDR or ADDR/PREFIX)") from None
+            udp_sources[client_id] = tuple(networks)
         clients[client_id] = ClientConfig(
             client_id=client_id,
             routes=routes,
@@ -133,7 +154,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     return MuxSettings(
         endpoint=endpoint,
         udp=udp,
-        mux=MuxConfig(clients=clients, **kwargs),
+        mux=MuxConfig(clients=clients, limits=MuxLimits(**limits, udp_sources=udp_sources), **kwargs),
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,

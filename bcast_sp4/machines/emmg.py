@@ -46,6 +46,7 @@ State table (streams are set up, then given bandwidth, one after the other, in c
   *                   message only an EMMG sends          channel_error 0x0001                    same
   *                   message in another version          channel_error 0x0002                    same
   *                   codec error                         channel_error with its code             same
+  *                   a handler raises (our bug)          channel_error 0x7000; internal_error    same
   *                   connection_lost                     timers cancelled; queues kept           DISCONNECTED
   CLOSED              anything                            ignored                                 CLOSED
 
@@ -82,6 +83,7 @@ from .channel import (
     InvalidCounting,
     emmg_mux_channel_error,
     emmg_mux_stream_error,
+    internal_error,
     peer_error_fields,
 )
 from .mux.classic import describe_flag
@@ -354,7 +356,18 @@ class EMMGClient(InvalidCounting):
     # -- messages ----------------------------------------------------------------------------
 
     def receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
-        """Handle one message from the MUX (or the codec's error for one)."""
+        """Handle one message from the MUX (or the codec's error for one).
+
+        An exception while handling it (our bug) answers channel_error 0x7000 and is notified as
+        ``internal_error``; the channel and its streams stay as they are.
+        """
+        try:
+            return self._receive(item, now)
+        except Exception as exc:
+            name = getattr(item, "NAME", "decode_error")
+            return [Send(self._channel_error(ErrorStatus.UNKNOWN_ERROR)), internal_error(name, exc)]
+
+    def _receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
         if self.state is EMMGState.CLOSED:
             return []
         if isinstance(item, PeerProtocolError):

@@ -88,7 +88,7 @@ from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
 from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
 from ..wire.errors import Interface, error_name
 from ..wire.params import ECMG_SCS_PARAMS
-from .channel import error_information
+from .channel import error_information, internal_error
 from .mux.classic import describe_flag, describe_flags
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 from .scs_records import (
@@ -417,6 +417,22 @@ class SCSChannel:
                 out += [ChannelUp(self.name, params), self._notify("channel_parameters_changed", "warn")]
             return out
         return [self._notify("unexpected_channel_status", "warn", state=self.state.value)]
+
+    def internal_error(self, item: Message | PeerProtocolError, exc: Exception) -> list:
+        """What answers *item* when handling it raised *exc* (our bug): 0x7000 to the ECMG, an event.
+
+        A stream_error when the message names a stream, else a channel_error; the channel stays.
+        """
+        name = getattr(item, "NAME", "decode_error")
+        channel_id = getattr(item, "ECM_channel_id", None)
+        channel_id = self.spec.ECM_channel_id if channel_id is None else channel_id
+        stream_id = getattr(item, "ECM_stream_id", None)
+        if stream_id is None:
+            reply = self._make_channel_error(channel_id, ErrorStatus.UNKNOWN_ERROR)
+        else:
+            reply = m.StreamError(protocol_version=self.version, ECM_channel_id=channel_id & 0xFFFF,
+                                  ECM_stream_id=stream_id, error_status=(ErrorStatus.UNKNOWN_ERROR,))
+        return [Send(reply), internal_error(name, exc, channel=self.name, stream_id=stream_id)]
 
     def _make_channel_error(self, channel_id: int, code: int, info: int | None = None) -> m.ChannelError:
         return m.ChannelError(

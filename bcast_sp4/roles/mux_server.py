@@ -20,6 +20,7 @@ import struct
 from typing import Iterable
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
@@ -193,6 +194,8 @@ class MuxProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        peer = self.transport.getPeer()  # UDP for this client_id must come from here (machines/mux/limits.py)
+        self.machine.peer_host = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else None
         self.play_out.protocols[self.machine] = self
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
@@ -282,13 +285,13 @@ class MuxDatagramProtocol(DatagramProtocol):
         outputs = None
         usual = parse_usual_udp(data) if len(data) <= self.max_message_length else None
         if usual is not None:
-            outputs = core.receive_udp_fast(*usual, now)
+            outputs = core.receive_udp_fast(*usual, now, addr[0])
         if outputs is None:
             try:
                 item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
             except PeerProtocolError as exc:
                 item = exc
-            outputs = core.receive_udp(item, now)
+            outputs = core.receive_udp(item, now, addr[0])
         if outputs:
             if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
                 self.play_out.emit(outputs[0])

@@ -27,7 +27,7 @@ from bcast_sp4.roles.stkm_sink import RecordingSink
 from bcast_sp4.tap import scs as scs_tap
 from bcast_sp4.wire import ecmg_scs, emmg_mux
 
-from tests.doubles import UDPMemoryReactor
+from ..doubles import UDPMemoryReactor
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENT = 0x00010001

@@ -14,6 +14,7 @@ import attrs
 
 from ...wire.params import DataType
 from ..channel import MAX_UDP_PAYLOAD
+from .limits import MuxLimits
 
 RouteKey = tuple[int, int]  # (client_id, data_id)
 
@@ -101,6 +102,7 @@ class MuxConfig:
     drop_log_interval: float = 1.0
     udp_error_interval: float = 1.0
     max_pending_stkms: int = 8
+    limits: MuxLimits = MuxLimits()  # STKM amplification bounds, UDP source addresses (.limits)
 
 
-__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "RouteConfig", "RouteKey", "RouteKind"]
+__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "MuxLimits", "RouteConfig", "RouteKey", "RouteKind"]

@@ -93,7 +93,7 @@ class MuxConnection(ServerChannel):
 
     INTERFACE = EMMG_MUX_CHANNEL
 
-    def __init__(self, core: MuxCore) -> None:
+    def __init__(self, core: MuxCore, peer_host: str | None = None) -> None:
         super().__init__(
             core.config,
             {
@@ -105,6 +105,8 @@ class MuxConnection(ServerChannel):
             },
         )
         self.core = core
+        #: the TCP peer's address: by default UDP for this connection's client_id must come from it
+        self.peer_host = peer_host
         self.client: ClientConfig | None = None
         self.streams: dict[int, MuxStream] = {}
         #: the open channel's section_TSpkt_flag (0x02 unless the client allows classic data)
