@@ -16,12 +16,22 @@ as ``bad_format`` and answered with stream_error 0x000D naming ``datagram``, the
   the datagram's end;
 * 0x02 (a data route of a client that also allows 0x02): nothing, the bytes are opaque.
 
+v1 EMMGs that send data_id anyway (``wire.Deviation.V1_DATA_ID``, accepted when ``versions``
+lists 1): such a peer also expects data_id back in stream_status -- TSDuck validates every version
+against its v2 table, so a v1 stream_status without data_id is "missing mandatory parameter" to it
+(digest ``simulcrypt.md`` §2.1). A stream set up that way is answered with
+:class:`StreamStatusEchoingDataId`: version byte 1, parameters as in v2. A v1 stream_setup without
+data_id gets strict v1 (and is refused: nothing to route by).
+
 Pure: no I/O. The connection (:mod:`.connection`) calls :func:`route_fits` at stream_setup and
 :func:`describe_flag` in its refusals; the core (:mod:`.core`) calls :func:`screen` in ``ingest``.
 """
 
 from __future__ import annotations
 
+import attrs
+
+from ...wire import emmg_mux as m
 from ...wire.params import SectionTSpktFlag
 from .config import RouteKind
 
@@ -95,7 +105,20 @@ def screen(flag: int, datagrams: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], 
     return tuple(good), len(datagrams) - len(good), first
 
 
+class StreamStatusEchoingDataId(m.StreamStatus):
+    """A v1 stream_status carrying data_id, mirroring the v1 stream_setup with data_id it answers."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        """Version byte 1, the v2 parameter layout (data_id included)."""
+        fields = attrs.asdict(self, recurse=False)
+        fields["protocol_version"] = 2
+        return b"\x01" + m.StreamStatus(**fields).encode()[1:]
+
+
 __all__ = [
+    "StreamStatusEchoingDataId",
     "MAX_SECTION_LENGTH",
     "SYNC_BYTE",
     "TS_PACKET_SIZE",
