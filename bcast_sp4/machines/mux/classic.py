@@ -39,6 +39,7 @@ TS_PACKET_SIZE = 188
 SYNC_BYTE = 0x47
 #: ISO/IEC 13818-1: a private section's section_length is at most 4093 (4096-byte section)
 MAX_SECTION_LENGTH = 4093
+_SYNC = bytes([SYNC_BYTE])
 
 _FLAG_NAMES = {
     SectionTSpktFlag.SECTIONS: "sections",
@@ -69,6 +70,8 @@ def format_fault(flag: int, datagram: bytes) -> str | None:
     if flag == SectionTSpktFlag.TS_PACKETS:
         if size % TS_PACKET_SIZE:
             return f"{size} bytes is not a whole number of {TS_PACKET_SIZE}-byte TS packets"
+        if datagram[::TS_PACKET_SIZE] == _SYNC * (size // TS_PACKET_SIZE):  # every sync byte, at C speed
+            return None
         for offset in range(0, size, TS_PACKET_SIZE):
             if datagram[offset] != SYNC_BYTE:
                 return f"TS packet {offset // TS_PACKET_SIZE} starts with {datagram[offset]:#04x}, not sync byte 0x47"
@@ -94,6 +97,9 @@ def screen(flag: int, datagrams: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], 
     """Split one data_provision's datagrams: ``(the whole ones, how many failed, the first fault)``."""
     if flag == SectionTSpktFlag.BCAST:
         return datagrams, 0, None
+    if len(datagrams) == 1:  # the usual shape: no list to build
+        fault = format_fault(flag, datagrams[0])
+        return (datagrams, 0, None) if fault is None else ((), 1, fault)
     good: list[bytes] = []
     first: str | None = None
     for datagram in datagrams:
