@@ -28,6 +28,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         self.handle = self.machine.receive  # per message: one call less than a delegating method
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.run(self.machine.connection_lost())
         self.log.info("connection from {peer} closed", peer=self.peer)
 

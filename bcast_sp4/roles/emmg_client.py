@@ -174,6 +174,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
         return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.service._detach(self)
 
 

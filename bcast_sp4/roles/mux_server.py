@@ -182,6 +182,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
         self.play_out.kick()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
