@@ -141,3 +141,11 @@ def test_lab_options(settings):
     assert options["settings"].ecmgs[1].endpoint.startswith("tcp:30001:")
     with pytest.raises(usage.UsageError, match="--role must be one of mux, ecmg1, ecmg2, emmg, scs, terminal"):
         lab_tap.Options().parseOptions(["--config", str(LAB), "--role", "nope"])
+
+
+def test_lab_apart_refuses_a_bad_port_base_before_starting_anything(capsys):
+    from bcast_sp4.tap import lab_apart
+
+    assert lab_apart.main(["--config", str(LAB), "--port-base", "65000"]) == 78
+    assert "above 65535" in capsys.readouterr().err
+    assert lab_apart.exit_status(-15) == 0 and lab_apart.exit_status(-9) == 1 and lab_apart.exit_status(3) == 3
