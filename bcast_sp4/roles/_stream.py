@@ -37,6 +37,8 @@ class SimulCryptStreamProtocol(Protocol):
 
     log = Logger()
     interface: Interface
+    #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
+    tolerate: frozenset = frozenset()
 
     def __init__(self, executor: OutputExecutor, max_message_length: int) -> None:
         self.executor = executor
@@ -64,13 +66,14 @@ class SimulCryptStreamProtocol(Protocol):
         if outbox.closing:
             return
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        tolerate = self.tolerate
         received_at = clock.seconds()
         executor.begin()
         try:
             for item in self.framer.feed(data):
                 if not isinstance(item, PeerProtocolError):
                     try:
-                        item = decode(item, interface)
+                        item = decode(item, interface, tolerate=tolerate)
                     except PeerProtocolError as exc:
                         item = exc
                 now = clock.seconds()

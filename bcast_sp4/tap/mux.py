@@ -63,7 +63,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     """
     core = MuxCore(settings.mux)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint)
+                       session=session, listening_on=settings.endpoint, interface6=settings.egress_interface6,
+                       multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
