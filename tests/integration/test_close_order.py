@@ -32,6 +32,8 @@ from .harness import LAB_LOW, ROOT, lab_port_bases
 LAB = ROOT / "etc" / "lab"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 EOF_MARK = b""
+#: notified whenever a proxy records something (wait_until waits on it instead of polling)
+RECORDED = threading.Condition()
 
 
 class RecordingProxy:
@@ -85,6 +87,8 @@ class RecordingProxy:
                 data = EOF_MARK
             with self.lock:
                 self.records.append((number, side, data))
+            with RECORDED:
+                RECORDED.notify_all()
             try:
                 if data:
                     sink.sendall(data)
@@ -178,12 +182,16 @@ class LabCopy:
 
 
 def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
+    """Until *predicate* holds, looked at after each proxy record (and every second, to notice a
+    process that exited); bounded by *timeout*."""
     deadline = time.monotonic() + timeout
     while not predicate():
         for proc, log in processes:
             assert proc.poll() is None, f"{proc.args} exited early:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {what}"
+        with RECORDED:
+            RECORDED.wait(min(1.0, remaining))
 
 
 def set_up(proxies: dict[int, RecordingProxy]) -> bool:
