@@ -16,7 +16,7 @@ send the channel_test it asks for.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -172,3 +172,34 @@ class SimulCryptStreamProtocol(Protocol):
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         raise NotImplementedError
+
+
+class ServerFactory(Factory):
+    """What the server roles' factories share (set :attr:`protocol` and :attr:`role`): the guard's
+    admission of each connection, and ``listening`` in the session once the port listens.
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager`, or ``None``.
+    :param listening_on: the endpoint description the factory listens on (for the session).
+    :param guard: the connection guard (admission, budgets, timeouts), or ``None`` for none.
+    """
+
+    noisy = False
+    #: the role's name in the session (``"ecmg"``, ``"mux"``)
+    role = ""
+
+    def __init__(self, session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+        self.session = session
+        self.listening_on = listening_on
+        self.guard = guard
+
+    def startFactory(self) -> None:
+        """The server listens (Twisted calls this before the first connection is accepted)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, self.role)
+
+    def buildProtocol(self, addr) -> SimulCryptStreamProtocol | None:
+        if self.guard is not None and not self.guard.admit(addr):
+            return None  # Twisted closes the socket at once
+        protocol = self.protocol(self)
+        protocol.factory = self
+        return protocol

@@ -180,6 +180,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
         return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.service._detach(self)
 

@@ -52,6 +52,9 @@ def log_at(log: Logger, level: str) -> Callable[..., None]:
     return log.info
 
 
+_LOST = Close("connection lost", "info")
+
+
 class Outbox:
     """Write-then-close for one connection: queued bytes go out in one write, a close after them.
 
@@ -91,6 +94,13 @@ class Outbox:
             return False
         self.close = close
         return True
+
+    def lost(self) -> None:
+        """The connection is gone: nothing more is queued, written or closed."""
+        self.closed = True
+        self.chunks.clear()
+        if self.close is None:
+            self.close = _LOST
 
     def flush(self) -> None:
         """Write what is queued (one write), then close if asked."""

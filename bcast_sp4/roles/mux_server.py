@@ -22,7 +22,7 @@ from typing import Iterable
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,7 +30,7 @@ from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
 from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
-from ._stream import SimulCryptStreamProtocol
+from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
@@ -221,39 +221,27 @@ class MuxProtocol(SimulCryptStreamProtocol):
         return handled
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class MuxFactory(Factory):
-    """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden)."""
+class MuxFactory(ServerFactory):
+    """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden; see
+    :class:`~._stream.ServerFactory` for admission and the session)."""
 
     protocol = MuxProtocol
-    noisy = False
+    role = "mux"
 
     def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
                  session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
-        self.guard = guard
+        super().__init__(session, listening_on, guard)
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = max_message_length
-        self.session = session
-        self.listening_on = listening_on
-
-    def startFactory(self) -> None:
-        """The server listens: tell the session (``listening`` under the endpoint description)."""
-        if self.session is not None and self.listening_on is not None:
-            self.session.listening(self.listening_on, "mux")
-
-    def buildProtocol(self, addr) -> MuxProtocol | None:
-        if self.guard is not None and not self.guard.admit(addr):
-            return None  # Twisted closes the socket at once
-        protocol = self.protocol(self)
-        protocol.factory = self
-        return protocol
 
 
 #: The usual UDP data_provision (digest §4.5 and example M8; what our EMMG sends): header, then

@@ -116,6 +116,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
         return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.log.info("channel {channel}: connection to {peer} closed", channel=self.channel, peer=self.peer)
         self.runner.lost(self)
