@@ -366,8 +366,15 @@ class Role:
 
     def problems(self) -> dict[str, int]:
         """Counts of tracebacks, internal errors and unhandled errors in the log so far (streamed)."""
-        counts = {"traceback": 0, "internal_error": 0, "unhandled": 0, "lines": 0}
-        with open(self.log_path, "rb") as f:
+        counts = {"traceback": 0, "internal_error": 0, "unhandled": 0, "key_bytes": 0, "lines": 0}
+        rotated = sorted(self.log_path.parent.glob(self.log_path.name + ".*"))  # twistd rotates at 1 MB
+        for path in [*rotated, self.log_path]:
+            counts = self._scan(path, counts)
+        return counts
+
+    @staticmethod
+    def _scan(path: Path, counts: dict[str, int]) -> dict[str, int]:
+        with open(path, "rb") as f:
             for line in f:
                 counts["lines"] += 1
                 if b"Traceback" in line:
@@ -376,6 +383,8 @@ class Role:
                     counts["internal_error"] += 1
                 if b"Unhandled" in line or b"unhandled error" in line:
                     counts["unhandled"] += 1
+                if any(secret in line for secret in SECRETS):
+                    counts["key_bytes"] += 1
         return counts
 
     def kill9(self) -> None:
@@ -679,6 +688,11 @@ authentication_key = "101112131415161718191a1b1c1d1e1f20212223"
 """
 
 
+#: the harness's key bytes as they could appear in a log line (hex either case)
+SECRETS = tuple(h.encode() for k in ("000102030405060708090a0b0c0d0e0f", "101112131415161718191a1b1c1d1e1f20212223")
+                for h in (k, k.upper()))
+
+
 def write_keys(directory: Path, ecm_ids: Iterable[int], scids=(DRM,)) -> None:
     path = directory / "keys.toml"
     path.write_text(KEYS + "".join(f'[[streams]]\nsuper_cas_id = {s:#010x}\necm_id = {e}\nkeys = ["sek"]\n'
@@ -808,7 +822,7 @@ def report(label: str, r: dict) -> None:
           f"answered with the spec's error_status", flush=True)
     print(f"   crashes: {0 if r['alive'] else 1}; unhandled: 0x7000 replies {t.internal}, log tracebacks "
           f"{r['log']['traceback']}, internal_error lines {r['log']['internal_error']}, unhandled lines "
-          f"{r['log']['unhandled']}; log lines {r['log']['lines']:,}")
+          f"{r['log']['unhandled']}; log lines {r['log']['lines']:,} (with key bytes: {r['log']['key_bytes']})")
     print(f"   replies as the spec tables say: {t.ok:,} of {t.judged:,} judged; wrong replies {t.wrong}; "
           f"unanswered {t.unanswered}; "
           f"not judged (connection closed by the server) {t.closed_unjudged}, reconnects {t.reconnects}")
