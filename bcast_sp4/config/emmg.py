@@ -17,8 +17,10 @@ from ..machines.emmg import EMMGConfig, EMMGStreamConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
-from .addresses import TRANSPORTS
+from .addresses import TRANSPORTS, same_family
 from .keyfile import check_private
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 from .subscribers import load_subscribers
 
 
@@ -44,6 +46,9 @@ class EMMGSettings:
     sources: dict[int, StreamSources]  # by data_id
     retry_max_delay: float
     source_path: Path
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_emmg_settings(path: str | Path) -> EMMGSettings:
@@ -62,11 +67,14 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
     mux_udp = top.host_port("mux_udp", None)
     if udp and mux_udp is None:
         raise top.fail("mux_udp", "missing: transport 'udp' needs the MUX's UDP ADDR:PORT")
-    udp_interface = top.ipv4("udp_interface", "127.0.0.1")
+    udp_interface = top.ip_address("udp_interface", "::1" if mux_udp and ":" in mux_udp[0] else "127.0.0.1")
+    if mux_udp is not None and not same_family(udp_interface, mux_udp[0]):
+        raise top.fail("udp_interface", f"{udp_interface} and mux_udp {mux_udp[0]} are not of one IP family")
     kwargs = dict(
         data_channel_id=top.integer("data_channel_id", 1),
         protocol_version=top.integer("protocol_version", 3, 2, 5),
         response_timeout=top.milliseconds("response_timeout_ms", 5000, 1),
+        close_timeout=top.milliseconds("close_timeout_ms", 5000, 1),
         udp_end_wait=top.milliseconds("udp_end_wait_ms", 100),
         datagrams_per_message=top.integer("datagrams_per_message", 1, 1, 1000),
         max_message_length=top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE + 64, MAX_MESSAGE_LENGTH),
@@ -95,6 +103,11 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         entry.no_unknown_keys()
     if not streams:
         raise root.fail("stream", "no stream: add at least one [[stream]] table")
+    max_length = kwargs["max_message_length"]
+    limits = read_limits(root, server=False, max_message_length=max_length)  # type: ignore[arg-type]
+    tls = read_tls(root, server=False)
+    check_tls_endpoint(top, "connect", connect, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     try:
         config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=udp, **kwargs)
@@ -108,6 +121,9 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         sources=sources,
         retry_max_delay=retry_max_delay,
         source_path=path,
+        limits=limits,
+        tls=tls,
+        metrics=metrics,
     )
 
 

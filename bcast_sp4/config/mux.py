@@ -12,6 +12,8 @@ from ..machines.mux.limits import MuxLimits
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -24,6 +26,11 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
+    egress_interface6: str = "::1"  # source address of datagrams to IPv6 destinations
+    ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -36,7 +43,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     top = root.sub("mux", required=True)
     endpoint = top.string("endpoint", "tcp:5000:interface=127.0.0.1")
     udp = top.udp_listen("udp", None)
-    versions = top.int_list("versions", [2, 3, 4, 5], (2, 3, 4, 5), " (v1 has no data_id)")
+    versions = top.int_list("versions", [2, 3, 4, 5], (1, 2, 3, 4, 5),
+                            " (1 only for peers sending data_id in v1, a tolerated deviation)")
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     kwargs = dict(
         versions=frozenset(versions),
@@ -68,11 +76,14 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         max_stkm_size=lim.integer("max_stkm_size", 8192, 1, MAX_UDP_PAYLOAD),
         stkm_sender_grace=lim.milliseconds("stkm_sender_grace_ms", 10_000),
         stkm_max_age=lim.milliseconds("stkm_max_age_ms", 0),
-    )
-    lim.no_unknown_keys()
+    )  # the connection budgets of the same table: read_limits below, which checks for unknown keys
 
     e = root.sub("egress")
     egress_interface = e.ipv4("interface", "127.0.0.1")
+    egress_interface6 = e.ip_address("interface6", "::1")
+    if ":" not in egress_interface6:
+        raise e.fail("interface6", f"{egress_interface6!r} is not an IPv6 address")
+    multicast6 = e.string("ipv6_multicast_interface", "")
     kwargs["unthrottled"] = e.boolean("unthrottled", False)
     e.no_unknown_keys()
 
@@ -85,7 +96,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
             raise entry.fail("client_id", f"{client_id:#010x} listed twice")
         profile = profile_of(client_id)
         routes: dict[int, RouteConfig] = {}
-        for kind, id_key in ((RouteKind.LTKM, "data_id"), (RouteKind.STKM, "ecm_id")):
+        flags = frozenset(entry.int_list("section_TSpkt_flags", [2], (0, 1, 2), " (0 sections, 1 TS packets, 2 BCAST)"))
+        for kind, id_key in ((RouteKind.LTKM, "data_id"), (RouteKind.STKM, "ecm_id"), (RouteKind.DATA, "data_id")):
             for table in entry.list_of_tables(kind.value):
                 data_id = table.integer(id_key)
                 if data_id in routes:
@@ -111,13 +123,17 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
                     max_bandwidth=table.integer("max_bandwidth", 0xFFFF),
                     default_bandwidth=table.integer("default_bandwidth", 0),
                     repetition_period=table.integer("repetition_period", 100, 1, 0xFFFF) if kind is RouteKind.STKM else 100,
+                    data_type=table.integer("data_type", 0, 0, 0xFF) if kind is RouteKind.DATA else None,
                 )
                 if route.default_bandwidth > route.max_bandwidth:
                     raise table.fail("default_bandwidth", "exceeds max_bandwidth")
                 table.no_unknown_keys()
                 routes[data_id] = route
         if not routes:
-            raise entry.fail("ltkm", f"client {client_id:#010x} has no [[client.ltkm]] or [[client.stkm]] route")
+            raise entry.fail("ltkm", f"client {client_id:#010x} has no [[client.ltkm]], [[client.stkm]] or [[client.data]] route")
+        if flags != {2} and not any(r.kind is RouteKind.DATA for r in routes.values()):
+            raise entry.fail("section_TSpkt_flags", "classic flags 0/1 carry data on [[client.data]] routes only; "
+                                                    "this client has none")
         sources = entry.string_list("udp_sources", None)
         if sources is not None:
             networks = []
@@ -133,10 +149,15 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
             name=entry.string("name", ""),
             max_channels=entry.integer("max_channels", 1, 1, 65536),
             max_bandwidth=entry.integer("max_bandwidth", 0xFFFF, 0, 100_000_000),
+            section_TSpkt_flags=flags,
         )
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
+    guard_limits = read_limits(root, server=True, udp=True, max_message_length=max_length, table=lim)
+    tls = read_tls(root, server=True)
+    check_tls_endpoint(top, "endpoint", endpoint, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -145,6 +166,11 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
+        egress_interface6=egress_interface6,
+        ipv6_multicast_interface=multicast6,
+        limits=guard_limits,
+        tls=tls,
+        metrics=metrics,
     )
 
 

@@ -90,14 +90,14 @@ from .scs_records import (
 POLL_SLACK = 1e-5
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a timer key is hashed at every arm, cancel and fire
 class PeriodTimer:
     """Timer key: the next instant the scheduler of *service* has something due (its poll)."""
 
     service: str
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class TEKSwitchTimer:
     """Timer key: T(*n*) of service *service*, when TEK(n) takes over on the scrambler."""
 
@@ -224,9 +224,15 @@ class ServiceScheduler:
         return self.period_start(n) + self.delay_start(index, n)
 
     def provision_at(self, index: int, n: int) -> float:
+        # min(T(n), on_air_from(index, n)) - lead, in one frame (called at every poll per fetch)
         params = self.links[index].params
+        start = self.spec.phase + n * self.period_length
+        if n == self.first_period and params.transition_delay_start is not None:
+            delay = params.transition_delay_start
+        else:
+            delay = params.delay_start
         lead = max(self.lead, params.max_comp_time + 0.05)
-        return min(self.period_start(n), self.on_air_from(index, n)) - lead
+        return (start + delay if delay < 0 else start) - lead
 
     def response_timeout(self, index: int) -> float:
         return max(2 * self.links[index].params.max_comp_time, self.timing.response_timeout_floor)
@@ -314,7 +320,7 @@ class ServiceScheduler:
     def ecm_arrived(self, index: int, cp_number: int, stkm: bytes, now: float) -> list:
         period = self._period_of(cp_number)
         if period is None or period.state is not PeriodState.PLANNED:
-            return [Notify("stale_stkm", {"service": self.name, "link": index, "cp_number": cp_number}, "debug")]
+            return [Notify("stale_stkm", {"service": self.name, "link": self._link_name(index), "cp_number": cp_number}, "debug")]
         fetch = period.fetches[index]
         if fetch.state is Acquisition.RECEIVED:
             return []
@@ -337,7 +343,7 @@ class ServiceScheduler:
         else:
             self.stats.refusals += 1
             fetch.state, fetch.not_before, fetch.deadline = Acquisition.WAITING, now + self.timing.retry_delay, math.inf
-            out.append(Notify("stkm_refused", {"service": self.name, "link": index, "cp_number": cp_number,
+            out.append(Notify("stkm_refused", {"service": self.name, "link": self._link_name(index), "cp_number": cp_number,
                                                "error_status": error_status, "attempt": fetch.attempts}, "warn"))
         return out + self.poll(now)
 
@@ -347,28 +353,34 @@ class ServiceScheduler:
             return []
         out: list = []
         current = self.period_at(now)
+        periods, links = self.periods, self.links
         # plan the periods whose provisioning can be due within about a period
         horizon = current + 2 + math.ceil((self.lead + 1.0) / self.period_length)
         for n in range(max(self.first_period, current), horizon + 1):
-            if n not in self.periods:
-                self.periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in self.links])
+            if n not in periods:
+                periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in links])
         wake = math.inf
-        for n in sorted(self.periods):
-            period = self.periods[n]
-            if period.state is PeriodState.PLANNED:
+        planned = PeriodState.PLANNED
+        # in ascending n: periods are only ever added above every one kept (old ones go below)
+        for period in periods.values():
+            if period.state is planned:
                 if now >= period.start:
                     out += self._skip(period)
                     continue
-                wake = min(wake, period.start)
-                for index, link in enumerate(self.links):
-                    if link.state is not LinkState.UP:
-                        continue
-                    wake = min(wake, self._advance_fetch(period, index, now, out))
-        for n in [n for n in self.periods if n < current - 1]:
-            del self.periods[n]
-        keep_from = current - 1 - max((l.params.CW_per_msg if l.params else 1) for l in self.links)
-        for n in [n for n in self.teks if n < keep_from]:
-            del self.teks[n]
+                if period.start < wake:
+                    wake = period.start
+                for index, link in enumerate(links):
+                    if link.state is LinkState.UP:
+                        due = self._advance_fetch(period, index, now, out)
+                        if due < wake:
+                            wake = due
+        while periods and next(iter(periods)) < current - 1:
+            del periods[next(iter(periods))]
+        teks = self.teks
+        if len(teks) > 4:  # the window's few TEKs; older ones go
+            keep_from = current - 1 - max((l.params.CW_per_msg if l.params else 1) for l in links)
+            for n in [n for n in teks if n < keep_from]:
+                del teks[n]
         if wake < math.inf:
             out.append(StartTimer(self.timer_key, max(0.0, wake - now) + POLL_SLACK))
         return out
@@ -382,7 +394,7 @@ class ServiceScheduler:
             if now < fetch.deadline:
                 return fetch.deadline
             self.stats.timeouts += 1
-            out.append(Notify("stkm_timeout", {"service": self.name, "link": index, "cp_number": period.n & CP_NUMBER_MASK,
+            out.append(Notify("stkm_timeout", {"service": self.name, "link": self._link_name(index), "cp_number": period.n & CP_NUMBER_MASK,
                                                "attempt": fetch.attempts}, "warn"))
             fetch.state, fetch.not_before, fetch.deadline = Acquisition.WAITING, now, math.inf
         if fetch.state is not Acquisition.WAITING:
@@ -392,7 +404,7 @@ class ServiceScheduler:
             return due
         if fetch.attempts >= self.timing.max_attempts:
             fetch.state = Acquisition.ABANDONED
-            out.append(Notify("stkm_abandoned", {"service": self.name, "link": index, "cp_number": period.n & CP_NUMBER_MASK,
+            out.append(Notify("stkm_abandoned", {"service": self.name, "link": self._link_name(index), "cp_number": period.n & CP_NUMBER_MASK,
                                                  "attempts": fetch.attempts}, "warn"))
             return math.inf
         if fetch.attempts:
@@ -440,10 +452,16 @@ class ServiceScheduler:
         out.append(ProvideTEK(self.name, period.n & CP_NUMBER_MASK, self.tek(period.n), period.start))
         out.append(StartTimer(TEKSwitchTimer(self.name, period.n), period.start - now))
         if late:
-            out.append(Notify("stkm_late", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "links": late,
+            out.append(Notify("stkm_late", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "links": [self._link_name(i) for i in late],
                                             "late_by_ms": round((now - min(self.on_air_from(i, period.n) for i in late)) * 1000, 1)},
                               "warn"))
         return out
+
+    def _link_name(self, index: int) -> str:
+        """How events name link *index*: its ECMG channel (endpoint#ECM_channel_id) and ECM_id, not
+        a list index."""
+        spec = self.links[index].spec
+        return f"{spec.channel} ECM_id {spec.ECM_id:#06x}"
 
     def _skip(self, period: _Period) -> list:
         period.state = PeriodState.SKIPPED
@@ -451,7 +469,7 @@ class ServiceScheduler:
         missing = [i for i, f in enumerate(period.fetches) if f.state is not Acquisition.RECEIVED]
         for i in missing:
             period.fetches[i].state = Acquisition.ABANDONED
-        return [Notify("period_skipped", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "missing_links": missing},
+        return [Notify("period_skipped", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "missing_links": [self._link_name(i) for i in missing]},
                        "warn")]
 
 

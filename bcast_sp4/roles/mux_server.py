@@ -3,7 +3,7 @@
 Adapters only (STYLE §4): :class:`MuxProtocol` feeds one TCP connection to a
 :class:`~bcast_sp4.machines.mux.MuxConnection`; :class:`MuxDatagramProtocol` feeds UDP
 data_provision to :meth:`MuxCore.receive_udp`; :class:`PlayOut` executes :class:`Emit` outputs on
-one connected UDP socket per route (unicast or multicast, TTL set), runs :meth:`MuxCore.tick` when
+one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set), runs :meth:`MuxCore.tick` when
 input made something due and at :meth:`MuxCore.next_wakeup` (one keyed ``IDelayedCall``), and
 routes :class:`Deliver` outputs to the connection they name. :class:`MuxServer` ties them together
 and offers :meth:`MuxServer.submit_stkm`, the in-process STKM path for a co-located SCS.
@@ -26,13 +26,17 @@ from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
-from ..wire import VERSION_GROUPS, Interface, Message, PeerProtocolError, decode_datagram
+from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
 from ._stream import SimulCryptStreamProtocol
 from .executor import OutputExecutor
+from .guard import ConnectionGuard
+from .log_limit import LogLimiter
 
 log = Logger()
+_V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
 
 
 class _EgressProtocol(DatagramProtocol):
@@ -47,13 +51,31 @@ class _EgressProtocol(DatagramProtocol):
         pass
 
 
+def set_hop_limit(sock, ipv6: bool, multicast: bool, hops: int, interface4: str, index6: int) -> None:
+    """TTL / hop limit of one play-out socket, and the interface its multicast leaves by."""
+    if ipv6:
+        if multicast:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+            if index6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index6)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    elif multicast:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, hops)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface4))
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+
+
 class PlayOut(Service):
     """Executes the core's egress: one connected UDP socket per route, the tick timer, deliveries.
 
     :param core: the shared :class:`MuxCore`.
     :param reactor: provides ``listenUDP`` and the clock.
-    :param interface: source address of the play-out sockets (and the multicast interface).
+    :param interface: source address of the IPv4 play-out sockets (and the IPv4 multicast interface).
     :param session: the process's :class:`~bcast_sp4.session.SessionManager`, or ``None``.
+    :param interface6: source address of the IPv6 play-out sockets.
+    :param multicast_interface6: name of the interface IPv6 multicast leaves by ("": the kernel's route).
 
     Its :attr:`executor` is the MUX's one output executor, shared by the TCP connections: Emit
     and Deliver are play-out's own outputs, the tick is its timer ``"tick"``.
@@ -62,38 +84,38 @@ class PlayOut(Service):
     log = Logger()
     TICK = "tick"
 
-    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None) -> None:
+    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None,
+                 limiter: LogLimiter | None = None, *, interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.interface = interface
+        self.interface6 = interface6
+        self.multicast_interface6 = multicast_interface6
         self.ports: dict[RouteKey, object] = {}
         self.sockets: dict[RouteKey, socket.socket] = {}
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
             reactor, self.log, "mux", session=session, timer_input=self._tick,
-            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver},
+            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver}, limiter=limiter,
         )
 
     # -- service -----------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        index6 = socket.if_nametoindex(self.multicast_interface6) if self.multicast_interface6 else 0
         for key, route in self.core.routes.items():
             cfg = route.config
-            port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface)
+            port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface6 if cfg.ipv6 else self.interface)
             port.connect(*cfg.destination)
             # Never read: with the epoll reactor a readable connected UDP port that meets an ICMP
             # "port unreachable" (receiver not up yet) is closed for good. Unwatched, the refusal
             # surfaces on the next send as ECONNREFUSED, which is counted as a drop.
             port.stopReading()
             sock = port.getHandle()
-            if cfg.multicast:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.interface))
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
+            set_hop_limit(sock, cfg.ipv6, cfg.multicast, cfg.ttl, self.interface, index6)
             self.ports[key] = port
             self.sockets[key] = sock
             self.log.info(
@@ -167,9 +189,22 @@ class MuxProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, factory: "MuxFactory") -> None:
-        super().__init__(factory.play_out.executor, factory.max_message_length)
+        super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
         self.play_out = factory.play_out
         self.machine = MuxConnection(factory.core)
+        if 1 in factory.core.config.versions:  # v1 peers that send data_id anyway (digest §2.1)
+            self.tolerate = _V1_TOLERATED
+
+    def has_channel(self) -> bool:
+        return self.machine.state is ServerChannelState.CHANNEL_OPEN
+
+    def channel_test(self) -> bool:
+        machine = self.machine
+        if machine.channel_id is None or machine.version is None or machine.client_id is None:
+            return False
+        self.send(emmg_mux.ChannelTest(protocol_version=machine.version, client_id=machine.client_id,
+                                       data_channel_id=machine.channel_id))
+        return True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -180,11 +215,13 @@ class MuxProtocol(SimulCryptStreamProtocol):
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         return self.machine.receive(item, now)
 
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+    def handle_frames(self, frames: list, received_at: float) -> int:
+        handled = super().handle_frames(frames, received_at)
         self.play_out.kick()
+        return handled
 
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
@@ -197,7 +234,8 @@ class MuxFactory(Factory):
     noisy = False
 
     def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
-                 session=None, listening_on: str | None = None) -> None:
+                 session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+        self.guard = guard
         self.core = core
         self.play_out = play_out
         self.clock = clock
@@ -210,7 +248,9 @@ class MuxFactory(Factory):
         if self.session is not None and self.listening_on is not None:
             self.session.listening(self.listening_on, "mux")
 
-    def buildProtocol(self, addr) -> MuxProtocol:
+    def buildProtocol(self, addr) -> MuxProtocol | None:
+        if self.guard is not None and not self.guard.admit(addr):
+            return None  # Twisted closes the socket at once
         protocol = self.protocol(self)
         protocol.factory = self
         return protocol
@@ -252,13 +292,18 @@ class MuxDatagramProtocol(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
+                 guard: ConnectionGuard | None = None) -> None:
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = min(max_message_length, 65535)
+        #: the udp_allow check, when the guard has a list (else every source passes)
+        self.admit = guard.admit_datagram if guard is not None and guard.udp_allowed.networks is not None else None
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        if self.admit is not None and not self.admit(addr):
+            return
         core = self.core
         now = self.clock.seconds()
         outputs = None
@@ -284,12 +329,15 @@ class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
     def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
-                 listening_on: str | None = None) -> None:
+                 listening_on: str | None = None, guard: ConnectionGuard | None = None,
+                 interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.clock: IReactorTime = reactor
-        self.play_out = PlayOut(core, reactor, interface, session)
-        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on)
-        self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
+        self.guard = guard
+        self.play_out = PlayOut(core, reactor, interface, session, guard.limiter if guard is not None else None,
+                                interface6=interface6, multicast_interface6=multicast_interface6)
+        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on, guard)
+        self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length, guard)
 
     def submit_stkm(
         self,

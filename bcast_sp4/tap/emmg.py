@@ -12,8 +12,11 @@ from twisted.python import usage
 
 from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
+from ..ops.startup import FailFast, build_or_fail
 from ..roles.emmg_client import EMMGService
+from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
+from .tls import client_endpoint
 
 log = Logger()
 
@@ -55,7 +58,10 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     """
     top = MultiService()
-    service = EMMGService(settings, reactor, session=session)
+    guard = ConnectionGuard(settings.limits, reactor, role="EMMG", server=False)
+    guard.setServiceParent(top)
+    service = EMMGService(settings, reactor, session=session, guard=guard,
+                          endpoint=client_endpoint(reactor, settings.connect, settings.tls))
     service.setServiceParent(top)
     top.emmg = service  # for tests and the lab
     log.info(
@@ -70,7 +76,8 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 import attrs
-from twisted.application import internet
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
 from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
+from ..roles.guard import ConnectionGuard
+from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
 from ..roles.mux_server import MuxServer
 from ._options import RoleOptions
+from .tls import server_endpoint
 
 log = Logger()
 
@@ -62,17 +62,22 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     """
     core = MuxCore(settings.mux)
+    guard = ConnectionGuard(settings.limits, reactor, role="MUX", server=True)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint)
+                       session=session, listening_on=settings.endpoint, guard=guard,
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
+    guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
+    tcp = ListeningService(reactor, settings.endpoint, server.factory,
+                           endpoint=server_endpoint(reactor, settings.endpoint, settings.tls))
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
-        udp = internet.UDPServer(port, server.udp_protocol, interface=interface, maxPacketSize=UDP_READ_SIZE, reactor=reactor)
+        udp = UDPListeningService(port, server.udp_protocol, interface=interface, reactor=reactor,
+                                  max_packet_size=UDP_READ_SIZE)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp
@@ -89,7 +94,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

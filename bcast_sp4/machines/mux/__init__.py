@@ -28,13 +28,14 @@ and at :meth:`MuxCore.next_wakeup`.
 
 from .config import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
 from .connection import MuxConnection
-from .core import Deliver, Emit, MuxCore, MuxRoute, MuxStream, UnknownRoute
+from .core import Deliver, Emit, EmitMany, MuxCore, MuxRoute, MuxStream, UnknownRoute
 
 __all__ = [
     "MAX_UDP_PAYLOAD",
     "ClientConfig",
     "Deliver",
     "Emit",
+    "EmitMany",
     "MuxConfig",
     "MuxConnection",
     "MuxCore",

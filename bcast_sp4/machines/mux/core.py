@@ -71,11 +71,12 @@ import attrs
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
 from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
-from ...wire.params import EMMG_MUX_PARAMS
+from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
 from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, error_information, internal_error
 from ..outputs import Notify, Output, Send
 from ..pacing import TokenBucket, kbit_to_bytes
 from ..stkm_schedule import DUE_EPSILON, STKMSchedule
+from . import classic
 from .config import ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
 from .drops import DropLog
 from .limits import UdpSources, min_gap, stkm_refusal
@@ -97,6 +98,18 @@ class Emit:
 
     def __repr__(self) -> str:
         return f"Emit(route=({self.route[0]:#010x}, {self.route[1]}), {len(self.payload)} bytes)"
+
+
+@attrs.frozen(repr=False)
+class EmitMany:
+    """Send each of *payloads*, in order, as one UDP datagram to the destination of *route*
+    (what a batch of UDP ingest makes, :meth:`MuxCore.receive_udp_batch`)."""
+
+    route: RouteKey
+    payloads: tuple[bytes, ...]
+
+    def __repr__(self) -> str:
+        return f"EmitMany(route=({self.route[0]:#010x}, {self.route[1]}), {len(self.payloads)} datagrams)"
 
 
 @attrs.frozen
@@ -125,6 +138,8 @@ class MuxStream:
     ingress: TokenBucket | None = None
     overruns_in_a_row: int = 0
     overruns: int = 0
+    #: the channel's section_TSpkt_flag: 0x00 / 0x01 datagrams are format-checked (:mod:`.classic`)
+    section_TSpkt_flag: int = SectionTSpktFlag.BCAST
 
 
 @attrs.define(eq=False)
@@ -254,7 +269,7 @@ class MuxCore:
         stream.ingress = TokenBucket(
             rate=rate, depth=self._ingress_depth(rate), tokens=self._ingress_depth(rate), stamp=now, floor=-float(config.queue_bytes)
         )
-        if route.config.kind is RouteKind.LTKM:
+        if route.config.kind.queued:
             route.egress = TokenBucket(rate=rate, depth=rate * config.egress_burst, tokens=0.0, stamp=now)
         return stream
 
@@ -336,6 +351,16 @@ class MuxCore:
             if not datagrams:
                 return outputs
             count = len(datagrams)
+        if stream.section_TSpkt_flag != SectionTSpktFlag.BCAST:
+            datagrams, bad, fault = classic.screen(stream.section_TSpkt_flag, datagrams)
+            if bad:
+                outputs += self.drop(route.key, "bad_format", bad, now, section_TSpkt_flag=stream.section_TSpkt_flag,
+                                     fault=fault)
+                invalid = {"error_status": (ErrorStatus.INVALID_VALUE,), "error_information": error_information(_DATAGRAM)}
+                outputs.append(self._to_stream(stream, m.StreamError, tcp, **invalid))
+                if not datagrams:
+                    return outputs
+                count, size = len(datagrams), sum(map(len, datagrams))
         if route.config.kind is RouteKind.STKM:
             refused = stkm_refusal(config.limits, datagrams)
             if refused is not None:
@@ -672,6 +697,70 @@ class MuxCore:
         except Exception as exc:
             self.counters["internal_errors"] += 1
             return self.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
+
+    def receive_udp_batch(
+        self, items: list[tuple[int, int, int, bytes]], now: float
+    ) -> tuple[list[Output], int]:
+        """:meth:`receive_udp_fast` for many usual UDP datagrams in arrival order, in one call.
+
+        *items* are ``(version, client_id, data_id, datagram)`` as the adapter took them apart.
+        Takes items from the first on and stops at the first one :meth:`receive_udp_fast` would
+        not take (no live stream of that version for it). Returns the outputs for the items taken
+        and how many it took; the caller decodes the one it stopped at in full (then
+        :meth:`receive_udp`) and hands the rest back. Same counters, queues and outputs as one
+        :meth:`receive_udp_fast` per item, except that with ``unthrottled`` the datagrams of a
+        route come out as one :class:`EmitMany` (order kept within the route).
+        """
+        routes = self.routes
+        outputs: list[Output] = []
+        pending: dict[MuxRoute, list[bytes]] = {}  # unthrottled LTKM routes: payloads to emit
+        fast = self.config.unthrottled
+        limit = self.config.max_datagram_size
+        stkm = RouteKind.STKM
+        taken = 0
+        for version, client_id, data_id, datagram in items:
+            route = routes.get((client_id, data_id))
+            if route is None:
+                break
+            stream = route.stream
+            if stream is None or version != stream.connection.version:
+                break
+            taken += 1
+            if fast and len(datagram) <= limit and route.config.kind is not stkm:
+                payloads = pending.get(route)
+                if payloads is None:
+                    pending[route] = [datagram]
+                else:
+                    payloads.append(datagram)
+                continue
+            if pending:  # what came before this one goes out before it
+                outputs += self._emit_pending(pending)
+                pending = {}
+            self.counters["udp_messages"] += 1
+            outputs += self.ingest(stream, (datagram,), now, tcp=False)
+        if pending:
+            outputs += self._emit_pending(pending)
+        return outputs, taken
+
+    def _emit_pending(self, pending: dict[MuxRoute, list[bytes]]) -> list[Output]:
+        """Count and emit the unthrottled datagrams :meth:`receive_udp_batch` gathered per route
+        (each was one data_provision of one datagram, as :meth:`ingest` counts them)."""
+        counters = self.counters
+        outputs: list[Output] = []
+        for route, payloads in pending.items():
+            count, size = len(payloads), sum(map(len, payloads))
+            counters["udp_messages"] += count
+            counters["data_provisions"] += count
+            counters["datagrams_in"] += count
+            counters["bytes_in"] += size
+            counters["datagrams_out"] += count
+            counters["bytes_out"] += size
+            route.datagrams_in += count
+            route.bytes_in += size
+            route.datagrams_out += count
+            route.bytes_out += size
+            outputs.append(EmitMany(route.key, tuple(payloads)))
+        return outputs
 
     def _udp_report(self, connection: MuxConnection, message: Message, now: float) -> list[Output]:
         last = self._udp_reported.get(connection)
