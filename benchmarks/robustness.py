@@ -1193,12 +1193,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=100_000, help="mutated messages per interface")
     parser.add_argument("--flood", type=int, default=2000, help="connections per flood (0: none)")
+    parser.add_argument("--flood-hold", type=float, default=35.0,
+                        help="s a flood is held before counting what the server closed (its no-channel timeout is 30 s)")
     parser.add_argument("--only", choices=("ecmg", "mux", "kill"), action="append", help="run only these parts")
     parser.add_argument("--quick", action="store_true", help="a short run: 3,000 messages, 200-connection floods")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.flood = 3000, 200
+        args.n, args.flood, args.flood_hold = 3000, 200, 5.0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.flood + 1024)), hard))
     parts = args.only or ["ecmg", "mux", "kill"]
@@ -1209,10 +1211,10 @@ def main(argv: list[str] | None = None) -> int:
               f"work in {work}", flush=True)
         if "ecmg" in parts:
             (work / "ecmg").mkdir()
-            run_ecmg(args.n, work / "ecmg", rng, args.flood)
+            run_ecmg(args.n, work / "ecmg", rng, args.flood, hold_s=args.flood_hold)
         if "mux" in parts:
             (work / "mux").mkdir()
-            run_mux(args.n, work / "mux", rng, args.flood)
+            run_mux(args.n, work / "mux", rng, args.flood, hold_s=args.flood_hold)
         if "kill" in parts:
             run_kill(work)
     return 0
