@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.trial.unittest import TestCase
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast import traffic
@@ -238,3 +239,50 @@ def test_mux_core_is_untouched_by_a_refused_datagram():
             server.udp_protocol.datagramReceived(b"\x03\x02\x11\x00\x00", ("127.0.0.1", 5555))
     assert guard.counters["udp_refused_address"] == 100
     assert len([e for e in events if e["log_level"] == LogLevel.warn]) == 5
+
+
+class RealSocketTimeoutsTest(TestCase):
+    """A few real loopback connections to the ECMG ``bcast-ecmg`` builds: idle and half-sent ones
+    are closed by the timeouts and every count and byte goes back (bounded waits, no timing asserted)."""
+
+    async def test_idle_and_half_sent_connections_are_closed(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.task import deferLater
+
+        from bcast_sp4.config import load_ecmg_settings
+        from bcast_sp4.tap.ecmg import build_service
+
+        settings = load_ecmg_settings(ROOT / "etc" / "ecmg.toml")
+        # the half-sent ones hit the message timeout long before the channel timeout
+        limits = attrs.evolve(settings.limits, first_channel_setup_timeout=5.0, message_timeout=0.2)
+        top = build_service(attrs.evolve(settings, limits=limits), KEYS, reactor)
+        guard = top.factory.guard
+        self.addCleanup(guard.stop)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(top.factory)
+        self.addCleanup(port.stopListening)
+        lost = []
+
+        class Peer(Protocol):
+            def __init__(self, payload: bytes) -> None:
+                self.payload = payload
+
+            def connectionMade(self) -> None:
+                if self.payload:
+                    self.transport.write(self.payload)
+
+            def connectionLost(self, reason) -> None:
+                lost.append(self.payload)
+
+        half = bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(1000)  # claims 65,535 bytes, sends 1,000
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        for payload in (b"", b"", b"", half, half, half):
+            await endpoint.connect(Factory.forProtocol(lambda p=payload: Peer(p)))
+        for _ in range(3000):  # 60 s at most on a busy machine
+            if len(lost) == 6 and guard.connections == 0:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(sorted(lost), [b"", b"", b"", half, half, half])
+        self.assertEqual((guard.counters["closed_no_channel"], guard.counters["closed_message_timeout"]), (3, 3))
+        self.assertEqual((guard.connections, guard.buffered_total), (0, 0))
