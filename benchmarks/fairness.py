@@ -17,8 +17,11 @@ Two measurements, each against ECMG processes started here on 127.0.0.1:
   it, then nothing. The ECMG runs with short timeouts (``--timeout`` s for both
   first_channel_setup_timeout and message_timeout) and room for them all (max_connections,
   max_buffered_bytes_total); the script waits until the ECMG has closed every one of them and
-  reads the RSS again ``--settle`` s later. Target (issue #13): every connection closed by the
-  timeouts, RSS after within 10 MB of before.
+  reads the RSS again ``--settle`` s later; ``--floods`` floods one after the other show whether
+  memory keeps growing. ``--pythonmalloc malloc`` runs the ECMG with ``PYTHONMALLOC=malloc``
+  (CPython's small-object arenas stay mapped while any object in them lives; glibc's heap is
+  trimmed by the guard). Target (issue #13): every connection closed by the timeouts, RSS after
+  within 10 MB of before.
 
 Only 127.0.0.1; every loop is bounded in time. ``python benchmarks/fairness.py [fair|flood|all]``.
 """
@@ -62,7 +65,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object]) -> tuple[subprocess.Popen, int]:
+def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object],
+               env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     directory.mkdir(parents=True, exist_ok=True)
     keys = ["format = 1", "[keys.sek]", "key_id = 1", f'key = "{SEK_HEX}"', f'authentication_key = "{SAK_HEX}"']
     for ecm_id in list(range(PACED_ECM_IDS, PACED_ECM_IDS + 100)) + list(range(HOG_ECM_IDS, HOG_ECM_IDS + hog_streams)):
@@ -85,7 +89,7 @@ mode = "drm"
 {table}
 """)
     log = open(directory / "ecmg.log", "w")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
     proc = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "bcast-ecmg",
          "--config", str(config)],
@@ -304,13 +308,15 @@ def flood(args) -> None:
               "max_connections": args.idle + args.half + 100,
               "max_buffered_bytes_total": (args.half + 10) * 70_000}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_ecmg(Path(tmp) / "flood", 10, limits)
+        proc, port = start_ecmg(Path(tmp) / "flood", 10, limits,
+                                {"PYTHONMALLOC": args.pythonmalloc} if args.pythonmalloc else None)
         try:
             # warm up: one channel with a few ECMs, so the code paths are loaded before "before"
             paced(port, 4, 100, 1.0)
             time.sleep(1.0)
             print(f"flood: {args.idle} idle + {args.half} half-sent ({args.half_bytes} of 65,540 bytes) connections, "
-                  f"timeouts {args.timeout:g} s, {args.floods} floods one after the other")
+                  f"timeouts {args.timeout:g} s, {args.floods} floods one after the other"
+                  + (f", ECMG with PYTHONMALLOC={args.pythonmalloc}" if args.pythonmalloc else ""))
             start = rss_mb(proc.pid)
             print(f"  RSS before the first flood {start:.1f} MB")
             for number in range(1, args.floods + 1):
@@ -352,6 +358,7 @@ def main() -> int:
     parser.add_argument("--half-bytes", type=int, default=32 * 1024)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--pythonmalloc", default="", help="PYTHONMALLOC for the ECMG (e.g. malloc)")
     parser.add_argument("--floods", type=int, default=2, help="floods one after the other (the first loads code paths)")
     args = parser.parse_args()
     if args.what in ("fair", "all"):
