@@ -248,9 +248,10 @@ class ConnectionGuard(Service):
                                has_channel=has_channel, channel_test=channel_test)
 
     def note_close(self, counter: str, peer: str, reason: str) -> None:
-        """Count and (rate-limited) log a close the guard decided."""
+        """Count and (rate-limited per host: a flood comes from many ports) log a close the guard decided."""
         self.counters[counter] += 1
-        if self.limiter.allow(peer, counter, f"connections closed ({counter.removeprefix('closed_')})"):
+        host = peer.rsplit(":", 1)[0]
+        if self.limiter.allow(host, counter, f"connections closed ({counter.removeprefix('closed_')})"):
             self.log.warn("{role}: closing connection with {peer}: {reason}", role=self.role, peer=peer, reason=reason)
 
 
