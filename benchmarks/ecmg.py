@@ -83,6 +83,7 @@ def write_config(directory: Path, throughput_streams: int, paced_streams: int) -
             lines += ["[[streams]]", f"super_cas_id = {MODES['drm']}", f"ecm_id = {ecm_id}", 'keys = ["sek"]']
         lines += ["[[streams]]", f"super_cas_id = {MODES['smartcard']}", f"ecm_id = {ecm_id}", 'keys = ["msk"]']
     (directory / "keys.toml").write_text("\n".join(lines) + "\n")
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     config = directory / "ecmg.toml"
     config.write_text(
         f"""[ecmg]

@@ -114,6 +114,9 @@ def sender(args) -> None:
 # -- measuring process: the MUX or a baseline ------------------------------------------------------
 
 
+_KEEP: list = []  # objects the measuring process must keep alive
+
+
 def build_mux(mode: str, reactor):
     """The MUX under test; returns (tcp port, udp port, started(), counts(), extra(), got)."""
     from twisted.internet.protocol import DatagramProtocol
@@ -158,6 +161,9 @@ def build_mux(mode: str, reactor):
         return {"emitted": c["datagrams_out"], "accepted": c["datagrams_in"], "dropped": dict(core.dropped),
                 "processed": c["udp_messages"]}
 
+    # the sink port must outlive this function: it is not reading, so the reactor holds no
+    # reference to it, and a collected port closes its socket (egress then meets ECONNREFUSED)
+    _KEEP.append(sink)
     return (tcp.getHost().port, udp.getHost().port, lambda: c["datagrams_in"] > 0,
             lambda: (c["bytes_in"], c[counter]), extra, got)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import math
 import os
 import resource
 import signal
@@ -79,6 +80,7 @@ def start_ecmg(directory: Path, streams: int) -> tuple[subprocess.Popen, int]:
     for ecm_id in range(1, streams + 1):
         lines += ["[[streams]]", f"super_cas_id = {SCID}", f"ecm_id = {ecm_id}", 'keys = ["sek"]']
     (directory / "keys.toml").write_text("\n".join(lines) + "\n")
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     config = directory / "ecmg.toml"
     config.write_text(f"""[ecmg]
 endpoint = "tcp:0:interface=127.0.0.1"
@@ -109,6 +111,16 @@ mode = "drm"
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of process *pid* so far (schedstat ns; /proc/<pid>/stat ticks where missing)."""
+    try:
+        return sum(int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+                   for task in os.listdir(f"/proc/{pid}/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class GCPauses:
@@ -263,7 +275,7 @@ async def timer_floor(args) -> list[dict]:
     return windows
 
 
-async def run(args, port: int) -> dict:
+async def run(args, port: int, ecmg_pid: int) -> dict:
     endpoint = f"tcp:host=127.0.0.1:port={port}"
     per_channel = args.streams // args.channels
     channels = [ChannelSpec(name=f"ch{c}", endpoint=endpoint, backup_endpoint=None, super_CAS_id=SCID,
@@ -302,19 +314,20 @@ async def run(args, port: int) -> dict:
     windows = []
     sampler = CPUSampler() if args.profile else None
     for _ in range(args.runs):
-        before = {name: (s.stats.stkms_late, s.stats.periods_skipped, s.stats.periods_ready)
+        before = {name: (s.stats.stkms_late, s.stats.periods_skipped, s.stats.periods_ready, s.stats.stkms_received)
                   for name, s in core.services.items()}
         marker = len(runner.switch_log)
         pauses = GCPauses()
-        t0, cpu0 = reactor.seconds(), cpu_seconds()
+        t0, cpu0, ecmg0 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         if sampler is not None:
             sampler.start()
         await deferLater(reactor, args.duration, lambda: None)
         if sampler is not None:
             sampler.stop()
-        t1, cpu1 = reactor.seconds(), cpu_seconds()
+        t1, cpu1, ecmg1 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         gc.callbacks.remove(pauses)
         jitters = sorted(s.jitter * 1000 for _, s in list(runner.switch_log)[marker:])
+        stkms = sum(s.stats.stkms_received - before[n][3] for n, s in core.services.items())
         windows.append({
             "window_s": t1 - t0,
             "periods_ready": sum(s.stats.periods_ready - before[n][2] for n, s in core.services.items()),
@@ -328,6 +341,8 @@ async def run(args, port: int) -> dict:
             "gc_max_pause_ms_gen0_1_2": [1000 * max(pauses.pauses[g], default=0.0) for g in (0, 1, 2)],
             "gc_max_pause_ms": 1000 * max((p for ps in pauses.pauses.values() for p in ps), default=0.0),
             "cpu_s": cpu1 - cpu0,
+            "stkms_received": stkms,
+            "ecmg_cpu_s": ecmg1 - ecmg0,
             "gc_s": sum(p for ps in pauses.pauses.values() for p in ps),
         })
     runner.stopService()
@@ -339,9 +354,9 @@ async def run(args, port: int) -> dict:
             "profile": None if sampler is None else dict(sampler.counts)}
 
 
-async def benchmark(args, port: int) -> dict:
+async def benchmark(args, port: int, ecmg_pid: int) -> dict:
     floor = await timer_floor(args)
-    result = await run(args, port)
+    result = await run(args, port, ecmg_pid)
     result["floor"] = floor
     return result
 
@@ -380,7 +395,7 @@ def main() -> None:
         proc, port = start_ecmg(Path(directory), args.streams)
         result: dict = {}
         try:
-            d = __import__("twisted.internet.defer", fromlist=["Deferred"]).Deferred.fromCoroutine(benchmark(args, port))
+            d = __import__("twisted.internet.defer", fromlist=["Deferred"]).Deferred.fromCoroutine(benchmark(args, port, proc.pid))
             d.addCallbacks(result.update, lambda f: (result.update(error=f.getTraceback()), None))
             d.addBoth(lambda _: reactor.stop())
             bound = args.runs * (args.duration + args.baseline_seconds) + 4 * args.period + 120
@@ -403,13 +418,13 @@ def main() -> None:
     for i, w in enumerate(windows, 1):
         print(f"  SCS window {i} ({w['window_s']:.1f} s): {w['periods_ready']:,} periods ready, late STKMs "
               f"{w['late_stkms']}, skipped periods {w['skipped_periods']}; {w['switches']:,} switches, jitter p50 "
-              f"{w['jitter_p50_ms']:.3f} ms, p99 {w['jitter_p99_ms']:.3f} ms, max {w['jitter_max_ms']:.3f} ms; "
+              f"{_ms(w['jitter_p50_ms'])} ms, p99 {_ms(w['jitter_p99_ms'])} ms, max {_ms(w['jitter_max_ms'])} ms; "
               f"CPU {w['scs_cpu_percent']:.1f} %; GC passes gen0/1/2 {w['gc_passes_gen0_1_2']}, max pause "
               f"{w['gc_max_pause_ms']:.1f} ms")
     late = sum(w["late_stkms"] for w in windows)
     skipped = sum(w["skipped_periods"] for w in windows)
-    p99 = statistics.median(w["jitter_p99_ms"] for w in windows if w["jitter_p99_ms"] is not None)
-    floor_p99 = statistics.median(w["p99_ms"] for w in floor if w["p99_ms"] is not None)
+    p99 = statistics.median([w["jitter_p99_ms"] for w in windows if w["jitter_p99_ms"] is not None] or [math.inf])
+    floor_p99 = statistics.median([w["p99_ms"] for w in floor if w["p99_ms"] is not None] or [math.nan])
     print(f"late STKMs per window {spread([w['late_stkms'] for w in windows], 'd')} (total {late}); skipped periods "
           f"per window {spread([w['skipped_periods'] for w in windows], 'd')} (total {skipped})")
     print(f"CW-switch jitter p99: SCS {spread([w['jitter_p99_ms'] for w in windows], '.3f')} ms; timer floor "
@@ -420,10 +435,26 @@ def main() -> None:
     print(f"SCS CPU {spread([w['scs_cpu_percent'] for w in windows], '.1f')} % (timer floor "
           f"{spread([w['cpu_percent'] for w in floor], '.1f')} %); GC max pause per window "
           f"{spread([w['gc_max_pause_ms'] for w in windows], '.1f')} ms")
+    # CPU per stream-period (each window: SCS CPU / periods ready), against the ECMG's CPU per STKM
+    # in the same windows (its process's CPU / ECM_responses the SCS received)
+    scs_us = [w["cpu_s"] / w["periods_ready"] * 1e6 for w in windows if w["periods_ready"]]
+    ecmg_us = [w["ecmg_cpu_s"] / w["stkms_received"] * 1e6 for w in windows if w["stkms_received"]]
+    cpu_ratios = [w["cpu_s"] / w["periods_ready"] / (w["ecmg_cpu_s"] / w["stkms_received"])
+                  for w in windows if w["periods_ready"] and w["stkms_received"] and w["ecmg_cpu_s"] > 0]
+    cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else float("nan")
+    print(f"CPU per stream-period: SCS {spread(scs_us, '.1f')} µs; ECMG CPU per STKM in the same windows "
+          f"{spread(ecmg_us, '.1f')} µs; SCS / ECMG = {spread(cpu_ratios, '.2f')}x")
+    jitter_ratio = p99 / floor_p99
     print(f"targets: late STKMs + skipped periods == 0 (total) -> {'OK' if late + skipped == 0 else 'MISSED'}; "
-          f"jitter p99 <= 5 ms (median) -> {'OK' if p99 <= 5 else 'MISSED'}")
+          f"jitter p99 <= 5 ms (median) -> {'OK' if p99 <= 5 else 'MISSED'}; jitter p99 <= 2 x timer floor p99 -> "
+          f"{'OK' if jitter_ratio <= 2 else 'MISSED'} ({jitter_ratio:.2f}x); CPU per stream-period <= 3 x ECMG CPU "
+          f"per STKM -> {'OK' if cpu_ratio <= 3 else 'MISSED'} ({cpu_ratio:.2f}x)")
     if result.get("profile"):
         print_profile(result["profile"], windows)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def print_profile(counts: dict[str, int], windows: list[dict]) -> None:

@@ -17,6 +17,7 @@ from .integration.harness import ROOT
 
 BASE = """[ecmg]
 key_file = "{keys}"
+allow_readable_key_file = true
 {extra}
 [[cas]]
 super_CAS_id = 0x00010001

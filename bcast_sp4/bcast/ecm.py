@@ -132,31 +132,43 @@ class STKMSource:
             raise _generation_error(exc) from None
 
     def _generate(self, request: ECMRequest) -> bytes:
-        cws = [(c.CP_number, c.CW) for c in request.CP_CW_combination]
+        # CP_CW_combinations are (CP_number, CW) pairs already: used as they are unless encrypted
+        cws = request.CP_CW_combination
         if request.CW_encryption is not None:
-            plain = self._cw_decryptor.decrypt(request.CW_encryption, self.cw_encryption_keys, cws)
-            cws = list(zip((cp for cp, _ in cws), plain))
-        if request.mode in (CasMode.DVB_SECTIONS, CasMode.DVB_TS_PACKETS):
-            section = build_dvb_ecm(self._dvb_state(request.super_CAS_id), request.ECM_id or 0, request.CP_number, cws, self.rng)
-            return section if request.mode is CasMode.DVB_SECTIONS else packetize(section)
-        by_cp = dict(cws)
+            pairs = [(c.CP_number, c.CW) for c in cws]
+            plain = self._cw_decryptor.decrypt(request.CW_encryption, self.cw_encryption_keys, pairs)
+            cws = list(zip((cp for cp, _ in pairs), plain))
+        mode = request.mode
+        if mode is CasMode.DVB_SECTIONS or mode is CasMode.DVB_TS_PACKETS:
+            super_cas_id = request.super_CAS_id
+            state = self._dvb_states.get(super_cas_id)
+            if state is None or state._key is not self.dvb_keys[super_cas_id]:
+                state = self._dvb_state(super_cas_id)
+            section = build_dvb_ecm(state, request.ECM_id or 0, request.CP_number, cws, self.rng)
+            return section if mode is CasMode.DVB_SECTIONS else packetize(section)
+        cp_number = request.CP_number
+        next_cp = (cp_number + 1) & 0xFFFF
+        current = following = None
+        for cp, cw in cws:  # the last of equal CP_numbers wins, as a dict of them would keep it
+            if cp == cp_number:
+                current = cw
+            elif cp == next_cp:
+                following = cw
         try:
             access = stkm_drm.decode_access_criteria(request.access_criteria) if request.access_criteria else ()
         except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
             raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
         stream = (request.super_CAS_id, request.ECM_id or 0)
-        current = by_cp.get(request.CP_number)
         if current is None:  # the machine checks the CP_numbers; this holds for any caller
-            raise ECMGenerationError(NOT_ENOUGH_CW, f"no CW for CP_number {request.CP_number}")
+            raise ECMGenerationError(NOT_ENOUGH_CW, f"no CW for CP_number {cp_number}")
         # CW(n) of this provision is usually CW(n+1) of the stream's previous one: decoded then.
         last = self._last_next.get(stream)
         material = last[1] if last is not None and last[0] == current else decode_cw(None, current)
-        following = by_cp.get((request.CP_number + 1) & 0xFFFF)
         next_material = decode_cw(material.PROTECTION, following) if following is not None else None
         if next_material is not None:
             self._last_next[stream] = (following, next_material)
         key, programme = self._stream_keys(stream, request.now)
-        if request.mode is CasMode.DRM_PROFILE:
+        if mode is CasMode.DRM_PROFILE:
             return stkm_drm.build_stkm(
                 material,
                 key,

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..bcast.keys import to_datetime
-from .addresses import parse_host_port, parse_ipv4, parse_udp_listen
+from .addresses import parse_host_port, parse_ip, parse_ipv4, parse_udp_listen
 
 _NOTHING: Any = attrs.NOTHING
 #: what :meth:`Reader._note` gets as the default of a key that holds a table (or array of tables)
@@ -261,7 +261,7 @@ class Reader:
         return resolved
 
     def host_port(self, key: str, default: Any = _NOTHING) -> Any:
-        """``ADDR:PORT`` (IPv4 literal, port 1..65535) -> ``(addr, port)``."""
+        """``ADDR:PORT`` (IPv4) or ``[ADDR]:PORT`` (IPv6), port 1..65535 -> ``(addr, port)``."""
         return self._parsed(key, default, parse_host_port)
 
     def udp_listen(self, key: str, default: Any = _NOTHING) -> Any:
@@ -274,6 +274,16 @@ class Reader:
         if key in self.table:
             try:
                 parse_ipv4(text, text)
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        return text
+
+    def ip_address(self, key: str, default: Any = _NOTHING) -> Any:
+        """An IPv4 or IPv6 address literal (kept as the string, IPv6 in compressed form)."""
+        text = self.string(key, default)
+        if key in self.table:
+            try:
+                return str(parse_ip(text, text))
             except ValueError as exc:
                 raise self.fail(key, str(exc)) from None
         return text

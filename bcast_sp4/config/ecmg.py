@@ -11,6 +11,7 @@ from ..machines.ecmg import ChannelParameters, ECMGConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .keyfile import check_private
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
@@ -44,6 +45,7 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
     versions = top.int_list("versions", [1, 2, 3], (1, 2, 3))
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     key_file = top.path_value("key_file")
+    check_private(top, "key_file", key_file, top.boolean("allow_readable_key_file", False), "allow_readable_key_file")
     ecmg_kwargs = dict(
         versions=frozenset(versions),
         max_channels=top.integer("max_channels", 1000, 1, 65536),

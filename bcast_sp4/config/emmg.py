@@ -17,8 +17,9 @@ from ..machines.emmg import EMMGConfig, EMMGStreamConfig
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .addresses import TRANSPORTS, same_family
+from .keyfile import check_private
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
-from .addresses import TRANSPORTS
 from .subscribers import load_subscribers
 
 
@@ -64,11 +65,14 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
     mux_udp = top.host_port("mux_udp", None)
     if udp and mux_udp is None:
         raise top.fail("mux_udp", "missing: transport 'udp' needs the MUX's UDP ADDR:PORT")
-    udp_interface = top.ipv4("udp_interface", "127.0.0.1")
+    udp_interface = top.ip_address("udp_interface", "::1" if mux_udp and ":" in mux_udp[0] else "127.0.0.1")
+    if mux_udp is not None and not same_family(udp_interface, mux_udp[0]):
+        raise top.fail("udp_interface", f"{udp_interface} and mux_udp {mux_udp[0]} are not of one IP family")
     kwargs = dict(
         data_channel_id=top.integer("data_channel_id", 1),
         protocol_version=top.integer("protocol_version", 3, 2, 5),
         response_timeout=top.milliseconds("response_timeout_ms", 5000, 1),
+        close_timeout=top.milliseconds("close_timeout_ms", 5000, 1),
         udp_end_wait=top.milliseconds("udp_end_wait_ms", 100),
         datagrams_per_message=top.integer("datagrams_per_message", 1, 1, 1000),
         max_message_length=top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE + 64, MAX_MESSAGE_LENGTH),
@@ -124,6 +128,7 @@ def _sources(entry: Reader) -> StreamSources:
     if entry.has("subscribers"):
         sub = entry.sub("subscribers")
         file = sub.path_value("file")
+        check_private(sub, "file", file, sub.boolean("allow_readable", False), "allow_readable")
         fields["subscribers"] = load_subscribers(file)  # its errors name the subscriber file
         fields["subscribers_file"] = file
         fields["repeat_interval"] = float(sub.integer("repeat_interval", 0, 0, 86400 * 365))

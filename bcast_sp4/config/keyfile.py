@@ -19,6 +19,12 @@ The ECMG's SEK/PEK per STKM stream (bcast-keys.md §1.2, §1.3; SP-4 CR §14.1.1
     ecm_id = 1                    # uint16 = stkmstream
     keys = ["<name>", ...]        # keys usable on this stream
 
+Key hygiene (issue #13): a key file that group or others may read is refused
+(:func:`check_private`) wherever a role loads one, unless the role's configuration allows it
+(``allow_readable_key_file`` in the ECMG's ``[ecmg]``; ``allow_readable`` in the EMMG's
+``[stream.subscribers]``): the example and lab files, checked out world-readable by git, carry
+public test keys and set that option.
+
 The ``[keys.<name>]`` tables are shared with the subscriber file (:mod:`.subscribers`). Unknown
 tables or keys are errors (a typo must not silently drop a key); every error is a
 :class:`~._reader.ConfigError` naming the file, the key path and the reason; key bytes never appear.
@@ -26,6 +32,8 @@ tables or keys are errors (a typo must not silently drop a key); every error is 
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import datetime
 from os import PathLike
 from pathlib import Path
@@ -38,12 +46,41 @@ KEY_FILE_FORMAT = 1
 _ROLES = {r.value: r for r in KeyRole}
 
 
-def load_keyfile(path: str | PathLike[str]) -> KeyStore:
+def check_private(reader: Reader, key: str, path: Path, allow_readable: bool, setting: str) -> None:
+    """Refuse *path* (named by *key* of *reader*'s table) when group or others may read it.
+
+    Group read is accepted on a file owned by root when this process is not root (the file's
+    group is then the service's, administered by root).
+
+    :param allow_readable: the role's setting *setting* allows such a file (public test keys).
+    :raises ConfigError: one line naming the file, its mode and both ways out.
+    """
+    if allow_readable:
+        return
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise reader.fail(key, f"{path}: {exc.strerror}") from None
+    mode = stat.S_IMODE(info.st_mode)
+    # As PostgreSQL does for its key: group read is fine on a root-owned file read by another
+    # user (``install -m 0640 -o root -g bcast-sp4``): only root can change who is in the group.
+    group_ok = info.st_uid == 0 and os.geteuid() != 0
+    if mode & stat.S_IROTH or (mode & stat.S_IRGRP and not group_ok):
+        named = f"{path} holds keys and is" if key else "holds keys and is"
+        raise reader.fail(
+            key, f"{named} readable by group or others (mode {mode:04o}): "
+                 f"chmod 600 it, or set {setting} = true (public test keys only)")
+
+
+def load_keyfile(path: str | PathLike[str], *, require_private: bool = False) -> KeyStore:
     """Read a key file (format in the module docstring).
 
+    :param require_private: refuse a file group or others may read (see :func:`check_private`).
     :returns: a filled :class:`KeyStore`.
     :raises ConfigError: naming file, key path and reason, on any unreadable or invalid content.
     """
+    if require_private:
+        check_private(Reader(Path(path), {}), "", Path(path), False, "allow_readable_key_file")
     path, doc = load_toml(path)
     return keystore_from_document(path, doc)
 

@@ -90,16 +90,19 @@ def _networks(table: Reader, key: str) -> tuple[Network, ...] | None:
     return tuple(out)
 
 
-def read_limits(root: Reader, *, server: bool, udp: bool = False, max_message_length: int = 65540) -> Limits:
+def read_limits(root: Reader, *, server: bool, udp: bool = False, max_message_length: int = 65540,
+                table: Reader | None = None) -> Limits:
     """The ``[limits]`` table of a role file (absent: the defaults).
 
     :param server: the role accepts connections (ECMG, MUX): the channel timeouts, the connection
         cap and the TCP allow-list apply; a client (SCS, EMMG) reads only the budgets.
     :param udp: the role receives UDP (MUX data_provision, SCS scrambler input): ``udp_allow``.
     :param max_message_length: the role's longest message; a connection must be able to buffer one.
+    :param table: the ``[limits]`` reader when the role's loader reads keys of its own from the same
+        table first (the MUX's STKM caps); ``None``: ``root.sub("limits")``.
     :raises ConfigError: naming the key.
     """
-    table = root.sub("limits")
+    table = root.sub("limits") if table is None else table
     d = Limits()
     kwargs: dict = dict(
         messages_per_turn=table.integer("messages_per_turn", d.messages_per_turn, 1, 1_000_000),

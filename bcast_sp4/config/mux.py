@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import attrs
 
 from ..machines.mux import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig, RouteKind
+from ..machines.mux.limits import MuxLimits
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
@@ -23,6 +25,8 @@ class MuxSettings:
     egress_interface: str
     max_message_length: int
     source_path: Path
+    egress_interface6: str = "::1"  # source address of datagrams to IPv6 destinations
+    ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
     limits: Limits = Limits()
     tls: TLSSettings | None = None
 
@@ -37,7 +41,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     top = root.sub("mux", required=True)
     endpoint = top.string("endpoint", "tcp:5000:interface=127.0.0.1")
     udp = top.udp_listen("udp", None)
-    versions = top.int_list("versions", [2, 3, 4, 5], (2, 3, 4, 5), " (v1 has no data_id)")
+    versions = top.int_list("versions", [2, 3, 4, 5], (1, 2, 3, 4, 5),
+                            " (1 only for peers sending data_id in v1, a tolerated deviation)")
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
     kwargs = dict(
         versions=frozenset(versions),
@@ -63,12 +68,25 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     )
     q.no_unknown_keys()
 
+    lim = root.sub("limits")
+    limits = dict(
+        max_stkm_datagrams=lim.integer("max_stkm_datagrams", 16, 1, 65535),
+        max_stkm_size=lim.integer("max_stkm_size", 8192, 1, MAX_UDP_PAYLOAD),
+        stkm_sender_grace=lim.milliseconds("stkm_sender_grace_ms", 10_000),
+        stkm_max_age=lim.milliseconds("stkm_max_age_ms", 0),
+    )  # the connection budgets of the same table: read_limits below, which checks for unknown keys
+
     e = root.sub("egress")
     egress_interface = e.ipv4("interface", "127.0.0.1")
+    egress_interface6 = e.ip_address("interface6", "::1")
+    if ":" not in egress_interface6:
+        raise e.fail("interface6", f"{egress_interface6!r} is not an IPv6 address")
+    multicast6 = e.string("ipv6_multicast_interface", "")
     kwargs["unthrottled"] = e.boolean("unthrottled", False)
     e.no_unknown_keys()
 
     clients: dict[int, ClientConfig] = {}
+    udp_sources: dict[int, tuple] = {}
     destinations: dict[tuple[str, int], str] = {}
     for entry in root.list_of_tables("client"):
         client_id = entry.integer("client_id", low=0, high=0xFFFFFFFF)
@@ -76,7 +94,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
             raise entry.fail("client_id", f"{client_id:#010x} listed twice")
         profile = profile_of(client_id)
         routes: dict[int, RouteConfig] = {}
-        for kind, id_key in ((RouteKind.LTKM, "data_id"), (RouteKind.STKM, "ecm_id")):
+        flags = frozenset(entry.int_list("section_TSpkt_flags", [2], (0, 1, 2), " (0 sections, 1 TS packets, 2 BCAST)"))
+        for kind, id_key in ((RouteKind.LTKM, "data_id"), (RouteKind.STKM, "ecm_id"), (RouteKind.DATA, "data_id")):
             for table in entry.list_of_tables(kind.value):
                 data_id = table.integer(id_key)
                 if data_id in routes:
@@ -102,35 +121,51 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
                     max_bandwidth=table.integer("max_bandwidth", 0xFFFF),
                     default_bandwidth=table.integer("default_bandwidth", 0),
                     repetition_period=table.integer("repetition_period", 100, 1, 0xFFFF) if kind is RouteKind.STKM else 100,
+                    data_type=table.integer("data_type", 0, 0, 0xFF) if kind is RouteKind.DATA else None,
                 )
                 if route.default_bandwidth > route.max_bandwidth:
                     raise table.fail("default_bandwidth", "exceeds max_bandwidth")
                 table.no_unknown_keys()
                 routes[data_id] = route
         if not routes:
-            raise entry.fail("ltkm", f"client {client_id:#010x} has no [[client.ltkm]] or [[client.stkm]] route")
+            raise entry.fail("ltkm", f"client {client_id:#010x} has no [[client.ltkm]], [[client.stkm]] or [[client.data]] route")
+        if flags != {2} and not any(r.kind is RouteKind.DATA for r in routes.values()):
+            raise entry.fail("section_TSpkt_flags", "classic flags 0/1 carry data on [[client.data]] routes only; "
+                                                    "this client has none")
+        sources = entry.string_list("udp_sources", None)
+        if sources is not None:
+            networks = []
+            for text in sources:
+                try:
+                    networks.append(ipaddress.ip_network(text, strict=False))
+                except ValueError:
+                    raise entry.fail("udp_sources", f"{text!r} is not an IP address or network (ADDR or ADDR/PREFIX)") from None
+            udp_sources[client_id] = tuple(networks)
         clients[client_id] = ClientConfig(
             client_id=client_id,
             routes=routes,
             name=entry.string("name", ""),
             max_channels=entry.integer("max_channels", 1, 1, 65536),
             max_bandwidth=entry.integer("max_bandwidth", 0xFFFF, 0, 100_000_000),
+            section_TSpkt_flags=flags,
         )
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
-    limits = read_limits(root, server=True, udp=True, max_message_length=max_length)
+    guard_limits = read_limits(root, server=True, udp=True, max_message_length=max_length, table=lim)
     tls = read_tls(root, server=True)
     check_tls_endpoint(top, "endpoint", endpoint, tls)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
         udp=udp,
-        mux=MuxConfig(clients=clients, **kwargs),
+        mux=MuxConfig(clients=clients, limits=MuxLimits(**limits, udp_sources=udp_sources), **kwargs),
         egress_interface=egress_interface,
         max_message_length=max_length,
         source_path=path,
-        limits=limits,
+        egress_interface6=egress_interface6,
+        ipv6_multicast_interface=multicast6,
+        limits=guard_limits,
         tls=tls,
     )
 

@@ -28,7 +28,7 @@ from ..media.scrambler import SRTPProfile
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
-from .addresses import TRANSPORTS
+from .addresses import TRANSPORTS, same_family
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
@@ -121,8 +121,10 @@ def _mux_settings(table: Reader) -> MuxSettings:
             protocol_version=table.integer("protocol_version", 3, 2, 5),
             udp=udp,
             mux_udp=mux_udp,
-            udp_interface=table.ipv4("udp_interface", "127.0.0.1"),
+            udp_interface=table.ip_address("udp_interface", "::1" if mux_udp and ":" in mux_udp[0] else "127.0.0.1"),
         )
+        if mux_udp is not None and not same_family(settings.udp_interface, mux_udp[0]):
+            raise table.fail("udp_interface", f"{settings.udp_interface} and mux_udp {mux_udp[0]} are not of one IP family")
     else:
         settings = MuxSettings(mode=mode)
     table.no_unknown_keys()
@@ -148,6 +150,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
         retry_delay=top.number("retry_delay", 0.05, 0.0, 60.0),
         stream_retry_delay=top.number("stream_retry_delay", 1.0, 0.001, 3600.0),
         start_allowance=top.number("start_allowance", 0.5, 0.0, 3600.0),
+        close_timeout=top.number("close_timeout", 5.0, 0.01, 600.0),
     )
     stagger = top.boolean("stagger", True)
     gc_tuning = top.boolean("gc_tuning", True)
@@ -189,6 +192,8 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             phase = round(index * period / len(entries), 3) if stagger else 0.0
         input_port, input_interface = svc.udp_listen("input")
         output = svc.host_port("output")
+        if not same_family(input_interface, output[0]):  # one socket reads the input and writes the output
+            raise svc.fail("output", f"{output[0]} and the input interface {input_interface} are not of one IP family")
 
         srtp, ipsec, isma = svc.sub("srtp"), svc.sub("ipsec"), svc.sub("ismacryp")
         profile = SRTPProfile.AES128_CM_SHA1_80
@@ -216,6 +221,8 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             scid = ecmg.integer("super_CAS_id", low=0, high=0xFFFFFFFF)
             channel_id = ecmg.integer("ECM_channel_id")
             version = ecmg.integer("protocol_version", 3, 1, 3)
+            flags = frozenset(ecmg.int_list("section_TSpkt_flags", [2], (0, 1, 2),
+                                            " (2 STKMs; 0 sections / 1 TS packets: a classic ECMG, ECMs carried opaque)"))
             stream_id = ecmg.integer("ECM_stream_id")
             ecm_id = ecmg.integer("ECM_id")
             access = ecmg.hex_bytes("access_criteria", None, None, secret=False)
@@ -233,13 +240,15 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             ecmg.no_unknown_keys()
             key = (endpoint, channel_id)
             spec = ChannelSpec(name=f"{endpoint}#{channel_id}", endpoint=endpoint, backup_endpoint=backup,
-                               super_CAS_id=scid, ECM_channel_id=channel_id, protocol_version=version)
+                               super_CAS_id=scid, ECM_channel_id=channel_id, protocol_version=version,
+                               section_TSpkt_flags=flags)
             known = channels.get(key)
             if known is None:
                 channels[key], channel_where[key] = spec, ecmg.prefix
             elif known != spec:
                 raise ecmg.fail("ECM_channel_id", f"{channel_id} on {endpoint} is also {channel_where[key]} "
-                                                  "with another super_CAS_id, backup_endpoint or protocol_version")
+                                                  "with another super_CAS_id, backup_endpoint, protocol_version or "
+                                                  "section_TSpkt_flags")
             if (spec.name, stream_id) in stream_ids:
                 raise ecmg.fail("ECM_stream_id", f"{stream_id} used twice on channel {channel_id} of {endpoint}")
             stream_ids.add((spec.name, stream_id))

@@ -18,6 +18,9 @@ bytes are the PROVISIONAL layout of :mod:`bcast_sp4.bcast.ltkm_drm`). The format
     not_before = 2024-01-01T00:00:00Z   # optional subscription window; narrows every key's validity
     not_after  = 2026-01-01T00:00:00Z   # optional, exclusive
 
+A subscriber file holds device keys: where a role loads one it must not be readable by group or
+others unless allowed (``require_private``; see :mod:`.keyfile`).
+
 Errors are :class:`~._reader.ConfigError` naming file, key path and reason; key bytes are never echoed.
 """
 
@@ -30,18 +33,22 @@ from typing import Any
 from ..bcast.ltkm_drm import DEVICE_KEY_SIZE, MAX_DEVICE_ID
 from ..bcast.subscribers import Device, Subscribers
 from ._reader import Reader, load_toml
-from .keyfile import key_tables, validity_window
+from .keyfile import check_private, key_tables, validity_window
 
 SUBSCRIBER_FILE_FORMAT = 1
 #: entitlements per device: the LTKM counts its keys in one byte
 MAX_ENTITLEMENTS = 0xFF
 
 
-def load_subscribers(path: str | PathLike[str]) -> Subscribers:
+def load_subscribers(path: str | PathLike[str], *, require_private: bool = False) -> Subscribers:
     """Read a subscriber file (format in the module docstring).
 
+    :param require_private: refuse a file group or others may read (device keys; see
+        :func:`~.keyfile.check_private`).
     :raises ConfigError: naming file, key path and reason.
     """
+    if require_private:
+        check_private(Reader(Path(path), {}), "", Path(path), False, "allow_readable")
     path, doc = load_toml(path)
     return subscribers_from_document(path, doc)
 

@@ -18,7 +18,8 @@ codes, error_information, which message carries the error) and §9 (where source
                                                                                        code, channel id read, else own,
                                                                                        else 0; the message's version
     *             message in another version -                                         channel_error unsupported
-                  than the channel's                                                   version, error_information 0
+                  than the channel's (also                                             version, error_information 0
+                  when it does not decode)
     CHANNEL_OPEN  channel_setup              same id: id in use; other: too many       channel_error
                                              channels (one channel per connection)
     *             channel_test               own channel (unknown channel), sender     channel_status
@@ -29,6 +30,16 @@ codes, error_information, which message carries the error) and §9 (where source
                   stream_status, *_error
     *             a message only the server  -                                         channel_error invalid message,
                   sends                                                                error_information 1
+    *             any message whose handler  -                                         stream_error (message names a
+                  raises (our bug, or a                                                stream) else channel_error
+                  source's)                                                            0x7000; notified
+                                                                                       "internal_error"; state kept
+
+  An exception escaping a handler (the role's rules, or a collaborator such as the ECMG's ECM
+  source) is never the peer's fault and never drops the connection: the offending message gets the
+  interface's "unknown error" (0x7000) in a stream_error when it names a stream, else a
+  channel_error; :func:`internal_error` builds the log event (exception type and where it was
+  raised, never its message: a value may be key material). It does not count as an invalid message.
 
   "Sender" is the role's own identity check (the MUX's client_id; none on the ECMG). A subclass
   adds its role's handlers (channel_setup, stream_setup, ...) and builds its own replies.
@@ -37,6 +48,7 @@ codes, error_information, which message carries the error) and §9 (where source
 from __future__ import annotations
 
 import enum
+import os
 from types import ModuleType
 from typing import Any, Callable, ClassVar
 
@@ -53,6 +65,30 @@ MAX_UDP_PAYLOAD = 65507
 PROTOCOL_VERSION_OFFSET = 0
 #: error_information for a message_type the receiver never takes: its byte offset
 MESSAGE_TYPE_OFFSET = 1
+
+
+# -- internal errors -------------------------------------------------------------------------
+
+
+def error_place(exc: BaseException) -> str:
+    """Where *exc* was raised: ``file.py:line function`` of the innermost frame (no values)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} {code.co_name}"
+
+
+def internal_error(what: str, exc: BaseException, **fields: Any) -> Notify:
+    """The log event for an exception caught at a machine boundary (our bug, not the peer's).
+
+    :param what: the input being handled (a message name, ``"timer"``, ``"udp"`` ...).
+    :returns: ``Notify("internal_error", ...)`` at warn level with the exception's type and place;
+        its message is left out (it may quote a value, and values may be key material).
+    """
+    return Notify("internal_error", {"input": what, "error": type(exc).__name__, "at": error_place(exc), **fields}, "warn")
 
 
 # -- reply builders --------------------------------------------------------------------------
@@ -147,6 +183,7 @@ class ChannelInterface:
     unsupported_version: int
     unknown_channel: int
     unknown_stream: int
+    unknown_error: int
     channel_id_in_use: int
     too_many_channels: int
     #: messages only the server of this interface sends: receiving one is an invalid message
@@ -159,6 +196,7 @@ ECMG_SCS_CHANNEL = ChannelInterface(
     interface=Interface.ECMG_SCS, messages=ecmg_scs, channel_field="ECM_channel_id", stream_field="ECM_stream_id",
     invalid_message=_ECMG.INVALID_MESSAGE, unsupported_version=_ECMG.UNSUPPORTED_PROTOCOL_VERSION,
     unknown_channel=_ECMG.UNKNOWN_ECM_CHANNEL_ID, unknown_stream=_ECMG.UNKNOWN_ECM_STREAM_ID,
+    unknown_error=_ECMG.UNKNOWN_ERROR,
     channel_id_in_use=_ECMG.ECM_CHANNEL_ID_IN_USE, too_many_channels=_ECMG.TOO_MANY_CHANNELS_ON_ECMG,
     server_only=(ecmg_scs.ECMResponse, ecmg_scs.StreamCloseResponse),
 )
@@ -167,6 +205,7 @@ EMMG_MUX_CHANNEL = ChannelInterface(
     interface=Interface.EMMG_MUX, messages=emmg_mux, channel_field="data_channel_id", stream_field="data_stream_id",
     invalid_message=_MUX.INVALID_MESSAGE, unsupported_version=_MUX.UNSUPPORTED_PROTOCOL_VERSION,
     unknown_channel=_MUX.UNKNOWN_DATA_CHANNEL_ID, unknown_stream=_MUX.UNKNOWN_DATA_STREAM_ID,
+    unknown_error=_MUX.UNKNOWN_ERROR,
     channel_id_in_use=_MUX.DATA_CHANNEL_ID_IN_USE, too_many_channels=_MUX.TOO_MANY_CHANNELS_ON_MUX,
     server_only=(emmg_mux.StreamCloseResponse, emmg_mux.StreamBWAllocation),
 )
@@ -283,6 +322,14 @@ class ServerChannel(InvalidCounting):
         self._now = now
         if isinstance(item, PeerProtocolError):
             channel = item.channel_id if item.channel_id is not None else self.channel_id or 0
+            if self.version is not None and item.protocol_version is not None and item.protocol_version != self.version:
+                # judged by another version's tables (v1 lacks ECM_id / data_id): the version is the fault
+                code = self.INTERFACE.unsupported_version
+                return self._invalid(
+                    self.channel_error(code, PROTOCOL_VERSION_OFFSET, channel_id=channel),
+                    "version_mismatch",
+                    message_version=item.protocol_version,
+                )
             reply = self.channel_error(item.error_status, item.error_information, channel_id=channel, version=item.protocol_version)
             return self._invalid(
                 reply,
@@ -297,13 +344,29 @@ class ServerChannel(InvalidCounting):
                 "version_mismatch",
                 message_version=item.protocol_version,
             )
-        return self._handlers[type(item)](item, now, received_at)
+        try:
+            return self._handlers[type(item)](item, now, received_at)
+        except Exception as exc:  # our bug or a collaborator's: answer it, keep the channel
+            return self._internal_error(item, exc)
 
     def connection_lost(self, now: float | None = None) -> list[Output]:
         """Free the channel and its streams (digest §6.5)."""
         if self.state is ServerChannelState.CHANNEL_OPEN:
             return self._free_channel("connection_lost", now)
         return []
+
+    def _internal_error(self, msg: Message, exc: Exception) -> list[Output]:
+        """0x7000 for the message whose handler raised *exc* (stream_error when it names a stream)."""
+        ids = self.INTERFACE
+        code = ids.unknown_error
+        channel_id = self._channel_of(msg)
+        stream_id = getattr(msg, ids.stream_field, None)
+        sender = self._sender_ids(msg)
+        if stream_id is not None:
+            reply = self.stream_error(stream_id, code, channel_id=channel_id, version=msg.protocol_version, **sender)
+        else:
+            reply = self.channel_error(code, channel_id=channel_id, version=msg.protocol_version, **sender)
+        return [Send(reply), internal_error(msg.NAME, exc, channel_id=channel_id, stream_id=stream_id)]
 
     # -- replies (the role builds them: the interfaces differ in ids) ---------------------------
 
@@ -443,6 +506,8 @@ __all__ = [
     "emmg_mux_channel_error",
     "emmg_mux_stream_error",
     "error_information",
+    "error_place",
+    "internal_error",
     "peer_error_fields",
     "reply_version",
 ]

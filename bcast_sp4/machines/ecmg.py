@@ -65,6 +65,8 @@ from .channel import (
 )
 from .outputs import Notify, Output, Send
 
+_new_request = tuple.__new__
+
 # error_information: the offending parameter_type (digest §5.3)
 _SUPER_CAS_ID = ECMG_SCS_PARAMS["Super_CAS_id"].code
 _ACCESS_CRITERIA = ECMG_SCS_PARAMS["access_criteria"].code
@@ -291,7 +293,29 @@ class ECMGConnection(ServerChannel):
 
     # -- CW_provision ------------------------------------------------------------------------
 
+    def cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None = None) -> bytes | list[Output]:
+        """The per-STKM hot path for the adapter: :meth:`receive` of a CW_provision, except that
+        the ECM_response comes back already encoded (``bytes``, to write as it is) instead of as
+        ``[Send(ECMResponse)]``; every other outcome is the same list of outputs."""
+        version = self.version
+        if version is not None and msg.protocol_version != version:
+            return self.receive(msg, now, received_at)
+        self._now = now
+        done = self._provision(msg, now, received_at)
+        if type(done) is not tuple:
+            return done
+        if 0 < len(done[1]) <= m.MAX_ECM_DATAGRAM:
+            return m.encode_ecm_response(version, self.channel_id, done[0], msg.CP_number, done[1])
+        return [Send(m.ECMResponse.make(version, self.channel_id, done[0], msg.CP_number, done[1]))]
+
     def _cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> list[Output]:
+        done = self._provision(msg, now, received_at)
+        if type(done) is tuple:
+            return [Send(m.ECMResponse.make(self.version, self.channel_id, done[0], msg.CP_number, done[1]))]
+        return done
+
+    def _provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> tuple[int, bytes] | list[Output]:
+        """A CW_provision: ``(stream_id, ECM_datagram)`` for the ECM_response, or the error outputs."""
         # The per-STKM hot path: the common case is checked with few operations.
         stream = self.streams.get(msg.ECM_stream_id) if msg.ECM_channel_id == self.channel_id else None
         if stream is None:
@@ -329,18 +353,21 @@ class ECMGConnection(ServerChannel):
                 cp_number=msg.CP_number,
                 waited_ms=round((now - received_at) * 1000.0, 1),
             )
-        request = ECMRequest(
-            self.super_CAS_id,
-            self.mode,
-            stream.ECM_id,
-            self.channel_id,
-            stream.stream_id,
-            msg.CP_number,
-            combos,
-            msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
-            access_criteria,
-            msg.CW_encryption,
-            now,
+        request = _new_request(  # the NamedTuple's fields in order, without its __new__ frame
+            ECMRequest,
+            (
+                self.super_CAS_id,
+                self.mode,
+                stream.ECM_id,
+                self.channel_id,
+                stream.stream_id,
+                msg.CP_number,
+                combos,
+                msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
+                access_criteria,
+                msg.CW_encryption,
+                now,
+            ),
         )
         try:
             datagram = self.source.generate(request)
@@ -354,7 +381,7 @@ class ECMGConnection(ServerChannel):
             )
         self.invalid_in_a_row = 0
         stream.access_criteria = access_criteria  # remembered once an ECM was made with them
-        return [Send(m.ECMResponse.make(self.version, self.channel_id, stream.stream_id, msg.CP_number, datagram))]
+        return (stream.stream_id, datagram)
 
 
 __all__ = ["ChannelParameters", "ECMGConfig", "ECMGConnection", "ECMGResources"]

@@ -28,13 +28,17 @@ State table (streams are set up, then given bandwidth, one after the other, in c
   READY               stream_BW_allocation (unsolicited)  rate := allocation; pace                READY
   READY               timer pace / enqueue                data_provision while the stream's       READY
                                                           token bucket allows; timer pace
+  WAIT_STREAM_STATUS, shutdown                            stream_close_request per stream set up  CLOSING /
+  WAIT_BW_ALLOCATION                                      (none: channel_close; Close)            CLOSED
   READY               shutdown                            TCP: stream_close_request(s); UDP:      CLOSING /
                                                           first wait udp_end_wait (100 ms, as     DRAINING
                                                           TSDuck) so UDP data is not overtaken
   DRAINING            timer udp_end_wait                  stream_close_request(s)                 CLOSING
   CLOSING             stream_close_response (last)        channel_close; Close                    CLOSED
-  WAIT_*              channel_error, stream_error,        Close (ClientService reconnects with    (DISCONNECTED on
-                      status with other ids, timeout      backoff)                                connection_lost)
+  CLOSING             timer response (close_timeout)      channel_close; Close (warned)           CLOSED
+  WAIT_*              channel_error, stream_error,        Close, the reason naming the field and  (DISCONNECTED on
+                      status with other ids or flag,      both values (ClientService reconnects   connection_lost)
+                      timeout                             with back-off, lengthened per failure)
   READY               channel_error / stream_error        noted (0x000F warned; 0x7001: Close)    READY
   channel open        channel_test                        channel_status (own parameters)         same
   channel open        stream_test                         stream_status, stream_error 0x0005      same
@@ -42,6 +46,7 @@ State table (streams are set up, then given bandwidth, one after the other, in c
   *                   message only an EMMG sends          channel_error 0x0001                    same
   *                   message in another version          channel_error 0x0002                    same
   *                   codec error                         channel_error with its code             same
+  *                   a handler raises (our bug)          channel_error 0x7000; internal_error    same
   *                   connection_lost                     timers cancelled; queues kept           DISCONNECTED
   CLOSED              anything                            ignored                                 CLOSED
 
@@ -69,7 +74,8 @@ from ..wire import Message, PeerProtocolError
 from ..wire import emmg_mux as m
 from ..wire.errors import EMMGMUXErrorStatus as ErrorStatus
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
-from ..wire.params import DataType, SectionTSpktFlag
+from ..wire.errors import Interface, error_name
+from ..wire.params import EMMG_MUX_PARAMS, DataType, SectionTSpktFlag
 from .channel import (
     MAX_UDP_PAYLOAD,
     MESSAGE_TYPE_OFFSET,
@@ -77,8 +83,10 @@ from .channel import (
     InvalidCounting,
     emmg_mux_channel_error,
     emmg_mux_stream_error,
+    internal_error,
     peer_error_fields,
 )
+from .mux.classic import describe_flag
 from .outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from .pacing import TokenBucket, kbit_to_bytes
 
@@ -136,6 +144,7 @@ class EMMGConfig:
     protocol_version: int = 3
     udp: bool = False  # data_provision over UDP
     response_timeout: float = 5.0  # s
+    close_timeout: float = 5.0  # s for the stream_close_responses at shutdown; channel_close follows anyway
     udp_end_wait: float = 0.1  # s between the last UDP data and stream_close_request
     datagrams_per_message: int = 1
     max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_PAYLOAD
@@ -316,7 +325,12 @@ class EMMGClient(InvalidCounting):
             return self.poke(now)
         if key == "udp_end_wait" and self.state is EMMGState.DRAINING:
             return self._close_streams()
-        if key == "response" and (self.state in _SETTING_UP or self.state is EMMGState.CLOSING):
+        if key == "response" and self.state is EMMGState.CLOSING:
+            # bounded wait for stream_close_response: the channel is closed in order all the same
+            self.state = EMMGState.CLOSED
+            fields = {"state": "CLOSING", "unanswered": sorted(self._closing)}
+            return [Notify("close_timeout", fields, "warn"), Send(self._channel_close()), Close("shutdown (close timeout)", "info")]
+        if key == "response" and self.state in _SETTING_UP:
             return [Notify("timeout", {"state": self.state.value}, "warn"), Close(f"no answer in {self.state.value}")]
         return []
 
@@ -330,6 +344,9 @@ class EMMGClient(InvalidCounting):
             return [CancelTimer("pace")] + self._close_streams()
         if state in (EMMGState.DRAINING, EMMGState.CLOSING):
             return []
+        if state in (EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION):
+            # mid-setup: the streams already set up are closed in order too
+            return [CancelTimer("response")] + self._close_streams()
         if state in _CHANNEL_OPEN:
             self.state = EMMGState.CLOSED
             return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown", "info")]
@@ -339,7 +356,18 @@ class EMMGClient(InvalidCounting):
     # -- messages ----------------------------------------------------------------------------
 
     def receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
-        """Handle one message from the MUX (or the codec's error for one)."""
+        """Handle one message from the MUX (or the codec's error for one).
+
+        An exception while handling it (our bug) answers channel_error 0x7000 and is notified as
+        ``internal_error``; the channel and its streams stay as they are.
+        """
+        try:
+            return self._receive(item, now)
+        except Exception as exc:
+            name = getattr(item, "NAME", "decode_error")
+            return [Send(self._channel_error(ErrorStatus.UNKNOWN_ERROR)), internal_error(name, exc)]
+
+    def _receive(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
         if self.state is EMMGState.CLOSED:
             return []
         if isinstance(item, PeerProtocolError):
@@ -374,9 +402,13 @@ class EMMGClient(InvalidCounting):
 
     def _on_channel_status(self, msg: m.ChannelStatus, now: float) -> list[Output]:
         config = self.config
-        ours = (config.client_id, config.data_channel_id, SectionTSpktFlag.BCAST)
-        if (msg.client_id, msg.data_channel_id, msg.section_TSpkt_flag) != ours:
-            return self._setup_failed("channel_status_mismatch", client_id=msg.client_id, channel_id=msg.data_channel_id)
+        faults = _differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
+        if msg.section_TSpkt_flag != SectionTSpktFlag.BCAST:
+            faults.append(f"MUX answered section_TSpkt_flag {describe_flag(msg.section_TSpkt_flag)}; "
+                          f"BCAST {self._payload} need 0x02")
+        if faults:
+            return self._setup_failed("channel_status_mismatch", "; ".join(faults), client_id=msg.client_id,
+                                      channel_id=msg.data_channel_id, section_TSpkt_flag=msg.section_TSpkt_flag)
         self.invalid_in_a_row = 0
         self.state = EMMGState.WAIT_STREAM_STATUS
         self._step = 0
@@ -387,10 +419,14 @@ class EMMGClient(InvalidCounting):
         config = self.config
         stream = self.streams[self._order[self._step]]
         stream_config = stream.config
-        if (msg.client_id, msg.data_channel_id, msg.data_stream_id, msg.data_id, msg.data_type) != (
-            config.client_id, config.data_channel_id, stream_config.data_stream_id, stream_config.data_id, stream_config.data_type
-        ):
-            return self._setup_failed("stream_status_mismatch", stream_id=msg.data_stream_id, data_id=msg.data_id)
+        faults = _differences(msg, {
+            "client_id": config.client_id, "data_channel_id": config.data_channel_id,
+            "data_stream_id": stream_config.data_stream_id, "data_id": stream_config.data_id,
+            "data_type": stream_config.data_type,
+        })
+        if faults:
+            return self._setup_failed("stream_status_mismatch", "; ".join(faults), stream_id=msg.data_stream_id,
+                                      data_id=msg.data_id)
         self.invalid_in_a_row = 0
         stream.open = True
         outputs: list[Output] = [
@@ -410,7 +446,9 @@ class EMMGClient(InvalidCounting):
         ours = msg.client_id == config.client_id and msg.data_channel_id == config.data_channel_id
         if not ours or stream is None or not stream.open:
             if self.state is EMMGState.WAIT_BW_ALLOCATION:
-                return self._setup_failed("allocation_mismatch", stream_id=msg.data_stream_id)
+                faults = _differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
+                why = "; ".join(faults) or f"MUX answered data_stream_id {msg.data_stream_id}, a stream not set up"
+                return self._setup_failed("allocation_mismatch", why, stream_id=msg.data_stream_id)
             return [Notify("unexpected_answer", {"message_type": msg.NAME, "stream_id": msg.data_stream_id}, "warn")]
         self.invalid_in_a_row = 0
         granted = stream.config.bandwidth if msg.bandwidth is None else msg.bandwidth
@@ -481,7 +519,8 @@ class EMMGClient(InvalidCounting):
     def _on_error(self, msg: m.ChannelError | m.StreamError) -> list[Output]:
         fields = {**peer_error_fields(msg), "state": self.state.value}
         if self.state in _SETTING_UP:
-            return [Notify("setup_refused", fields, "warn"), Close(f"{msg.NAME} {msg.error_status[0]:#06x} during setup")]
+            why = _refusal_text(msg, self.state)
+            return [Notify("setup_refused", {**fields, "reason": why}, "warn"), Close(f"setup refused: {why}")]
         if ErrorStatus.UNRECOVERABLE_ERROR in msg.error_status:
             return [Notify("unrecoverable_error", fields, "warn"), Close("unrecoverable error from the MUX")]
         event = "exceeded_bandwidth" if ErrorStatus.EXCEEDED_BANDWIDTH in msg.error_status else "peer_error"
@@ -553,7 +592,7 @@ class EMMGClient(InvalidCounting):
         closes: list[Output] = [
             Send(m.StreamCloseRequest(**self._ids, data_stream_id=sid)) for sid in self._order if sid in self._closing
         ]
-        return closes + [StartTimer("response", config.response_timeout)]
+        return closes + [StartTimer("response", config.close_timeout)]
 
     # -- message builders --------------------------------------------------------------------
 
@@ -577,8 +616,14 @@ class EMMGClient(InvalidCounting):
         config = self.config
         return emmg_mux_stream_error(config.protocol_version, config.client_id, config.data_channel_id, stream_id, code)
 
-    def _setup_failed(self, event: str, **fields) -> list[Output]:
-        return [Notify(event, {"state": self.state.value, **fields}, "warn"), Close(f"{event} during setup")]
+    def _setup_failed(self, event: str, reason: str, **fields) -> list[Output]:
+        return [Notify(event, {"state": self.state.value, "reason": reason, **fields}, "warn"),
+                Close(f"{event} during setup: {reason}")]
+
+    @property
+    def _payload(self) -> str:
+        """What this client carries, for messages: STKMs (an SCS's link) or LTKMs."""
+        return "STKMs" if all(s.data_type == DataType.ECM for s in self.config.streams) else "LTKMs"
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -589,6 +634,37 @@ class EMMGClient(InvalidCounting):
                                "allocation": s.allocation}
             for s in self.streams.values()
         }
+
+
+_WAITED_FOR = {
+    EMMGState.WAIT_CHANNEL_STATUS: "channel_setup",
+    EMMGState.WAIT_STREAM_STATUS: "stream_setup",
+    EMMGState.WAIT_BW_ALLOCATION: "stream_BW_request",
+}
+_PARAM_NAMES = {p.code: name for name, p in EMMG_MUX_PARAMS.items()}
+
+
+def _differences(msg: Message, expected: dict[str, int]) -> list[str]:
+    """``"MUX answered <field> <value>; we sent <value>"`` for each field of *msg* unlike *expected*."""
+    out = []
+    for name, want in expected.items():
+        got = getattr(msg, name)
+        if got != want:
+            width = "#010x" if name == "client_id" else ""
+            out.append(f"MUX answered {name} {format(got, width) if got is not None else 'none'}; we sent {format(want, width)}")
+    return out
+
+
+def _refusal_text(msg: m.ChannelError | m.StreamError, state: EMMGState) -> str:
+    """``MUX refused channel_setup: channel_error 0x000d (invalid value ...) about section_TSpkt_flag``."""
+    codes = ", ".join(f"{c:#06x} ({error_name(Interface.EMMG_MUX, c)})" for c in msg.error_status)
+    about = ""
+    if msg.error_information and len(msg.error_information[0]) == 2:
+        code = int.from_bytes(msg.error_information[0], "big")
+        name = _PARAM_NAMES.get(code)
+        offsets = (ErrorStatus.INVALID_MESSAGE, ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, ErrorStatus.UNKNOWN_MESSAGE_TYPE)
+        about = f" about {name}" if name and msg.error_status[0] not in offsets else ""
+    return f"MUX refused {_WAITED_FOR.get(state, 'the set-up')}: {msg.NAME} {codes}{about}"
 
 
 __all__ = [

@@ -14,6 +14,9 @@ SCS channel (per connection; TSD ``ECMGClient``, BS ``dvb_ecmg_test``)::
 
   state           input                               action                                   next
   DISCONNECTED    connection_made                     send channel_setup; arm setup timer      WAIT_CH_STATUS
+  WAIT_CH_STATUS  channel_status, section_TSpkt_flag   refused: channel_close, close TCP; the    DISCONNECTED
+                  not in section_TSpkt_flags          reason names the flag and both values;
+                  (default 0x02 only)                 counted (lengthens the back-off)
   WAIT_CH_STATUS  channel_status (own id)             store parameters; stream_setup for each  CH_OPEN
                                                       stream whose nominal_CP_duration >=
                                                       min_CP_duration (within max_streams);
@@ -34,8 +37,13 @@ SCS channel (per connection; TSD ``ECMGClient``, BS ``dvb_ecmg_test``)::
   *               codec error / wrong-direction msg   channel_error with the codec's code /    (same)
                                                       0x0001, logged
   *               connection_lost                     streams down; timers cancelled            DISCONNECTED
-  *               close (shutdown)                    stream_close_request per open stream,    DISCONNECTED
-                                                      channel_close, close TCP
+  CH_OPEN         close (shutdown)                    stream_close_request per open stream;     CLOSING
+                                                      arm close timer (close_timeout); none
+                                                      open: channel_close, close TCP            (DISCONNECTED)
+  CLOSING         stream_close_response / stream_     that stream closed; the last one:         DISCONNECTED
+                  error for each closing stream       channel_close, close TCP
+  CLOSING         close timer                         warn; channel_close, close TCP            DISCONNECTED
+  other           close (shutdown)                    close TCP                                 DISCONNECTED
 
 SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
 ``stream_retry_delay`` x 2^refusals, at most 32 x)::
@@ -78,7 +86,10 @@ from ..wire import Message, PeerProtocolError
 from ..wire import ecmg_scs as m
 from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
 from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
-from .channel import error_information
+from ..wire.errors import Interface, error_name
+from ..wire.params import ECMG_SCS_PARAMS
+from .channel import error_information, internal_error
+from .mux.classic import describe_flag, describe_flags
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 from .scs_records import (
     ChannelSpec,
@@ -114,9 +125,10 @@ class ChannelTimerKind(enum.Enum):
     STREAM_SETUP = "stream_setup"  # stream_setup unanswered
     STREAM_RETRY = "stream_retry"  # a refused stream's next stream_setup
     STREAM_CLOSE = "stream_close"  # stream_close_request unanswered
+    CLOSE = "close"  # shutdown: stream_close_responses awaited (close_timeout)
 
 
-CHANNEL_TIMERS = (ChannelTimerKind.SETUP, ChannelTimerKind.TEST, ChannelTimerKind.TEST_REPLY)
+CHANNEL_TIMERS = (ChannelTimerKind.SETUP, ChannelTimerKind.TEST, ChannelTimerKind.TEST_REPLY, ChannelTimerKind.CLOSE)
 STREAM_TIMERS = (ChannelTimerKind.STREAM_SETUP, ChannelTimerKind.STREAM_RETRY, ChannelTimerKind.STREAM_CLOSE)
 
 
@@ -135,6 +147,7 @@ class SCSChannelState(enum.Enum):
     DISCONNECTED = "DISCONNECTED"
     WAIT_CH_STATUS = "WAIT_CH_STATUS"
     CH_OPEN = "CH_OPEN"
+    CLOSING = "CLOSING"  # shutdown: stream_close_requests sent, their responses awaited
 
 
 class SCSStreamState(enum.Enum):
@@ -238,20 +251,44 @@ class SCSChannel:
         return out
 
     def close(self, now: float) -> list:
-        """Shut down: close the open streams and the channel, then the connection."""
+        """Shut down in order: stream_close_request per open stream, then -- once each is answered
+        (or ``close_timeout`` passed) -- channel_close, then the TCP close."""
         out: list = [CancelTimer(k) for k in self.timer_keys()]
-        if self.state is SCSChannelState.CH_OPEN:
-            for stream in self.streams.values():
-                if stream.state is SCSStreamState.ST_OPEN:
-                    out.append(Send(m.StreamCloseRequest(protocol_version=self.version,
-                                                         ECM_channel_id=self.spec.ECM_channel_id,
-                                                         ECM_stream_id=stream.stream_id)))
-            out.append(Send(m.ChannelClose(protocol_version=self.version, ECM_channel_id=self.spec.ECM_channel_id)))
-        out += self._streams_down("shutdown")
-        if self.state is not SCSChannelState.DISCONNECTED:
-            out.append(Close("shutdown", "info"))
+        if self.state is SCSChannelState.CLOSING:
+            return []
+        if self.state is not SCSChannelState.CH_OPEN:
+            out += self._streams_down("shutdown")
+            if self.state is not SCSChannelState.DISCONNECTED:
+                out.append(Close("shutdown", "info"))
+            self.state = SCSChannelState.DISCONNECTED
+            return out
+        closing = [s for s in self.streams.values() if s.state in (SCSStreamState.ST_OPEN, SCSStreamState.ST_CLOSING)]
+        for stream in self.streams.values():
+            out += self._stream_down(stream, "shutdown")
+            if stream not in closing:
+                stream.state = SCSStreamState.IDLE
+        self.state = SCSChannelState.CLOSING
+        for stream in closing:
+            stream.state = SCSStreamState.ST_CLOSING
+            stream.after_close = AfterClose.STAY_CLOSED
+            stream.outstanding.clear()
+            out.append(Send(m.StreamCloseRequest(protocol_version=self.version, ECM_channel_id=self.spec.ECM_channel_id,
+                                                 ECM_stream_id=stream.stream_id)))
+        if not closing:
+            return out + self._finish_close()
+        return out + [StartTimer(self._key(ChannelTimerKind.CLOSE), self.timing.close_timeout)]
+
+    def _finish_close(self, timed_out: bool = False) -> list:
+        """channel_close, then the TCP close (the last step of :meth:`close`)."""
+        out: list = [CancelTimer(self._key(ChannelTimerKind.CLOSE))]
+        if timed_out:
+            unanswered = [s.stream_id for s in self.streams.values() if s.state is SCSStreamState.ST_CLOSING]
+            out.append(self._notify("close_timeout", "warn", unanswered=unanswered))
+        for stream in self.streams.values():
+            stream.state = SCSStreamState.IDLE
         self.state = SCSChannelState.DISCONNECTED
-        return out
+        return out + [Send(m.ChannelClose(protocol_version=self.version, ECM_channel_id=self.spec.ECM_channel_id)),
+                      Close("shutdown", "info")]
 
     def receive(self, item: Message | PeerProtocolError, now: float) -> list:
         """One decoded message from the ECMG (or the codec's error for one)."""
@@ -272,6 +309,8 @@ class SCSChannel:
     def timer(self, key: ChannelTimer, now: float) -> list:
         """The timer *key* (one of :meth:`timer_keys`) fired."""
         kind = key.kind
+        if kind is ChannelTimerKind.CLOSE:
+            return self._finish_close(timed_out=True) if self.state is SCSChannelState.CLOSING else []
         if kind is ChannelTimerKind.SETUP:
             if self.state is not SCSChannelState.WAIT_CH_STATUS:
                 return []
@@ -322,6 +361,21 @@ class SCSChannel:
         if msg.ECM_channel_id != self.spec.ECM_channel_id:
             return [self._notify("foreign_channel_status", "warn", ecm_channel_id=msg.ECM_channel_id)]
         if self.state is SCSChannelState.WAIT_CH_STATUS:
+            flag = msg.section_TSpkt_flag
+            if flag not in self.spec.section_TSpkt_flags:
+                # a peer that cannot carry STKMs: refused, and retried with a growing back-off
+                self.refusals += 1
+                reason = (f"ECMG answered section_TSpkt_flag {describe_flag(flag)}; BCAST STKMs need 0x02 "
+                          f"(this ECMG entry accepts {describe_flags(self.spec.section_TSpkt_flags)}: "
+                          "section_TSpkt_flags)")
+                self.state = SCSChannelState.DISCONNECTED
+                return [
+                    CancelTimer(self._key(ChannelTimerKind.SETUP)),
+                    self._notify("channel_status_refused", "error", reason=reason, section_tspkt_flag=flag,
+                                 refusals=self.refusals),
+                    Send(m.ChannelClose(protocol_version=self.version, ECM_channel_id=self.spec.ECM_channel_id)),
+                    Close(reason),
+                ]
             self.refusals = 0
             self.state = SCSChannelState.CH_OPEN
             self.status, self.params = msg, ECMGParams.from_status(msg)
@@ -335,7 +389,10 @@ class SCSChannel:
                 ),
             ]
             if msg.section_TSpkt_flag != 0x02:
-                out.append(self._notify("not_stkm_format", "warn", section_tspkt_flag=msg.section_TSpkt_flag))
+                out.append(self._notify(
+                    "classic_ecmg", "warn", section_tspkt_flag=msg.section_TSpkt_flag,
+                    reason=f"ECMG answered section_TSpkt_flag {describe_flag(msg.section_TSpkt_flag)}: its ECM "
+                           "datagrams are carried opaque to the MUX route (section_TSpkt_flags allows it)"))
             if self.timing.channel_test_interval > 0:
                 out.append(StartTimer(self._key(ChannelTimerKind.TEST), self.timing.channel_test_interval))
             started = 0
@@ -361,6 +418,22 @@ class SCSChannel:
             return out
         return [self._notify("unexpected_channel_status", "warn", state=self.state.value)]
 
+    def internal_error(self, item: Message | PeerProtocolError, exc: Exception) -> list:
+        """What answers *item* when handling it raised *exc* (our bug): 0x7000 to the ECMG, an event.
+
+        A stream_error when the message names a stream, else a channel_error; the channel stays.
+        """
+        name = getattr(item, "NAME", "decode_error")
+        channel_id = getattr(item, "ECM_channel_id", None)
+        channel_id = self.spec.ECM_channel_id if channel_id is None else channel_id
+        stream_id = getattr(item, "ECM_stream_id", None)
+        if stream_id is None:
+            reply = self._make_channel_error(channel_id, ErrorStatus.UNKNOWN_ERROR)
+        else:
+            reply = m.StreamError(protocol_version=self.version, ECM_channel_id=channel_id & 0xFFFF,
+                                  ECM_stream_id=stream_id, error_status=(ErrorStatus.UNKNOWN_ERROR,))
+        return [Send(reply), internal_error(name, exc, channel=self.name, stream_id=stream_id)]
+
     def _make_channel_error(self, channel_id: int, code: int, info: int | None = None) -> m.ChannelError:
         return m.ChannelError(
             protocol_version=self.version,
@@ -369,13 +442,14 @@ class SCSChannel:
             error_information=error_information(info),
         )
 
-    def _channel_error_received(self, codes: tuple[int, ...], now: float) -> list:
+    def _channel_error_received(self, codes: tuple[int, ...], now: float, info: tuple[bytes, ...] = ()) -> list:
         if self.state is SCSChannelState.WAIT_CH_STATUS:
             self.refusals += 1
+            reason = _refusal_text(codes, info)
             return [
                 CancelTimer(self._key(ChannelTimerKind.SETUP)),
-                self._notify("channel_refused", "error", error_status=list(codes), refusals=self.refusals),
-                Close("channel refused"),
+                self._notify("channel_refused", "error", error_status=list(codes), refusals=self.refusals, reason=reason),
+                Close(reason),
             ]
         if self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("channel_error", "warn", error_status=list(codes))]
@@ -395,7 +469,7 @@ class SCSChannel:
         return [self._notify("channel_error", "warn", error_status=list(codes))]
 
     def _channel_test(self, msg: m.ChannelTest, now: float) -> list:
-        if self.state is SCSChannelState.CH_OPEN and msg.ECM_channel_id == self.spec.ECM_channel_id and self.status:
+        if self.state in (SCSChannelState.CH_OPEN, SCSChannelState.CLOSING) and msg.ECM_channel_id == self.spec.ECM_channel_id and self.status:
             return [Send(self.status)]
         return [Send(self._make_channel_error(msg.ECM_channel_id, UNKNOWN_CHANNEL)),
                 self._notify("channel_test_unknown_channel", "warn", ecm_channel_id=msg.ECM_channel_id)]
@@ -446,9 +520,12 @@ class SCSChannel:
 
     def _after_close(self, stream: _Stream) -> list:
         out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_CLOSE, stream.stream_id))]
-        if stream.after_close is AfterClose.SET_UP_AGAIN:
+        if stream.after_close is AfterClose.SET_UP_AGAIN and self.state is SCSChannelState.CH_OPEN:
             return out + self._setup_stream(stream)
         stream.state = SCSStreamState.IDLE
+        if self.state is SCSChannelState.CLOSING and not any(
+                s.state is SCSStreamState.ST_CLOSING for s in self.streams.values()):
+            out += self._finish_close()
         return out
 
     def _stream_down(self, stream: _Stream, reason: str) -> list:
@@ -492,13 +569,16 @@ class SCSChannel:
                 self._notify("stream_test_unknown_stream", "warn", stream_id=msg.ECM_stream_id)]
 
     def _channel_error_message(self, msg: m.ChannelError, now: float) -> list:
-        return self._channel_error_received(tuple(msg.error_status), now)
+        return self._channel_error_received(tuple(msg.error_status), now, tuple(msg.error_information))
 
     def _stream_error(self, msg: m.StreamError, now: float) -> list:
         codes = tuple(msg.error_status)
         if UNKNOWN_CHANNEL in codes and self.state is SCSChannelState.CH_OPEN:
             return self._channel_error_received(codes, now)
         stream = self._stream_for(msg)
+        if stream is not None and self.state is SCSChannelState.CLOSING and stream.state is SCSStreamState.ST_CLOSING:
+            return [self._notify("stream_close_refused", "warn", stream_id=stream.stream_id,
+                                 error_status=list(codes))] + self._after_close(stream)
         if stream is None or self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("stream_error_unknown_stream", "warn", stream_id=msg.ECM_stream_id,
                                  error_status=list(codes))]
@@ -538,6 +618,20 @@ class SCSChannel:
         if stream is None or stream.state is not SCSStreamState.ST_CLOSING:
             return [self._notify("unexpected_stream_close_response", "warn", stream_id=msg.ECM_stream_id)]
         return self._after_close(stream)
+
+
+_PARAM_NAMES = {p.code: name for name, p in ECMG_SCS_PARAMS.items()}
+_OFFSET_CODES = (ErrorStatus.INVALID_MESSAGE, ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, ErrorStatus.UNKNOWN_MESSAGE_TYPE)
+
+
+def _refusal_text(codes: tuple[int, ...], info: tuple[bytes, ...]) -> str:
+    """``ECMG refused channel_setup: channel_error 0x0005 (unknown Super_CAS_id value) about Super_CAS_id``."""
+    names = ", ".join(f"{c:#06x} ({error_name(Interface.ECMG_SCS, c)})" for c in codes)
+    about = ""
+    if info and len(info[0]) == 2 and codes and codes[0] not in _OFFSET_CODES:
+        name = _PARAM_NAMES.get(int.from_bytes(info[0], "big"))
+        about = f" about {name}" if name else ""
+    return f"ECMG refused channel_setup: channel_error {names}{about}"
 
 
 __all__ = [

@@ -30,7 +30,8 @@ from typing import Callable, Hashable, Iterable
 
 from ..bcast import traffic
 from ..wire import Message, PeerProtocolError
-from .outputs import Close, Send
+from .channel import internal_error
+from .outputs import Close, Send, StartTimer
 from .scs_channel import ChannelTimer, SCSChannel
 from .scs_records import (
     ChannelOutput,
@@ -45,6 +46,10 @@ from .scs_records import (
     Timing,
 )
 from .scs_scheduler import PeriodTimer, ServiceScheduler, TEKSwitchTimer
+
+
+#: s before a service's poll timer runs again after its poll raised (e.g. the TEK source failed)
+TIMER_RETRY = 1.0
 
 
 class SCSCore:
@@ -105,13 +110,35 @@ class SCSCore:
         return self._route(channel, self.channels[channel].connection_made(now), now)
 
     def receive(self, channel: str, item: Message | PeerProtocolError, now: float) -> list:
-        return self._route(channel, self.channels[channel].receive(item, now), now)
+        machine = self.channels[channel]
+        try:
+            return self._route(channel, machine.receive(item, now), now)
+        except Exception as exc:  # our bug (or a scheduler's): 0x7000 to that ECMG, the channel stays
+            return self._route(channel, machine.internal_error(item, exc), now)
 
     def connection_lost(self, channel: str, now: float) -> list:
         return self._route(channel, self.channels[channel].connection_lost(now), now)
 
     def timer(self, key: Hashable, now: float) -> list:
-        """The timer *key* (from one of our :class:`~.outputs.StartTimer` outputs) fired."""
+        """The timer *key* (from one of our :class:`~.outputs.StartTimer` outputs) fired.
+
+        An exception from the service or channel (a failing TEK source, our bug) is notified as
+        ``internal_error``; a service's poll timer is then armed again ``TIMER_RETRY`` s later, so
+        that service retries and the others never notice.
+
+        :raises ValueError: *key* is not one of ours (the caller's bug).
+        """
+        if type(key) not in (PeriodTimer, TEKSwitchTimer, ChannelTimer):
+            raise ValueError(f"not an SCS timer key: {key!r}")
+        try:
+            return self._timer(key, now)
+        except Exception as exc:
+            out: list = [internal_error("timer", exc, key=repr(key))]
+            if type(key) is PeriodTimer:
+                out.append(StartTimer(key, TIMER_RETRY))
+            return out
+
+    def _timer(self, key: Hashable, now: float) -> list:
         kind = type(key)
         if kind is PeriodTimer:
             return self._route(None, self.services[key.service].poll(now), now)

@@ -101,6 +101,9 @@ class ChannelSpec:
     super_CAS_id: int
     ECM_channel_id: int
     protocol_version: int = 3
+    #: section_TSpkt_flag values accepted in the ECMG's channel_status: 0x02 (STKMs) by default;
+    #: 0x00 / 0x01 (a classic DVB ECMG) only when configured, its ECMs carried opaque to the MUX
+    section_TSpkt_flags: frozenset[int] = frozenset({0x02})
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +152,7 @@ class Timing:
     retry_delay: float = 0.05  # after a stream_error answering a CW_provision
     stream_retry_delay: float = 1.0  # after a refused stream_setup (doubles per refusal)
     start_allowance: float = 0.5  # first scrambled period: time to connect and set up
+    close_timeout: float = 5.0  # at shutdown: wait for the stream_close_responses, then channel_close
 
 
 @attrs.frozen(kw_only=True)

@@ -90,14 +90,14 @@ from .scs_records import (
 POLL_SLACK = 1e-5
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a timer key is hashed at every arm, cancel and fire
 class PeriodTimer:
     """Timer key: the next instant the scheduler of *service* has something due (its poll)."""
 
     service: str
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class TEKSwitchTimer:
     """Timer key: T(*n*) of service *service*, when TEK(n) takes over on the scrambler."""
 
@@ -224,9 +224,15 @@ class ServiceScheduler:
         return self.period_start(n) + self.delay_start(index, n)
 
     def provision_at(self, index: int, n: int) -> float:
+        # min(T(n), on_air_from(index, n)) - lead, in one frame (called at every poll per fetch)
         params = self.links[index].params
+        start = self.spec.phase + n * self.period_length
+        if n == self.first_period and params.transition_delay_start is not None:
+            delay = params.transition_delay_start
+        else:
+            delay = params.delay_start
         lead = max(self.lead, params.max_comp_time + 0.05)
-        return min(self.period_start(n), self.on_air_from(index, n)) - lead
+        return (start + delay if delay < 0 else start) - lead
 
     def response_timeout(self, index: int) -> float:
         return max(2 * self.links[index].params.max_comp_time, self.timing.response_timeout_floor)
@@ -347,28 +353,34 @@ class ServiceScheduler:
             return []
         out: list = []
         current = self.period_at(now)
+        periods, links = self.periods, self.links
         # plan the periods whose provisioning can be due within about a period
         horizon = current + 2 + math.ceil((self.lead + 1.0) / self.period_length)
         for n in range(max(self.first_period, current), horizon + 1):
-            if n not in self.periods:
-                self.periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in self.links])
+            if n not in periods:
+                periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in links])
         wake = math.inf
-        for n in sorted(self.periods):
-            period = self.periods[n]
-            if period.state is PeriodState.PLANNED:
+        planned = PeriodState.PLANNED
+        # in ascending n: periods are only ever added above every one kept (old ones go below)
+        for period in periods.values():
+            if period.state is planned:
                 if now >= period.start:
                     out += self._skip(period)
                     continue
-                wake = min(wake, period.start)
-                for index, link in enumerate(self.links):
-                    if link.state is not LinkState.UP:
-                        continue
-                    wake = min(wake, self._advance_fetch(period, index, now, out))
-        for n in [n for n in self.periods if n < current - 1]:
-            del self.periods[n]
-        keep_from = current - 1 - max((l.params.CW_per_msg if l.params else 1) for l in self.links)
-        for n in [n for n in self.teks if n < keep_from]:
-            del self.teks[n]
+                if period.start < wake:
+                    wake = period.start
+                for index, link in enumerate(links):
+                    if link.state is LinkState.UP:
+                        due = self._advance_fetch(period, index, now, out)
+                        if due < wake:
+                            wake = due
+        while periods and next(iter(periods)) < current - 1:
+            del periods[next(iter(periods))]
+        teks = self.teks
+        if len(teks) > 4:  # the window's few TEKs; older ones go
+            keep_from = current - 1 - max((l.params.CW_per_msg if l.params else 1) for l in links)
+            for n in [n for n in teks if n < keep_from]:
+                del teks[n]
         if wake < math.inf:
             out.append(StartTimer(self.timer_key, max(0.0, wake - now) + POLL_SLACK))
         return out

@@ -45,6 +45,8 @@ class SimulCryptStreamProtocol(Protocol):
 
     log = Logger()
     interface: Interface
+    #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
+    tolerate: frozenset = frozenset()
 
     def __init__(self, executor: OutputExecutor, max_message_length: int, guard: ConnectionGuard | None = None) -> None:
         self.executor = executor
@@ -132,6 +134,7 @@ class SimulCryptStreamProtocol(Protocol):
         if outbox.closing:
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        tolerate = self.tolerate
         deadline = self.watch.deadline if self.watch is not None else None
         handled = 0
         executor.begin()
@@ -139,7 +142,7 @@ class SimulCryptStreamProtocol(Protocol):
             for item in frames:
                 if not isinstance(item, PeerProtocolError):
                     try:
-                        item = decode(item, interface)
+                        item = decode(item, interface, tolerate=tolerate)
                     except PeerProtocolError as exc:
                         item = exc
                 now = clock.seconds()

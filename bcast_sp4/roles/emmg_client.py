@@ -82,6 +82,10 @@ class SubscriberSource:
                 self.failures += 1
                 self.log.error("no LTKM for device {device}: {why}", device=device.device_id.hex(), why=str(exc))
                 continue
+            except Exception:  # the source's bug: this device is skipped, the others still get theirs
+                self.failures += 1
+                self.log.failure("LTKM source failed for device {device}", device=device.device_id.hex())
+                continue
             if issued is not None:
                 out.append(issued)
                 self.sequence = (issued.sequence + 1) & 0xFFFFFFFF
@@ -242,7 +246,8 @@ class EMMGService(Service):
             limiter=guard.limiter if guard is not None else None,
         )
         self.setup_failures = 0
-        self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0}
+        self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0,
+                         "source_errors": 0}
         self._ready_waiters: list[Deferred] = []
         self._closed_waiters: list[Deferred] = []
         self._base_policy = retry_policy or backoffPolicy(maxDelay=settings.retry_max_delay)
@@ -301,7 +306,7 @@ class EMMGService(Service):
         if self.protocol is not None:
             done = Deferred()
             self._closed_waiters.append(done)
-            done.addTimeout(config.response_timeout + config.udp_end_wait + 0.5, self.clock)
+            done.addTimeout(config.close_timeout + config.udp_end_wait + 0.5, self.clock)
             done.addErrback(lambda _f: None)
             self._run(self.machine.shutdown(self.clock.seconds()))
         else:
@@ -337,28 +342,42 @@ class EMMGService(Service):
         return accepted
 
     def refill(self) -> None:
-        """Top up every stream's queue from its spool, then from its subscriber file."""
+        """Top up every stream's queue from its spool, then from its subscriber file.
+
+        A source that raises (its bug) is logged and counted (``source_errors``); the other
+        streams are still served and the refill timer keeps running.
+        """
+        machine = self.machine
+        queued = 0
+        for data_id in machine.by_data_id:
+            try:
+                queued += self._refill(data_id)
+            except Exception:
+                self.counters["source_errors"] += 1
+                self.log.failure("LTKM source of data_id {data_id} failed", data_id=data_id)
+        if queued:
+            self._poke()
+
+    def _refill(self, data_id: int) -> int:
         machine = self.machine
         now = self.clock.seconds()
         queued = 0
-        for data_id in machine.by_data_id:
-            spool = self.spools.get(data_id)
-            if spool is not None:
-                for path, data in spool.take(machine.room(data_id)):
-                    machine.enqueue(data_id, data, token=("spool", data_id, path))
-                    queued += 1
-            source = self.subscriber_sources.get(data_id)
-            if source is not None:
-                for issued in source.take(machine.room(data_id), now):
-                    try:
-                        machine.enqueue(data_id, issued.data)
-                    except ValueError as exc:
-                        self.log.error("LTKM for device {device} not queued: {why}", device=issued.device_id.hex(), why=str(exc))
-                        continue
-                    self.counters["subscriber_ltkms"] += 1
-                    queued += 1
-        if queued:
-            self._poke()
+        spool = self.spools.get(data_id)
+        if spool is not None:
+            for path, data in spool.take(machine.room(data_id)):
+                machine.enqueue(data_id, data, token=("spool", data_id, path))
+                queued += 1
+        source = self.subscriber_sources.get(data_id)
+        if source is not None:
+            for issued in source.take(machine.room(data_id), now):
+                try:
+                    machine.enqueue(data_id, issued.data)
+                except ValueError as exc:
+                    self.log.error("LTKM for device {device} not queued: {why}", device=issued.device_id.hex(), why=str(exc))
+                    continue
+                self.counters["subscriber_ltkms"] += 1
+                queued += 1
+        return queued
 
     # -- connection plumbing -----------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Adapters only (STYLE §4): :class:`MuxProtocol` feeds one TCP connection to a
 :class:`~bcast_sp4.machines.mux.MuxConnection`; :class:`MuxDatagramProtocol` feeds UDP
 data_provision to :meth:`MuxCore.receive_udp`; :class:`PlayOut` executes :class:`Emit` outputs on
-one connected UDP socket per route (unicast or multicast, TTL set), runs :meth:`MuxCore.tick` when
+one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set), runs :meth:`MuxCore.tick` when
 input made something due and at :meth:`MuxCore.next_wakeup` (one keyed ``IDelayedCall``), and
 routes :class:`Deliver` outputs to the connection they name. :class:`MuxServer` ties them together
 and offers :meth:`MuxServer.submit_stkm`, the in-process STKM path for a co-located SCS.
@@ -20,6 +20,7 @@ import struct
 from typing import Iterable
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
@@ -28,13 +29,14 @@ from twisted.python.failure import Failure
 from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
-from ..wire import VERSION_GROUPS, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
+from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
 from ._stream import SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
 
 log = Logger()
+_V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
 
 
 class _EgressProtocol(DatagramProtocol):
@@ -49,13 +51,31 @@ class _EgressProtocol(DatagramProtocol):
         pass
 
 
+def set_hop_limit(sock, ipv6: bool, multicast: bool, hops: int, interface4: str, index6: int) -> None:
+    """TTL / hop limit of one play-out socket, and the interface its multicast leaves by."""
+    if ipv6:
+        if multicast:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+            if index6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index6)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    elif multicast:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, hops)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface4))
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+
+
 class PlayOut(Service):
     """Executes the core's egress: one connected UDP socket per route, the tick timer, deliveries.
 
     :param core: the shared :class:`MuxCore`.
     :param reactor: provides ``listenUDP`` and the clock.
-    :param interface: source address of the play-out sockets (and the multicast interface).
+    :param interface: source address of the IPv4 play-out sockets (and the IPv4 multicast interface).
     :param session: the process's :class:`~bcast_sp4.session.SessionManager`, or ``None``.
+    :param interface6: source address of the IPv6 play-out sockets.
+    :param multicast_interface6: name of the interface IPv6 multicast leaves by ("": the kernel's route).
 
     Its :attr:`executor` is the MUX's one output executor, shared by the TCP connections: Emit
     and Deliver are play-out's own outputs, the tick is its timer ``"tick"``.
@@ -65,11 +85,13 @@ class PlayOut(Service):
     TICK = "tick"
 
     def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None,
-                 limiter: LogLimiter | None = None) -> None:
+                 limiter: LogLimiter | None = None, *, interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.interface = interface
+        self.interface6 = interface6
+        self.multicast_interface6 = multicast_interface6
         self.ports: dict[RouteKey, object] = {}
         self.sockets: dict[RouteKey, socket.socket] = {}
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
@@ -83,20 +105,17 @@ class PlayOut(Service):
 
     def startService(self) -> None:
         super().startService()
+        index6 = socket.if_nametoindex(self.multicast_interface6) if self.multicast_interface6 else 0
         for key, route in self.core.routes.items():
             cfg = route.config
-            port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface)
+            port = self.reactor.listenUDP(0, _EgressProtocol(), interface=self.interface6 if cfg.ipv6 else self.interface)
             port.connect(*cfg.destination)
             # Never read: with the epoll reactor a readable connected UDP port that meets an ICMP
             # "port unreachable" (receiver not up yet) is closed for good. Unwatched, the refusal
             # surfaces on the next send as ECONNREFUSED, which is counted as a drop.
             port.stopReading()
             sock = port.getHandle()
-            if cfg.multicast:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.interface))
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
+            set_hop_limit(sock, cfg.ipv6, cfg.multicast, cfg.ttl, self.interface, index6)
             self.ports[key] = port
             self.sockets[key] = sock
             self.log.info(
@@ -173,6 +192,8 @@ class MuxProtocol(SimulCryptStreamProtocol):
         super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
         self.play_out = factory.play_out
         self.machine = MuxConnection(factory.core)
+        if 1 in factory.core.config.versions:  # v1 peers that send data_id anyway (digest §2.1)
+            self.tolerate = _V1_TOLERATED
 
     def has_channel(self) -> bool:
         return self.machine.state is ServerChannelState.CHANNEL_OPEN
@@ -187,6 +208,8 @@ class MuxProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        peer = self.transport.getPeer()  # UDP for this client_id must come from here (machines/mux/limits.py)
+        self.machine.peer_host = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else None
         self.play_out.protocols[self.machine] = self
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
@@ -286,13 +309,13 @@ class MuxDatagramProtocol(DatagramProtocol):
         outputs = None
         usual = parse_usual_udp(data) if len(data) <= self.max_message_length else None
         if usual is not None:
-            outputs = core.receive_udp_fast(*usual, now)
+            outputs = core.receive_udp_fast(*usual, now, addr[0])
         if outputs is None:
             try:
                 item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
             except PeerProtocolError as exc:
                 item = exc
-            outputs = core.receive_udp(item, now)
+            outputs = core.receive_udp(item, now, addr[0])
         if outputs:
             if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
                 self.play_out.emit(outputs[0])
@@ -306,11 +329,13 @@ class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
     def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
-                 listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+                 listening_on: str | None = None, guard: ConnectionGuard | None = None,
+                 interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.clock: IReactorTime = reactor
         self.guard = guard
-        self.play_out = PlayOut(core, reactor, interface, session, guard.limiter if guard is not None else None)
+        self.play_out = PlayOut(core, reactor, interface, session, guard.limiter if guard is not None else None,
+                                interface6=interface6, multicast_interface6=multicast_interface6)
         self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on, guard)
         self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length, guard)
 

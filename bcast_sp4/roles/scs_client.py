@@ -30,7 +30,7 @@ from typing import Callable, Hashable, Iterable
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
@@ -204,6 +204,8 @@ class SCSRunner(Service):
         self.autostart = autostart
         #: the schedulers were started (:meth:`begin`)
         self.begun = False
+        self._stopping = False
+        self._disconnect_waiters: list[Deferred] = []
 
     # -- service lifecycle ----------------------------------------------------------------------
 
@@ -227,14 +229,38 @@ class SCSRunner(Service):
         """The armed timers of the core, by key."""
         return self.executor.timers
 
-    def stopService(self):
+    def stopService(self) -> Deferred:
+        """Close every channel in order (streams, each stream_close_response awaited up to the
+        close timeout, channel_close, TCP close); fires once every connection is gone."""
+        self._stopping = True
         now = self.clock.seconds()
         self.execute(self.core.stop(now), now)
-        self.executor.stop()
-        if self.young_collector is not None:
-            self.young_collector.stop()
-            self.young_collector = None
-        return super().stopService()
+        done = self._when_disconnected(self.core.timing.close_timeout + 1.0)
+
+        def finish(_):
+            self.executor.stop()
+            if self.young_collector is not None:
+                self.young_collector.stop()
+                self.young_collector = None
+            return super(SCSRunner, self).stopService()
+
+        return done.addCallback(finish)
+
+    def _when_disconnected(self, bound: float) -> Deferred:
+        """Fires when no channel connection is left, or after *bound* s (the rest are dropped)."""
+        if not self.protocols:
+            return succeed(None)
+        d = Deferred()
+        self._disconnect_waiters.append(d)
+
+        def late(failure: Failure) -> None:
+            failure.trap(CancelledError)
+            self.log.warn("stop: {count} ECMG connections still open after {bound} s; dropped",
+                          count=len(self.protocols), bound=bound)
+            for protocol in list(self.protocols.values()):
+                protocol.transport.loseConnection()
+
+        return d.addTimeout(bound, self.clock).addErrback(late)
 
     def _timer(self, key: Hashable, now: float) -> list:
         if key == self.GC_TUNING:
@@ -252,6 +278,9 @@ class SCSRunner(Service):
     # -- connection events ----------------------------------------------------------------------
 
     def connected(self, protocol: SCSProtocol) -> None:
+        if self._stopping:  # a reconnect that raced the stop: no new channel
+            protocol.transport.loseConnection()
+            return
         self.protocols[protocol.channel] = protocol
         now = self.clock.seconds()
         self.execute(self.core.connection_made(protocol.channel, now), now)
@@ -265,6 +294,10 @@ class SCSRunner(Service):
             endpoint.rotate()
         now = self.clock.seconds()
         self.execute(self.core.connection_lost(protocol.channel, now), now)
+        if not self.protocols:
+            waiters, self._disconnect_waiters = self._disconnect_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     # -- outputs ----------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from . import scs as scs_tap
 from . import terminal as terminal_tap
 from ._exit import stop_with_status
 from ._options import RoleOptions
+from ._ordered import SequentialStop
 
 log = Logger()
 
@@ -107,8 +108,10 @@ def role_names(settings: LabSettings) -> list[str]:
     return ["mux", *(f"ecmg{i}" for i in range(1, len(settings.ecmgs) + 1)), "emmg", "scs", "terminal"]
 
 
-class Lab(MultiService):
-    """Every role of the lab on one reactor, sharing one session manager (start order = child order).
+class Lab(SequentialStop):
+    """Every role of the lab on one reactor, sharing one session manager (start order = child order;
+    stop order the reverse, one role after the other: terminal, SCS, EMMG -- the clients, each
+    closing its channels in order -- then the ECMGs and the MUX, which answer until then).
 
     Each role is handed the session manager when it is built; the attributes name the roles' service
     trees for tests and tools. :attr:`started` (after ``startService``) fires once the terminal

@@ -66,7 +66,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     core = MuxCore(settings.mux)
     guard = ConnectionGuard(settings.limits, reactor, role="MUX", server=True)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint, guard=guard)
+                       session=session, listening_on=settings.endpoint, guard=guard,
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
     guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input

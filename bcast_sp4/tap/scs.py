@@ -24,6 +24,7 @@ from ..roles.stkm_link import RemoteMuxSink, link_settings
 from ..media.scrambler import Scrambler
 from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 from ._options import RoleOptions
+from ._ordered import SequentialStop
 from .tls import client_endpoint
 
 log = Logger()
@@ -94,7 +95,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
                        gc_tuning_after=settle, session=session, autostart=autostart, guard=guard)
-    top = MultiService()
+    top = SequentialStop()  # the runner closes its channels in order before the ClientServices stop
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
     top.mux_link = link

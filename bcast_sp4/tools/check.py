@@ -104,10 +104,11 @@ def _emmg(path: Path) -> str:
 def _mux(path: Path) -> str:
     settings: MuxSettings = load_mux_settings(path)
     routes = [r for c in settings.mux.clients.values() for r in c.routes.values()]
-    ltkm = sum(1 for r in routes if r.kind.value == "ltkm")
+    kinds = {kind: sum(1 for r in routes if r.kind.value == kind) for kind in ("ltkm", "stkm", "data")}
     udp = "off" if settings.udp is None else f"udp:{settings.udp[0]}:interface={settings.udp[1]}"
-    return (f"MUX config, {_plural(len(settings.mux.clients), 'client')}, {_plural(ltkm, 'LTKM route')}, "
-            f"{_plural(len(routes) - ltkm, 'STKM route')}, listens {settings.endpoint}, UDP {udp}")
+    classic = f", {_plural(kinds['data'], 'classic data route')}" if kinds["data"] else ""
+    return (f"MUX config, {_plural(len(settings.mux.clients), 'client')}, {_plural(kinds['ltkm'], 'LTKM route')}, "
+            f"{_plural(kinds['stkm'], 'STKM route')}{classic}, listens {settings.endpoint}, UDP {udp}")
 
 
 def _terminal(path: Path) -> str:

@@ -24,7 +24,17 @@ from .errors import (
     UnknownParameterType,
     UnsupportedVersion,
 )
-from .message import HEADER, HEADER_SIZE, MAX_MESSAGE_LENGTH, MESSAGE_CLASSES, TLV, VERSION_GROUPS, Deviation, Message
+from .message import (
+    DECODERS as _DECODERS,
+    HEADER,
+    HEADER_SIZE,
+    MAX_MESSAGE_LENGTH,
+    MESSAGE_CLASSES,
+    TLV,
+    VERSION_GROUPS,
+    Deviation,
+    Message,
+)
 
 _unpack_header = HEADER.unpack_from
 _set_deviations = Message._deviations.__set__  # type: ignore[attr-defined]  # slot of _DeviationSlot
@@ -124,28 +134,28 @@ def decode(
     if size < HEADER_SIZE:
         raise InvalidMessage(f"{size} bytes cannot hold a message header", interface=interface, error_information=0)
     version, message_type, length = _unpack_header(frame, 0)
-    cls = MESSAGE_CLASSES.get(message_type)
-    if cls is not None and cls.INTERFACE is (interface or cls.INTERFACE) and HEADER_SIZE + length == size:
-        decoder = cls._DECODERS.get(version)
-        if decoder is not None:
-            try:
-                return decoder(frame, size, version)
-            except PeerProtocolError as exc:
-                failure = exc
-            if tolerate and type(failure) is UnknownParameterType:
-                relaxed = cls._RELAXED.get((version, failure.error_information))
-                if relaxed is not None and relaxed[0] in tolerate:
-                    try:
-                        message = relaxed[1](frame, size, version)
-                    except PeerProtocolError as exc:
-                        failure = exc
-                    else:
-                        _set_deviations(message, frozenset((relaxed[0],)))
-                        return message
-            failure.interface, failure.protocol_version, failure.message_type = cls.INTERFACE, version, message_type
-            failure.channel_id, failure.stream_id, failure.client_id = _salvage_ids(frame, cls.INTERFACE)
-            raise failure
+    entry = _DECODERS.get(message_type << 8 | version)
+    if entry is not None and length + 5 == size and (interface is None or interface is entry[0]):
+        try:
+            return entry[1](frame, size, version)
+        except PeerProtocolError as exc:
+            failure = exc
+        cls = MESSAGE_CLASSES[message_type]
+        if tolerate and type(failure) is UnknownParameterType:
+            relaxed = cls._RELAXED.get((version, failure.error_information))
+            if relaxed is not None and relaxed[0] in tolerate:
+                try:
+                    message = relaxed[1](frame, size, version)
+                except PeerProtocolError as exc:
+                    failure = exc
+                else:
+                    _set_deviations(message, frozenset((relaxed[0],)))
+                    return message
+        failure.interface, failure.protocol_version, failure.message_type = cls.INTERFACE, version, message_type
+        failure.channel_id, failure.stream_id, failure.client_id = _salvage_ids(frame, cls.INTERFACE)
+        raise failure
     # Something is wrong with the header; report the first fault in the order a reader meets it.
+    cls = MESSAGE_CLASSES.get(message_type)
     if interface is None and cls is not None:
         interface = cls.INTERFACE
     context = {"interface": interface, "protocol_version": version, "message_type": message_type}

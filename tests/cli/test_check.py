@@ -102,12 +102,13 @@ def test_main_needs_a_file():
 def test_the_installed_command(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     bad = tmp_path / "mux.toml"
-    bad.write_text("[mux]\nversions = [1, 2]\n")
+    bad.write_text("[mux]\nversions = [0, 2]\n")
     command = Path(sys.executable).parent / "bcast-sp4"
     result = subprocess.run([str(command), "check", str(ETC / "ecmg.toml"), str(bad)], capture_output=True, text=True,
                             env=env, timeout=60)
     assert result.returncode == 1
     assert result.stdout.startswith(f"{ETC / 'ecmg.toml'}: ECMG config, ")
-    assert result.stderr == f"{bad}: mux.versions: must be a non-empty list drawn from 2, 3, 4, 5 (v1 has no data_id), not [1, 2]\n"
+    assert result.stderr == (f"{bad}: mux.versions: must be a non-empty list drawn from 1, 2, 3, 4, 5 (1 only for peers "
+                             "sending data_id in v1, a tolerated deviation), not [0, 2]\n")
     version = subprocess.run([str(command), "--version"], capture_output=True, text=True, env=env, timeout=60)
     assert (version.returncode, version.stdout) == (0, version_text() + "\n")

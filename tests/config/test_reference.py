@@ -26,7 +26,7 @@ REFERENCE = ROOT / "docs" / "config.md"
 EXAMPLES = sorted((ROOT / "etc").glob("*.toml")) + sorted((ROOT / "etc" / "lab").glob("*.toml"))
 ACCESSORS = {
     "integer", "number", "milliseconds", "boolean", "string", "choice", "int_list", "string_list", "datetime_value",
-    "hex_bytes", "hex_key", "path_value", "host_port", "udp_listen", "ipv4", "client_endpoint", "sub",
+    "hex_bytes", "hex_key", "path_value", "host_port", "udp_listen", "ipv4", "ip_address", "client_endpoint", "sub",
     "list_of_tables", "named_tables",
 }
 

@@ -78,6 +78,7 @@ def write_keys(path):
 
 def write_config(directory, **limits):
     write_keys(directory / "keys.toml")
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     ecmg = {"max_channels": 1000, "max_streams": 100000, "max_invalid_messages": 3, "max_message_length": 4096, **limits}
     lines = "\n".join(f"{k} = {v}" for k, v in ecmg.items())
     config = directory / "ecmg.toml"

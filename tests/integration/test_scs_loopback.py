@@ -69,6 +69,7 @@ def write_ecmg(directory: Path, name: str, scid: int, mode: str, port: int = 0, 
         for s, k in ((DRM_SCID, "drm-sek"), (CARD_SCID, "card-msk")) for e in ecm_ids
     )
     (directory / "keys.toml").write_text(keys)
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     config = directory / f"{name}.toml"
     config.write_text(textwrap.dedent(f"""\
         [ecmg]

@@ -54,6 +54,7 @@ def write_ecmg(directory: Path) -> Path:
     (directory / "keys.toml").write_text(KEYS + "".join(
         f'[[streams]]\nsuper_cas_id = {scid:#010x}\necm_id = {e}\nkeys = ["{key}"]\n'
         for scid, key in ((DRM_SCID, "drm-sek"), (CARD_SCID, "card-msk")) for e in range(1, SERVICES + 1)))
+    (directory / "keys.toml").chmod(0o600)  # the ECMG refuses a key file others may read
     path = directory / "ecmg.toml"
     path.write_text(textwrap.dedent(f"""\
         [ecmg]

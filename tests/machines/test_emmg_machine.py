@@ -308,3 +308,50 @@ def test_config_checks():
         make(streams=((1, 5, 10), (2, 5, 10)))
     with pytest.raises(ValueError):
         make(protocol_version=1)
+
+
+def test_shutdown_close_timeout_still_closes_the_channel_in_order():
+    s = make(close_timeout=2.0)
+    setup(s)
+    out = s.shutdown(1.0)
+    assert StartTimer("response", 2.0) in out and s.state is EMMGState.CLOSING
+    out = s.timer_fired("response", 3.0)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and isinstance(out[-1], Close)
+    assert [n.fields["unanswered"] for n in of(out, Notify) if n.event == "close_timeout"] == [[1]]
+    assert s.state is EMMGState.CLOSED
+
+
+@pytest.mark.parametrize("reply, reason", [
+    (channel_status(section_TSpkt_flag=1), "MUX answered section_TSpkt_flag 1 (TS packets); BCAST LTKMs need 0x02"),
+    (channel_status(section_TSpkt_flag=0), "MUX answered section_TSpkt_flag 0 (sections); BCAST LTKMs need 0x02"),
+    (channel_status(data_channel_id=9), "MUX answered data_channel_id 9; we sent 1"),
+    (channel_status(client_id=0x00010002), "MUX answered client_id 0x00010002; we sent 0x00010001"),
+    (m.ChannelError(**IDS, error_status=(0x000D,), error_information=(b"\x00\x02",)),
+     "MUX refused channel_setup: channel_error 0x000d (invalid value for DVB parameter) about section_TSpkt_flag"),
+])
+def test_a_failed_setup_names_the_field_and_both_values(reply, reason):
+    s = make()
+    s.connection_made(0.0)
+    out = s.receive(reply, 0.0)
+    (note,) = of(out, Notify)
+    assert note.fields["reason"] == reason and note.level == "warn"
+    assert isinstance(out[-1], Close) and reason in out[-1].reason
+
+
+def test_a_failed_stream_setup_names_each_differing_field():
+    s = make()
+    s.connection_made(0.0)
+    s.receive(channel_status(), 0.0)
+    out = s.receive(stream_status(data_id=0x999, data_type=1), 0.0)
+    assert of(out, Notify)[0].fields["reason"] == "MUX answered data_id 2457; we sent 256; MUX answered data_type 1; we sent 0"
+
+
+def test_shutdown_mid_setup_closes_the_streams_already_set_up():
+    s = make(streams=((1, 0x100, 200), (2, 0x101, 64)))
+    s.connection_made(0.0)
+    s.receive(channel_status(), 0.0)
+    s.receive(stream_status(), 0.0)  # stream 1 set up, stream 2's stream_setup in flight
+    out = s.shutdown(0.5)
+    assert [(type(x), x.data_stream_id) for x in sent(out)] == [(m.StreamCloseRequest, 1)] and s.state is EMMGState.CLOSING
+    out = s.receive(m.StreamCloseResponse(**IDS, data_stream_id=1), 0.6)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and isinstance(out[-1], Close)

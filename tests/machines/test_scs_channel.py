@@ -217,14 +217,40 @@ def test_codec_errors_and_wrong_direction_messages_are_answered():
     assert sent(out)[0].error_status == (0x0001,) and "wrong_direction" in notes(out)
 
 
-def test_shutdown_closes_streams_then_channel_then_connection():
-    channel, _ = opened()
+def test_shutdown_closes_streams_waits_for_each_response_then_channel_then_connection():
+    channel, _ = opened(timing=Timing(channel_test_interval=10.0, close_timeout=2.5))
     streams_up(channel)
     out = channel.close(2.0)
-    messages = sent(out)
-    assert [type(x) for x in messages] == [m.StreamCloseRequest, m.StreamCloseRequest, m.ChannelClose]
-    assert type(out[-1]) is Close and len(events(out, StreamDown)) == 2
+    assert [type(x) for x in sent(out)] == [m.StreamCloseRequest, m.StreamCloseRequest]  # no channel_close yet
+    assert not events(out, Close) and len(events(out, StreamDown)) == 2
+    assert StartTimer(key(K.CLOSE), 2.5) in out and channel.state is SCSChannelState.CLOSING
+    assert channel.close(2.1) == []  # a second stop changes nothing
+    # an ECM_response or a channel_test meanwhile: the ECMG is answered, nothing reopens
+    assert sent(channel.receive(m.ChannelTest(ECM_channel_id=CH), 2.2), m.ChannelStatus)
+    out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=1), 2.3)
+    assert sent(out) == [] and not events(out, Close)
+    out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=2), 2.4)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and type(out[-1]) is Close
+    assert CancelTimer(key(K.CLOSE)) in out and channel.state is SCSChannelState.DISCONNECTED
     assert make().close(0.0) == [CancelTimer(k) for k in make().timer_keys()]  # nothing to close
+
+
+def test_shutdown_close_timeout_bounds_the_wait_then_closes_the_channel_in_order():
+    channel, _ = opened()
+    streams_up(channel)
+    channel.close(2.0)
+    out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=1, error_status=(0x0007,)), 2.1)
+    assert "stream_close_refused" in notes(out) and not sent(out)  # answered, if with an error
+    out = channel.timer(key(K.CLOSE), 7.0)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and type(out[-1]) is Close
+    assert [n.fields["unanswered"] for n in events(out, Notify) if n.event == "close_timeout"] == [[2]]
+    assert channel.timer(key(K.CLOSE), 8.0) == []
+
+
+def test_shutdown_with_the_channel_open_but_no_stream_closes_the_channel_at_once():
+    channel, _ = opened(nominal=(1, 1))  # min_CP_duration 10: no stream set up
+    out = channel.close(1.0)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and type(out[-1]) is Close
 
 
 def test_connection_lost_takes_the_open_streams_down():
@@ -328,3 +354,46 @@ def test_open_stream_unrecoverable_error_is_closed_and_set_up_again():
     assert notes(out) == ["stream_error_unknown_stream"]
     out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=1), 0.1)
     assert notes(out) == ["unexpected_stream_close_response"]
+
+
+# -- an ECMG announcing a classic section_TSpkt_flag ------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, meaning", [(0, "sections"), (1, "TS packets")])
+def test_a_classic_ecmg_is_refused_at_channel_status_by_default_naming_the_flag(flag, meaning):
+    channel = make()
+    channel.connection_made(0.0)
+    out = channel.receive(status(section_TSpkt_flag=flag), 0.1)
+    (note,) = [o for o in events(out, Notify) if o.event == "channel_status_refused"]
+    assert note.fields["reason"].startswith(f"ECMG answered section_TSpkt_flag {flag} ({meaning}); BCAST STKMs need 0x02")
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and type(out[-1]) is Close
+    assert not sent(out, m.StreamSetup) and channel.state is SCSChannelState.DISCONNECTED
+    assert channel.refusals == 1  # lengthens the reconnect back-off
+    channel.connection_lost(0.2)
+    channel.connection_made(1.0)
+    channel.receive(status(section_TSpkt_flag=flag), 1.1)
+    assert channel.refusals == 2
+
+
+def test_a_classic_ecmg_is_accepted_when_its_entry_allows_the_flag_and_its_ecms_pass_opaque():
+    spec = ChannelSpec(name="c", endpoint="tcp:host=127.0.0.1:port=1", backup_endpoint=None, super_CAS_id=SCID,
+                       ECM_channel_id=CH, section_TSpkt_flags=frozenset({1, 2}))
+    channel = SCSChannel(spec, [("svc1", LinkSpec(channel="c", super_CAS_id=SCID, ECM_stream_id=1, ECM_id=101), 10)],
+                         Timing(channel_test_interval=0.0))
+    channel.connection_made(0.0)
+    out = channel.receive(status(section_TSpkt_flag=1), 0.1)
+    assert "classic_ecmg" in notes(out) and sent(out, m.StreamSetup) and channel.refusals == 0
+    channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101, access_criteria_transfer_mode=False), 0.2)
+    channel.provision(request(5), 0.3)
+    ecm = b"\x47" + bytes(187)  # a DVB ECM in one TS packet: not an STKM, carried as it is
+    out = channel.receive(m.ECMResponse(ECM_channel_id=CH, ECM_stream_id=1, CP_number=5, ECM_datagram=ecm), 0.4)
+    assert events(out, ECMArrived) == [ECMArrived("c", 1, 5, ecm)]
+
+
+def test_a_refused_channel_setup_names_the_error_and_the_parameter():
+    channel = make()
+    channel.connection_made(0.0)
+    out = channel.receive(m.ChannelError(ECM_channel_id=CH, error_status=(0x0005,), error_information=(b"\x00\x01",)), 0.1)
+    (note,) = [o for o in events(out, Notify) if o.event == "channel_refused"]
+    assert note.fields["reason"] == ("ECMG refused channel_setup: channel_error 0x0005 (unknown Super_CAS_id value) "
+                                     "about Super_CAS_id")

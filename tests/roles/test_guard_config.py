@@ -33,7 +33,11 @@ def test_defaults_protect_without_a_limits_table():
 
 
 def test_server_limits_and_allow_lists_are_read(tmp_path):
-    path = role_file(tmp_path, "mux", """
+    # etc/mux.toml already has a [limits] table (the MUX's STKM caps): the guard's keys join it
+    path = role_file(tmp_path, "mux", "")
+    text = path.read_text()
+    assert text.count("\n[limits]") == 1
+    path.write_text(text.replace("\n[limits]", """
 [limits]
 messages_per_turn = 16
 first_channel_setup_timeout = 5
@@ -41,11 +45,22 @@ idle_timeout = 0
 max_connections = 10
 allow = ["127.0.0.1", "10.0.0.0/8", "::1"]
 udp_allow = ["192.0.2.0/24"]
-""")
-    limits = load_mux_settings(path).limits
+max_stkm_datagrams = 3
+""", 1).replace("max_stkm_datagrams = 16", "", 1))
+    settings = load_mux_settings(path)
+    limits = settings.limits
     assert limits.messages_per_turn == 16 and limits.first_channel_setup_timeout == 5.0 and limits.idle_timeout == 0
     assert limits.allow == tuple(ipaddress.ip_network(t) for t in ("127.0.0.1/32", "10.0.0.0/8", "::1/128"))
     assert limits.udp_allow == (ipaddress.ip_network("192.0.2.0/24"),)
+    assert settings.mux.limits.max_stkm_datagrams == 3  # both readers share the one table
+
+
+def test_mux_limits_table_refuses_a_key_neither_reader_knows(tmp_path):
+    path = role_file(tmp_path, "mux", "")
+    path.write_text(path.read_text().replace("\n[limits]", "\n[limits]\ncolour = 1", 1))
+    with pytest.raises(ConfigError) as caught:
+        load_mux_settings(path)
+    assert caught.value.key == "limits.colour" and "unknown key" in caught.value.reason
 
 
 @pytest.mark.parametrize(("extra", "key", "reason"), [

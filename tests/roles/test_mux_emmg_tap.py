@@ -97,7 +97,8 @@ def test_udp_and_destination_notations():
     for bad in ("tcp:5000", "udp:x", "udp:70000", "udp:1:iface=1.2.3.4", "udp:1:interface=host"):
         with pytest.raises(ValueError):
             parse_udp_listen(bad)
-    for bad in ("4359", "host:4359", "127.0.0.1:0", "127.0.0.1:x", "[::1]:4359"):
+    assert parse_host_port("[::1]:4359") == ("::1", 4359)
+    for bad in ("4359", "host:4359", "127.0.0.1:0", "127.0.0.1:x", "::1:4359", "[::1]"):
         with pytest.raises(ValueError):
             parse_host_port(bad)
 
@@ -117,7 +118,7 @@ destination = "127.0.0.1:4359"
     [
         ("", "mux"),
         ("[mux]\n", "client"),
-        (MUX_BASE.replace("[mux]", "[mux]\nversions = [1, 2]"), "mux.versions"),
+        (MUX_BASE.replace("[mux]", "[mux]\nversions = [0, 2]"), "mux.versions"),
         (MUX_BASE.replace("[mux]", "[mux]\nudp = 'udp:x'"), "mux.udp"),
         (MUX_BASE.replace("[mux]", "[mux]\ncolour = 1"), "mux.colour"),
         (MUX_BASE + "[[client]]\nclient_id = 0x00010001\n[[client.stkm]]\necm_id = 1\ndestination = '127.0.0.1:1'\n",

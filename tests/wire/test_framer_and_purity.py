@@ -105,3 +105,41 @@ def test_positional_make_equals_keyword_construction():
     assert wire.decode(made.encode()) == made
     for cls in MESSAGE_CLASSES.values():  # every class has one, taking exactly its fields
         assert cls.make.__code__.co_argcount == 1 + len(cls.PARAMS)
+
+
+def _tlv(code: int, value: bytes) -> bytes:
+    return code.to_bytes(2, "big") + len(value).to_bytes(2, "big") + value
+
+
+def _cw_provision(*tlvs: bytes) -> bytes:
+    body = b"".join(tlvs)
+    return b"\x03\x02\x01" + len(body).to_bytes(2, "big") + body
+
+
+_CHANNEL, _STREAM, _CP = _tlv(0x000E, b"\x00\x07"), _tlv(0x000F, b"\x00\x09"), _tlv(0x0012, b"\x01\x02")
+_CPCW = _tlv(0x0014, b"\x01\x02" + bytes(8))
+
+
+@pytest.mark.parametrize(
+    "order",
+    [(_CHANNEL, _STREAM, _CP, _CPCW), (_STREAM, _CHANNEL, _CP, _CPCW), (_CPCW, _CP, _STREAM, _CHANNEL), (_CHANNEL, _STREAM, _CPCW, _CP)],
+)
+def test_decoder_speculative_prefix_and_any_other_order_agree(order):
+    # The generated decoder reads the leading mandatory integers in one struct call when they
+    # come first in declaration order; any other order takes the ordinary loop, same message.
+    message = wire.decode(_cw_provision(*order))
+    assert (message.ECM_channel_id, message.ECM_stream_id, message.CP_number) == (7, 9, 0x0102)
+    assert message.CP_CW_combination == (wire.params.CPCWCombination(0x0102, bytes(8)),)
+
+
+def test_decoder_prefix_then_repeat_or_bad_length_still_rejected():
+    with pytest.raises(wire.WrongParameterCount) as repeat:
+        wire.decode(_cw_provision(_CHANNEL, _STREAM, _CP, _CPCW, _CHANNEL))
+    assert repeat.value.error_information == 0x000E
+    # the prefix's shape with a 3-byte CP_number: the loop judges it, InconsistentLength
+    with pytest.raises(wire.InconsistentLength) as length:
+        wire.decode(_cw_provision(_CHANNEL, _STREAM, _tlv(0x0012, b"\x00\x01\x02"), _CPCW))
+    assert length.value.error_information == 0x0012
+    # a message shorter than the prefix: the loop finds CP_number and CP_CW missing
+    with pytest.raises(wire.MissingParameter):
+        wire.decode(_cw_provision(_CHANNEL, _STREAM))

@@ -10,6 +10,7 @@ and whose data_id is the ECM_id, with data_type 0x02 (the DVB value for ECMs).
 Pieces:
 
 * :mod:`.config` -- the allow-list and routes (``(client_id, data_id)`` -> UDP destination).
+* :mod:`.limits` -- amplification bounds on STKM routes and the UDP sender identity (issue #13).
 * :mod:`.core` -- one :class:`MuxCore` per MUX process: channel and stream registries (its public
   API), bandwidth accounting, the bounded LTKM queues with their egress token buckets, the STKM
   carousels, the UDP input and the drop counters (:mod:`.drops`). UDP ``data_provision`` goes to
@@ -27,13 +28,14 @@ and at :meth:`MuxCore.next_wakeup`.
 
 from .config import MAX_UDP_PAYLOAD, ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
 from .connection import MuxConnection
-from .core import Deliver, Emit, MuxCore, MuxRoute, MuxStream, UnknownRoute
+from .core import Deliver, Emit, EmitMany, MuxCore, MuxRoute, MuxStream, UnknownRoute
 
 __all__ = [
     "MAX_UDP_PAYLOAD",
     "ClientConfig",
     "Deliver",
     "Emit",
+    "EmitMany",
     "MuxConfig",
     "MuxConnection",
     "MuxCore",

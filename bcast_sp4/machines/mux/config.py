@@ -14,20 +14,28 @@ import attrs
 
 from ...wire.params import DataType
 from ..channel import MAX_UDP_PAYLOAD
+from .limits import MuxLimits
 
 RouteKey = tuple[int, int]  # (client_id, data_id)
 
 
 class RouteKind(enum.Enum):
-    """What a route carries: queued LTKMs or a repeated current STKM."""
+    """What a route carries: queued LTKMs, a repeated current STKM, or classic DVB data (queued
+    and paced like LTKMs; see :mod:`.classic`)."""
 
     LTKM = "ltkm"
     STKM = "stkm"
+    DATA = "data"
 
     @property
     def data_type(self) -> int:
         """The data_type a stream_setup must announce for this kind."""
-        return DataType.EMM if self is RouteKind.LTKM else DataType.ECM
+        return DataType.ECM if self is RouteKind.STKM else DataType.EMM
+
+    @property
+    def queued(self) -> bool:
+        """Datagrams are queued and paced (LTKM, data), not a repeated current set (STKM)."""
+        return self is not RouteKind.STKM
 
 
 @attrs.frozen(kw_only=True)
@@ -41,10 +49,20 @@ class RouteConfig:
     max_bandwidth: int = 0xFFFF  # kbit/s, cap for the stream on this route
     default_bandwidth: int = 0  # kbit/s allocated at stream_setup
     repetition_period: int = 100  # ms, STKM routes
+    data_type: int | None = None  # data routes: the data_type a stream_setup must announce
+
+    @property
+    def expected_data_type(self) -> int:
+        """The data_type a stream_setup on this route must announce."""
+        return self.kind.data_type if self.data_type is None else self.data_type
 
     @property
     def multicast(self) -> bool:
         return ipaddress.ip_address(self.destination[0]).is_multicast
+
+    @property
+    def ipv6(self) -> bool:
+        return ipaddress.ip_address(self.destination[0]).version == 6
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +74,8 @@ class ClientConfig:
     name: str = ""
     max_channels: int = 1
     max_bandwidth: int = 0xFFFF  # kbit/s, all streams of this client
+    #: section_TSpkt_flag values its channel_setup may carry (0x00 / 0x01: classic DVB, opt-in)
+    section_TSpkt_flags: frozenset[int] = frozenset({0x02})
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +83,9 @@ class MuxConfig:
     """The MUX's behaviour; every limit is enforced with the spec's error codes, never fatal."""
 
     clients: dict[int, ClientConfig]
+    #: v1 in ``versions``: v1 has no data_id, so the MUX tolerates the known deviation of a v1
+    #: stream_setup / data_provision carrying one (wire.Deviation.V1_DATA_ID) and refuses a v1
+    #: stream_setup without it (0x000C: nothing to route by)
     versions: frozenset[int] = frozenset({2, 3, 4, 5})
     max_channels: int = 64
     max_streams: int = 256
@@ -79,10 +102,7 @@ class MuxConfig:
     drop_log_interval: float = 1.0
     udp_error_interval: float = 1.0
     max_pending_stkms: int = 8
-
-    def __attrs_post_init__(self) -> None:
-        if any(v < 2 for v in self.versions):
-            raise ValueError("EMMG<=>MUX v1 has no data_id: the MUX could not map streams; use versions 2..5")
+    limits: MuxLimits = MuxLimits()  # STKM amplification bounds, UDP source addresses (.limits)
 
 
-__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "RouteConfig", "RouteKey", "RouteKind"]
+__all__ = ["MAX_UDP_PAYLOAD", "ClientConfig", "MuxConfig", "MuxLimits", "RouteConfig", "RouteKey", "RouteKind"]

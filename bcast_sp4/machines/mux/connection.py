@@ -9,8 +9,9 @@ only a MUX checks: the client_id in every message, routes, bandwidth, data_provi
 Per-connection state table (``own`` = the channel this connection set up; ``Send`` replies on TCP)::
 
   state         input                  checks (error_status)                              reply / next
-  NO_CHANNEL    channel_setup          version accepted (0x0002); client_id allowed       channel_status
-                                       (0x000E); section_TSpkt_flag 0x02 (0x000D);          -> CHANNEL_OPEN
+  NO_CHANNEL    channel_setup          version accepted (0x0002); client_id allowed       channel_status (the
+                                       (0x000E); section_TSpkt_flag among the client's    client's flag)
+                                       section_TSpkt_flags, default 0x02 only (0x000D);   -> CHANNEL_OPEN
                                        (client_id, channel id) not active (0x0011); client
                                        below its max_channels (0x0014); MUX below
                                        max_channels (0x0007)
@@ -20,9 +21,11 @@ Per-connection state table (``own`` = the channel this connection set up; ``Send
   CHANNEL_OPEN  channel_close          own channel (0x0006), own client_id (0x000E)       (none); streams
                                                                                            freed -> NO_CHANNEL
   CHANNEL_OPEN  stream_setup           own channel (0x0006), client (0x000E); stream id   stream_status
-                                       free (0x0012); a route for (client_id, data_id)
-                                       (0x0010); data_type = route's (LTKM 0x00, STKM
-                                       0x02) (0x000D); route not fed by another stream
+                                       free (0x0012); data_id given (v1: 0x000C); a route
+                                       for (client_id, data_id) (0x0010); data_type =
+                                       route's (LTKM 0x00, STKM 0x02, data: configured)
+                                       (0x000D); a classic (0x00/0x01) channel feeds data
+                                       routes only (0x000D); route not fed by another stream
                                        (0x0013); streams on channel (0x0008) and on MUX
                                        (0x0009)
   CHANNEL_OPEN  stream_test            known stream (0x0005)                              stream_status
@@ -32,7 +35,9 @@ Per-connection state table (``own`` = the channel this connection set up; ``Send
                                        data_stream_id (0x0005) with the same data_id
                                        (0x0010), or by data_id when the ids are absent
                                        (0x0010); each datagram <= max_datagram_size
-                                       (0x000D, that datagram dropped); overrun (0x000F)
+                                       (0x000D, that datagram dropped); classic channel:
+                                       whole sections / TS packets (0x000D, dropped,
+                                       :mod:`.classic`); overrun (0x000F)
   NO_CHANNEL    channel-level message  -                                                  channel_error 0x0006
   NO_CHANNEL    stream-level message,  -                                                  stream_error 0x0006
                 data_provision                                                            (channel_error when
@@ -44,7 +49,10 @@ Per-connection state table (``own`` = the channel this connection set up; ``Send
   *             TCP closed: channel and streams freed, queued LTKMs dropped (counted)
 
 Decisions where the sources are silent or differ: one data channel per TCP connection (all
-examined implementations, [UNCONFIRMED] as a rule); a client_id may hold ``max_channels``
+examined implementations, [UNCONFIRMED] as a rule); v1, when enabled, is taken with the known
+deviation of a data_id in stream_setup / data_provision (the adapter decodes with
+``Deviation.V1_DATA_ID`` tolerated; each tolerated stream_setup is noted) and answered in strict v1
+(stream_status without data_id); a client_id may hold ``max_channels``
 channels at once (default 1: its second channel is "client_id in use"; an SCS and an LTKM
 generator sharing one BSM id need 2); a stream-level message naming an unknown channel is
 answered with stream_error 0x0006 (TSDuck); error replies count as invalid messages and
@@ -68,6 +76,7 @@ from ..channel import (
     emmg_mux_stream_error,
 )
 from ..outputs import Notify, Output, Send
+from . import classic
 from .config import ClientConfig
 from .core import MuxCore, MuxStream
 
@@ -76,6 +85,7 @@ _CLIENT_ID = EMMG_MUX_PARAMS["client_id"].code
 _SECTION_TSPKT_FLAG = EMMG_MUX_PARAMS["section_TSpkt_flag"].code
 _DATA_TYPE = EMMG_MUX_PARAMS["data_type"].code
 _DATA_ID = EMMG_MUX_PARAMS["data_id"].code
+_MISSING = ErrorStatus.MISSING_MANDATORY_PARAMETER
 
 
 class MuxConnection(ServerChannel):
@@ -83,7 +93,7 @@ class MuxConnection(ServerChannel):
 
     INTERFACE = EMMG_MUX_CHANNEL
 
-    def __init__(self, core: MuxCore) -> None:
+    def __init__(self, core: MuxCore, peer_host: str | None = None) -> None:
         super().__init__(
             core.config,
             {
@@ -95,8 +105,12 @@ class MuxConnection(ServerChannel):
             },
         )
         self.core = core
+        #: the TCP peer's address: by default UDP for this connection's client_id must come from it
+        self.peer_host = peer_host
         self.client: ClientConfig | None = None
         self.streams: dict[int, MuxStream] = {}
+        #: the open channel's section_TSpkt_flag (0x02 unless the client allows classic data)
+        self.section_TSpkt_flag: int = SectionTSpktFlag.BCAST
 
     @property
     def client_id(self) -> int | None:
@@ -157,12 +171,20 @@ class MuxConnection(ServerChannel):
         version = msg.protocol_version
         code = info = None
         client = config.clients.get(msg.client_id)
+        why: dict[str, str] = {}
         if version not in config.versions:
             code, info = ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, PROTOCOL_VERSION_OFFSET
+            why["reason"] = f"client asked protocol_version {version}; this MUX accepts {sorted(config.versions)}"
         elif client is None:
             code, info = ErrorStatus.UNKNOWN_CLIENT_ID, _CLIENT_ID
-        elif msg.section_TSpkt_flag != SectionTSpktFlag.BCAST:
+            why["reason"] = f"client asked client_id {msg.client_id:#010x}; no [[client]] of this MUX has it"
+        elif msg.section_TSpkt_flag not in client.section_TSpkt_flags:
             code, info = ErrorStatus.INVALID_VALUE, _SECTION_TSPKT_FLAG
+            why["reason"] = (
+                f"client asked section_TSpkt_flag {classic.describe_flag(msg.section_TSpkt_flag)}; client "
+                f"{msg.client_id:#010x} is allowed {classic.describe_flags(client.section_TSpkt_flags)} "
+                "(section_TSpkt_flags of its [[client]])"
+            )
         else:
             code = core.channel_refusal(client, ch)
         if code is not None:
@@ -171,13 +193,16 @@ class MuxConnection(ServerChannel):
                 "channel_refused",
                 error_status=code,
                 client_id=msg.client_id,
+                **why,
             )
         core.open_channel(self, msg.client_id, ch)
         self.state = ServerChannelState.CHANNEL_OPEN
         self.client, self.channel_id, self.version = client, ch, version
+        self.section_TSpkt_flag = msg.section_TSpkt_flag
         return self._ok(
             Send(self._channel_status()),
-            Notify("channel_open", {"channel_id": ch, "client_id": msg.client_id, "version": version}),
+            Notify("channel_open", {"channel_id": ch, "client_id": msg.client_id, "version": version,
+                                    "section_TSpkt_flag": msg.section_TSpkt_flag}),
         )
 
     def _channel_status(self) -> m.ChannelStatus:
@@ -185,7 +210,7 @@ class MuxConnection(ServerChannel):
             protocol_version=self.version,
             client_id=self.client_id,
             data_channel_id=self.channel_id,
-            section_TSpkt_flag=SectionTSpktFlag.BCAST,
+            section_TSpkt_flag=self.section_TSpkt_flag,
         )
 
     def _free_channel(self, why: str, now: float | None) -> list[Output]:
@@ -201,6 +226,7 @@ class MuxConnection(ServerChannel):
         )
         self.state = ServerChannelState.NO_CHANNEL
         self.client = self.channel_id = self.version = None
+        self.section_TSpkt_flag = SectionTSpktFlag.BCAST
         return outputs
 
     # -- stream messages ---------------------------------------------------------------------
@@ -212,12 +238,21 @@ class MuxConnection(ServerChannel):
         core, config = self.core, self.config
         route = core.routes.get((self.client_id, msg.data_id))
         code = info = None
+        why: dict[str, str] = {}
         if msg.data_stream_id in self.streams:
             code = ErrorStatus.DATA_STREAM_ID_IN_USE
+        elif msg.data_id is None:  # v1 as TS 103 197 has it: nothing to route by
+            code, info = _MISSING, _DATA_ID
+            why["reason"] = "v1 stream_setup without data_id: the MUX routes streams by data_id"
         elif route is None:
             code, info = ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID
-        elif msg.data_type != route.config.kind.data_type:
+        elif msg.data_type != route.config.expected_data_type:
             code, info = ErrorStatus.INVALID_VALUE, _DATA_TYPE
+            why["reason"] = f"data_type {msg.data_type:#04x}; route needs {route.config.expected_data_type:#04x}"
+        elif not classic.route_fits(route.config.kind, self.section_TSpkt_flag):
+            code, info = ErrorStatus.INVALID_VALUE, _DATA_TYPE
+            why["reason"] = (f"{route.config.kind.value} route on a channel set up with section_TSpkt_flag "
+                             f"{classic.describe_flag(self.section_TSpkt_flag)}; it needs 0x02")
         elif route.stream is not None:
             code, info = ErrorStatus.DATA_ID_IN_USE, _DATA_ID
         elif len(self.streams) >= config.max_streams_per_channel:
@@ -226,11 +261,16 @@ class MuxConnection(ServerChannel):
             code = ErrorStatus.TOO_MANY_DATA_STREAMS_ON_MUX
         if code is not None:
             return self._invalid(
-                self.stream_error(msg.data_stream_id, code, info), "stream_refused", error_status=code, data_id=msg.data_id
+                self.stream_error(msg.data_stream_id, code, info), "stream_refused", error_status=code, data_id=msg.data_id,
+                **why,
             )
         stream = core.open_stream(self, self.channel_id, msg.data_stream_id, msg.data_id, msg.data_type, route, now)
+        stream.section_TSpkt_flag = self.section_TSpkt_flag
         self.streams[stream.stream_id] = stream
+        noted = [Notify("deviation_tolerated", {"deviation": d.value, "stream_id": stream.stream_id}, "warn")
+                 for d in msg.deviations]
         return self._ok(
+            *noted,
             Send(self._stream_status(stream)),
             Notify(
                 "stream_open",
@@ -251,7 +291,7 @@ class MuxConnection(ServerChannel):
             client_id=self.client_id,
             data_channel_id=self.channel_id,
             data_stream_id=stream.stream_id,
-            data_id=stream.data_id,
+            data_id=stream.data_id if self.version >= 2 else None,  # v1 stream_status has no data_id
             data_type=stream.data_type,
         )
 
@@ -314,7 +354,7 @@ class MuxConnection(ServerChannel):
             if stream is None:
                 reply = self.stream_error(msg.data_stream_id, ErrorStatus.UNKNOWN_DATA_STREAM_ID)
                 return self._refused(reply, "unknown_stream", count, now, None)
-            if stream.data_id != msg.data_id:
+            if msg.data_id is not None and stream.data_id != msg.data_id:  # v1: data_id optional (deviation)
                 reply = self.stream_error(stream.stream_id, ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID)
                 return self._refused(reply, "wrong_data_id", count, now, stream)
         else:

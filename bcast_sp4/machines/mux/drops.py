@@ -1,8 +1,8 @@
 """The MUX's drop accounting: every datagram that arrives and is not emitted is counted and logged.
 
 Reasons (see :mod:`bcast_sp4.machines.mux`): ``queue_full``, ``stream_closed``, ``too_long``,
-``refused``, ``udp_unknown``, ``udp_invalid``, ``superseded``, ``pending_overflow``,
-``egress_error``. The first drop of a (route, reason) is logged at once, then one summary per
+``refused``, ``bad_format`` (classic data that is not whole sections / TS packets), ``udp_unknown``,
+``udp_invalid``, ``superseded``, ``pending_overflow``, ``egress_error``. The first drop of a (route, reason) is logged at once, then one summary per
 ``drop_log_interval`` while drops go on.
 """
 

@@ -1,0 +1,107 @@
+"""Classic DVB data clients of the MUX: section_TSpkt_flag 0x00 (sections) and 0x01 (TS packets).
+
+TS 103 197 §6 (digest ``simulcrypt.md`` §4.2: ``section_TSpkt_flag`` 0x00 = datagrams are MPEG-2
+sections, 0x01 = 188-byte TS packets; SP-4 adds 0x02, binary LTKMs/STKMs). A SP-4 MUX refuses
+the DVB values unless a ``[[client]]`` opts in (``section_TSpkt_flags = [0, 1, 2]``): lab engineers
+feed it from classic EMMGs (traffic generators, migrations). Such a client's channel may carry only
+``data`` routes (``[[client.data]]``), whose datagrams are queued and paced like LTKMs and leave as
+UDP payloads, byte for byte; LTKM and STKM routes stay 0x02 only.
+
+What is checked (each datagram of a data_provision on its own; a failing one is dropped, counted
+as ``bad_format`` and answered with stream_error 0x000D naming ``datagram``, the others pass):
+
+* 0x01: a whole number of 188-byte packets, each starting with the sync byte 0x47;
+* 0x00: one or more whole sections back to back, each ``3 + section_length`` bytes (the 12-bit
+  section_length of bytes 1-2, at most 4093: ISO/IEC 13818-1 private sections), ending exactly at
+  the datagram's end;
+* 0x02 (a data route of a client that also allows 0x02): nothing, the bytes are opaque.
+
+Pure: no I/O. The connection (:mod:`.connection`) calls :func:`route_fits` at stream_setup and
+:func:`describe_flag` in its refusals; the core (:mod:`.core`) calls :func:`screen` in ``ingest``.
+"""
+
+from __future__ import annotations
+
+from ...wire.params import SectionTSpktFlag
+from .config import RouteKind
+
+TS_PACKET_SIZE = 188
+SYNC_BYTE = 0x47
+#: ISO/IEC 13818-1: a private section's section_length is at most 4093 (4096-byte section)
+MAX_SECTION_LENGTH = 4093
+
+_FLAG_NAMES = {
+    SectionTSpktFlag.SECTIONS: "sections",
+    SectionTSpktFlag.TS_PACKETS: "TS packets",
+    SectionTSpktFlag.BCAST: "BCAST datagrams",
+}
+
+
+def describe_flag(flag: int) -> str:
+    """``"1 (TS packets)"``: a section_TSpkt_flag value and what it means, for log lines."""
+    return f"{flag} ({_FLAG_NAMES.get(flag, 'undefined')})"
+
+
+def describe_flags(flags) -> str:
+    """``"0x02"`` or ``"0x00, 0x01 or 0x02"``: what a side accepts, for log lines."""
+    values = [f"{f:#04x}" for f in sorted(flags)]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def route_fits(kind: RouteKind, flag: int) -> bool:
+    """May a channel set up with *flag* feed a route of *kind*? LTKM/STKM routes need 0x02."""
+    return kind is RouteKind.DATA or flag == SectionTSpktFlag.BCAST
+
+
+def format_fault(flag: int, datagram: bytes) -> str | None:
+    """Why *datagram* is not whole data of the *flag*'s format, or ``None`` when it is."""
+    size = len(datagram)
+    if flag == SectionTSpktFlag.TS_PACKETS:
+        if size % TS_PACKET_SIZE:
+            return f"{size} bytes is not a whole number of {TS_PACKET_SIZE}-byte TS packets"
+        for offset in range(0, size, TS_PACKET_SIZE):
+            if datagram[offset] != SYNC_BYTE:
+                return f"TS packet {offset // TS_PACKET_SIZE} starts with {datagram[offset]:#04x}, not sync byte 0x47"
+        return None
+    if flag == SectionTSpktFlag.SECTIONS:
+        pos = index = 0
+        while pos < size:
+            if size - pos < 3:
+                return f"section {index} at byte {pos}: {size - pos} bytes cannot hold a section header"
+            length = ((datagram[pos + 1] & 0x0F) << 8) | datagram[pos + 2]
+            if length > MAX_SECTION_LENGTH:
+                return f"section {index} at byte {pos}: section_length {length} exceeds {MAX_SECTION_LENGTH}"
+            end = pos + 3 + length
+            if end > size:
+                return (f"section {index} at byte {pos}: section_length {length} runs {end - size} bytes past "
+                        f"the {size}-byte datagram")
+            pos, index = end, index + 1
+        return None
+    return None
+
+
+def screen(flag: int, datagrams: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], int, str | None]:
+    """Split one data_provision's datagrams: ``(the whole ones, how many failed, the first fault)``."""
+    if flag == SectionTSpktFlag.BCAST:
+        return datagrams, 0, None
+    good: list[bytes] = []
+    first: str | None = None
+    for datagram in datagrams:
+        fault = format_fault(flag, datagram)
+        if fault is None:
+            good.append(datagram)
+        elif first is None:
+            first = fault
+    return tuple(good), len(datagrams) - len(good), first
+
+
+__all__ = [
+    "MAX_SECTION_LENGTH",
+    "SYNC_BYTE",
+    "TS_PACKET_SIZE",
+    "describe_flag",
+    "describe_flags",
+    "format_fault",
+    "route_fits",
+    "screen",
+]
