@@ -93,6 +93,7 @@ def write_pair(directory: Path, name: str, pair) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)  # key material: a readable one is refused
     return cert_path, key_path
 
 
@@ -141,6 +142,7 @@ class TLSAndAllowListTest(TestCase):
         self.dir = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.dir, True)
         shutil.copy(ETC / "keys.example.toml", self.dir / "keys.example.toml")
+        (self.dir / "keys.example.toml").chmod(0o600)
         ca = make_ca("bcast-sp4 test CA")
         other_ca = make_ca("another CA")
         self.ca_path, _ = write_pair(self.dir, "ca", ca)
