@@ -88,6 +88,7 @@ class SimulCryptStreamProtocol(Protocol):
         """The connection is gone (from ``connectionLost``): the guard's timers stop, counts go back."""
         if self.watch is not None:
             self.watch.connection_lost()
+            self.watch = None
 
     def _partial(self) -> int:
         return self.framer.buffered

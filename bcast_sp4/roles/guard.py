@@ -255,6 +255,14 @@ class ConnectionGuard(Service):
             self.log.warn("{role}: closing connection with {peer}: {reason}", role=self.role, peer=peer, reason=reason)
 
 
+def _gone(*_args: Any) -> int:
+    return 0
+
+
+def _no_bytes() -> int:
+    return 0
+
+
 class ConnectionWatch:
     """The guard's rules for one connection (see the module docstring).
 
@@ -493,6 +501,11 @@ class ConnectionWatch:
         if self._counted:
             self.guard.reclaimer.note(self.guard.connections, self.guard.buffered_total)
         self._stop()
+        # the callbacks are the protocol's bound methods: drop them, so protocol and watch are
+        # freed by reference counting when the connection goes, not by a later cyclic collection
+        self._handle_frames = self._close = _gone  # type: ignore[assignment]
+        self._partial = _no_bytes
+        self._has_channel = self._channel_test = None
         if self._counted:
             self._counted = False
             guard = self.guard
