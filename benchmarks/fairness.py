@@ -72,6 +72,7 @@ def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object],
     for ecm_id in list(range(PACED_ECM_IDS, PACED_ECM_IDS + 100)) + list(range(HOG_ECM_IDS, HOG_ECM_IDS + hog_streams)):
         keys += ["[[streams]]", f"super_cas_id = {SCID}", f"ecm_id = {ecm_id}", 'keys = ["sek"]']
     (directory / "keys.toml").write_text("\n".join(keys) + "\n")
+    (directory / "keys.toml").chmod(0o600)  # key material (the ECMG refuses a readable key file)
     port = free_port()
     table = "\n".join(f"{k} = {v}" for k, v in limits.items())
     config = directory / "ecmg.toml"
@@ -152,6 +153,7 @@ def channel(port: int, channel_id: int) -> tuple[socket.socket, wire.Framer]:
 
 def hog(port: int, batch: int, stop, counter) -> None:
     """Pipeline *batch* stream_setups in one write, then *batch* stream_close_requests, until *stop*."""
+    os.nice(10)  # a remote peer in real life: keep its own CPU out of the ECMG's way here
     sock, framer = channel(port, 2)
     setups = b"".join(m.StreamSetup(ECM_channel_id=2, ECM_stream_id=s, ECM_id=HOG_ECM_IDS + s,
                                     nominal_CP_duration=20).encode() for s in range(batch))
