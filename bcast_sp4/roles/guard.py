@@ -46,6 +46,7 @@ import resource
 from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -163,8 +164,10 @@ class Reclaimer:
 
 
 def peer_host(addr: Any) -> str | None:
-    """The host of a Twisted address (``IPv4Address``/``IPv6Address``), else ``None``."""
-    return getattr(addr, "host", None)
+    """The host of an IP address (``IPv4Address``/``IPv6Address``), else ``None`` (a UNIX socket)."""
+    if isinstance(addr, (IPv4Address, IPv6Address)):
+        return addr.host
+    return None
 
 
 class ConnectionGuard(Service):
