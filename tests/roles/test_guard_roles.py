@@ -101,6 +101,35 @@ def test_a_pipelined_burst_is_served_over_turns_and_another_channel_in_between()
     assert ecmg.guard.counters["deferred_turns"] == 3
 
 
+def test_a_big_read_is_framed_a_slice_per_step_in_order():
+    ecmg = ECMG(messages_per_turn=1000, max_invalid_messages=0)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
+    replies(transport)
+    tests = b"".join(m.StreamTest(ECM_channel_id=1, ECM_stream_id=s).encode() for s in range(1, 1001))
+    protocol.dataReceived(tests + m.ChannelTest(ECM_channel_id=1).encode())  # 14 KB in one read
+    first = replies(transport)
+    assert 0 < len(first) < 1000  # only the first 8 KiB were framed in this turn
+    assert transport.producerState == "paused"
+    ecmg.clock.advance(0)
+    rest = replies(transport)
+    answers = first + rest
+    assert len(answers) == 1001 and isinstance(answers[-1], m.ChannelStatus)
+    assert [a.ECM_stream_id for a in answers[:-1]] == list(range(1, 1001))  # unknown streams: stream_error each, in order
+    assert transport.producerState == "producing" and ecmg.guard.buffered_total == 0
+
+
+def test_a_close_asked_by_the_machine_drops_the_backlog():
+    ecmg = ECMG(messages_per_turn=10, max_invalid_messages=3)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.StreamTest(ECM_channel_id=9, ECM_stream_id=1).encode() * 100)
+    assert len(replies(transport)) == 3 and transport.disconnecting  # 3 invalid in a row: closed
+    ecmg.clock.advance(0)
+    assert replies(transport) == [] and ecmg.guard.buffered_total == 0
+    protocol.connectionLost(None)
+    assert ecmg.guard.connections == 0
+
+
 def test_a_cw_provision_that_waited_past_max_comp_time_is_answered_0x000D():
     ecmg = ECMG(messages_per_turn=4)
     protocol, transport = ecmg.connect()
@@ -202,6 +231,7 @@ def test_a_stream_error_with_10000_statuses_is_one_short_line():
     error = m.StreamError(ECM_channel_id=1, ECM_stream_id=1, error_status=tuple([0x7000] * 10_000))
     with capturedLogs() as events:
         protocol.dataReceived(error.encode())
+        ecmg.clock.advance(0)  # 60 KB: framed 8 KiB per step, over the next turns
     lines = [formatEvent(e) for e in events if "error" in formatEvent(e)]
     assert len(lines) == 1 and len(lines[0]) < 400, lines
     assert "9,992 more" in lines[0]
