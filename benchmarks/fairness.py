@@ -59,10 +59,22 @@ OUT_OF_COMPUTE = 0x000D
 # -- the ECMG under test ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_port(pid: int) -> int | None:
+    """The TCP port *pid* listens on (from /proc: its socket inodes in LISTEN state), if any yet."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
 
 
 def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object],
@@ -73,11 +85,10 @@ def start_ecmg(directory: Path, hog_streams: int, limits: dict[str, object],
         keys += ["[[streams]]", f"super_cas_id = {SCID}", f"ecm_id = {ecm_id}", 'keys = ["sek"]']
     (directory / "keys.toml").write_text("\n".join(keys) + "\n")
     (directory / "keys.toml").chmod(0o600)  # key material (the ECMG refuses a readable key file)
-    port = free_port()
     table = "\n".join(f"{k} = {v}" for k, v in limits.items())
     config = directory / "ecmg.toml"
     config.write_text(f"""[ecmg]
-endpoint = "tcp:{port}:interface=127.0.0.1:backlog=4096"
+endpoint = "tcp:0:interface=127.0.0.1:backlog=4096"
 key_file = "keys.toml"
 max_streams = {hog_streams + 200}
 [channel]
@@ -99,14 +110,13 @@ mode = "drm"
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            time.sleep(0.5)  # let the ECMG drop that probe before measuring
+        port = listening_port(proc.pid)  # bound to port 0: no race with other programs for a port
+        if port is not None:
+            time.sleep(0.5)
             return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"ECMG exited:\n{(directory / 'ecmg.log').read_text()}")
-            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise SystemExit(f"ECMG exited:\n{(directory / 'ecmg.log').read_text()}")
+        time.sleep(0.1)
     proc.kill()
     raise SystemExit("ECMG did not start")
 
@@ -248,7 +258,12 @@ def fair(args) -> None:
                 worker.start()
                 time.sleep(1.0)
                 start_count, start_time = counter.value, time.monotonic()
-                row = paced(port, args.streams, args.rate, args.seconds)
+                try:
+                    row = paced(port, args.streams, args.rate, args.seconds)
+                except SystemExit:
+                    log = (Path(tmp) / name.replace(" ", "_") / "ecmg.log").read_text().splitlines()
+                    print("\n".join(line for line in log if "#warn" in line or "#error" in line or "Traceback" in line))
+                    raise
                 hog_rate = (counter.value - start_count) / (time.monotonic() - start_time)
                 stop.set()
                 worker.join(150)

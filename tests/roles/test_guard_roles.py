@@ -143,6 +143,24 @@ def test_a_cw_provision_that_waited_past_max_comp_time_is_answered_0x000D():
     assert [type(r) for r in replies(transport)] == [m.ECMResponse]
 
 
+
+def test_late_answers_do_not_close_the_channel():
+    """0x000D is the ECMG's lateness, not the SCS's fault: five in a row (max_invalid_messages 3) keep the channel."""
+    ecmg = ECMG(messages_per_turn=1, max_invalid_messages=3)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
+    protocol.dataReceived(m.StreamSetup(ECM_channel_id=1, ECM_stream_id=1, ECM_id=1, nominal_CP_duration=20).encode())
+    assert [type(r) for r in replies(transport)] == [m.ChannelStatus, m.StreamStatus]
+    protocol.dataReceived(m.ChannelTest(ECM_channel_id=1).encode() + b"".join(cw_provision(cp).encode() for cp in range(5)))
+    replies(transport)
+    for _ in range(5):
+        ecmg.clock.rightNow += 0.15  # the turns come 150 ms apart: each CW_provision waited past 100 ms
+        one_turn(ecmg.clock)
+    late = replies(transport)
+    assert [r.error_status for r in late] == [(ECMGSCSErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES,)] * 5
+    assert not transport.disconnecting
+
+
 def test_no_channel_setup_in_30_s_closes_and_the_count_goes_back():
     ecmg = ECMG()
     protocol, transport = ecmg.connect()
