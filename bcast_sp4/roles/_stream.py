@@ -81,13 +81,18 @@ class SimulCryptStreamProtocol(Protocol):
             self.watch = guard.watch(
                 self.peer, self.transport, handle_frames=self.handle_frames, close=self.close_now,
                 partial=self._partial, has_channel=self.has_channel if guard.server else None,
-                channel_test=self.channel_test,
+                channel_test=self.channel_test, feed=self.framer.feed,
             )
 
     def stop_watch(self) -> None:
         """The connection is gone (from ``connectionLost``): the guard's timers stop, counts go back."""
         if self.watch is not None:
             self.watch.connection_lost()
+            self.watch = None
+
+    def _closing_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.closing()
 
     def _partial(self) -> int:
         return self.framer.buffered
@@ -113,12 +118,11 @@ class SimulCryptStreamProtocol(Protocol):
         if self.outbox.closing:
             return
         received_at = self.clock.seconds()
-        frames = self.framer.feed(data)
         watch = self.watch
         if watch is None:
-            self.handle_frames(frames, received_at)
+            self.handle_frames(self.framer.feed(data), received_at)
             return
-        frames = watch.take(frames, received_at)
+        frames = watch.receive(data, received_at)
         handled = self.handle_frames(frames, received_at) if frames else 0
         if handled < len(frames):
             watch.put_back(frames, handled, received_at)
@@ -132,6 +136,7 @@ class SimulCryptStreamProtocol(Protocol):
         """
         outbox = self.outbox
         if outbox.closing:
+            self._closing_watch()
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
         tolerate = self.tolerate
@@ -155,6 +160,7 @@ class SimulCryptStreamProtocol(Protocol):
                 executor.run(outputs, now, reply_outbox)
                 handled += 1
                 if outbox.closing:
+                    self._closing_watch()
                     return len(frames)  # nothing more is handled on this connection
                 if deadline is not None and clock.seconds() > deadline:
                     break  # the turn's time is up: the guard keeps the rest for the next turn

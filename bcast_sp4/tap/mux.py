@@ -16,7 +16,7 @@ from ..roles.guard import ConnectionGuard
 from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
 from ..roles.mux_server import MuxServer
 from ._options import RoleOptions
-from .tls import server_endpoint
+from .tls import check_override, server_endpoint
 
 log = Logger()
 
@@ -44,6 +44,7 @@ class Options(RoleOptions):
     def postOptions(self) -> None:
         settings = self.load(load_mux_settings)
         if self["endpoint"]:
+            check_override("endpoint", self["endpoint"], settings.tls)
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         if self["udp"]:
             if self["udp"] == "off":
