@@ -24,12 +24,14 @@ from tests.machines.test_mux_machine import (
 )
 
 
-def twin_cores(**kw):
-    """Two cores, each with BSM's LTKM and LTKM2 streams, OTHER's and CARD's STKM stream live (v3)."""
+def twin_cores(peer_host=None, **kw):
+    """Two cores, each with BSM's LTKM and LTKM2 streams, OTHER's and CARD's STKM stream live (v3);
+    *peer_host*: the TCP peer address of BSM's connection (``None``: unknown, any UDP source)."""
     cores = []
     for _ in range(2):
         core = MuxCore(make_config(**kw))
         bsm, other, card = MuxConnection(core), MuxConnection(core), MuxConnection(core)
+        bsm.peer_host = peer_host
         ready(None, bsm, kbit=200)
         one(stream(bsm, st=2, data_id=LTKM2), m.StreamStatus)
         one(bw(bsm, 100, st=2), m.StreamBWAllocation)
@@ -131,9 +133,11 @@ def test_batch_too_long_datagram_takes_the_ingest_path_in_order():
 
 
 def test_batch_stops_where_receive_udp_fast_would_refuse_the_source():
-    one_by_one, batched = twin_cores(unthrottled=True)
-    # no TCP peer host is known for BSM in these cores, so no UDP source is allowed for it
+    one_by_one, batched = twin_cores(peer_host="192.0.2.1", unthrottled=True)
+    # BSM's UDP must come from its TCP peer's address
     assert one_by_one.receive_udp_fast(3, BSM, LTKM, b"x", 1.0, "192.0.2.7") is None
-    outputs, taken = batched.receive_udp_batch([(3, BSM, LTKM, b"x", "192.0.2.7")], 1.0)
-    assert (outputs, taken) == ([], 0)
+    assert one_by_one.receive_udp_fast(3, BSM, LTKM, b"y", 1.0, "192.0.2.1") is not None
+    items = [(3, BSM, LTKM, b"y", "192.0.2.1"), (3, BSM, LTKM, b"x", "192.0.2.7"), (3, BSM, LTKM, b"z", "192.0.2.1")]
+    outputs, taken = batched.receive_udp_batch(items, 1.0)
+    assert taken == 1 and flatten(outputs) == [((BSM, LTKM), b"y")]
     assert batched.counters == one_by_one.counters
