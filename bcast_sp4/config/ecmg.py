@@ -12,6 +12,7 @@ from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .keyfile import check_private
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
 @attrs.frozen(kw_only=True)
@@ -25,6 +26,8 @@ class ECMGSettings:
     source_path: Path
     dvb_keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
     cw_encryption_keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 _MODE_PROFILE = {CasMode.DRM_PROFILE: Profile.DRM, CasMode.SMARTCARD_PROFILE: Profile.SMARTCARD}
@@ -102,6 +105,9 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
             raise entry.fail("key_id", f"{key_id} listed twice")
         cw_keys[key_id] = entry.hex_key("key")
         entry.no_unknown_keys()
+    limits = read_limits(root, server=True, max_message_length=max_length)
+    tls = read_tls(root, server=True)
+    check_tls_endpoint(top, "endpoint", endpoint, tls)
     root.no_unknown_keys()
     return ECMGSettings(
         endpoint=endpoint,
@@ -111,4 +117,6 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
         source_path=path,
         dvb_keys=dvb_keys,
         cw_encryption_keys=cw_keys,
+        limits=limits,
+        tls=tls,
     )

@@ -19,6 +19,7 @@ from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .addresses import TRANSPORTS, same_family
 from .keyfile import check_private
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 from .subscribers import load_subscribers
 
 
@@ -44,6 +45,8 @@ class EMMGSettings:
     sources: dict[int, StreamSources]  # by data_id
     retry_max_delay: float
     source_path: Path
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 def load_emmg_settings(path: str | Path) -> EMMGSettings:
@@ -98,6 +101,10 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         entry.no_unknown_keys()
     if not streams:
         raise root.fail("stream", "no stream: add at least one [[stream]] table")
+    max_length = kwargs["max_message_length"]
+    limits = read_limits(root, server=False, max_message_length=max_length)  # type: ignore[arg-type]
+    tls = read_tls(root, server=False)
+    check_tls_endpoint(top, "connect", connect, tls)
     root.no_unknown_keys()
     try:
         config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=udp, **kwargs)
@@ -111,6 +118,8 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         sources=sources,
         retry_max_delay=retry_max_delay,
         source_path=path,
+        limits=limits,
+        tls=tls,
     )
 
 

@@ -12,6 +12,7 @@ from ..machines.mux.limits import MuxLimits
 from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
 @attrs.frozen(kw_only=True)
@@ -26,6 +27,8 @@ class MuxSettings:
     source_path: Path
     egress_interface6: str = "::1"  # source address of datagrams to IPv6 destinations
     ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -71,8 +74,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         max_stkm_size=lim.integer("max_stkm_size", 8192, 1, MAX_UDP_PAYLOAD),
         stkm_sender_grace=lim.milliseconds("stkm_sender_grace_ms", 10_000),
         stkm_max_age=lim.milliseconds("stkm_max_age_ms", 0),
-    )
-    lim.no_unknown_keys()
+    )  # the connection budgets of the same table: read_limits below, which checks for unknown keys
 
     e = root.sub("egress")
     egress_interface = e.ipv4("interface", "127.0.0.1")
@@ -150,6 +152,9 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         entry.no_unknown_keys()
     if not clients:
         raise root.fail("client", "no client_id allowed: add at least one [[client]] table")
+    guard_limits = read_limits(root, server=True, udp=True, max_message_length=max_length, table=lim)
+    tls = read_tls(root, server=True)
+    check_tls_endpoint(top, "endpoint", endpoint, tls)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -160,6 +165,8 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         source_path=path,
         egress_interface6=egress_interface6,
         ipv6_multicast_interface=multicast6,
+        limits=guard_limits,
+        tls=tls,
     )
 
 

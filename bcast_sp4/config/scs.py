@@ -29,6 +29,7 @@ from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
 from .addresses import TRANSPORTS, same_family
+from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
 
 
 class MuxMode(enum.Enum):
@@ -93,6 +94,8 @@ class SCSSettings:
     max_message_length: int = MAX_MESSAGE_LENGTH
     gc_tuning: bool = True
     source_path: Path | None = None
+    limits: Limits = Limits()
+    tls: TLSSettings | None = None
 
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
@@ -271,10 +274,17 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             scrambler=ScramblerSettings(input_port=input_port, input_interface=input_interface,
                                         output=output, srtp_profile=profile, inner_destination=inner),
         ))
+    limits = read_limits(root, server=False, udp=True, max_message_length=max_length)
+    tls = read_tls(root, server=False)
+    if tls is not None:
+        for spec in channels.values():
+            check_tls_endpoint(root, "service", spec.endpoint, tls)
+            check_tls_endpoint(root, "service", spec.backup_endpoint, tls)
+        check_tls_endpoint(root, "mux", mux.connect, tls)
     root.no_unknown_keys()
     return SCSSettings(timing=timing, reconnect=reconnect, channels=tuple(channels.values()), services=tuple(services),
                        mux=mux, max_message_length=max_length, gc_tuning=gc_tuning,
-                       source_path=path)
+                       source_path=path, limits=limits, tls=tls)
 
 
 __all__ = ["MuxMode", "MuxSettings", "ReconnectPolicy", "SCSSettings", "ScramblerSettings", "ServiceSettings",

@@ -5,6 +5,12 @@ decoded messages (or the codec's errors) to its machine, and hands the machine's
 role's :class:`~bcast_sp4.roles.executor.OutputExecutor` with its own
 :class:`~bcast_sp4.roles.executor.Outbox`: the replies to one received chunk leave in one
 ``transport.write``, a :class:`Close` after them.
+
+With a :class:`~bcast_sp4.roles.guard.ConnectionGuard` (every role built by its tap has one), the
+connection's :class:`~bcast_sp4.roles.guard.ConnectionWatch` decides how many of the received
+messages are handled in this reactor turn (the rest on the next turns, reading paused) and, after
+each turn, checks the buffers and the timeouts; servers tell it whether a channel is open and
+send the channel_test it asks for.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from twisted.python.failure import Failure
 from ..machines.outputs import Close, Output
 from ..wire import Framer, Interface, Message, PeerProtocolError, decode
 from .executor import Outbox, OutputExecutor
+from .guard import ConnectionGuard, ConnectionWatch
 
 _INTERNAL_ERROR = (Close("internal error", "warn"),)
 
@@ -33,6 +40,7 @@ class SimulCryptStreamProtocol(Protocol):
     """Base of the TCP roles. Subclasses set :attr:`interface` and implement :meth:`handle`.
 
     :param executor: the role's output executor (shared by its connections).
+    :param guard: the role's connection guard (budgets, timeouts), or ``None`` for none.
     """
 
     log = Logger()
@@ -40,8 +48,10 @@ class SimulCryptStreamProtocol(Protocol):
     #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
     tolerate: frozenset = frozenset()
 
-    def __init__(self, executor: OutputExecutor, max_message_length: int) -> None:
+    def __init__(self, executor: OutputExecutor, max_message_length: int, guard: ConnectionGuard | None = None) -> None:
         self.executor = executor
+        self.guard = guard
+        self.watch: ConnectionWatch | None = None
         self.clock = executor.clock
         self.framer = Framer(max_length=max_message_length, interface=self.interface)
         self.outbox = Outbox(self.log)
@@ -59,18 +69,77 @@ class SimulCryptStreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.start_watch()
         self.log.info("connection from {peer}", peer=self.peer)
 
+    # -- the guard's hooks ---------------------------------------------------------------------------
+
+    def start_watch(self) -> None:
+        """Put the connection under the guard (from ``connectionMade``, once the peer is known)."""
+        guard = self.guard
+        if guard is not None:
+            self.watch = guard.watch(
+                self.peer, self.transport, handle_frames=self.handle_frames, close=self.close_now,
+                partial=self._partial, has_channel=self.has_channel if guard.server else None,
+                channel_test=self.channel_test,
+            )
+
+    def stop_watch(self) -> None:
+        """The connection is gone (from ``connectionLost``): the guard's timers stop, counts go back."""
+        if self.watch is not None:
+            self.watch.connection_lost()
+
+    def _partial(self) -> int:
+        return self.framer.buffered
+
+    def has_channel(self) -> bool:
+        """Whether a channel is open on this connection (servers say; a client's guard does not ask)."""
+        return True
+
+    def channel_test(self) -> bool:
+        """Send a channel_test on the open channel; ``False`` when there is none (servers only)."""
+        return False
+
+    def close_now(self, reason: str) -> None:
+        """Drop the connection at once (the guard logged why): nothing more is read or written."""
+        outbox = self.outbox
+        outbox.ask_close(Close(reason, "info"))
+        outbox.closed = True  # the guard logged it; no write-then-close: the peer is not served further
+        self.transport.abortConnection()
+
+    # -- input -----------------------------------------------------------------------------------------
+
     def dataReceived(self, data: bytes) -> None:
+        if self.outbox.closing:
+            return
+        received_at = self.clock.seconds()
+        frames = self.framer.feed(data)
+        watch = self.watch
+        if watch is None:
+            self.handle_frames(frames, received_at)
+            return
+        frames = watch.take(frames, received_at)
+        handled = self.handle_frames(frames, received_at) if frames else 0
+        if handled < len(frames):
+            watch.put_back(frames, handled, received_at)
+        watch.turn_done(handled > 0)
+
+    def handle_frames(self, frames: list, received_at: float) -> int:
+        """Decode and handle whole messages whose bytes arrived at *received_at*; replies in one write.
+
+        :returns: how many were handled: all, unless the connection closes or the guard's turn
+            time runs out (the guard keeps the rest for the next turn).
+        """
         outbox = self.outbox
         if outbox.closing:
-            return
+            return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
         tolerate = self.tolerate
-        received_at = clock.seconds()
+        deadline = self.watch.deadline if self.watch is not None else None
+        handled = 0
         executor.begin()
         try:
-            for item in self.framer.feed(data):
+            for item in frames:
                 if not isinstance(item, PeerProtocolError):
                     try:
                         item = decode(item, interface, tolerate=tolerate)
@@ -84,10 +153,14 @@ class SimulCryptStreamProtocol(Protocol):
                     self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
                     outputs = _INTERNAL_ERROR
                 executor.run(outputs, now, reply_outbox)
+                handled += 1
                 if outbox.closing:
-                    break
+                    return len(frames)  # nothing more is handled on this connection
+                if deadline is not None and clock.seconds() > deadline:
+                    break  # the turn's time is up: the guard keeps the rest for the next turn
         finally:
             executor.end()
+        return handled
 
     def run(self, outputs) -> None:
         """Execute outputs produced outside ``dataReceived`` (timers, shutdown) on this connection."""

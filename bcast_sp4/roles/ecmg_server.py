@@ -13,21 +13,35 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..bcast.ecm_request import ECMSource
+from ..machines.channel import ServerChannelState
 from ..machines.ecmg import ECMGConnection, ECMGResources
 from ..wire import Interface
+from ..wire import ecmg_scs as m
 from ._stream import SimulCryptStreamProtocol
 from .executor import OutputExecutor
+from .guard import ConnectionGuard
 
 
 class ECMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
 
     def __init__(self, factory: "ECMGFactory") -> None:
-        super().__init__(factory.executor, factory.max_message_length)
+        super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
         self.handle = self.machine.receive  # per message: one call less than a delegating method
 
+    def has_channel(self) -> bool:
+        return self.machine.state is ServerChannelState.CHANNEL_OPEN
+
+    def channel_test(self) -> bool:
+        machine = self.machine
+        if machine.channel_id is None or machine.version is None:
+            return False
+        self.send(m.ChannelTest(protocol_version=machine.version, ECM_channel_id=machine.channel_id))
+        return True
+
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.run(self.machine.connection_lost())
         self.log.info("connection from {peer} closed", peer=self.peer)
 
@@ -38,27 +52,32 @@ class ECMGFactory(Factory):
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels
         and streams, and that the server listens), or ``None``.
     :param listening_on: the endpoint description the factory is listening on (for the session).
+    :param guard: the connection guard (admission, budgets, timeouts), or ``None`` for none.
     """
 
     log = Logger()
     noisy = False
 
     def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
-                 session=None, listening_on: str | None = None) -> None:
+                 session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
         self.session = session
+        self.guard = guard
         self.listening_on = listening_on
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
-        self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session)
+        self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session,
+                                       limiter=guard.limiter if guard is not None else None)
 
     def startFactory(self) -> None:
         """The server listens (Twisted calls this before the first connection is accepted)."""
         if self.session is not None and self.listening_on is not None:
             self.session.listening(self.listening_on, "ecmg")
 
-    def buildProtocol(self, addr) -> ECMGProtocol:
+    def buildProtocol(self, addr) -> ECMGProtocol | None:
+        if self.guard is not None and not self.guard.admit(addr):
+            return None  # Twisted closes the socket at once
         protocol = ECMGProtocol(self)
         protocol.factory = self
         return protocol

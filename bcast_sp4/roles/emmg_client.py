@@ -43,6 +43,7 @@ from ..machines.outputs import Output
 from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol, peer_name
 from .executor import Outbox, OutputExecutor
+from .guard import ConnectionGuard
 
 
 class SubscriberSource:
@@ -163,11 +164,12 @@ class EMMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, service: "EMMGService") -> None:
-        super().__init__(service.executor, service.settings.emmg.max_message_length)
+        super().__init__(service.executor, service.settings.emmg.max_message_length, service.guard)
         self.service = service
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.start_watch()
         self.log.info("connected to the MUX at {peer}", peer=self.peer)
 
     def begin_session(self) -> None:
@@ -178,6 +180,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
         return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.service._detach(self)
 
 
@@ -211,6 +214,8 @@ class EMMGService(Service):
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of the
         channel, its streams and their allocations), or ``None``.
+    :param guard: the connection guard of the MUX connection (per-turn budget, buffers,
+        unfinished-message timeout), or ``None``.
     """
 
     log = Logger()
@@ -223,8 +228,10 @@ class EMMGService(Service):
         endpoint=None,
         retry_policy: Callable[[int], float] | None = None,
         session=None,
+        guard: ConnectionGuard | None = None,
     ) -> None:
         self.settings = settings
+        self.guard = guard
         self.reactor = reactor
         self.clock = reactor
         self.machine = EMMGClient(settings.emmg)
@@ -236,6 +243,7 @@ class EMMGService(Service):
             handlers={SendDatagram: lambda o, _now: self._send_datagram(o),
                       Delivered: lambda o, _now: self._delivered(o.tokens), Ready: self._ready},
             default_outbox=self._outbox, peer_of=lambda _event: settings.connect,
+            limiter=guard.limiter if guard is not None else None,
         )
         self.setup_failures = 0
         self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0,

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
+from .log_limit import LogLimiter, shorten_fields
 
 #: the levels a :class:`Notify` or :class:`Close` may carry, and the logger method of each
 LEVELS = ("debug", "info", "warn", "error")
@@ -164,6 +165,8 @@ class OutputExecutor:
     :param default_outbox: ``() -> Outbox | None``: where Send / Close go when a batch names no
         connection (a client role's one connection); ``None`` drops them.
     :param peer_of: ``(notify) -> str``: how a Notify made without a connection names its peer.
+    :param limiter: rate-limits warn-level events per peer (:mod:`.log_limit`); ``None``: every
+        one is logged. Logged values are shortened either way (a 10,000-item list is one short line).
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class OutputExecutor:
         handlers: dict[type, Callable[[Any, float], None]] | None = None,
         default_outbox: Callable[[], Outbox | None] | None = None,
         peer_of: Callable[[Notify], str] | None = None,
+        limiter: LogLimiter | None = None,
     ) -> None:
         self.clock = clock
         self.log = log
@@ -186,6 +190,7 @@ class OutputExecutor:
         self.handlers = dict(handlers or {})
         self.default_outbox = default_outbox
         self.peer_of = peer_of
+        self.limiter = limiter
         self.timers = KeyedTimers(clock, self._timer_fired)
         self._depth = 0
         self._touched: list[Outbox] = []
@@ -269,6 +274,11 @@ class OutputExecutor:
         fields = event.fields
         if self.session is not None:
             self.session.observe(self.role, peer, event.event, fields)
+        if event.level == "warn" and self.limiter is not None and not self.limiter.allow(
+                peer or self.role, "warn", "invalid messages and peer errors"):
+            return
+        if fields:
+            fields = shorten_fields(fields)
         text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in fields)
         log_at(self.log, event.level)(text, peer=peer, event=event.event, **fields)
 

@@ -26,11 +26,14 @@ from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
-from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram
+from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
 from ._stream import SimulCryptStreamProtocol
 from .executor import OutputExecutor
+from .guard import ConnectionGuard
+from .log_limit import LogLimiter
 
 log = Logger()
 _V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
@@ -81,8 +84,8 @@ class PlayOut(Service):
     log = Logger()
     TICK = "tick"
 
-    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None, *,
-                 interface6: str = "::1", multicast_interface6: str = "") -> None:
+    def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None,
+                 limiter: LogLimiter | None = None, *, interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -95,7 +98,7 @@ class PlayOut(Service):
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
             reactor, self.log, "mux", session=session, timer_input=self._tick,
-            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver},
+            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver}, limiter=limiter,
         )
 
     # -- service -----------------------------------------------------------------------------
@@ -186,11 +189,22 @@ class MuxProtocol(SimulCryptStreamProtocol):
     interface = Interface.EMMG_MUX
 
     def __init__(self, factory: "MuxFactory") -> None:
-        super().__init__(factory.play_out.executor, factory.max_message_length)
+        super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
         self.play_out = factory.play_out
         self.machine = MuxConnection(factory.core)
         if 1 in factory.core.config.versions:  # v1 peers that send data_id anyway (digest §2.1)
             self.tolerate = _V1_TOLERATED
+
+    def has_channel(self) -> bool:
+        return self.machine.state is ServerChannelState.CHANNEL_OPEN
+
+    def channel_test(self) -> bool:
+        machine = self.machine
+        if machine.channel_id is None or machine.version is None or machine.client_id is None:
+            return False
+        self.send(emmg_mux.ChannelTest(protocol_version=machine.version, client_id=machine.client_id,
+                                       data_channel_id=machine.channel_id))
+        return True
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -201,11 +215,13 @@ class MuxProtocol(SimulCryptStreamProtocol):
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         return self.machine.receive(item, now)
 
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+    def handle_frames(self, frames: list, received_at: float) -> int:
+        handled = super().handle_frames(frames, received_at)
         self.play_out.kick()
+        return handled
 
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
@@ -218,7 +234,8 @@ class MuxFactory(Factory):
     noisy = False
 
     def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
-                 session=None, listening_on: str | None = None) -> None:
+                 session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+        self.guard = guard
         self.core = core
         self.play_out = play_out
         self.clock = clock
@@ -231,7 +248,9 @@ class MuxFactory(Factory):
         if self.session is not None and self.listening_on is not None:
             self.session.listening(self.listening_on, "mux")
 
-    def buildProtocol(self, addr) -> MuxProtocol:
+    def buildProtocol(self, addr) -> MuxProtocol | None:
+        if self.guard is not None and not self.guard.admit(addr):
+            return None  # Twisted closes the socket at once
         protocol = self.protocol(self)
         protocol.factory = self
         return protocol
@@ -273,13 +292,18 @@ class MuxDatagramProtocol(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int) -> None:
+    def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
+                 guard: ConnectionGuard | None = None) -> None:
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = min(max_message_length, 65535)
+        #: the udp_allow check, when the guard has a list (else every source passes)
+        self.admit = guard.admit_datagram if guard is not None and guard.udp_allowed.networks is not None else None
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        if self.admit is not None and not self.admit(addr):
+            return
         core = self.core
         now = self.clock.seconds()
         outputs = None
@@ -305,13 +329,15 @@ class MuxServer:
     """The MUX's parts, and the in-process API for a co-located SCS."""
 
     def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
-                 listening_on: str | None = None, interface6: str = "::1", multicast_interface6: str = "") -> None:
+                 listening_on: str | None = None, guard: ConnectionGuard | None = None,
+                 interface6: str = "::1", multicast_interface6: str = "") -> None:
         self.core = core
         self.clock: IReactorTime = reactor
-        self.play_out = PlayOut(core, reactor, interface, session, interface6=interface6,
-                                multicast_interface6=multicast_interface6)
-        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on)
-        self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length)
+        self.guard = guard
+        self.play_out = PlayOut(core, reactor, interface, session, guard.limiter if guard is not None else None,
+                                interface6=interface6, multicast_interface6=multicast_interface6)
+        self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on, guard)
+        self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length, guard)
 
     def submit_stkm(
         self,

@@ -45,6 +45,7 @@ from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol, peer_name
 from .executor import KeyedTimers, OutputExecutor
 from .gc_tuning import YoungCollector, tune_gc
+from .guard import ConnectionGuard
 from .stkm_sink import STKMSink
 
 
@@ -97,12 +98,13 @@ class SCSProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
 
     def __init__(self, runner: "SCSRunner", channel: str) -> None:
-        super().__init__(runner.executor, runner.max_message_length)
+        super().__init__(runner.executor, runner.max_message_length, runner.guard)
         self.runner, self.channel = runner, channel
         self.reply_outbox = None  # the core addresses every Send / Close to a channel (ChannelOutput)
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.start_watch()
         self.log.info("channel {channel}: connected to ECMG {peer}", channel=self.channel, peer=self.peer)
 
     def start_channel(self) -> None:
@@ -113,6 +115,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
         return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.stop_watch()
         self.log.info("channel {channel}: connection to {peer} closed", channel=self.channel, peer=self.peer)
         self.runner.lost(self)
 
@@ -134,10 +137,15 @@ class SCSClientFactory(Factory):
 class ScramblerProtocol(DatagramProtocol):
     """Reads one service's content from UDP, writes it protected to *output*."""
 
-    def __init__(self, scrambler: Scrambler, output: tuple[str, int], clock: IReactorTime) -> None:
+    def __init__(self, scrambler: Scrambler, output: tuple[str, int], clock: IReactorTime,
+                 guard: ConnectionGuard | None = None) -> None:
         self.scrambler, self.output, self.clock = scrambler, output, clock
+        #: the udp_allow check, when the guard has a list (else every source passes)
+        self.admit = guard.admit_datagram if guard is not None and guard.udp_allowed.networks is not None else None
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        if self.admit is not None and not self.admit(addr):
+            return
         out = self.scrambler.protect(data, self.clock.seconds(), (addr[0], addr[1]))
         if out is not None:
             self.transport.write(out, self.output)
@@ -160,6 +168,8 @@ class SCSRunner(Service):
     :param autostart: start the schedulers with the service (choosing the first period
         ``start_allowance`` ahead); ``False``: only when :meth:`begin` is called (the lab calls it
         once every channel and stream is up).
+    :param guard: the connection guard of the ECMG connections (per-turn budget, buffers,
+        unfinished-message timeout), or ``None``.
     """
 
     log = Logger()
@@ -169,7 +179,8 @@ class SCSRunner(Service):
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
                  jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
-                 autostart: bool = True) -> None:
+                 autostart: bool = True, guard: ConnectionGuard | None = None) -> None:
+        self.guard = guard
         self.core = core
         self.clock = clock
         self.sink = sink
@@ -182,6 +193,7 @@ class SCSRunner(Service):
             handlers={ChannelOutput: self._to_channel, SubmitSTKM: self._submit, SwitchTEK: self._switch,
                       ProvideTEK: self._provide},
             peer_of=lambda event: str(event.fields.get("channel", "")),
+            limiter=guard.limiter if guard is not None else None,
         )
         #: every TEK switch made by a SwitchTEK output: (service, Switch)
         self.switch_log: collections.deque[tuple[str, Switch]] = collections.deque(maxlen=jitter_history)

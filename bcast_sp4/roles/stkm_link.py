@@ -67,6 +67,7 @@ from ..machines.stkm_schedule import STKMSchedule
 from ..wire.params import DataType
 from .emmg_client import EMMGService
 from .executor import KeyedTimers
+from .guard import ConnectionGuard
 
 #: handed over this long after on_air_from or later: counted and logged as late (timer lateness is not)
 LATE_AFTER = 0.05
@@ -158,13 +159,15 @@ class RemoteMuxSink(MultiService):
     :param settings: the SCS settings (``[mux] mode = "remote"``).
     :param reactor: clock and connector (tests pass a memory reactor).
     :param endpoints: super_CAS_id -> client endpoint, instead of ``[mux] connect`` (tests).
+    :param guard: the SCS's connection guard, for the links' MUX connections (or ``None``).
     :param retry_policy: reconnect delays, instead of ``[scs.reconnect]``'s back-off (tests).
     """
 
     log = Logger()
 
     def __init__(self, settings: SCSSettings, reactor, *, endpoints: dict[int, object] | None = None,
-                 retry_policy: Callable[[int], float] | None = None, session=None) -> None:
+                 retry_policy: Callable[[int], float] | None = None, session=None,
+                 guard: ConnectionGuard | None = None) -> None:
         super().__init__()
         self.clock = reactor
         self.settings = settings
@@ -174,7 +177,7 @@ class RemoteMuxSink(MultiService):
         self.links: dict[int, EMMGService] = {}
         for scid, emmg_settings in sorted(link_settings(settings).items()):
             link = EMMGService(emmg_settings, reactor, endpoint=(endpoints or {}).get(scid), retry_policy=policy,
-                               session=session)
+                               session=session, guard=guard)
             link.setName(f"stkm-link-{scid:#010x}")
             link.setServiceParent(self)
             self.links[scid] = link

@@ -8,7 +8,6 @@ from __future__ import annotations
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from ..bcast.ecm import STKMSource
@@ -17,7 +16,9 @@ from ..config import ECMGSettings, load_ecmg_settings, load_keyfile
 from ..machines.ecmg import ECMGResources
 from ..roles.ecmg_server import ECMGFactory
 from ..roles.gc_tuning import freeze_long_lived
+from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
+from .tls import server_endpoint
 
 log = Logger()
 
@@ -53,9 +54,11 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> M
     """
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
-    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint)
+    guard = ConnectionGuard(settings.limits, reactor, role="ECMG", server=True)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint, guard)
     top = MultiService()
-    server = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), factory)
+    guard.setServiceParent(top)
+    server = StreamServerEndpointService(server_endpoint(reactor, settings.endpoint, settings.tls), factory)
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server

@@ -13,7 +13,9 @@ from twisted.python import usage
 from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
 from ..roles.emmg_client import EMMGService
+from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
+from .tls import client_endpoint
 
 log = Logger()
 
@@ -55,7 +57,10 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     """
     top = MultiService()
-    service = EMMGService(settings, reactor, session=session)
+    guard = ConnectionGuard(settings.limits, reactor, role="EMMG", server=False)
+    guard.setServiceParent(top)
+    service = EMMGService(settings, reactor, session=session, guard=guard,
+                          endpoint=client_endpoint(reactor, settings.connect, settings.tls))
     service.setServiceParent(top)
     top.emmg = service  # for tests and the lab
     log.info(

@@ -9,14 +9,15 @@ import attrs
 from twisted.application import internet
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
 from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
+from ..roles.guard import ConnectionGuard
 from ..roles.mux_server import MuxServer
 from ._options import RoleOptions
+from .tls import server_endpoint
 
 log = Logger()
 
@@ -62,12 +63,14 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     """
     core = MuxCore(settings.mux)
+    guard = ConnectionGuard(settings.limits, reactor, role="MUX", server=True)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
-                       session=session, listening_on=settings.endpoint, interface6=settings.egress_interface6,
-                       multicast_interface6=settings.ipv6_multicast_interface)
+                       session=session, listening_on=settings.endpoint, guard=guard,
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
     top = MultiService()
+    guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = StreamServerEndpointService(serverFromString(reactor, settings.endpoint), server.factory)
+    tcp = StreamServerEndpointService(server_endpoint(reactor, settings.endpoint, settings.tls), server.factory)
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from twisted.application.internet import ClientService, UDPServer
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs_core import SCSCore
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
-from ..roles.stkm_link import RemoteMuxSink
+from ..roles.guard import ConnectionGuard
+from ..roles.stkm_link import RemoteMuxSink, link_settings
 from ..media.scrambler import Scrambler
 from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 from ._options import RoleOptions
 from ._ordered import SequentialStop
+from .tls import client_endpoint
 
 log = Logger()
 
@@ -48,6 +49,14 @@ class Options(RoleOptions):
         self["settings"] = self.load(load_scs_settings)
 
 
+def mux_endpoints(settings: SCSSettings, reactor) -> dict[int, object] | None:
+    """With ``[tls]``: the remote MUX link's endpoint per super_CAS_id, in TLS; else ``None``
+    (the links make their plain endpoints themselves)."""
+    if settings.tls is None:
+        return None
+    return {scid: client_endpoint(reactor, link.connect, settings.tls) for scid, link in link_settings(settings).items()}
+
+
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,
                   session=None, autostart: bool = True) -> MultiService:
     """The SCS service tree for *settings* on *reactor*.
@@ -59,11 +68,13 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     :param autostart: ``False``: the schedulers start when ``runner.begin()`` is called (the lab).
     """
     link = None
+    guard = ConnectionGuard(settings.limits, reactor, role="SCS", server=False)
     if sink is None:
         if settings.mux.mode is MuxMode.FILE:
             sink = JSONLinesSink(open(settings.mux.path, "a"), reactor.seconds)
         elif settings.mux.mode is MuxMode.REMOTE:
-            sink = link = RemoteMuxSink(settings, reactor, session=session)
+            sink = link = RemoteMuxSink(settings, reactor, session=session, guard=guard,
+                                        endpoints=mux_endpoints(settings, reactor))
         else:
             sink = RecordingSink(reactor.seconds, limit=100_000)
     elif isinstance(sink, RemoteMuxSink) and sink.parent is None:
@@ -75,20 +86,22 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         for s in settings.services
     }
     endpoints = {
-        c.name: FailoverEndpoint([(e, clientFromString(reactor, e)) for e in (c.endpoint, c.backup_endpoint) if e])
+        c.name: FailoverEndpoint([(e, client_endpoint(reactor, e, settings.tls))
+                                  for e in (c.endpoint, c.backup_endpoint) if e])
         for c in settings.channels
     }
     settle = None
     if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
-                       gc_tuning_after=settle, session=session, autostart=autostart)
+                       gc_tuning_after=settle, session=session, autostart=autostart, guard=guard)
     top = SequentialStop()  # the runner closes its channels in order before the ClientServices stop
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
     top.mux_link = link
     if link is not None:  # first: up before the runner submits, stopped (closing its channels) last
         link.setServiceParent(top)
+    guard.setServiceParent(top)  # stops after the runner: flushes the log summaries
     rc = settings.reconnect
     for channel in settings.channels:
         machine = core.channels[channel.name]
@@ -103,7 +116,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         top.clients[channel.name] = client
     for service in settings.services:
         s = service.scrambler
-        udp = UDPServer(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor),
+        udp = UDPServer(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor, guard),
                         interface=s.input_interface, reactor=reactor)
         udp.setServiceParent(top)
         top.udp[service.spec.name] = udp

@@ -15,7 +15,7 @@ from twisted.internet.protocol import DatagramProtocol
 
 from bcast_sp4.roles.udp_batch import BatchUDPPort, BatchUDPServer, listen_udp_batch
 
-from tests.doubles import UDPMemoryReactor
+from ..doubles import UDPMemoryReactor
 
 
 class Recorder(DatagramProtocol):

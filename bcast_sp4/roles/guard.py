@@ -1,0 +1,516 @@
+"""The connection guard of the TCP roles: fair service, timeouts, buffer budgets, allow-lists (issue #13).
+
+TS 103 197 leaves a node's defences to the implementation; these are ours. One
+:class:`ConnectionGuard` per role (per listening factory, or per client role) holds the limits
+(:class:`~bcast_sp4.config.limits.Limits`), the counts shared by its connections and the
+:class:`~.log_limit.LogLimiter` of its warnings; one :class:`ConnectionWatch` per connection
+carries out the per-connection rules. The protocols only call the small hooks named below.
+
+Rules (times from :class:`Limits`; 0 turns a timeout off):
+
+* **Admission** (:meth:`ConnectionGuard.admit`, from ``buildProtocol``): a peer outside the
+  allow-list, or one more connection than ``max_connections`` (channel or not), is refused:
+  ``buildProtocol`` returns ``None`` and Twisted closes the socket at once.
+* **Fair service** (:meth:`ConnectionWatch.take`): a connection has at most
+  ``messages_per_turn`` messages handled per reactor turn, and no more once ``turn_time`` has
+  passed in the turn (the message under way finishes). The rest stays queued, the transport
+  stops reading (``pauseProducing``) and the next batch runs on the next turn
+  (``callLater(0)``); reading resumes when the queue is empty. The queued messages keep the time
+  their bytes arrived, so a deadline (the ECMG's ``max_comp_time``, error 0x000D) counts the wait.
+* **Buffers** (:meth:`ConnectionWatch.turn_done`): bytes received and not yet handled (an
+  unfinished message plus the queue) are bounded per connection and for the role as a whole;
+  the connection that goes past either bound is closed.
+* **Timeouts**: a server closes a connection that has no channel ``first_channel_setup_timeout``
+  after it was accepted (or after its channel closed); any connection whose unfinished message
+  is not complete ``message_timeout`` after its first byte; a channel silent for
+  ``idle_timeout`` is sent a channel_test, and closed when nothing arrives within
+  ``channel_test_timeout``.
+
+* **Memory return** (:class:`Reclaimer`): when many connections or many buffered bytes have gone
+  since the last look (a flood ended), the process runs a full garbage collection (protocols,
+  transports and failures hold reference cycles that outlive a connection in the old generation)
+  and asks the C allocator to give free pages back to the system (glibc ``malloc_trim``): without
+  it, RSS stayed at its flood peak (issue #13: 55 -> 128 MB, and 128 MB after the connections went).
+
+Every refusal and close is counted (:attr:`ConnectionGuard.counters`) and logged through the
+limiter, so a flood writes a few lines and a summary, never one line per connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import gc
+import ipaddress
+import resource
+from typing import Any, Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+
+from ..config.limits import Limits, Network
+from .log_limit import LogLimiter
+
+#: hosts remembered by :class:`AllowList` (cleared when full)
+_CACHE_SIZE = 4096
+
+
+class AllowList:
+    """CIDR allow-list of peer addresses; ``None`` networks allow everyone.
+
+    IPv4-mapped IPv6 addresses (``::ffff:127.0.0.1``) are checked as the IPv4 address they carry.
+    Results are cached per host string, so the UDP hot path pays one dict look-up.
+    """
+
+    def __init__(self, networks: Sequence[Network] | None) -> None:
+        self.networks = None if networks is None else tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, host: str | None) -> bool:
+        if self.networks is None:
+            return True
+        known = self._cache.get(host)  # type: ignore[arg-type]
+        if known is not None:
+            return known
+        allowed = self._check(host)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[host] = allowed  # type: ignore[index]
+        return allowed
+
+    def _check(self, host: str | None) -> bool:
+        if not host:
+            return False
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False  # not an IP peer (a UNIX socket): only an explicit allow-list entry could match
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)  # type: ignore[union-attr]
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or ``None`` where the C library has none."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+def _rss_kib() -> int | None:
+    """This process's resident set size (Linux ``/proc``), else ``None``."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * (resource.getpagesize() // 1024)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Reclaimer:
+    """Gives memory back after a flood: full GC, then ``malloc_trim``, once things calmed down.
+
+    :meth:`note` is told the connection count and buffered bytes whenever a connection goes; once
+    at least *connections* connections or *buffered* bytes have gone since the high-water mark, a
+    reclaim runs *delay* seconds later (one pending at a time), and the marks start again.
+
+    :ivar runs: reclaims done.
+    """
+
+    def __init__(self, clock: IReactorTime, *, connections: int = 256, buffered: int = 8 << 20,
+                 delay: float = 2.0, trim: Callable[[], object] | None = None) -> None:
+        self.clock = clock
+        self.connections = connections
+        self.buffered = buffered
+        self.delay = delay
+        self._trim = trim if trim is not None else _malloc_trim()
+        self._high_connections = 0
+        self._high_buffered = 0
+        self._call: IDelayedCall | None = None
+        self.runs = 0
+
+    def note(self, connections: int, buffered: int) -> None:
+        """Connections open and bytes buffered now (call on every change worth watching)."""
+        if connections > self._high_connections:
+            self._high_connections = connections
+        if buffered > self._high_buffered:
+            self._high_buffered = buffered
+        if self._call is None and (self._high_connections - connections >= self.connections
+                                   or self._high_buffered - buffered >= self.buffered):
+            self._call = self.clock.callLater(self.delay, self.reclaim)
+
+    log = Logger()
+
+    def reclaim(self) -> None:
+        self._call = None
+        self._high_connections = self._high_buffered = 0
+        self.runs += 1
+        before = _rss_kib()
+        found = gc.collect()
+        if self._trim is not None:
+            self._trim()
+        self.log.info("after a burst of connections: {found} unreachable objects collected, RSS {before} -> {after} KiB",
+                      found=found, before=before, after=_rss_kib())
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+def peer_host(addr: Any) -> str | None:
+    """The host of a Twisted address (``IPv4Address``/``IPv6Address``), else ``None``."""
+    return getattr(addr, "host", None)
+
+
+class ConnectionGuard(Service):
+    """What the connections of one role share: limits, counts, the warning limiter.
+
+    A service: when its parent stops, the pending log summaries are written and the reclaim
+    timer is disarmed.
+
+    :param limits: the role's :class:`Limits`.
+    :param clock: timers (the reactor, or a ``Clock`` in tests).
+    :param role: names the role in log lines (``"ECMG"``).
+    :param server: the role accepts connections (admission, channel timeouts apply).
+    :param limiter: the role's warning limiter (a new one from *limits* when ``None``).
+    """
+
+    log = Logger()
+
+    def __init__(self, limits: Limits, clock: IReactorTime, *, role: str, server: bool,
+                 limiter: LogLimiter | None = None, reclaimer: Reclaimer | None = None) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.role = role
+        self.server = server
+        self.limiter = limiter if limiter is not None else LogLimiter(clock, limits.log_window, limits.log_burst)
+        self.reclaimer = reclaimer if reclaimer is not None else Reclaimer(clock)
+        self.tcp_allowed = AllowList(limits.allow)
+        self.udp_allowed = AllowList(limits.udp_allow)
+        #: connections open now (accepted and not yet lost)
+        self.connections = 0
+        #: bytes received and not yet handled, all connections together
+        self.buffered_total = 0
+        #: refusals and closes by reason, deferred turns (``deferred_turns``), UDP drops
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def stopService(self):
+        self.stop()
+        return super().stopService()
+
+    def stop(self) -> None:
+        """Write the pending log summaries, disarm the reclaim timer."""
+        self.limiter.flush()
+        self.reclaimer.stop()
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(self, addr: Any) -> bool:
+        """Whether to accept a connection from *addr* (call from ``buildProtocol``)."""
+        host = peer_host(addr)
+        if not self.tcp_allowed(host):
+            self._refuse("refused_address", host, "not in the allow-list")
+            return False
+        if self.server and self.connections >= self.limits.max_connections:
+            self._refuse("refused_max_connections", host, f"{self.connections} connections open (max_connections)")
+            return False
+        return True
+
+    def admit_datagram(self, addr: Any) -> bool:
+        """Whether a UDP datagram from *addr* (``(host, port)``) may be handled; drops are counted."""
+        host = addr[0] if isinstance(addr, tuple) else peer_host(addr)
+        if self.udp_allowed(host):
+            return True
+        self.counters["udp_refused_address"] += 1
+        if self.limiter.allow(str(host), "udp_refused", "datagrams from addresses outside udp_allow"):
+            self.log.warn("{role}: datagram from {peer} dropped: not in udp_allow", role=self.role, peer=str(host))
+        return False
+
+    def _refuse(self, counter: str, host: str | None, why: str) -> None:
+        self.counters[counter] += 1
+        peer = str(host)
+        if self.limiter.allow(peer, counter, "refused connections"):
+            self.log.warn("{role}: connection from {peer} refused: {why}", role=self.role, peer=peer, why=why)
+
+    # -- per connection --------------------------------------------------------------------------
+
+    def watch(self, peer: str, transport: Any, *, handle_frames: Callable[[list, float], int],
+              close: Callable[[str], None], partial: Callable[[], int],
+              has_channel: Callable[[], bool] | None = None,
+              channel_test: Callable[[], bool] | None = None) -> "ConnectionWatch":
+        """A :class:`ConnectionWatch` for a connection just made (it counts as open from now)."""
+        return ConnectionWatch(self, peer, transport, handle_frames=handle_frames, close=close, partial=partial,
+                               has_channel=has_channel, channel_test=channel_test)
+
+    def note_close(self, counter: str, peer: str, reason: str) -> None:
+        """Count and (rate-limited) log a close the guard decided."""
+        self.counters[counter] += 1
+        if self.limiter.allow(peer, counter, f"connections closed ({counter.removeprefix('closed_')})"):
+            self.log.warn("{role}: closing connection with {peer}: {reason}", role=self.role, peer=peer, reason=reason)
+
+
+class ConnectionWatch:
+    """The guard's rules for one connection (see the module docstring).
+
+    :param handle_frames: ``(frames, received_at) -> handled``: the protocol handles these whole
+        messages in order, stopping after the one that ends past :attr:`deadline`; returns how
+        many it handled (called for batches taken off the queue on later turns).
+    :param close: ``(reason)``: the protocol closes the connection (already logged and counted).
+    :param partial: bytes of an unfinished message the framer holds.
+    :param has_channel: whether the connection carries a channel now (servers; ``None``: a client,
+        no channel timeouts).
+    :param channel_test: sends a channel_test on the channel; returns ``False`` when it could not.
+    """
+
+    def __init__(self, guard: ConnectionGuard, peer: str, transport: Any, *,
+                 handle_frames: Callable[[list, float], int], close: Callable[[str], None],
+                 partial: Callable[[], int], has_channel: Callable[[], bool] | None,
+                 channel_test: Callable[[], bool] | None) -> None:
+        self.guard = guard
+        self.peer = peer
+        # reading is paused on the socket's transport, under a TLS layer when there is one
+        self.transport = transport.transport if isinstance(transport, ProtocolWrapper) else transport
+        self.clock = guard.clock
+        self.limits = guard.limits
+        self._handle_frames = handle_frames
+        self._close = close
+        self._partial = partial
+        self._has_channel = has_channel
+        self._channel_test = channel_test
+        self.budget = self.limits.messages_per_turn
+        self.turn_time = self.limits.turn_time if self.limits.turn_time else float("inf")
+        #: when the current turn's handling stops (clock seconds); see :meth:`take`
+        self.deadline = float("inf")
+        self._queue: collections.deque = collections.deque()  # (frames, index, received_at)
+        self._queued_bytes = 0
+        self._next_turn: IDelayedCall | None = None
+        self._paused = False
+        self.buffered = 0  # counted in guard.buffered_total
+        self.closed = False
+        now = self.clock.seconds()
+        self._activity = now  # last message handled
+        self._partial_since: float | None = None
+        self._no_channel_since: float | None = now if has_channel is not None else None
+        self._test_sent_at: float | None = None
+        self._timers: dict[str, IDelayedCall] = {}
+        self._counted = True
+        guard.connections += 1
+        guard.reclaimer.note(guard.connections, guard.buffered_total)
+        if has_channel is not None and self.limits.first_channel_setup_timeout:
+            self._arm("channel", self.limits.first_channel_setup_timeout)
+
+    # -- fair service --------------------------------------------------------------------------
+
+    def take(self, frames: list, received_at: float) -> list:
+        """The frames to handle in this turn; any beyond the budget wait for the next turns.
+
+        Starts the turn's clock: :attr:`deadline` is when the protocol stops handling (it gives
+        the rest back with :meth:`put_back`).
+        """
+        self.deadline = self.clock.seconds() + self.turn_time
+        if self._queue:  # a backlog is waiting: keep the order
+            self._enqueue(frames, 0, received_at)
+            return []
+        if len(frames) <= self.budget:
+            return frames
+        self._enqueue(frames, self.budget, received_at)
+        return frames[: self.budget]
+
+    def put_back(self, frames: list, handled: int, received_at: float) -> None:
+        """The turn's time ran out after *handled* of *frames*: the rest goes first next turn."""
+        if handled >= len(frames) or self.closed:
+            return
+        self._queue.appendleft([frames, handled, received_at])
+        self._queued_bytes += sum(len(f) for f in frames[handled:] if isinstance(f, bytes))
+        self._schedule()
+
+    def _enqueue(self, frames: list, start: int, received_at: float) -> None:
+        if start >= len(frames):
+            return
+        self._queue.append([frames, start, received_at])
+        self._queued_bytes += sum(len(f) for f in frames[start:] if isinstance(f, bytes))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        if self._next_turn is None:
+            self._next_turn = self.clock.callLater(0, self._run_queue)
+            self.guard.counters["deferred_turns"] += 1
+
+    def _run_queue(self) -> None:
+        self._next_turn = None
+        if self.closed:
+            return
+        self.deadline = self.clock.seconds() + self.turn_time
+        left = self.budget
+        any_handled = False
+        while left and self._queue and not self.closed:
+            entry = self._queue[0]
+            frames, start, received_at = entry
+            batch = frames[start : start + left]
+            handled = self._handle_frames(batch, received_at)
+            any_handled = any_handled or handled > 0
+            entry[1] = start + handled
+            if entry[1] >= len(frames):
+                self._queue.popleft()
+            left -= handled
+            self._queued_bytes -= sum(len(f) for f in batch[:handled] if isinstance(f, bytes))
+            if handled < len(batch):
+                break  # out of time: the rest next turn
+        if self.closed:
+            return
+        if self._queue:
+            self._next_turn = self.clock.callLater(0, self._run_queue)
+            self.guard.counters["deferred_turns"] += 1
+        elif self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self.turn_done(any_handled)
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for a later turn."""
+        return sum(len(frames) - start for frames, start, _r in self._queue)
+
+    # -- after each turn -------------------------------------------------------------------------
+
+    def turn_done(self, handled: bool) -> None:
+        """Call after each batch was handled (*handled*: at least one message was).
+
+        Checks the buffer bounds and (re)arms the timeouts.
+        """
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        partial = self._partial()
+        buffered = partial + self._queued_bytes
+        guard = self.guard
+        guard.buffered_total += buffered - self.buffered
+        self.buffered = buffered
+        limits = self.limits
+        if buffered > limits.max_buffered_bytes:
+            self.close("closed_buffer", f"{buffered} bytes buffered (max_buffered_bytes {limits.max_buffered_bytes})")
+            return
+        if guard.buffered_total > limits.max_buffered_bytes_total:
+            self.close("closed_buffer_total", f"{guard.buffered_total} bytes buffered by all connections "
+                                              f"(max_buffered_bytes_total {limits.max_buffered_bytes_total})")
+            return
+        if handled:
+            self._activity = now
+            self._test_sent_at = None
+        # unfinished message: timed from its first byte (a completed message restarts the clock)
+        if partial and limits.message_timeout:
+            if self._partial_since is None or handled:
+                self._partial_since = now
+            if "message" not in self._timers:
+                self._arm("message", limits.message_timeout)
+        else:
+            self._partial_since = None
+        if self._has_channel is None:
+            return
+        if self._has_channel():
+            self._no_channel_since = None
+            if limits.idle_timeout and "idle" not in self._timers:
+                self._arm("idle", limits.idle_timeout)
+        elif self._no_channel_since is None:
+            self._no_channel_since = now
+            if limits.first_channel_setup_timeout and "channel" not in self._timers:
+                self._arm("channel", limits.first_channel_setup_timeout)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm(self, name: str, seconds: float) -> None:
+        self._timers[name] = self.clock.callLater(max(seconds, 0.0), self._fire, name)
+
+    def _fire(self, name: str) -> None:
+        del self._timers[name]
+        if self.closed:
+            return
+        now = self.clock.seconds()
+        limits = self.limits
+        if name == "message":
+            if self._partial_since is None or not self._partial():
+                return
+            due = self._partial_since + limits.message_timeout
+            if now < due:
+                self._arm(name, due - now)
+            else:
+                self.close("closed_message_timeout",
+                           f"message unfinished {limits.message_timeout:g} s after its first byte (message_timeout)")
+        elif name == "channel":
+            if self._no_channel_since is None:
+                return
+            due = self._no_channel_since + limits.first_channel_setup_timeout
+            if now < due:
+                self._arm(name, due - now)
+            else:
+                self.close("closed_no_channel",
+                           f"no channel {limits.first_channel_setup_timeout:g} s after connecting "
+                           "(first_channel_setup_timeout)")
+        elif name == "idle":
+            assert self._has_channel is not None
+            if not self._has_channel():
+                return
+            if self._test_sent_at is not None:
+                due = self._test_sent_at + limits.channel_test_timeout
+                if now >= due:
+                    self.close("closed_idle",
+                               f"no answer to channel_test within {limits.channel_test_timeout:g} s "
+                               "(channel_test_timeout)")
+                else:
+                    self._arm(name, due - now)
+                return
+            due = self._activity + limits.idle_timeout
+            if now < due:
+                self._arm(name, due - now)
+            elif self._channel_test is not None and self._channel_test():
+                self._test_sent_at = now
+                self.guard.counters["channel_tests"] += 1
+                self._arm(name, limits.channel_test_timeout)
+            else:
+                self.close("closed_idle", f"channel silent for {limits.idle_timeout:g} s (idle_timeout)")
+
+    # -- end -------------------------------------------------------------------------------------
+
+    def close(self, counter: str, reason: str) -> None:
+        """Close the connection for a guard rule: counted, logged (rate-limited), then the protocol's close."""
+        if self.closed:
+            return
+        self.guard.note_close(counter, self.peer, reason)
+        self._stop()
+        self._close(reason)
+
+    def connection_lost(self) -> None:
+        """The connection is gone: stop the timers, give back the counts."""
+        if self._counted:
+            self.guard.reclaimer.note(self.guard.connections, self.guard.buffered_total)
+        self._stop()
+        if self._counted:
+            self._counted = False
+            guard = self.guard
+            guard.connections -= 1
+            guard.reclaimer.note(guard.connections, guard.buffered_total)
+
+    def _stop(self) -> None:
+        self.closed = True
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        if self._next_turn is not None and self._next_turn.active():
+            self._next_turn.cancel()
+        self._next_turn = None
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.guard.buffered_total -= self.buffered
+        self.buffered = 0
+
+
+__all__ = ["AllowList", "ConnectionGuard", "ConnectionWatch", "Reclaimer", "peer_host"]
