@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import attrs
-from twisted.application import internet
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
@@ -16,6 +15,7 @@ from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
 from ..roles.guard import ConnectionGuard
 from ..roles.mux_server import MuxServer
+from ..roles.udp_batch import BatchUDPServer
 from ._options import RoleOptions
 from .tls import server_endpoint
 
@@ -76,7 +76,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     if settings.udp is not None:
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
-        udp = internet.UDPServer(port, server.udp_protocol, interface=interface, maxPacketSize=UDP_READ_SIZE, reactor=reactor)
+        # every datagram of a wake-up handed over in one batch (roles/udp_batch.py)
+        udp = BatchUDPServer(port, server.udp_protocol, interface=interface, maxPacketSize=UDP_READ_SIZE, reactor=reactor)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp
