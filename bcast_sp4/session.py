@@ -74,6 +74,7 @@ class SessionManager:
         self.clock = clock
         self._topics = {name: _Topic(limit) for name in TOPICS}
         self._services: dict[str, Any] = {}
+        self._observers: list[Callable[[str, str, str, dict[str, Any]], None]] = []
 
     # -- generic publish / wait ----------------------------------------------------------------
 
@@ -122,6 +123,14 @@ class SessionManager:
             d.addTimeout(timeout, self.clock)
         return d
 
+    def keys(self, topic: str) -> list[Hashable]:
+        """The keys published on *topic* and not forgotten (for metrics and the status page)."""
+        return list(self._topics[topic].values)
+
+    def items(self, topic: str) -> list[tuple[Hashable, Any]]:
+        """The (key, value) pairs published on *topic* and not forgotten."""
+        return list(self._topics[topic].values.items())
+
     def waiting(self, topic: str) -> int:
         """How many Deferreds wait on *topic* (for tests and metrics)."""
         return sum(len(v) for v in self._topics[topic].waiters.values())
@@ -156,6 +165,9 @@ class SessionManager:
 
     def stkm_ready(self, super_cas_id: int, ecm_id: int, cp_number: int, stkm: bytes) -> None:
         self.publish("stkm", (super_cas_id, ecm_id, cp_number), stkm)
+        if self._observers:
+            self._tell("stkm", "", "stkm_ready",
+                       {"super_cas_id": super_cas_id, "ecm_id": ecm_id, "cp_number": cp_number, "length": len(stkm)})
 
     def when_stkm(self, super_cas_id: int, ecm_id: int, cp_number: int, timeout: float | None = None) -> Deferred:
         return self.when("stkm", (super_cas_id, ecm_id, cp_number), timeout)
@@ -240,6 +252,8 @@ class SessionManager:
         ``bandwidth_allocated`` publishes the allocation of (client_id, data_id). Other events
         are not the session's business.
         """
+        if self._observers:
+            self._tell(role, peer, event, fields)
         channel = fields.get("channel_id", 0)
         if event == "channel_open":
             self.channel_ready(role, peer, channel, dict(fields))
@@ -255,6 +269,24 @@ class SessionManager:
     def connection_lost(self, role: str, peer: str, reason: str) -> None:
         """A role lost its connection to *peer*."""
         self.peer_lost(f"{role}:{peer}", reason)
+        if self._observers:
+            self._tell(role, peer, "connection_lost", {"reason": reason})
+
+    # -- observers (metrics, status page) ------------------------------------------------------
+
+    def add_observer(self, observer: Callable[[str, str, str, dict[str, Any]], None]) -> None:
+        """Call ``observer(role, peer, event, fields)`` for every event the roles report
+        (:meth:`observe`), every STKM made ready (event ``stkm_ready``; length, never bytes) and
+        every connection lost (event ``connection_lost``). An observer's exception is logged."""
+        self._observers.append(observer)
+
+    def _tell(self, role: str, peer: str, event: str, fields: dict[str, Any]) -> None:
+        for observer in self._observers:
+            try:
+                observer(role, peer, event, fields)
+            except Exception:
+                self.log.failure("session observer {observer!r} failed on {event}", Failure(), observer=observer,
+                                 event=event)
 
     # -- co-located roles --------------------------------------------------------------------------
 

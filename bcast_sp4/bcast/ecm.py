@@ -99,6 +99,8 @@ class STKMSource:
         self.cw_encryption_keys = cw_encryption_keys or {}
         self.rng = rng
         self._counters: dict[tuple[int, bytes], int] = {}
+        #: ECM_datagrams generated so far, by mode (read by the metrics at scrape time)
+        self.generated: dict[CasMode, int] = dict.fromkeys(CasMode, 0)
         #: per (Super_CAS_id, ECM_id): the last TEK(n+1) CW and its decoded material
         self._last_next: dict[tuple[int, int], tuple[bytes, object]] = {}
         #: per (Super_CAS_id, ECM_id): (start_us, end_us, SEK, PEK or None, start_s, end_s): the keys
@@ -127,9 +129,11 @@ class STKMSource:
         :raises ECMGenerationError: and nothing else (see the module docstring for the codes).
         """
         try:
-            return self._generate(request)
+            datagram = self._generate(request)
         except Exception as exc:  # noqa: BLE001 - every failure is this stream's error reply
             raise _generation_error(exc) from None
+        self.generated[request.mode] += 1
+        return datagram
 
     def _generate(self, request: ECMRequest) -> bytes:
         # CP_CW_combinations are (CP_number, CW) pairs already: used as they are unless encrypted

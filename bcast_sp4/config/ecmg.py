@@ -13,6 +13,7 @@ from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .keyfile import check_private
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -28,6 +29,7 @@ class ECMGSettings:
     cw_encryption_keys: dict[int, bytes] = attrs.field(factory=dict, repr=False)
     limits: Limits = Limits()
     tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 _MODE_PROFILE = {CasMode.DRM_PROFILE: Profile.DRM, CasMode.SMARTCARD_PROFILE: Profile.SMARTCARD}
@@ -108,6 +110,7 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
     limits = read_limits(root, server=True, max_message_length=max_length)
     tls = read_tls(root, server=True)
     check_tls_endpoint(top, "endpoint", endpoint, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return ECMGSettings(
         endpoint=endpoint,
@@ -119,4 +122,5 @@ def load_ecmg_settings(path: str | Path) -> ECMGSettings:
         cw_encryption_keys=cw_keys,
         limits=limits,
         tls=tls,
+        metrics=metrics,
     )

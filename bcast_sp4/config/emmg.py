@@ -20,6 +20,7 @@ from ._reader import Reader, load_toml
 from .addresses import TRANSPORTS, same_family
 from .keyfile import check_private
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 from .subscribers import load_subscribers
 
 
@@ -47,6 +48,7 @@ class EMMGSettings:
     source_path: Path
     limits: Limits = Limits()
     tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_emmg_settings(path: str | Path) -> EMMGSettings:
@@ -105,6 +107,7 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
     limits = read_limits(root, server=False, max_message_length=max_length)  # type: ignore[arg-type]
     tls = read_tls(root, server=False)
     check_tls_endpoint(top, "connect", connect, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     try:
         config = EMMGConfig(client_id=client_id, streams=tuple(streams), udp=udp, **kwargs)
@@ -120,6 +123,7 @@ def load_emmg_settings(path: str | Path) -> EMMGSettings:
         source_path=path,
         limits=limits,
         tls=tls,
+        metrics=metrics,
     )
 
 

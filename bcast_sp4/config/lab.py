@@ -19,6 +19,7 @@ from .mux import MuxSettings, load_mux_settings
 from .scs import SCSSettings, load_scs_settings
 from .terminal import TerminalSettings, load_terminal_settings
 from ._reader import Reader, load_toml
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -33,6 +34,7 @@ class LabSettings:
     #: each ECMG's key store, in the order of ``ecmgs`` (loaded once, here, to check it)
     key_stores: tuple[KeyStore, ...] = attrs.field(default=(), repr=False)
     source_path: Path | None = None
+    metrics: str | None = None  # [metrics] endpoint of the lab process (the role files' are not used)
 
 
 def load_lab_settings(path: str | Path) -> LabSettings:
@@ -41,7 +43,9 @@ def load_lab_settings(path: str | Path) -> LabSettings:
     :raises ConfigError: naming the file at fault (the lab file or a role file), key and reason.
     """
     path, doc = load_toml(path)
-    lab = Reader(path, doc).sub("lab", required=True)
+    root = Reader(path, doc)
+    lab = root.sub("lab", required=True)
+    metrics = read_metrics(root)
     mux = load_mux_settings(lab.path_value("mux"))
     ecmg_files = lab.string_list("ecmg")
     ecmgs = []
@@ -58,6 +62,7 @@ def load_lab_settings(path: str | Path) -> LabSettings:
         terminal=load_terminal_settings(lab.path_value("terminal")),
         key_stores=tuple(load_keyfile(e.key_file) for e in ecmgs),
         source_path=path,
+        metrics=metrics,
     )
     lab.no_unknown_keys()
     return settings

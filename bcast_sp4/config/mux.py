@@ -13,6 +13,7 @@ from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
 from ..wire.sp4 import Profile, profile_of
 from ._reader import Reader, load_toml
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 
 
 @attrs.frozen(kw_only=True)
@@ -29,6 +30,7 @@ class MuxSettings:
     ipv6_multicast_interface: str = ""  # interface name for IPv6 multicast ("" = the kernel's route)
     limits: Limits = Limits()
     tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -155,6 +157,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     guard_limits = read_limits(root, server=True, udp=True, max_message_length=max_length, table=lim)
     tls = read_tls(root, server=True)
     check_tls_endpoint(top, "endpoint", endpoint, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return MuxSettings(
         endpoint=endpoint,
@@ -167,6 +170,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
         ipv6_multicast_interface=multicast6,
         limits=guard_limits,
         tls=tls,
+        metrics=metrics,
     )
 
 

@@ -30,6 +30,7 @@ from ..wire.sp4 import profile_of
 from ._reader import Reader, load_toml
 from .addresses import TRANSPORTS, same_family
 from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_tls
+from .ops import read_metrics
 
 
 class MuxMode(enum.Enum):
@@ -96,6 +97,7 @@ class SCSSettings:
     source_path: Path | None = None
     limits: Limits = Limits()
     tls: TLSSettings | None = None
+    metrics: str | None = None  # [metrics] endpoint
 
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
@@ -281,10 +283,11 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
             check_tls_endpoint(root, "service", spec.endpoint, tls)
             check_tls_endpoint(root, "service", spec.backup_endpoint, tls)
         check_tls_endpoint(root, "mux", mux.connect, tls)
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     return SCSSettings(timing=timing, reconnect=reconnect, channels=tuple(channels.values()), services=tuple(services),
                        mux=mux, max_message_length=max_length, gc_tuning=gc_tuning,
-                       source_path=path, limits=limits, tls=tls)
+                       source_path=path, limits=limits, tls=tls, metrics=metrics)
 
 
 __all__ = ["MuxMode", "MuxSettings", "ReconnectPolicy", "SCSSettings", "ScramblerSettings", "ServiceSettings",

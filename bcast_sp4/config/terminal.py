@@ -17,6 +17,7 @@ from ..bcast.keys import KDI_SIZE, ServiceKey
 from ..bcast.traffic import TrafficProtection
 from ..wire.sp4 import Profile
 from ._reader import Reader, load_toml
+from .ops import read_metrics
 
 _PROTECTIONS = {"srtp": TrafficProtection.SRTP, "ipsec": TrafficProtection.IPSEC, "ismacryp": TrafficProtection.ISMACRYP}
 _PROFILES = {"drm": Profile.DRM, "smartcard": Profile.SMARTCARD}
@@ -53,6 +54,7 @@ class TerminalSettings:
     source_size: int
     ready_timeout: float
     source_path: Path
+    metrics: str | None = None  # [metrics] endpoint
 
 
 def load_terminal_settings(path: str | Path) -> TerminalSettings:
@@ -114,6 +116,7 @@ def load_terminal_settings(path: str | Path) -> TerminalSettings:
             raise entry.fail("services", f"must list services of this file ({names})")
         streams.append(STKMStream(profile=profile, listen=entry.udp_listen("listen"), services=tuple(served)))
         entry.no_unknown_keys()
+    metrics = read_metrics(root)
     root.no_unknown_keys()
     if not services:
         raise root.fail("service", "no service configured")
@@ -132,4 +135,5 @@ def load_terminal_settings(path: str | Path) -> TerminalSettings:
         source_size=source_size,
         ready_timeout=ready_timeout,
         source_path=path,
+        metrics=metrics,
     )

@@ -320,7 +320,7 @@ class ServiceScheduler:
     def ecm_arrived(self, index: int, cp_number: int, stkm: bytes, now: float) -> list:
         period = self._period_of(cp_number)
         if period is None or period.state is not PeriodState.PLANNED:
-            return [Notify("stale_stkm", {"service": self.name, "link": index, "cp_number": cp_number}, "debug")]
+            return [Notify("stale_stkm", {"service": self.name, "link": self._link_name(index), "cp_number": cp_number}, "debug")]
         fetch = period.fetches[index]
         if fetch.state is Acquisition.RECEIVED:
             return []
@@ -343,7 +343,7 @@ class ServiceScheduler:
         else:
             self.stats.refusals += 1
             fetch.state, fetch.not_before, fetch.deadline = Acquisition.WAITING, now + self.timing.retry_delay, math.inf
-            out.append(Notify("stkm_refused", {"service": self.name, "link": index, "cp_number": cp_number,
+            out.append(Notify("stkm_refused", {"service": self.name, "link": self._link_name(index), "cp_number": cp_number,
                                                "error_status": error_status, "attempt": fetch.attempts}, "warn"))
         return out + self.poll(now)
 
@@ -394,7 +394,7 @@ class ServiceScheduler:
             if now < fetch.deadline:
                 return fetch.deadline
             self.stats.timeouts += 1
-            out.append(Notify("stkm_timeout", {"service": self.name, "link": index, "cp_number": period.n & CP_NUMBER_MASK,
+            out.append(Notify("stkm_timeout", {"service": self.name, "link": self._link_name(index), "cp_number": period.n & CP_NUMBER_MASK,
                                                "attempt": fetch.attempts}, "warn"))
             fetch.state, fetch.not_before, fetch.deadline = Acquisition.WAITING, now, math.inf
         if fetch.state is not Acquisition.WAITING:
@@ -404,7 +404,7 @@ class ServiceScheduler:
             return due
         if fetch.attempts >= self.timing.max_attempts:
             fetch.state = Acquisition.ABANDONED
-            out.append(Notify("stkm_abandoned", {"service": self.name, "link": index, "cp_number": period.n & CP_NUMBER_MASK,
+            out.append(Notify("stkm_abandoned", {"service": self.name, "link": self._link_name(index), "cp_number": period.n & CP_NUMBER_MASK,
                                                  "attempts": fetch.attempts}, "warn"))
             return math.inf
         if fetch.attempts:
@@ -452,10 +452,16 @@ class ServiceScheduler:
         out.append(ProvideTEK(self.name, period.n & CP_NUMBER_MASK, self.tek(period.n), period.start))
         out.append(StartTimer(TEKSwitchTimer(self.name, period.n), period.start - now))
         if late:
-            out.append(Notify("stkm_late", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "links": late,
+            out.append(Notify("stkm_late", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "links": [self._link_name(i) for i in late],
                                             "late_by_ms": round((now - min(self.on_air_from(i, period.n) for i in late)) * 1000, 1)},
                               "warn"))
         return out
+
+    def _link_name(self, index: int) -> str:
+        """How events name link *index*: its ECMG channel (endpoint#ECM_channel_id) and ECM_id, not
+        a list index."""
+        spec = self.links[index].spec
+        return f"{spec.channel} ECM_id {spec.ECM_id:#06x}"
 
     def _skip(self, period: _Period) -> list:
         period.state = PeriodState.SKIPPED
@@ -463,7 +469,7 @@ class ServiceScheduler:
         missing = [i for i, f in enumerate(period.fetches) if f.state is not Acquisition.RECEIVED]
         for i in missing:
             period.fetches[i].state = Acquisition.ABANDONED
-        return [Notify("period_skipped", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "missing_links": missing},
+        return [Notify("period_skipped", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "missing_links": [self._link_name(i) for i in missing]},
                        "warn")]
 
 

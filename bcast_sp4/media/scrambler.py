@@ -229,6 +229,7 @@ class ScramblerStats:
     sent: int = 0
     dropped_no_key: int = 0
     dropped_invalid: int = 0
+    switches: int = 0  # TEK switches so far (``Scrambler.switches`` keeps only the last ones)
 
 
 class Scrambler:
@@ -280,6 +281,7 @@ class Scrambler:
             self.current = key
             switch = Switch(key.cp_number, key.at, now)
             self.switches.append(switch)
+            self.stats.switches += 1
             made.append(switch)
         return made
 

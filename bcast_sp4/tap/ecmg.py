@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
@@ -15,6 +14,7 @@ from ..bcast.stkm_drm import LAYOUT_VERSION
 from ..config import ECMGSettings, load_ecmg_settings, load_keyfile
 from ..machines.ecmg import ECMGResources
 from ..roles.ecmg_server import ECMGFactory
+from ..ops.startup import FailFast, ListeningService, build_or_fail
 from ..roles.gc_tuning import freeze_long_lived
 from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
@@ -58,7 +58,8 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> M
     factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint, guard)
     top = MultiService()
     guard.setServiceParent(top)
-    server = StreamServerEndpointService(server_endpoint(reactor, settings.endpoint, settings.tls), factory)
+    server = ListeningService(reactor, settings.endpoint, factory,
+                              endpoint=server_endpoint(reactor, settings.endpoint, settings.tls))
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server
@@ -74,13 +75,13 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> M
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_service(options["settings"], options["key_store"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], options["key_store"], reactor))
     # The key store and configuration live as long as the process: move them out of the cyclic
     # GC's sight, so full collections stay short (with 60,000 streams they cost tens of ms).
     # Per-STKM objects hold no reference cycles (reference counting frees them), so young
     # collections find nothing: make them 20x rarer (each stays well under a millisecond).
     freeze_long_lived(young_threshold=14_000)
-    return service
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

@@ -12,6 +12,7 @@ from twisted.python import usage
 
 from ..bcast.ltkm_drm import LAYOUT_VERSION
 from ..config import EMMGSettings, load_emmg_settings
+from ..ops.startup import FailFast, build_or_fail
 from ..roles.emmg_client import EMMGService
 from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
@@ -75,7 +76,8 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -14,8 +13,9 @@ from twisted.python import usage
 from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
 from ..roles.guard import ConnectionGuard
+from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
 from ..roles.mux_server import MuxServer
-from ..roles.udp_batch import BatchUDPServer
+from ..roles.udp_batch import listen_udp_batch
 from ._options import RoleOptions
 from .tls import server_endpoint
 
@@ -57,6 +57,17 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
+class _BatchUDPListening(UDPListeningService):
+    """The MUX's UDP port: every datagram of a reactor wake-up handed over in one batch
+    (:func:`~bcast_sp4.roles.udp_batch.listen_udp_batch`), with the start-up checks of its base."""
+
+    def _getPort(self):
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return listen_udp_batch(reactor, *self.args, **self.kwargs)
+
+
 def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
 
@@ -70,14 +81,15 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     top = MultiService()
     guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
-    tcp = StreamServerEndpointService(server_endpoint(reactor, settings.endpoint, settings.tls), server.factory)
+    tcp = ListeningService(reactor, settings.endpoint, server.factory,
+                           endpoint=server_endpoint(reactor, settings.endpoint, settings.tls))
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
-        # every datagram of a wake-up handed over in one batch (roles/udp_batch.py)
-        udp = BatchUDPServer(port, server.udp_protocol, interface=interface, maxPacketSize=UDP_READ_SIZE, reactor=reactor)
+        udp = _BatchUDPListening(port, server.udp_protocol, interface=interface, reactor=reactor,
+                                 max_packet_size=UDP_READ_SIZE)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp
@@ -94,7 +106,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

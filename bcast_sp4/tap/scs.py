@@ -11,13 +11,14 @@ runner can submit and stops after it.
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService, UDPServer
+from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs_core import SCSCore
+from ..ops.startup import FailFast, UDPListeningService, build_or_fail
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.guard import ConnectionGuard
 from ..roles.stkm_link import RemoteMuxSink, link_settings
@@ -116,8 +117,8 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         top.clients[channel.name] = client
     for service in settings.services:
         s = service.scrambler
-        udp = UDPServer(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor, guard),
-                        interface=s.input_interface, reactor=reactor)
+        udp = UDPListeningService(s.input_port, ScramblerProtocol(scramblers[service.spec.name], s.output, reactor, guard),
+                                  interface=s.input_interface, reactor=reactor)
         udp.setServiceParent(top)
         top.udp[service.spec.name] = udp
     runner.setServiceParent(top)  # last: starts after the clients, stops (closing channels) first
@@ -131,7 +132,8 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor)
+    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    return FailFast(options.tapname, reactor, service)
 
 
 __all__ = ["Options", "build_service", "makeService"]

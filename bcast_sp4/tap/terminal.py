@@ -12,6 +12,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ..config import TerminalSettings, load_terminal_settings
+from ..ops.startup import FailFast
 from ..roles.terminal import TerminalService
 from ._exit import stop_with_status
 from ._options import RoleOptions
@@ -43,7 +44,21 @@ def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done
     return top
 
 
+class _Discard:
+    """A console that prints nothing (see :func:`makeService`)."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    return build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status))
+    # under `twistd -n` the log is on stdout already: the progress lines go there once, as log lines
+    out = _Discard() if options.log_goes_to_stdout() else None
+    service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status),
+                            out)
+    return FailFast(options.tapname, reactor, service)

@@ -25,12 +25,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import ssl
-from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from ..config.limits import TLSSettings
+from ..ops.startup import client_endpoint as parse_client_endpoint
+from ..ops.startup import server_endpoint as parse_server_endpoint
 
 _FIELD_SPLIT = re.compile(r"(?<!\\):")
 
@@ -109,21 +111,32 @@ def endpoint_host(spec: str) -> str:
     raise ValueError(f"{spec!r} names no host")
 
 
-def server_endpoint(reactor, spec: str, tls: TLSSettings | None) -> IStreamServerEndpoint:
-    """``serverFromString(reactor, spec)``, wrapped in TLS when *tls* is given."""
-    endpoint = serverFromString(reactor, spec)
-    if tls is None:
-        return endpoint
+def wrap_server(endpoint: IStreamServerEndpoint, tls: TLSSettings) -> IStreamServerEndpoint:
+    """*endpoint* wrapped in TLS with the options of *tls*."""
     return TLSServerEndpoint(endpoint, server_options(tls))
 
 
+def server_endpoint(reactor, spec: str, tls: TLSSettings | None) -> IStreamServerEndpoint:
+    """``serverFromString(reactor, spec)``, wrapped in TLS when *tls* is given.
+
+    :raises StartupError: a malformed *spec*, named in one line (:mod:`bcast_sp4.ops.startup`).
+    """
+    endpoint = parse_server_endpoint(reactor, spec)
+    if tls is None:
+        return endpoint
+    return wrap_server(endpoint, tls)
+
+
 def client_endpoint(reactor, spec: str, tls: TLSSettings | None) -> IStreamClientEndpoint:
-    """``clientFromString(reactor, spec)``, wrapped in TLS when *tls* is given."""
-    endpoint = clientFromString(reactor, spec)
+    """``clientFromString(reactor, spec)``, wrapped in TLS when *tls* is given.
+
+    :raises StartupError: a malformed *spec*, named in one line (:mod:`bcast_sp4.ops.startup`).
+    """
+    endpoint = parse_client_endpoint(reactor, spec)
     if tls is None:
         return endpoint
     return wrapClientTLS(client_options(tls, endpoint_host(spec)), endpoint)
 
 
 __all__ = ["TLSServerEndpoint", "client_endpoint", "client_options", "endpoint_host", "server_endpoint",
-           "server_options"]
+           "server_options", "wrap_server"]

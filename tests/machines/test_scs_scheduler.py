@@ -380,6 +380,7 @@ def test_late_ecm_response_is_submitted_late_and_counted():
     assert late and scheduler.stats.stkms_late == len(late)
     for note in late:
         assert note.fields["late_by_ms"] == pytest.approx(52, abs=3)
+        assert all(" ECM_id 0x" in name for name in note.fields["links"])
     assert not link.events("period_skipped")  # late for air, but in time for the switch
 
 
@@ -403,6 +404,8 @@ def test_missing_stkm_keeps_the_last_good_period():
     link.advance_to(1008.0)
     skipped = link.events("period_skipped")
     assert [n.fields["cp_number"] for n in skipped] == [victim & 0xFFFF]
+    spec = scheduler.links[0].spec  # links named by ECMG channel and ECM_id (#12), not by list index
+    assert skipped[0].fields["missing_links"] == [f"{spec.channel} ECM_id {spec.ECM_id:#06x}"]
     assert scheduler.stats.periods_skipped == 1 and scheduler.stats.refusals == 3  # max_attempts
     assert victim & 0xFFFF not in {t.cp_number for t in link.tek}
     assert victim & 0xFFFF not in {s.cp_number for _, s in link.switches}  # nor switched to
