@@ -141,6 +141,7 @@ class TLSAndAllowListTest(TestCase):
         self.dir = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, self.dir, True)
         shutil.copy(ETC / "keys.example.toml", self.dir / "keys.example.toml")
+        (self.dir / "keys.example.toml").chmod(0o600)  # the ECMG refuses a key file others may read
         ca = make_ca("bcast-sp4 test CA")
         other_ca = make_ca("another CA")
         self.ca_path, _ = write_pair(self.dir, "ca", ca)
