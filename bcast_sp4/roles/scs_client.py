@@ -31,6 +31,7 @@ from typing import Callable, Hashable, Iterable
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import TimeoutError as StopTimeout
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import Logger
@@ -259,7 +260,7 @@ class SCSRunner(Service):
         self._disconnect_waiters.append(d)
 
         def late(failure: Failure) -> None:
-            failure.trap(CancelledError)
+            failure.trap(StopTimeout, CancelledError)
             self.log.warn("stop: {count} ECMG connections still open after {bound} s; dropped",
                           count=len(self.protocols), bound=bound)
             for protocol in list(self.protocols.values()):
