@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from ..bcast.ecm_request import ECMSource
 from ..machines.channel import ServerChannelState
 from ..machines.ecmg import ECMGConnection, ECMGResources
-from ..wire import Interface
+from ..machines.outputs import Output
+from ..wire import Interface, Message, PeerProtocolError
 from ..wire import ecmg_scs as m
 from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
@@ -23,11 +24,19 @@ from .guard import ConnectionGuard
 
 class ECMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
+    write_through = True  # an SCS waits for each ECM_response
 
     def __init__(self, factory: "ECMGFactory") -> None:
         super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
-        self.handle = self.machine.receive  # per message: one call less than a delegating method
+        self._receive = self.machine.receive
+        self._cw_provision = self.machine.cw_provision
+
+    def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
+        # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response
+        if type(item) is m.CWProvision:
+            return self._cw_provision(item, now, received_at)
+        return self._receive(item, now, received_at)
 
     def has_channel(self) -> bool:
         return self.machine.state is ServerChannelState.CHANNEL_OPEN

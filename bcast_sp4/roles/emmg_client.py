@@ -169,6 +169,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.prepare_transport()
         self.start_watch()
         self.log.info("connected to the MUX at {peer}", peer=self.peer)
 

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..machines.channel import ServerChannelState
-from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
+from ..machines.mux import Deliver, Emit, EmitMany, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
 from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
 from ._stream import ServerFactory, SimulCryptStreamProtocol
@@ -98,7 +98,8 @@ class PlayOut(Service):
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
             reactor, self.log, "mux", session=session, timer_input=self._tick,
-            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver}, limiter=limiter,
+            handlers={Emit: lambda output, _now: self.emit(output), EmitMany: lambda output, _now: self.emit_many(output),
+                      Deliver: self._deliver}, limiter=limiter,
         )
 
     # -- service -----------------------------------------------------------------------------
@@ -178,8 +179,23 @@ class PlayOut(Service):
             reason = errno.errorcode.get(exc.errno, str(exc.errno))
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
+    def emit_many(self, output: EmitMany) -> None:
+        """Send each datagram of *output* on its route's socket, in order (failures as in :meth:`emit`)."""
+        sock = self.sockets.get(output.route)
+        if sock is None:
+            for _ in output.payloads:
+                self.execute(self.core.egress_failed(output.route, "not started", self.clock.seconds()))
+            return
+        send = sock.send
+        for payload in output.payloads:
+            try:
+                send(payload)
+            except OSError as exc:
+                reason = errno.errorcode.get(exc.errno, str(exc.errno))
+                self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
+
     def execute(self, outputs: Iterable[Output]) -> None:
-        """Carry out core outputs (Emit, Deliver, Notify) through the executor."""
+        """Carry out core outputs (Emit, EmitMany, Deliver, Notify) through the executor."""
         self.executor.run(outputs, self.clock.seconds())
 
 
@@ -311,6 +327,55 @@ class MuxDatagramProtocol(DatagramProtocol):
                 self.play_out.execute(outputs)
         if core.dirty:
             self.play_out.run()
+
+    def datagramsReceived(self, batch: list[tuple[bytes, tuple]]) -> None:
+        """Every datagram of one wake-up (:class:`~.udp_batch.BatchUDPPort`), handled as a batch.
+
+        The usual ones go to :meth:`MuxCore.receive_udp_batch` in runs; any other one (and one the
+        core does not take as it is) goes through the full decode and :meth:`MuxCore.receive_udp`
+        where it stands, so everything a route emits keeps the arrival order.
+        """
+        core, limit, admit = self.core, self.max_message_length, self.admit
+        now = self.clock.seconds()
+        run: list[tuple[int, int, int, bytes, str]] = []
+        raw: list[bytes] = []
+        for data, addr in batch:
+            if admit is not None and not admit(addr):
+                continue
+            usual = parse_usual_udp(data) if len(data) <= limit else None
+            if usual is not None:
+                run.append(usual + (addr[0],))
+                raw.append(data)
+                continue
+            if run:
+                self._run(run, raw, now)
+                run, raw = [], []
+            self._full(data, addr[0], now)
+        if run:
+            self._run(run, raw, now)
+        if core.dirty:
+            self.play_out.run()
+
+    def _run(self, run: list[tuple[int, int, int, bytes, str]], raw: list[bytes], now: float) -> None:
+        core, execute = self.core, self.play_out.execute
+        start = 0
+        while start < len(run):
+            outputs, taken = core.receive_udp_batch(run[start:] if start else run, now)
+            if outputs:
+                execute(outputs)
+            start += taken
+            if start < len(run):  # not taken as it is: the full decode judges this one
+                self._full(raw[start], run[start][4], now)
+                start += 1
+
+    def _full(self, data: bytes, source: str, now: float) -> None:
+        try:
+            item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
+        except PeerProtocolError as exc:
+            item = exc
+        outputs = self.core.receive_udp(item, now, source)
+        if outputs:
+            self.play_out.execute(outputs)
 
 
 class MuxServer:
