@@ -302,7 +302,10 @@ class ECMGConnection(ServerChannel):
         if version is not None and msg.protocol_version != version:
             return self.receive(msg, now, received_at)
         self._now = now
-        done = self._provision(msg, now, received_at)
+        try:
+            done = self._provision(msg, now, received_at)
+        except Exception as exc:  # as receive() does: our bug or the ECM source's, answered 0x7000
+            return self._internal_error(msg, exc)
         if type(done) is not tuple:
             return done
         if 0 < len(done[1]) <= m.MAX_ECM_DATAGRAM:

@@ -408,6 +408,8 @@ class ConnectionWatch:
                 continue
             batch = frames[start : start + left]
             handled = self._handle_frames(batch, received_at)
+            if self.closed or not self._queue or self._queue[0] is not entry:
+                return  # handling closed the connection (its queue went with it)
             any_handled = any_handled or handled > 0
             entry[1] = start + handled
             if entry[1] >= len(frames):
