@@ -138,7 +138,7 @@ def test_a_close_during_a_deferred_batch_drops_the_rest():
 def test_a_deferred_message_whose_handling_loses_the_connection_ends_the_turn_quietly():
     # the protocol's handler may close the connection (a reply then close, an internal error):
     # the watch's queue goes with it, and the turn must not touch it again
-    clock, guard = make(messages_per_turn=1)
+    clock, guard = make(messages_per_turn=2)
     peer = Peer(guard)
 
     def handle_and_lose(frames, received_at):
@@ -147,9 +147,9 @@ def test_a_deferred_message_whose_handling_loses_the_connection_ends_the_turn_qu
         return len(frames)
 
     peer.receive([b"1", b"2", b"3"], 0.0)
-    peer.watch._handle_frames = handle_and_lose  # the next turn's message loses the connection
+    peer.watch._handle_frames = handle_and_lose  # the next turn's (last) message loses the connection
     one_turn(clock)  # raised IndexError (pop from an empty deque) before
-    assert [f for f, _ in peer.handled] == [[b"1"], [b"2"]]
+    assert [f for f, _ in peer.handled] == [[b"1", b"2"], [b"3"]]
     assert guard.buffered_total == 0 and guard.connections == 0 and not clock.getDelayedCalls()
 
 
