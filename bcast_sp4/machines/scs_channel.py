@@ -37,7 +37,8 @@ SCS channel (per connection; TSD ``ECMGClient``, BS ``dvb_ecmg_test``)::
   *               codec error / wrong-direction msg   channel_error with the codec's code /    (same)
                                                       0x0001, logged
   *               connection_lost                     streams down; timers cancelled            DISCONNECTED
-  CH_OPEN         close (shutdown)                    stream_close_request per open stream;     CLOSING
+  CH_OPEN         close (shutdown)                    stream_close_request per open (or still   CLOSING
+                                                      setting-up) stream;
                                                       arm close timer (close_timeout); none
                                                       open: channel_close, close TCP            (DISCONNECTED)
   CLOSING         stream_close_response / stream_     that stream closed; the last one:         DISCONNECTED
@@ -262,7 +263,10 @@ class SCSChannel:
                 out.append(Close("shutdown", "info"))
             self.state = SCSChannelState.DISCONNECTED
             return out
-        closing = [s for s in self.streams.values() if s.state in (SCSStreamState.ST_OPEN, SCSStreamState.ST_CLOSING)]
+        # a stream whose stream_setup is still unanswered is closed too: the ECMG handles messages
+        # in order, so it sets the stream up, then closes it (or answers an error for both)
+        closing = [s for s in self.streams.values()
+                   if s.state in (SCSStreamState.ST_OPEN, SCSStreamState.ST_CLOSING, SCSStreamState.WAIT_ST_STATUS)]
         for stream in self.streams.values():
             out += self._stream_down(stream, "shutdown")
             if stream not in closing:
@@ -542,6 +546,8 @@ class SCSChannel:
 
     def _stream_status(self, msg: m.StreamStatus, now: float) -> list:
         stream = self._stream_for(msg)
+        if stream is not None and self.state is SCSChannelState.CLOSING and stream.state is SCSStreamState.ST_CLOSING:
+            return []  # the answer to a stream_setup sent before the close; its stream_close_request follows it
         if stream is None or self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("unexpected_stream_status", "warn", stream_id=msg.ECM_stream_id)]
         if stream.state is SCSStreamState.WAIT_ST_STATUS:
