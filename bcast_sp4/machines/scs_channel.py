@@ -87,9 +87,8 @@ from ..wire import ecmg_scs as m
 from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
 from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
 from ..wire.errors import Interface, error_name
-from ..wire.params import ECMG_SCS_PARAMS
+from ..wire.params import ECMG_SCS_PARAMS, describe_flag, describe_flags
 from .channel import error_information, internal_error
-from .mux.classic import describe_flag, describe_flags
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 from .scs_records import (
     ChannelSpec,
