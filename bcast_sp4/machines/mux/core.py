@@ -519,7 +519,9 @@ class MuxCore:
         """The usual UDP shape, already taken apart: :meth:`.udp.UdpIngress.receive_udp_fast`."""
         return self.udp.receive_udp_fast(version, client_id, data_id, datagram, now, source)
 
-    def receive_udp_batch(self, items: list[tuple[int, int, int, bytes]], now: float) -> tuple[list[Output], int]:
+    def receive_udp_batch(
+        self, items: list[tuple[int, int, int, bytes, str | None]], now: float
+    ) -> tuple[list[Output], int]:
         """Many usual UDP datagrams in one call: :meth:`.udp.UdpIngress.receive_udp_batch`."""
         return self.udp.receive_udp_batch(items, now)
 
