@@ -86,7 +86,7 @@ from ..wire import ecmg_scs as m
 from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
 from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
 from ..wire.params import describe_flag, describe_flags
-from .channel import error_information, internal_error
+from .channel import ecmg_scs_channel_error, ecmg_scs_stream_error, internal_error
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
 from .scs_channel_states import (
     CHANNEL_TIMERS,
@@ -231,13 +231,14 @@ class SCSChannel:
         if isinstance(item, PeerProtocolError):
             channel = item.channel_id if item.channel_id is not None else self.spec.ECM_channel_id
             return [
-                Send(self._make_channel_error(channel, item.error_status, item.error_information)),
+                Send(ecmg_scs_channel_error(self.version, channel, item.error_status, item.error_information)),
                 self._notify("decode_error", "warn", error_status=item.error_status, detail=item.detail),
             ]
         handler = self._handlers.get(type(item))
         if handler is None:  # a message only an SCS sends
+            channel = getattr(item, "ECM_channel_id", self.spec.ECM_channel_id)
             return [
-                Send(self._make_channel_error(getattr(item, "ECM_channel_id", self.spec.ECM_channel_id), INVALID_MESSAGE, 1)),
+                Send(ecmg_scs_channel_error(self.version, channel, INVALID_MESSAGE, 1)),
                 self._notify("wrong_direction", "warn", message_type=item.NAME),
             ]
         return handler(item, now)
@@ -364,19 +365,10 @@ class SCSChannel:
         channel_id = self.spec.ECM_channel_id if channel_id is None else channel_id
         stream_id = getattr(item, "ECM_stream_id", None)
         if stream_id is None:
-            reply = self._make_channel_error(channel_id, ErrorStatus.UNKNOWN_ERROR)
+            reply = ecmg_scs_channel_error(self.version, channel_id, ErrorStatus.UNKNOWN_ERROR)
         else:
-            reply = m.StreamError(protocol_version=self.version, ECM_channel_id=channel_id & 0xFFFF,
-                                  ECM_stream_id=stream_id, error_status=(ErrorStatus.UNKNOWN_ERROR,))
+            reply = ecmg_scs_stream_error(self.version, channel_id, stream_id, ErrorStatus.UNKNOWN_ERROR)
         return [Send(reply), internal_error(name, exc, channel=self.name, stream_id=stream_id)]
-
-    def _make_channel_error(self, channel_id: int, code: int, info: int | None = None) -> m.ChannelError:
-        return m.ChannelError(
-            protocol_version=self.version,
-            ECM_channel_id=channel_id & 0xFFFF,
-            error_status=(code,),
-            error_information=error_information(info),
-        )
 
     def _channel_error_received(self, codes: tuple[int, ...], now: float, info: tuple[bytes, ...] = ()) -> list:
         if self.state is SCSChannelState.WAIT_CH_STATUS:
@@ -407,7 +399,7 @@ class SCSChannel:
     def _channel_test(self, msg: m.ChannelTest, now: float) -> list:
         if self.state in (SCSChannelState.CH_OPEN, SCSChannelState.CLOSING) and msg.ECM_channel_id == self.spec.ECM_channel_id and self.status:
             return [Send(self.status)]
-        return [Send(self._make_channel_error(msg.ECM_channel_id, UNKNOWN_CHANNEL)),
+        return [Send(ecmg_scs_channel_error(self.version, msg.ECM_channel_id, UNKNOWN_CHANNEL)),
                 self._notify("channel_test_unknown_channel", "warn", ecm_channel_id=msg.ECM_channel_id)]
 
     # -- stream messages -----------------------------------------------------------------------
@@ -500,8 +492,7 @@ class SCSChannel:
         stream = self._stream_for(msg)
         if stream is not None and stream.state is SCSStreamState.ST_OPEN and stream.last_status is not None:
             return [Send(stream.last_status)]
-        return [Send(m.StreamError(protocol_version=self.version, ECM_channel_id=msg.ECM_channel_id,
-                                   ECM_stream_id=msg.ECM_stream_id, error_status=(UNKNOWN_STREAM,))),
+        return [Send(ecmg_scs_stream_error(self.version, msg.ECM_channel_id, msg.ECM_stream_id, UNKNOWN_STREAM)),
                 self._notify("stream_test_unknown_stream", "warn", stream_id=msg.ECM_stream_id)]
 
     def _channel_error_message(self, msg: m.ChannelError, now: float) -> list:
