@@ -43,8 +43,9 @@ State table (``*`` = any state; "own" = the channel this connection set up)::
 
 Decisions where the sources differ (digest §9): a stream-level message naming an unknown channel
 is answered with stream_error 0x0006 (TSDuck), so the SCS can match it to the stream; every error
-reply counts as an invalid message, and ``max_invalid_messages`` of them in a row close the
-connection (TSDuck closes after 3); any valid message resets the count.
+reply counts as an invalid message (but 0x000D: that is the ECMG's own lateness, not the peer's
+fault), and ``max_invalid_messages`` of them in a row close the connection (TSDuck closes after
+3); any valid message resets the count.
 """
 
 from __future__ import annotations
@@ -347,12 +348,13 @@ class ECMGConnection(ServerChannel):
             reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
             return self._invalid(reply, "no_access_criteria")
         if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
-            return self._invalid(
-                self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES),
-                "deadline_missed",
-                cp_number=msg.CP_number,
-                waited_ms=round((now - received_at) * 1000.0, 1),
-            )
+            # Our lateness, not the peer's fault: answered and logged, but not counted as an invalid
+            # message (an overloaded ECMG must not close the SCS's channel for it).
+            self.invalid_in_a_row = 0
+            reply = self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES)
+            return [Send(reply), Notify("deadline_missed", {**self._reply_fields(reply), "error_status": reply.error_status[0],
+                                                            "cp_number": msg.CP_number,
+                                                            "waited_ms": round((now - received_at) * 1000.0, 1)}, "warn")]
         request = _new_request(  # the NamedTuple's fields in order, without its __new__ frame
             ECMRequest,
             (

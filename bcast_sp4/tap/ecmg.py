@@ -18,7 +18,7 @@ from ..ops.startup import FailFast, ListeningService, build_or_fail
 from ..roles.gc_tuning import freeze_long_lived
 from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
-from .tls import server_endpoint
+from .tls import check_override, server_endpoint
 
 log = Logger()
 
@@ -43,6 +43,7 @@ class Options(RoleOptions):
         settings = self.load(load_ecmg_settings)
         self["key_store"] = self.checked(load_keyfile, settings.key_file)
         if self["endpoint"]:
+            check_override("endpoint", self["endpoint"], settings.tls)
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         self["settings"] = settings
 

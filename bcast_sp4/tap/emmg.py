@@ -16,7 +16,7 @@ from ..ops.startup import FailFast, build_or_fail
 from ..roles.emmg_client import EMMGService
 from ..roles.guard import ConnectionGuard
 from ._options import RoleOptions
-from .tls import client_endpoint
+from .tls import check_override, client_endpoint
 
 log = Logger()
 
@@ -41,6 +41,7 @@ class Options(RoleOptions):
     def postOptions(self) -> None:
         settings = self.load(load_emmg_settings)
         if self["connect"]:
+            check_override("connect", self["connect"], settings.tls)
             settings = attrs.evolve(settings, connect=self["connect"])
         if self["transport"]:
             if self["transport"] not in ("tcp", "udp"):

@@ -191,7 +191,17 @@ def test_v1_with_data_id_is_accepted_when_v1_is_enabled():
                                data_type=0), tolerate=tolerate)
     outputs = conn.receive(setup_msg, 0.0)
     status = one(outputs, m.StreamStatus)
-    assert status.protocol_version == 1 and status.data_id is None  # answered in strict v1
+    # the deviation mirrored: a v1 stream_status with data_id (TSDuck's v1 EMMG requires it)
+    assert isinstance(status, classic.StreamStatusEchoingDataId) and status.data_id == TS_ID
+    frame = status.encode()
+    assert frame[0] == 1
+    with pytest.raises(wire.UnknownParameterType):
+        wire.decode(frame)
+    echoed = wire.decode(frame, tolerate=tolerate)
+    assert (echoed.protocol_version, echoed.data_id, echoed.data_stream_id) == (1, TS_ID, 1)
+    # a stream_test is answered the same way
+    test = conn.receive(m.StreamTest(protocol_version=1, client_id=CLASSIC, data_channel_id=1, data_stream_id=1), 0.0)
+    assert one(test, m.StreamStatus).encode() == frame
     assert notices(outputs, "deviation_tolerated")[0].fields["deviation"] == "v1-data_id"
     packet = ts_packets(2)
     provision = wire.decode(v1(m.DataProvision, client_id=CLASSIC, data_channel_id=1, data_stream_id=1, data_id=TS_ID,

@@ -352,3 +352,48 @@ def test_gc_tuning_runs_on_the_injected_clock_not_the_global_reactor(gc_state):
     assert not clock.getDelayedCalls() and runner.young_collector is None
     clock.advance(1.0)
     assert collector.passes == 3
+
+
+def _streams_open(protocol, transport):
+    replies(transport)
+    protocol.dataReceived(status().encode())
+    replies(transport)
+    protocol.dataReceived(m.StreamStatus(ECM_channel_id=1, ECM_stream_id=1, ECM_id=5,
+                                         access_criteria_transfer_mode=False).encode())
+    replies(transport)
+
+
+def test_stop_closes_the_stream_waits_for_its_response_then_channel_close_then_tcp():
+    clock, runner, protocol, transport, _sink, _ = connected_runner()
+    _streams_open(protocol, transport)
+    stopped = runner.stopService()
+    (request,) = replies(transport)
+    assert isinstance(request, m.StreamCloseRequest) and not transport.disconnecting
+    clock.advance(1.0)
+    assert replies(transport) == [] and not stopped.called  # still waiting for the ECMG
+    protocol.dataReceived(m.StreamCloseResponse(ECM_channel_id=1, ECM_stream_id=1).encode())
+    (close,) = replies(transport)
+    assert isinstance(close, m.ChannelClose) and transport.disconnecting
+    assert not stopped.called  # until the connection is gone
+    protocol.connectionLost(None)
+    assert stopped.called and not runner.timers and not runner.running
+
+
+def test_stop_close_timeout_bounds_the_wait_then_closes_in_order():
+    clock, runner, protocol, transport, _sink, _ = connected_runner()
+    _streams_open(protocol, transport)
+    stopped = runner.stopService()
+    replies(transport)
+    clock.advance(runner.core.timing.close_timeout + 0.01)  # the ECMG never answers
+    (close,) = replies(transport)
+    assert isinstance(close, m.ChannelClose) and transport.disconnecting
+    protocol.connectionLost(None)
+    assert stopped.called
+
+
+def test_stop_when_the_connection_never_goes_is_bounded_too():
+    clock, runner, protocol, transport, _sink, _ = connected_runner()
+    _streams_open(protocol, transport)
+    stopped = runner.stopService()
+    clock.advance(runner.core.timing.close_timeout + 1.01)  # channel_close sent, the TCP close never completes
+    assert stopped.called and not runner.running

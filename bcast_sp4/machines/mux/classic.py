@@ -16,12 +16,22 @@ as ``bad_format`` and answered with stream_error 0x000D naming ``datagram``, the
   the datagram's end;
 * 0x02 (a data route of a client that also allows 0x02): nothing, the bytes are opaque.
 
+v1 EMMGs that send data_id anyway (``wire.Deviation.V1_DATA_ID``, accepted when ``versions``
+lists 1): such a peer also expects data_id back in stream_status -- TSDuck validates every version
+against its v2 table, so a v1 stream_status without data_id is "missing mandatory parameter" to it
+(digest ``simulcrypt.md`` §2.1). A stream set up that way is answered with
+:class:`StreamStatusEchoingDataId`: version byte 1, parameters as in v2. A v1 stream_setup without
+data_id gets strict v1 (and is refused: nothing to route by).
+
 Pure: no I/O. The connection (:mod:`.connection`) calls :func:`route_fits` at stream_setup and
 :func:`describe_flag` in its refusals; the core (:mod:`.core`) calls :func:`screen` in ``ingest``.
 """
 
 from __future__ import annotations
 
+import attrs
+
+from ...wire import emmg_mux as m
 from ...wire.params import SectionTSpktFlag
 from .config import RouteKind
 
@@ -29,6 +39,7 @@ TS_PACKET_SIZE = 188
 SYNC_BYTE = 0x47
 #: ISO/IEC 13818-1: a private section's section_length is at most 4093 (4096-byte section)
 MAX_SECTION_LENGTH = 4093
+_SYNC = bytes([SYNC_BYTE])
 
 _FLAG_NAMES = {
     SectionTSpktFlag.SECTIONS: "sections",
@@ -59,6 +70,8 @@ def format_fault(flag: int, datagram: bytes) -> str | None:
     if flag == SectionTSpktFlag.TS_PACKETS:
         if size % TS_PACKET_SIZE:
             return f"{size} bytes is not a whole number of {TS_PACKET_SIZE}-byte TS packets"
+        if datagram[::TS_PACKET_SIZE] == _SYNC * (size // TS_PACKET_SIZE):  # every sync byte, at C speed
+            return None
         for offset in range(0, size, TS_PACKET_SIZE):
             if datagram[offset] != SYNC_BYTE:
                 return f"TS packet {offset // TS_PACKET_SIZE} starts with {datagram[offset]:#04x}, not sync byte 0x47"
@@ -84,6 +97,9 @@ def screen(flag: int, datagrams: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], 
     """Split one data_provision's datagrams: ``(the whole ones, how many failed, the first fault)``."""
     if flag == SectionTSpktFlag.BCAST:
         return datagrams, 0, None
+    if len(datagrams) == 1:  # the usual shape: no list to build
+        fault = format_fault(flag, datagrams[0])
+        return (datagrams, 0, None) if fault is None else ((), 1, fault)
     good: list[bytes] = []
     first: str | None = None
     for datagram in datagrams:
@@ -95,7 +111,20 @@ def screen(flag: int, datagrams: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], 
     return tuple(good), len(datagrams) - len(good), first
 
 
+class StreamStatusEchoingDataId(m.StreamStatus):
+    """A v1 stream_status carrying data_id, mirroring the v1 stream_setup with data_id it answers."""
+
+    __slots__ = ()
+
+    def encode(self) -> bytes:
+        """Version byte 1, the v2 parameter layout (data_id included)."""
+        fields = attrs.asdict(self, recurse=False)
+        fields["protocol_version"] = 2
+        return b"\x01" + m.StreamStatus(**fields).encode()[1:]
+
+
 __all__ = [
+    "StreamStatusEchoingDataId",
     "MAX_SECTION_LENGTH",
     "SYNC_BYTE",
     "TS_PACKET_SIZE",

@@ -51,8 +51,8 @@ Per-connection state table (``own`` = the channel this connection set up; ``Send
 Decisions where the sources are silent or differ: one data channel per TCP connection (all
 examined implementations, [UNCONFIRMED] as a rule); v1, when enabled, is taken with the known
 deviation of a data_id in stream_setup / data_provision (the adapter decodes with
-``Deviation.V1_DATA_ID`` tolerated; each tolerated stream_setup is noted) and answered in strict v1
-(stream_status without data_id); a client_id may hold ``max_channels``
+``Deviation.V1_DATA_ID`` tolerated; each tolerated stream_setup is noted, and its stream_status
+echoes data_id as the deviating peer expects, :mod:`.classic`); a client_id may hold ``max_channels``
 channels at once (default 1: its second channel is "client_id in use"; an SCS and an LTKM
 generator sharing one BSM id need 2); a stream-level message naming an unknown channel is
 answered with stream_error 0x0006 (TSDuck); error replies count as invalid messages and
@@ -111,6 +111,8 @@ class MuxConnection(ServerChannel):
         self.streams: dict[int, MuxStream] = {}
         #: the open channel's section_TSpkt_flag (0x02 unless the client allows classic data)
         self.section_TSpkt_flag: int = SectionTSpktFlag.BCAST
+        #: v1 streams set up with data_id (the tolerated deviation): their stream_status echoes it
+        self.echo_data_id: set[int] = set()
 
     @property
     def client_id(self) -> int | None:
@@ -227,6 +229,7 @@ class MuxConnection(ServerChannel):
         self.state = ServerChannelState.NO_CHANNEL
         self.client = self.channel_id = self.version = None
         self.section_TSpkt_flag = SectionTSpktFlag.BCAST
+        self.echo_data_id.clear()
         return outputs
 
     # -- stream messages ---------------------------------------------------------------------
@@ -269,6 +272,8 @@ class MuxConnection(ServerChannel):
         self.streams[stream.stream_id] = stream
         noted = [Notify("deviation_tolerated", {"deviation": d.value, "stream_id": stream.stream_id}, "warn")
                  for d in msg.deviations]
+        if msg.deviations:
+            self.echo_data_id.add(stream.stream_id)
         return self._ok(
             *noted,
             Send(self._stream_status(stream)),
@@ -286,6 +291,11 @@ class MuxConnection(ServerChannel):
         )
 
     def _stream_status(self, stream: MuxStream) -> m.StreamStatus:
+        if self.version == 1 and stream.stream_id in self.echo_data_id:
+            return classic.StreamStatusEchoingDataId(
+                protocol_version=1, client_id=self.client_id, data_channel_id=self.channel_id,
+                data_stream_id=stream.stream_id, data_id=stream.data_id, data_type=stream.data_type,
+            )
         return m.StreamStatus(
             protocol_version=self.version,
             client_id=self.client_id,
@@ -300,6 +310,7 @@ class MuxConnection(ServerChannel):
         if refused:
             return refused
         del self.streams[stream.stream_id]
+        self.echo_data_id.discard(stream.stream_id)
         outputs = self.core.close_stream(stream, now, "stream_close_request")
         return self._ok(
             Send(
