@@ -297,14 +297,15 @@ class ECMGConnection(ServerChannel):
     def cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None = None) -> bytes | list[Output]:
         """The per-STKM hot path for the adapter: :meth:`receive` of a CW_provision, except that
         the ECM_response comes back already encoded (``bytes``, to write as it is) instead of as
-        ``[Send(ECMResponse)]``; every other outcome is the same list of outputs."""
+        ``[Send(ECMResponse)]``; every other outcome is the same list of outputs (an exception
+        too: stream_error 0x7000, as :meth:`receive` answers it)."""
         version = self.version
         if version is not None and msg.protocol_version != version:
             return self.receive(msg, now, received_at)
         self._now = now
         try:
             done = self._provision(msg, now, received_at)
-        except Exception as exc:  # as receive() does: our bug or the ECM source's, answered 0x7000
+        except Exception as exc:  # the ECM source's bug or ours: answered, the channel stays
             return self._internal_error(msg, exc)
         if type(done) is not tuple:
             return done
