@@ -15,6 +15,7 @@ from ..machines.mux import MuxCore
 from ..roles.guard import ConnectionGuard
 from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
 from ..roles.mux_server import MuxServer
+from ..roles.udp_batch import listen_udp_batch
 from ._options import RoleOptions
 from .tls import check_override, server_endpoint
 
@@ -57,6 +58,17 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
+class _BatchUDPListening(UDPListeningService):
+    """The MUX's UDP port: every datagram of a reactor wake-up handed over in one batch
+    (:func:`~bcast_sp4.roles.udp_batch.listen_udp_batch`), with the start-up checks of its base."""
+
+    def _getPort(self):
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return listen_udp_batch(reactor, *self.args, **self.kwargs)
+
+
 def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
 
@@ -77,8 +89,8 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
     if settings.udp is not None:
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
-        udp = UDPListeningService(port, server.udp_protocol, interface=interface, reactor=reactor,
-                                  max_packet_size=UDP_READ_SIZE)
+        udp = _BatchUDPListening(port, server.udp_protocol, interface=interface, reactor=reactor,
+                                 max_packet_size=UDP_READ_SIZE)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp

@@ -4,6 +4,8 @@ renders status.json, and a hostile value from the network stays text."""
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -40,8 +42,10 @@ class StatusPageInChromium(TestCase):
         self.addCleanup(service.stopService)
         await service._waitingForPort
         url = f"http://127.0.0.1:{service.port.getHost().port}/"
-        args = argv(url, self.mktemp())
-        out, err, code = await getProcessOutputAndValue(args[0], args[1:], env={"HOME": self.mktemp()})
+        scratch = tempfile.mkdtemp(prefix="bcast-sp4-chromium-")  # profile and HOME: outside the checkout
+        self.addCleanup(shutil.rmtree, scratch, True)
+        args = argv(url, f"{scratch}/profile")
+        out, err, code = await getProcessOutputAndValue(args[0], args[1:], env={"HOME": f"{scratch}/home"})
         dom = out.decode()
         self.assertEqual(code, 0, err.decode()[-2000:])
         self.assertIn("bcast-test status", dom)  # the title set by the script from status.json

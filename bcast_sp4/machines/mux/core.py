@@ -699,13 +699,14 @@ class MuxCore:
             return self.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
 
     def receive_udp_batch(
-        self, items: list[tuple[int, int, int, bytes]], now: float
+        self, items: list[tuple[int, int, int, bytes, str | None]], now: float
     ) -> tuple[list[Output], int]:
         """:meth:`receive_udp_fast` for many usual UDP datagrams in arrival order, in one call.
 
-        *items* are ``(version, client_id, data_id, datagram)`` as the adapter took them apart.
-        Takes items from the first on and stops at the first one :meth:`receive_udp_fast` would
-        not take (no live stream of that version for it). Returns the outputs for the items taken
+        *items* are ``(version, client_id, data_id, datagram, source)`` as the adapter took them
+        apart (``source``: the sender's host, ``None`` = not checked). Takes items from the first
+        on and stops at the first one :meth:`receive_udp_fast` would not take (no live stream of
+        that version for it, or a source the client's UDP may not come from). Returns the outputs for the items taken
         and how many it took; the caller decodes the one it stopped at in full (then
         :meth:`receive_udp`) and hands the rest back. Same counters, queues and outputs as one
         :meth:`receive_udp_fast` per item, except that with ``unthrottled`` the datagrams of a
@@ -717,13 +718,16 @@ class MuxCore:
         fast = self.config.unthrottled
         limit = self.config.max_datagram_size
         stkm = RouteKind.STKM
+        allowed = self.udp_sources.allowed
         taken = 0
-        for version, client_id, data_id, datagram in items:
+        for version, client_id, data_id, datagram, source in items:
             route = routes.get((client_id, data_id))
             if route is None:
                 break
             stream = route.stream
             if stream is None or version != stream.connection.version:
+                break
+            if source is not None and not allowed(client_id, source):
                 break
             taken += 1
             if fast and len(datagram) <= limit and route.config.kind is not stkm:
@@ -737,7 +741,11 @@ class MuxCore:
                 outputs += self._emit_pending(pending)
                 pending = {}
             self.counters["udp_messages"] += 1
-            outputs += self.ingest(stream, (datagram,), now, tcp=False)
+            try:
+                outputs += self.ingest(stream, (datagram,), now, tcp=False)
+            except Exception as exc:  # as receive_udp_fast: counted, dropped, logged; the batch goes on
+                self.counters["internal_errors"] += 1
+                outputs += self.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
         if pending:
             outputs += self._emit_pending(pending)
         return outputs, taken
