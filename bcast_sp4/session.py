@@ -194,12 +194,9 @@ class SessionManager:
         """
         pending = dict(waits)
         results: dict[str, Any] = {}
-        done: Deferred = Deferred()
         finished: list[bool] = []
 
-        def finish(outcome: Any) -> None:
-            if finished:
-                return
+        def release() -> None:
             finished.append(True)
             if deadline.active():
                 deadline.cancel()
@@ -207,7 +204,14 @@ class SessionManager:
             pending.clear()
             for d in rest:
                 d.cancel()
+
+        def finish(outcome: Any) -> None:
+            if finished:
+                return
+            release()
             done.callback(outcome) if not isinstance(outcome, Failure) else done.errback(outcome)
+
+        done: Deferred = Deferred(lambda _d: None if finished else release())
 
         def expire() -> None:
             missing = list(pending)

@@ -90,6 +90,7 @@ def write_config(directory: Path, throughput_streams: int, paced_streams: int) -
 endpoint = "tcp:0:interface=127.0.0.1"
 key_file = "keys.toml"
 max_streams = {throughput_streams + paced_streams + 10}
+max_invalid_messages = 0
 [channel]
 max_comp_time = 1000
 min_CP_duration = 1
@@ -193,6 +194,7 @@ class Connection:
         self.sent: dict[tuple[int, int], float] = {}
         self.outbox = bytearray()
         self.pending: list[bytes] = []
+        self.errors: dict[int, int] = {}  # error_status -> stream_errors received
         self._blocking_request(m.ChannelSetup(ECM_channel_id=channel_id, Super_CAS_id=scid))
         for index, stream_id in enumerate(streams):
             self.sock.sendall(m.StreamSetup(ECM_channel_id=channel_id, ECM_stream_id=stream_id,
@@ -246,6 +248,19 @@ class Connection:
             if baseline:
                 _stream_id, _cp = next(iter(self.sent))
                 sent_at = self.sent.pop((_stream_id, _cp))
+            elif frame[1:3] == b"\x01\x06":
+                # stream_error (a machine this loaded can miss max_comp_time: 0x000D): counted, and
+                # the stream's oldest outstanding request is answered (the ECMG never closes here:
+                # max_invalid_messages = 0)
+                error = wire.decode(frame)
+                if not isinstance(error, m.StreamError):
+                    raise SystemExit(f"unexpected reply {error}")
+                self.errors[error.error_status[0]] = self.errors.get(error.error_status[0], 0) + 1
+                oldest = next((key for key in self.sent if key[0] == error.ECM_stream_id), None)
+                if oldest is None:
+                    raise SystemExit(f"unexpected reply {error}")
+                self.sent.pop(oldest)
+                continue
             else:
                 # ECM_response: channel(6) stream(6) CP_number(6) ... in our encoder's order
                 if frame[1:3] != b"\x02\x02":
@@ -354,8 +369,14 @@ def paced(port: int, pid: int, streams: int, period: float, seconds: float, base
             conn.sock.close()
         else:
             conn.close_streams()
+    errors: dict[int, int] = {}
+    for conn in conns:
+        for code, n in conn.errors.items():
+            errors[code] = errors.get(code, 0) + n
     return {
         "replies": len(latencies),
+        "errors": sum(errors.values()),
+        "error_codes": errors,
         "cpu_us": cpu / max(len(latencies), 1) * 1e6,
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
@@ -621,7 +642,9 @@ def run_paced(args, modes: list[str], ecmgs: list[Subject], bare_port: int, bare
             results[mode, which].append(row)
             name = "baseline" if baseline else mode + (f" [{which}]" if len(ecmgs) > 1 else "")
             crypto = f", crypto {row['crypto_us']:.1f} µs/STKM" if not baseline else ""
-            print(f"  run {run + 1} {name:<14}: {row['replies']} replies, {row['cpu_us']:.1f} µs CPU/reply{crypto}, "
+            errors = (f", {row['errors']} stream_errors {dict((f'{c:#06x}', n) for c, n in row['error_codes'].items())}"
+                      if row["errors"] else "")
+            print(f"  run {run + 1} {name:<14}: {row['replies']} replies{errors}, {row['cpu_us']:.1f} µs CPU/reply{crypto}, "
                   f"p50 {row['p50']:.2f} ms, p99 {row['p99']:.2f} ms, max {row['max']:.2f} ms", flush=True)
 
     def med(turn: tuple, field: str) -> float:

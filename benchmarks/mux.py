@@ -122,6 +122,7 @@ def build_mux(mode: str, reactor):
     from twisted.internet.protocol import DatagramProtocol
 
     from bcast_sp4.roles.mux_server import MuxServer
+    from bcast_sp4.roles.udp_batch import listen_udp_batch
 
     got: list[tuple[float, int]] = []
 
@@ -152,7 +153,8 @@ def build_mux(mode: str, reactor):
     server = MuxServer(core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH)
     server.play_out.startService()
     tcp = reactor.listenTCP(0, server.factory, interface="127.0.0.1")
-    udp = reactor.listenUDP(0, server.udp_protocol, interface="127.0.0.1", maxPacketSize=UDP_MAX_PACKET)
+    # as twistd bcast-mux listens: every datagram of a wake-up in one batch (roles/udp_batch.py)
+    udp = listen_udp_batch(reactor, 0, server.udp_protocol, interface="127.0.0.1", maxPacketSize=UDP_MAX_PACKET)
     udp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
     c = core.counters
     counter = "udp_messages" if mode == "udp" else "data_provisions"

@@ -366,8 +366,15 @@ class Role:
 
     def problems(self) -> dict[str, int]:
         """Counts of tracebacks, internal errors and unhandled errors in the log so far (streamed)."""
-        counts = {"traceback": 0, "internal_error": 0, "unhandled": 0, "lines": 0}
-        with open(self.log_path, "rb") as f:
+        counts = {"traceback": 0, "internal_error": 0, "unhandled": 0, "key_bytes": 0, "lines": 0}
+        rotated = sorted(self.log_path.parent.glob(self.log_path.name + ".*"))  # twistd rotates at 1 MB
+        for path in [*rotated, self.log_path]:
+            counts = self._scan(path, counts)
+        return counts
+
+    @staticmethod
+    def _scan(path: Path, counts: dict[str, int]) -> dict[str, int]:
+        with open(path, "rb") as f:
             for line in f:
                 counts["lines"] += 1
                 if b"Traceback" in line:
@@ -376,6 +383,8 @@ class Role:
                     counts["internal_error"] += 1
                 if b"Unhandled" in line or b"unhandled error" in line:
                     counts["unhandled"] += 1
+                if any(secret in line for secret in SECRETS):
+                    counts["key_bytes"] += 1
         return counts
 
     def kill9(self) -> None:
@@ -679,6 +688,11 @@ authentication_key = "101112131415161718191a1b1c1d1e1f20212223"
 """
 
 
+#: the harness's key bytes as they could appear in a log line (hex either case)
+SECRETS = tuple(h.encode() for k in ("000102030405060708090a0b0c0d0e0f", "101112131415161718191a1b1c1d1e1f20212223")
+                for h in (k, k.upper()))
+
+
 def write_keys(directory: Path, ecm_ids: Iterable[int], scids=(DRM,)) -> None:
     path = directory / "keys.toml"
     path.write_text(KEYS + "".join(f'[[streams]]\nsuper_cas_id = {s:#010x}\necm_id = {e}\nkeys = ["sek"]\n'
@@ -808,7 +822,7 @@ def report(label: str, r: dict) -> None:
           f"answered with the spec's error_status", flush=True)
     print(f"   crashes: {0 if r['alive'] else 1}; unhandled: 0x7000 replies {t.internal}, log tracebacks "
           f"{r['log']['traceback']}, internal_error lines {r['log']['internal_error']}, unhandled lines "
-          f"{r['log']['unhandled']}; log lines {r['log']['lines']:,}")
+          f"{r['log']['unhandled']}; log lines {r['log']['lines']:,} (with key bytes: {r['log']['key_bytes']})")
     print(f"   replies as the spec tables say: {t.ok:,} of {t.judged:,} judged; wrong replies {t.wrong}; "
           f"unanswered {t.unanswered}; "
           f"not judged (connection closed by the server) {t.closed_unjudged}, reconnects {t.reconnects}")
@@ -1179,12 +1193,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--n", type=int, default=100_000, help="mutated messages per interface")
     parser.add_argument("--flood", type=int, default=2000, help="connections per flood (0: none)")
+    parser.add_argument("--flood-hold", type=float, default=35.0,
+                        help="s a flood is held before counting what the server closed (its no-channel timeout is 30 s)")
     parser.add_argument("--only", choices=("ecmg", "mux", "kill"), action="append", help="run only these parts")
     parser.add_argument("--quick", action="store_true", help="a short run: 3,000 messages, 200-connection floods")
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.flood = 3000, 200
+        args.n, args.flood, args.flood_hold = 3000, 200, 5.0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.flood + 1024)), hard))
     parts = args.only or ["ecmg", "mux", "kill"]
@@ -1195,10 +1211,10 @@ def main(argv: list[str] | None = None) -> int:
               f"work in {work}", flush=True)
         if "ecmg" in parts:
             (work / "ecmg").mkdir()
-            run_ecmg(args.n, work / "ecmg", rng, args.flood)
+            run_ecmg(args.n, work / "ecmg", rng, args.flood, hold_s=args.flood_hold)
         if "mux" in parts:
             (work / "mux").mkdir()
-            run_mux(args.n, work / "mux", rng, args.flood)
+            run_mux(args.n, work / "mux", rng, args.flood, hold_s=args.flood_hold)
         if "kill" in parts:
             run_kill(work)
     return 0

@@ -154,6 +154,7 @@ PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
     (".decode>", None, "message decode + framing"),
     ("bcast_sp4/wire/", None, "message decode + framing"),
     ("bcast_sp4/machines/scs_channel.py", None, "channel machine"),
+    ("bcast_sp4/machines/scs_channel_states.py", None, "channel machine"),
     ("bcast_sp4/machines/scs_scheduler.py", None, "scheduler bookkeeping (poll, periods, fetches)"),
     ("bcast_sp4/machines/scs_core.py", None, "core routing"),
     ("bcast_sp4/roles/stkm_sink.py", None, "STKM hand-over to the MUX sink"),

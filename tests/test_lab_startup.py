@@ -14,7 +14,6 @@ from twisted.python import usage
 from bcast_sp4.config import load_lab_settings
 from bcast_sp4.config.lab_ports import move_ports, ports_of
 from bcast_sp4.machines.scs_records import CP_NUMBER_MASK
-from bcast_sp4.session import NotReady
 from bcast_sp4.tap import lab as lab_tap
 
 from .integration.harness import ROOT
@@ -95,7 +94,7 @@ def test_a_stream_that_never_opens_fails_the_lab_naming_it(settings):
     assert line.startswith("lab start-up, channels and streams: not ready after 20 s: SCS stream radio ECM_id 2 on ")
     assert "," not in line.split("after 20 s: ")[1]  # only that one
     assert not run.lab.scs.runner.begun
-    run.lab.started.addErrback(lambda f: f.trap(NotReady))
+    assert run.lab.started.called and run.lab.startup_failure == line
 
 
 def test_a_server_that_never_listens_is_named(settings):
@@ -105,7 +104,7 @@ def test_a_server_that_never_listens_is_named(settings):
     assert run.status == [lab_tap.STARTUP_FAILED]
     missing = run.out.getvalue().strip().splitlines()[-1].split("after 10 s: ")[1].split(", ")
     assert missing == [f"ECMG listening on {e.endpoint}" for e in settings.ecmgs]
-    run.lab.started.addErrback(lambda f: f.trap(NotReady))
+    assert run.lab.startup_failure.startswith("lab start-up, servers: ")
 
 
 def test_no_first_stkm_fails_the_lab(settings):
@@ -115,7 +114,7 @@ def test_no_first_stkm_fails_the_lab(settings):
     run.reactor.advance(15.0)
     assert run.status == [lab_tap.STARTUP_FAILED]
     assert "lab start-up, first STKMs: not ready after 15 s: STKM(" in run.out.getvalue()
-    run.lab.started.addErrback(lambda f: f.trap(NotReady))
+    assert run.lab.startup_failure.startswith("lab start-up, first STKMs: ")
 
 
 def test_port_base_moves_every_port_together(settings):
@@ -141,3 +140,20 @@ def test_lab_options(settings):
     assert options["settings"].ecmgs[1].endpoint.startswith("tcp:30001:")
     with pytest.raises(usage.UsageError, match="--role must be one of mux, ecmg1, ecmg2, emmg, scs, terminal"):
         lab_tap.Options().parseOptions(["--config", str(LAB), "--role", "nope"])
+
+
+def test_lab_apart_refuses_a_bad_port_base_before_starting_anything(capsys):
+    from bcast_sp4.tap import lab_apart
+
+    assert lab_apart.main(["--config", str(LAB), "--port-base", "65000"]) == 78
+    assert "above 65535" in capsys.readouterr().err
+    assert lab_apart.exit_status(-15) == 0 and lab_apart.exit_status(-9) == 1 and lab_apart.exit_status(3) == 3
+
+
+def test_stopping_while_starting_up_gives_no_verdict(settings):
+    run = Started(settings, timeout=15.0)
+    run.listen()
+    run.lab.stopService()
+    run.reactor.advance(60.0)
+    assert run.status == [] and run.lab.startup_failure is None and not run.lab.scs.runner.begun
+    assert run.session.waiting("channel") == run.session.waiting("stream") == run.session.waiting("allocation") == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 import attrs
 
 from ._reader import Reader
+from .keyfile import check_private
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,9 +158,13 @@ def read_tls(root: Reader, *, server: bool) -> TLSSettings | None:
     private_key = _file(table, "private_key", certificate)
     ca = _file(table, "ca")
     server_name = None if server else table.string("server_name", None)
+    allow_readable = table.boolean("allow_readable_private_key", False)
     table.no_unknown_keys()
     if not present:
         return None
+    if private_key is not None:  # key material: as the key and subscriber files (config/keyfile.py)
+        check_private(table, "private_key" if table.has("private_key") else "certificate", private_key,
+                      allow_readable, "allow_readable_private_key")
     if server and certificate is None:
         raise table.fail("certificate", "missing: a TLS server needs its certificate")
     if not server and ca is None:

@@ -43,8 +43,9 @@ State table (``*`` = any state; "own" = the channel this connection set up)::
 
 Decisions where the sources differ (digest §9): a stream-level message naming an unknown channel
 is answered with stream_error 0x0006 (TSDuck), so the SCS can match it to the stream; every error
-reply counts as an invalid message, and ``max_invalid_messages`` of them in a row close the
-connection (TSDuck closes after 3); any valid message resets the count.
+reply counts as an invalid message (but 0x000D: that is the ECMG's own lateness, not the peer's
+fault), and ``max_invalid_messages`` of them in a row close the connection (TSDuck closes after
+3); any valid message resets the count.
 """
 
 from __future__ import annotations
@@ -296,12 +297,16 @@ class ECMGConnection(ServerChannel):
     def cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None = None) -> bytes | list[Output]:
         """The per-STKM hot path for the adapter: :meth:`receive` of a CW_provision, except that
         the ECM_response comes back already encoded (``bytes``, to write as it is) instead of as
-        ``[Send(ECMResponse)]``; every other outcome is the same list of outputs."""
+        ``[Send(ECMResponse)]``; every other outcome is the same list of outputs (an exception
+        too: stream_error 0x7000, as :meth:`receive` answers it)."""
         version = self.version
         if version is not None and msg.protocol_version != version:
             return self.receive(msg, now, received_at)
         self._now = now
-        done = self._provision(msg, now, received_at)
+        try:
+            done = self._provision(msg, now, received_at)
+        except Exception as exc:  # the ECM source's bug or ours: answered, the channel stays
+            return self._internal_error(msg, exc)
         if type(done) is not tuple:
             return done
         if 0 < len(done[1]) <= m.MAX_ECM_DATAGRAM:
@@ -347,12 +352,13 @@ class ECMGConnection(ServerChannel):
             reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
             return self._invalid(reply, "no_access_criteria")
         if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
-            return self._invalid(
-                self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES),
-                "deadline_missed",
-                cp_number=msg.CP_number,
-                waited_ms=round((now - received_at) * 1000.0, 1),
-            )
+            # Our lateness, not the peer's fault: answered and logged, but not counted as an invalid
+            # message (an overloaded ECMG must not close the SCS's channel for it).
+            self.invalid_in_a_row = 0
+            reply = self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES)
+            return [Send(reply), Notify("deadline_missed", {**self._reply_fields(reply), "error_status": reply.error_status[0],
+                                                            "cp_number": msg.CP_number,
+                                                            "waited_ms": round((now - received_at) * 1000.0, 1)}, "warn")]
         request = _new_request(  # the NamedTuple's fields in order, without its __new__ frame
             ECMRequest,
             (

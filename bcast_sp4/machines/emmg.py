@@ -60,24 +60,20 @@ TSDuck's own EMMG reads it as 0.
 
 Invalid messages from the MUX are answered (channel_error) and counted; ``max_invalid_messages``
 in a row close the connection, like the MUX and the ECMG do.
+
+Configuration, states, outputs and the set-up failure texts are in :mod:`.emmg_records` (imported
+from here as before).
 """
 
 from __future__ import annotations
 
-import enum
-from collections import deque
 from typing import Any, Callable, Hashable
-
-import attrs
 
 from ..wire import Message, PeerProtocolError
 from ..wire import emmg_mux as m
 from ..wire.errors import EMMGMUXErrorStatus as ErrorStatus
-from ..wire.message import HEADER_SIZE, MAX_MESSAGE_LENGTH
-from ..wire.errors import Interface, error_name
-from ..wire.params import EMMG_MUX_PARAMS, DataType, SectionTSpktFlag
+from ..wire.params import DataType, SectionTSpktFlag, describe_flag
 from .channel import (
-    MAX_UDP_PAYLOAD,
     MESSAGE_TYPE_OFFSET,
     PROTOCOL_VERSION_OFFSET,
     InvalidCounting,
@@ -86,124 +82,24 @@ from .channel import (
     internal_error,
     peer_error_fields,
 )
-from .mux.classic import describe_flag
+from .emmg_records import (
+    CHANNEL_OPEN,
+    DATAGRAM_TLV,
+    SETTING_UP,
+    TCP_OVERHEAD,
+    UDP_OVERHEAD,
+    Delivered,
+    EMMGConfig,
+    EMMGState,
+    EMMGStreamConfig,
+    EMMGStreamState,
+    Ready,
+    SendDatagram,
+    differences,
+    refusal_text,
+)
 from .outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from .pacing import TokenBucket, kbit_to_bytes
-
-# client_id TLV (8) + data_id TLV (6), plus data_channel_id / data_stream_id TLVs (12) on TCP
-_UDP_OVERHEAD = HEADER_SIZE + 8 + 6
-_TCP_OVERHEAD = _UDP_OVERHEAD + 12
-_DATAGRAM_TLV = 4
-
-
-@attrs.frozen(repr=False)
-class SendDatagram:
-    """Send *message* (a data_provision) as one UDP datagram to the MUX.
-
-    *tokens* is aligned with ``message.datagram`` (``None`` where an LTKM has no token): once the
-    datagram is out, they are delivered; if the send fails, hand both to :meth:`EMMGClient.requeue`.
-    """
-
-    message: Message
-    tokens: tuple[Hashable | None, ...] = ()
-
-    def __repr__(self) -> str:
-        return f"SendDatagram({self.message.NAME}, {len(self.message.datagram)} datagrams)"
-
-
-@attrs.frozen
-class Delivered:
-    """The LTKMs carrying these tokens were handed to the transport (each exactly once)."""
-
-    tokens: tuple[Hashable, ...]
-
-
-@attrs.frozen
-class Ready:
-    """Channel, streams and bandwidth are set up; data flows."""
-
-
-@attrs.frozen(kw_only=True)
-class EMMGStreamConfig:
-    """One data stream (one data_id -> one LTKM flow at the MUX)."""
-
-    data_stream_id: int
-    data_id: int
-    bandwidth: int  # kbit/s requested
-    data_type: int = DataType.EMM
-    max_queue: int = 10_000  # LTKMs waiting
-
-
-@attrs.frozen(kw_only=True)
-class EMMGConfig:
-    """The EMMG's behaviour (units as on the wire unless stated)."""
-
-    client_id: int
-    streams: tuple[EMMGStreamConfig, ...]
-    data_channel_id: int = 1
-    protocol_version: int = 3
-    udp: bool = False  # data_provision over UDP
-    response_timeout: float = 5.0  # s
-    close_timeout: float = 5.0  # s for the stream_close_responses at shutdown; channel_close follows anyway
-    udp_end_wait: float = 0.1  # s between the last UDP data and stream_close_request
-    datagrams_per_message: int = 1
-    max_message_length: int = MAX_MESSAGE_LENGTH  # TCP; UDP is capped at MAX_UDP_PAYLOAD
-    pacing_burst: float = 0.01  # s of allocation
-    max_invalid_messages: int = 3
-
-    def __attrs_post_init__(self) -> None:
-        if not self.streams:
-            raise ValueError("an EMMG needs at least one stream")
-        if len({s.data_stream_id for s in self.streams}) != len(self.streams):
-            raise ValueError("data_stream_id values must be distinct")
-        if len({s.data_id for s in self.streams}) != len(self.streams):
-            raise ValueError("data_id values must be distinct")
-        if self.protocol_version < 2:
-            raise ValueError("protocol version 1 has no data_id; use 2..5")
-        if self.datagrams_per_message < 1:
-            raise ValueError("datagrams_per_message must be >= 1")
-
-    @property
-    def message_limit(self) -> int:
-        """Largest data_provision in bytes on the configured transport."""
-        return min(self.max_message_length, MAX_UDP_PAYLOAD) if self.udp else self.max_message_length
-
-    @property
-    def max_datagram(self) -> int:
-        """Largest LTKM that fits alone in one data_provision."""
-        overhead = _UDP_OVERHEAD if self.udp else _TCP_OVERHEAD
-        return min(0xFFFF, self.message_limit - overhead - _DATAGRAM_TLV)
-
-
-class EMMGState(enum.Enum):
-    """Where the client is in its set-up, data and close sequence (see the state table)."""
-
-    DISCONNECTED = "DISCONNECTED"
-    WAIT_CHANNEL_STATUS = "WAIT_CHANNEL_STATUS"
-    WAIT_STREAM_STATUS = "WAIT_STREAM_STATUS"
-    WAIT_BW_ALLOCATION = "WAIT_BW_ALLOCATION"
-    READY = "READY"
-    DRAINING = "DRAINING"
-    CLOSING = "CLOSING"
-    CLOSED = "CLOSED"
-
-
-#: states in which the MUX knows our channel (tests are answered)
-_CHANNEL_OPEN = frozenset(
-    {EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION, EMMGState.READY, EMMGState.DRAINING, EMMGState.CLOSING}
-)
-_SETTING_UP = frozenset({EMMGState.WAIT_CHANNEL_STATUS, EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION})
-
-
-@attrs.define(eq=False)
-class _StreamState:
-    config: EMMGStreamConfig
-    queue: deque = attrs.field(factory=deque)  # (datagram, token)
-    open: bool = False  # stream_status received on this connection
-    allocation: int | None = None  # kbit/s; None until the first allocation of this connection
-    bucket: TokenBucket = attrs.field(factory=lambda: TokenBucket(rate=0.0, depth=0.0))
-    sent_datagrams: int = 0
-    sent_bytes: int = 0
 
 
 class EMMGClient(InvalidCounting):
@@ -215,8 +111,8 @@ class EMMGClient(InvalidCounting):
     def __init__(self, config: EMMGConfig) -> None:
         self.config = config
         self.state = EMMGState.DISCONNECTED
-        self.streams: dict[int, _StreamState] = {s.data_stream_id: _StreamState(s) for s in config.streams}
-        self.by_data_id: dict[int, _StreamState] = {s.config.data_id: s for s in self.streams.values()}
+        self.streams: dict[int, EMMGStreamState] = {s.data_stream_id: EMMGStreamState(s) for s in config.streams}
+        self.by_data_id: dict[int, EMMGStreamState] = {s.config.data_id: s for s in self.streams.values()}
         self._order = [s.data_stream_id for s in config.streams]
         self._step = 0  # index into _order during setup
         self._closing: set[int] = set()
@@ -330,7 +226,7 @@ class EMMGClient(InvalidCounting):
             self.state = EMMGState.CLOSED
             fields = {"state": "CLOSING", "unanswered": sorted(self._closing)}
             return [Notify("close_timeout", fields, "warn"), Send(self._channel_close()), Close("shutdown (close timeout)", "info")]
-        if key == "response" and self.state in _SETTING_UP:
+        if key == "response" and self.state in SETTING_UP:
             return [Notify("timeout", {"state": self.state.value}, "warn"), Close(f"no answer in {self.state.value}")]
         return []
 
@@ -347,7 +243,7 @@ class EMMGClient(InvalidCounting):
         if state in (EMMGState.WAIT_STREAM_STATUS, EMMGState.WAIT_BW_ALLOCATION):
             # mid-setup: the streams already set up are closed in order too
             return [CancelTimer("response")] + self._close_streams()
-        if state in _CHANNEL_OPEN:
+        if state in CHANNEL_OPEN:
             self.state = EMMGState.CLOSED
             return [CancelTimer("response"), Send(self._channel_close()), Close("shutdown", "info")]
         self.state = EMMGState.CLOSED
@@ -392,7 +288,7 @@ class EMMGClient(InvalidCounting):
             return self._on_error(item)
         if kind in (m.ChannelStatus, m.StreamStatus, m.StreamBWAllocation, m.StreamCloseResponse):
             # An answer we did not wait for (e.g. to a test we never sent): note it, no reply.
-            if self.state in _SETTING_UP:
+            if self.state in SETTING_UP:
                 return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn"),
                         Close(f"unexpected {item.NAME} in {self.state.value}")]
             return [Notify("unexpected_answer", {"message_type": item.NAME, "state": self.state.value}, "warn")]
@@ -402,7 +298,7 @@ class EMMGClient(InvalidCounting):
 
     def _on_channel_status(self, msg: m.ChannelStatus, now: float) -> list[Output]:
         config = self.config
-        faults = _differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
+        faults = differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
         if msg.section_TSpkt_flag != SectionTSpktFlag.BCAST:
             faults.append(f"MUX answered section_TSpkt_flag {describe_flag(msg.section_TSpkt_flag)}; "
                           f"BCAST {self._payload} need 0x02")
@@ -419,7 +315,7 @@ class EMMGClient(InvalidCounting):
         config = self.config
         stream = self.streams[self._order[self._step]]
         stream_config = stream.config
-        faults = _differences(msg, {
+        faults = differences(msg, {
             "client_id": config.client_id, "data_channel_id": config.data_channel_id,
             "data_stream_id": stream_config.data_stream_id, "data_id": stream_config.data_id,
             "data_type": stream_config.data_type,
@@ -446,7 +342,7 @@ class EMMGClient(InvalidCounting):
         ours = msg.client_id == config.client_id and msg.data_channel_id == config.data_channel_id
         if not ours or stream is None or not stream.open:
             if self.state is EMMGState.WAIT_BW_ALLOCATION:
-                faults = _differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
+                faults = differences(msg, {"client_id": config.client_id, "data_channel_id": config.data_channel_id})
                 why = "; ".join(faults) or f"MUX answered data_stream_id {msg.data_stream_id}, a stream not set up"
                 return self._setup_failed("allocation_mismatch", why, stream_id=msg.data_stream_id)
             return [Notify("unexpected_answer", {"message_type": msg.NAME, "stream_id": msg.data_stream_id}, "warn")]
@@ -487,7 +383,7 @@ class EMMGClient(InvalidCounting):
         config = self.config
         if msg.client_id != config.client_id:
             code = ErrorStatus.UNKNOWN_CLIENT_ID
-        elif self.state not in _CHANNEL_OPEN or msg.data_channel_id != config.data_channel_id:
+        elif self.state not in CHANNEL_OPEN or msg.data_channel_id != config.data_channel_id:
             code = ErrorStatus.UNKNOWN_DATA_CHANNEL_ID
         else:
             return None
@@ -518,8 +414,8 @@ class EMMGClient(InvalidCounting):
 
     def _on_error(self, msg: m.ChannelError | m.StreamError) -> list[Output]:
         fields = {**peer_error_fields(msg), "state": self.state.value}
-        if self.state in _SETTING_UP:
-            why = _refusal_text(msg, self.state)
+        if self.state in SETTING_UP:
+            why = refusal_text(msg, self.state)
             return [Notify("setup_refused", {**fields, "reason": why}, "warn"), Close(f"setup refused: {why}")]
         if ErrorStatus.UNRECOVERABLE_ERROR in msg.error_status:
             return [Notify("unrecoverable_error", fields, "warn"), Close("unrecoverable error from the MUX")]
@@ -533,7 +429,7 @@ class EMMGClient(InvalidCounting):
         config = self.config
         outputs: list[Output] = []
         wait = None
-        limit = config.message_limit - (_UDP_OVERHEAD if config.udp else _TCP_OVERHEAD)
+        limit = config.message_limit - (UDP_OVERHEAD if config.udp else TCP_OVERHEAD)
         per_message = config.datagrams_per_message
         for stream in self.streams.values():
             queue = stream.queue
@@ -546,13 +442,13 @@ class EMMGClient(InvalidCounting):
                 size = room = 0
                 while queue and len(datagrams) < per_message:
                     datagram, token = queue[0]
-                    if datagrams and room + len(datagram) + _DATAGRAM_TLV > limit:
+                    if datagrams and room + len(datagram) + DATAGRAM_TLV > limit:
                         break
                     queue.popleft()
                     datagrams.append(datagram)
                     tokens.append(token)
                     size += len(datagram)
-                    room += len(datagram) + _DATAGRAM_TLV
+                    room += len(datagram) + DATAGRAM_TLV
                 bucket.take(size)
                 stream.sent_datagrams += len(datagrams)
                 stream.sent_bytes += size
@@ -566,7 +462,7 @@ class EMMGClient(InvalidCounting):
         return outputs
 
     def _data_provision(
-        self, stream: _StreamState, datagrams: tuple[bytes, ...], tokens: tuple[Hashable | None, ...]
+        self, stream: EMMGStreamState, datagrams: tuple[bytes, ...], tokens: tuple[Hashable | None, ...]
     ) -> list[Output]:
         config = self.config
         if config.udp:
@@ -634,37 +530,6 @@ class EMMGClient(InvalidCounting):
                                "allocation": s.allocation}
             for s in self.streams.values()
         }
-
-
-_WAITED_FOR = {
-    EMMGState.WAIT_CHANNEL_STATUS: "channel_setup",
-    EMMGState.WAIT_STREAM_STATUS: "stream_setup",
-    EMMGState.WAIT_BW_ALLOCATION: "stream_BW_request",
-}
-_PARAM_NAMES = {p.code: name for name, p in EMMG_MUX_PARAMS.items()}
-
-
-def _differences(msg: Message, expected: dict[str, int]) -> list[str]:
-    """``"MUX answered <field> <value>; we sent <value>"`` for each field of *msg* unlike *expected*."""
-    out = []
-    for name, want in expected.items():
-        got = getattr(msg, name)
-        if got != want:
-            width = "#010x" if name == "client_id" else ""
-            out.append(f"MUX answered {name} {format(got, width) if got is not None else 'none'}; we sent {format(want, width)}")
-    return out
-
-
-def _refusal_text(msg: m.ChannelError | m.StreamError, state: EMMGState) -> str:
-    """``MUX refused channel_setup: channel_error 0x000d (invalid value ...) about section_TSpkt_flag``."""
-    codes = ", ".join(f"{c:#06x} ({error_name(Interface.EMMG_MUX, c)})" for c in msg.error_status)
-    about = ""
-    if msg.error_information and len(msg.error_information[0]) == 2:
-        code = int.from_bytes(msg.error_information[0], "big")
-        name = _PARAM_NAMES.get(code)
-        offsets = (ErrorStatus.INVALID_MESSAGE, ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, ErrorStatus.UNKNOWN_MESSAGE_TYPE)
-        about = f" about {name}" if name and msg.error_status[0] not in offsets else ""
-    return f"MUX refused {_WAITED_FOR.get(state, 'the set-up')}: {msg.NAME} {codes}{about}"
 
 
 __all__ = [

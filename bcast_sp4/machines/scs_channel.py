@@ -37,7 +37,8 @@ SCS channel (per connection; TSD ``ECMGClient``, BS ``dvb_ecmg_test``)::
   *               codec error / wrong-direction msg   channel_error with the codec's code /    (same)
                                                       0x0001, logged
   *               connection_lost                     streams down; timers cancelled            DISCONNECTED
-  CH_OPEN         close (shutdown)                    stream_close_request per open stream;     CLOSING
+  CH_OPEN         close (shutdown)                    stream_close_request per open (or still   CLOSING
+                                                      setting-up) stream;
                                                       arm close timer (close_timeout); none
                                                       open: channel_close, close TCP            (DISCONNECTED)
   CLOSING         stream_close_response / stream_     that stream closed; the last one:         DISCONNECTED
@@ -72,25 +73,39 @@ SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
 
 A stream_error names no CP_number: it is matched to the oldest outstanding CW_provision of that
 stream (an ECMG answers in order).
+
+The states, timer keys, error-code names and refusal texts are in :mod:`.scs_channel_states`
+(imported from here as before).
 """
 
 from __future__ import annotations
 
-import collections
-import enum
 from typing import Any, Callable, Iterable
-
-import attrs
 
 from ..wire import Message, PeerProtocolError
 from ..wire import ecmg_scs as m
 from ..wire.errors import BCAST_ERROR_BASE as BCAST_BASE
 from ..wire.errors import ECMGSCSErrorStatus as ErrorStatus
-from ..wire.errors import Interface, error_name
-from ..wire.params import ECMG_SCS_PARAMS
-from .channel import error_information, internal_error
-from .mux.classic import describe_flag, describe_flags
+from ..wire.params import describe_flag, describe_flags
+from .channel import ecmg_scs_channel_error, ecmg_scs_stream_error, internal_error
 from .outputs import CancelTimer, Close, Notify, Send, StartTimer
+from .scs_channel_states import (
+    CHANNEL_TIMERS,
+    CONFIGURATION_CODES,
+    INVALID_MESSAGE,
+    STREAM_ID_IN_USE,
+    STREAM_TIMERS,
+    UNKNOWN_CHANNEL,
+    UNKNOWN_STREAM,
+    UNRECOVERABLE,
+    AfterClose,
+    ChannelStream,
+    ChannelTimer,
+    ChannelTimerKind,
+    SCSChannelState,
+    SCSStreamState,
+    channel_refusal_text,
+)
 from .scs_records import (
     ChannelSpec,
     ChannelUp,
@@ -103,84 +118,6 @@ from .scs_records import (
     StreamUp,
     Timing,
 )
-
-# error_status values (TS 103 197 §5.6, digest §5.1), under the names used below
-INVALID_MESSAGE = ErrorStatus.INVALID_MESSAGE
-UNKNOWN_CHANNEL = ErrorStatus.UNKNOWN_ECM_CHANNEL_ID
-UNKNOWN_STREAM = ErrorStatus.UNKNOWN_ECM_STREAM_ID
-STREAM_ID_IN_USE = ErrorStatus.ECM_STREAM_ID_IN_USE
-UNRECOVERABLE = ErrorStatus.UNRECOVERABLE_ERROR
-#: stream_setup refusals that point at configuration or keys rather than load (logged as errors)
-CONFIGURATION_CODES = frozenset(
-    {ErrorStatus.UNKNOWN_SUPER_CAS_ID, ErrorStatus.INVALID_VALUE, ErrorStatus.UNKNOWN_ECM_ID, ErrorStatus.ECM_ID_IN_USE}
-)
-
-
-class ChannelTimerKind(enum.Enum):
-    """The timers of one channel and its streams."""
-
-    SETUP = "setup"  # channel_setup unanswered
-    TEST = "test"  # next channel_test due
-    TEST_REPLY = "test_reply"  # channel_test unanswered
-    STREAM_SETUP = "stream_setup"  # stream_setup unanswered
-    STREAM_RETRY = "stream_retry"  # a refused stream's next stream_setup
-    STREAM_CLOSE = "stream_close"  # stream_close_request unanswered
-    CLOSE = "close"  # shutdown: stream_close_responses awaited (close_timeout)
-
-
-CHANNEL_TIMERS = (ChannelTimerKind.SETUP, ChannelTimerKind.TEST, ChannelTimerKind.TEST_REPLY, ChannelTimerKind.CLOSE)
-STREAM_TIMERS = (ChannelTimerKind.STREAM_SETUP, ChannelTimerKind.STREAM_RETRY, ChannelTimerKind.STREAM_CLOSE)
-
-
-@attrs.frozen
-class ChannelTimer:
-    """Timer key: *kind* of channel *channel*, of its stream *stream_id* for the stream timers."""
-
-    channel: str
-    kind: ChannelTimerKind
-    stream_id: int | None = None
-
-
-class SCSChannelState(enum.Enum):
-    """The SCS channel's states (first table above)."""
-
-    DISCONNECTED = "DISCONNECTED"
-    WAIT_CH_STATUS = "WAIT_CH_STATUS"
-    CH_OPEN = "CH_OPEN"
-    CLOSING = "CLOSING"  # shutdown: stream_close_requests sent, their responses awaited
-
-
-class SCSStreamState(enum.Enum):
-    """The states of one SCS stream (second table above)."""
-
-    IDLE = "IDLE"
-    WAIT_ST_STATUS = "WAIT_ST_STATUS"
-    ST_OPEN = "ST_OPEN"
-    ST_CLOSING = "ST_CLOSING"
-    ST_BACKOFF = "ST_BACKOFF"
-
-
-class AfterClose(enum.Enum):
-    """What a stream does once its stream_close_request is answered."""
-
-    SET_UP_AGAIN = "set_up_again"
-    STAY_CLOSED = "stay_closed"
-
-
-@attrs.define
-class _Stream:
-    service: str
-    link: LinkSpec
-    nominal_CP_duration: int
-    state: SCSStreamState = SCSStreamState.IDLE
-    outstanding: collections.deque = attrs.field(factory=collections.deque)
-    last_status: m.StreamStatus | None = None
-    refusals: int = 0
-    after_close: AfterClose = AfterClose.SET_UP_AGAIN
-
-    @property
-    def stream_id(self) -> int:
-        return self.link.ECM_stream_id
 
 
 class SCSChannel:
@@ -197,11 +134,11 @@ class SCSChannel:
         self.state = SCSChannelState.DISCONNECTED
         self.status: m.ChannelStatus | None = None
         self.params: ECMGParams | None = None
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, ChannelStream] = {}
         for service, link, nominal in streams:
             if link.ECM_stream_id in self.streams:
                 raise ValueError(f"channel {spec.name}: ECM_stream_id {link.ECM_stream_id} used twice")
-            self.streams[link.ECM_stream_id] = _Stream(service, link, nominal)
+            self.streams[link.ECM_stream_id] = ChannelStream(service, link, nominal)
         #: channel set-ups that failed in a row (lengthens the reconnect back-off)
         self.refusals = 0
         self._handlers: dict[type, Callable[[Any, float], list]] = {
@@ -262,7 +199,10 @@ class SCSChannel:
                 out.append(Close("shutdown", "info"))
             self.state = SCSChannelState.DISCONNECTED
             return out
-        closing = [s for s in self.streams.values() if s.state in (SCSStreamState.ST_OPEN, SCSStreamState.ST_CLOSING)]
+        # a stream whose stream_setup is still unanswered is closed too: the ECMG handles messages
+        # in order, so it sets the stream up, then closes it (or answers an error for both)
+        closing = [s for s in self.streams.values()
+                   if s.state in (SCSStreamState.ST_OPEN, SCSStreamState.ST_CLOSING, SCSStreamState.WAIT_ST_STATUS)]
         for stream in self.streams.values():
             out += self._stream_down(stream, "shutdown")
             if stream not in closing:
@@ -295,13 +235,14 @@ class SCSChannel:
         if isinstance(item, PeerProtocolError):
             channel = item.channel_id if item.channel_id is not None else self.spec.ECM_channel_id
             return [
-                Send(self._make_channel_error(channel, item.error_status, item.error_information)),
+                Send(ecmg_scs_channel_error(self.version, channel, item.error_status, item.error_information)),
                 self._notify("decode_error", "warn", error_status=item.error_status, detail=item.detail),
             ]
         handler = self._handlers.get(type(item))
         if handler is None:  # a message only an SCS sends
+            channel = getattr(item, "ECM_channel_id", self.spec.ECM_channel_id)
             return [
-                Send(self._make_channel_error(getattr(item, "ECM_channel_id", self.spec.ECM_channel_id), INVALID_MESSAGE, 1)),
+                Send(ecmg_scs_channel_error(self.version, channel, INVALID_MESSAGE, 1)),
                 self._notify("wrong_direction", "warn", message_type=item.NAME),
             ]
         return handler(item, now)
@@ -428,24 +369,15 @@ class SCSChannel:
         channel_id = self.spec.ECM_channel_id if channel_id is None else channel_id
         stream_id = getattr(item, "ECM_stream_id", None)
         if stream_id is None:
-            reply = self._make_channel_error(channel_id, ErrorStatus.UNKNOWN_ERROR)
+            reply = ecmg_scs_channel_error(self.version, channel_id, ErrorStatus.UNKNOWN_ERROR)
         else:
-            reply = m.StreamError(protocol_version=self.version, ECM_channel_id=channel_id & 0xFFFF,
-                                  ECM_stream_id=stream_id, error_status=(ErrorStatus.UNKNOWN_ERROR,))
+            reply = ecmg_scs_stream_error(self.version, channel_id, stream_id, ErrorStatus.UNKNOWN_ERROR)
         return [Send(reply), internal_error(name, exc, channel=self.name, stream_id=stream_id)]
-
-    def _make_channel_error(self, channel_id: int, code: int, info: int | None = None) -> m.ChannelError:
-        return m.ChannelError(
-            protocol_version=self.version,
-            ECM_channel_id=channel_id & 0xFFFF,
-            error_status=(code,),
-            error_information=error_information(info),
-        )
 
     def _channel_error_received(self, codes: tuple[int, ...], now: float, info: tuple[bytes, ...] = ()) -> list:
         if self.state is SCSChannelState.WAIT_CH_STATUS:
             self.refusals += 1
-            reason = _refusal_text(codes, info)
+            reason = channel_refusal_text(codes, info)
             return [
                 CancelTimer(self._key(ChannelTimerKind.SETUP)),
                 self._notify("channel_refused", "error", error_status=list(codes), refusals=self.refusals, reason=reason),
@@ -471,17 +403,17 @@ class SCSChannel:
     def _channel_test(self, msg: m.ChannelTest, now: float) -> list:
         if self.state in (SCSChannelState.CH_OPEN, SCSChannelState.CLOSING) and msg.ECM_channel_id == self.spec.ECM_channel_id and self.status:
             return [Send(self.status)]
-        return [Send(self._make_channel_error(msg.ECM_channel_id, UNKNOWN_CHANNEL)),
+        return [Send(ecmg_scs_channel_error(self.version, msg.ECM_channel_id, UNKNOWN_CHANNEL)),
                 self._notify("channel_test_unknown_channel", "warn", ecm_channel_id=msg.ECM_channel_id)]
 
     # -- stream messages -----------------------------------------------------------------------
 
-    def _stream_for(self, msg: Message) -> _Stream | None:
+    def _stream_for(self, msg: Message) -> ChannelStream | None:
         if msg.ECM_channel_id != self.spec.ECM_channel_id:
             return None
         return self.streams.get(msg.ECM_stream_id)
 
-    def _setup_stream(self, stream: _Stream) -> list:
+    def _setup_stream(self, stream: ChannelStream) -> list:
         stream.state = SCSStreamState.WAIT_ST_STATUS
         stream.outstanding.clear()
         return [
@@ -496,7 +428,7 @@ class SCSChannel:
             StartTimer(self._key(ChannelTimerKind.STREAM_SETUP, stream.stream_id), self.timing.setup_timeout),
         ]
 
-    def _refuse_stream(self, stream: _Stream, code: int | None, event: str) -> list:
+    def _refuse_stream(self, stream: ChannelStream, code: int | None, event: str) -> list:
         stream.refusals += 1
         stream.state = SCSStreamState.ST_BACKOFF
         delay = self.timing.stream_retry_delay * (2 ** min(stream.refusals - 1, 5))
@@ -508,7 +440,7 @@ class SCSChannel:
             StartTimer(self._key(ChannelTimerKind.STREAM_RETRY, stream.stream_id), delay),
         ]
 
-    def _close_stream(self, stream: _Stream, after: AfterClose) -> list:
+    def _close_stream(self, stream: ChannelStream, after: AfterClose) -> list:
         stream.state = SCSStreamState.ST_CLOSING
         stream.after_close = after
         stream.outstanding.clear()
@@ -518,7 +450,7 @@ class SCSChannel:
             StartTimer(self._key(ChannelTimerKind.STREAM_CLOSE, stream.stream_id), self.timing.setup_timeout),
         ]
 
-    def _after_close(self, stream: _Stream) -> list:
+    def _after_close(self, stream: ChannelStream) -> list:
         out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_CLOSE, stream.stream_id))]
         if stream.after_close is AfterClose.SET_UP_AGAIN and self.state is SCSChannelState.CH_OPEN:
             return out + self._setup_stream(stream)
@@ -528,7 +460,7 @@ class SCSChannel:
             out += self._finish_close()
         return out
 
-    def _stream_down(self, stream: _Stream, reason: str) -> list:
+    def _stream_down(self, stream: ChannelStream, reason: str) -> list:
         was_open = stream.state is SCSStreamState.ST_OPEN
         stream.outstanding.clear()
         return [StreamDown(self.name, stream.stream_id, reason)] if was_open else []
@@ -542,6 +474,8 @@ class SCSChannel:
 
     def _stream_status(self, msg: m.StreamStatus, now: float) -> list:
         stream = self._stream_for(msg)
+        if stream is not None and self.state is SCSChannelState.CLOSING and stream.state is SCSStreamState.ST_CLOSING:
+            return []  # the answer to a stream_setup sent before the close; its stream_close_request follows it
         if stream is None or self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("unexpected_stream_status", "warn", stream_id=msg.ECM_stream_id)]
         if stream.state is SCSStreamState.WAIT_ST_STATUS:
@@ -564,8 +498,7 @@ class SCSChannel:
         stream = self._stream_for(msg)
         if stream is not None and stream.state is SCSStreamState.ST_OPEN and stream.last_status is not None:
             return [Send(stream.last_status)]
-        return [Send(m.StreamError(protocol_version=self.version, ECM_channel_id=msg.ECM_channel_id,
-                                   ECM_stream_id=msg.ECM_stream_id, error_status=(UNKNOWN_STREAM,))),
+        return [Send(ecmg_scs_stream_error(self.version, msg.ECM_channel_id, msg.ECM_stream_id, UNKNOWN_STREAM)),
                 self._notify("stream_test_unknown_stream", "warn", stream_id=msg.ECM_stream_id)]
 
     def _channel_error_message(self, msg: m.ChannelError, now: float) -> list:
@@ -618,20 +551,6 @@ class SCSChannel:
         if stream is None or stream.state is not SCSStreamState.ST_CLOSING:
             return [self._notify("unexpected_stream_close_response", "warn", stream_id=msg.ECM_stream_id)]
         return self._after_close(stream)
-
-
-_PARAM_NAMES = {p.code: name for name, p in ECMG_SCS_PARAMS.items()}
-_OFFSET_CODES = (ErrorStatus.INVALID_MESSAGE, ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, ErrorStatus.UNKNOWN_MESSAGE_TYPE)
-
-
-def _refusal_text(codes: tuple[int, ...], info: tuple[bytes, ...]) -> str:
-    """``ECMG refused channel_setup: channel_error 0x0005 (unknown Super_CAS_id value) about Super_CAS_id``."""
-    names = ", ".join(f"{c:#06x} ({error_name(Interface.ECMG_SCS, c)})" for c in codes)
-    about = ""
-    if info and len(info[0]) == 2 and codes and codes[0] not in _OFFSET_CODES:
-        name = _PARAM_NAMES.get(int.from_bytes(info[0], "big"))
-        about = f" about {name}" if name else ""
-    return f"ECMG refused channel_setup: channel_error {names}{about}"
 
 
 __all__ = [

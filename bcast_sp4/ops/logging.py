@@ -22,7 +22,7 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
 from zope.interface import implementer
 
-from ..logfields import HEX16, HEX32, TIMES, iso_utc, readable
+from ..logfields import iso_utc, readable
 
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error,
           "critical": LogLevel.critical}

@@ -215,6 +215,16 @@ class Metrics:
         if entry[1]:
             self._special(entry, role, peer, message, now)
 
+    def encoded_reply(self, role: str, peer: str, request: Any, now: float) -> None:
+        """A hot path answered *request* (a CW_provision) with an ECM_response encoded by the machine
+        (no message object to count): count it and its latency as :meth:`message_sent` would."""
+        key = ("messages_sent_total", (role, "ECMG<=>SCS", "ECM_response"))
+        self._events[key] += 1
+        start = self._pending.pop((role, peer, request.ECM_channel_id, request.ECM_stream_id, request.CP_number), None)
+        if start is not None:
+            super_cas_id = self._channels.get((role, peer, request.ECM_channel_id), 0)
+            self.latency.observe(role, super_cas_id, now - start if now > start else 0.0)
+
     # what a message kind needs beyond its count
     _PLAIN, _ERROR, _CW_PROVISION, _ECM_RESPONSE, _CHANNEL_SETUP = range(5)
 

@@ -16,7 +16,8 @@ send the channel_test it asks for.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReadWriteDescriptor, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,12 +40,20 @@ def peer_name(transport) -> str:
 class SimulCryptStreamProtocol(Protocol):
     """Base of the TCP roles. Subclasses set :attr:`interface` and implement :meth:`handle`.
 
+    :meth:`handle` returns the machine's outputs, or ``bytes``: a reply a hot path already
+    encoded, queued as it is. Every connection runs with TCP_NODELAY (a message, then the peer
+    answers: Nagle would hold the next one back behind a delayed ACK). With :attr:`write_through`
+    the replies to a received chunk are sent before ``dataReceived`` returns (the transport's
+    ``doWrite``), not at the reactor's next turn; what the socket does not take waits as usual.
+
     :param executor: the role's output executor (shared by its connections).
     :param guard: the role's connection guard (budgets, timeouts), or ``None`` for none.
     """
 
     log = Logger()
     interface: Interface
+    #: send each batch of replies at once (a request/response server: the ECMG)
+    write_through = False
     #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
     tolerate: frozenset = frozenset()
 
@@ -69,10 +78,19 @@ class SimulCryptStreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.prepare_transport()
         self.start_watch()
         self.log.info("connection from {peer}", peer=self.peer)
         if self.executor.meter is not None:  # servers; the clients count in their ClientService
             self.executor.meter.connection_made(self.executor.role)
+
+    def prepare_transport(self) -> None:
+        """TCP_NODELAY, and the outbox's write-through when :attr:`write_through` (from connectionMade)."""
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        if self.write_through and IReadWriteDescriptor.providedBy(transport) and not ISSLTransport.providedBy(transport):
+            self.outbox.push = transport.doWrite  # a plain TCP socket (TLS writes through its own layer)
 
     # -- the guard's hooks ---------------------------------------------------------------------------
 
@@ -83,13 +101,18 @@ class SimulCryptStreamProtocol(Protocol):
             self.watch = guard.watch(
                 self.peer, self.transport, handle_frames=self.handle_frames, close=self.close_now,
                 partial=self._partial, has_channel=self.has_channel if guard.server else None,
-                channel_test=self.channel_test,
+                channel_test=self.channel_test, feed=self.framer.feed,
             )
 
     def stop_watch(self) -> None:
         """The connection is gone (from ``connectionLost``): the guard's timers stop, counts go back."""
         if self.watch is not None:
             self.watch.connection_lost()
+            self.watch = None
+
+    def _closing_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.closing()
 
     def _partial(self) -> int:
         return self.framer.buffered
@@ -115,12 +138,11 @@ class SimulCryptStreamProtocol(Protocol):
         if self.outbox.closing:
             return
         received_at = self.clock.seconds()
-        frames = self.framer.feed(data)
         watch = self.watch
         if watch is None:
-            self.handle_frames(frames, received_at)
+            self.handle_frames(self.framer.feed(data), received_at)
             return
-        frames = watch.take(frames, received_at)
+        frames = watch.receive(data, received_at)
         handled = self.handle_frames(frames, received_at) if frames else 0
         if handled < len(frames):
             watch.put_back(frames, handled, received_at)
@@ -134,6 +156,7 @@ class SimulCryptStreamProtocol(Protocol):
         """
         outbox = self.outbox
         if outbox.closing:
+            self._closing_watch()
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
         meter = executor.meter
@@ -158,9 +181,15 @@ class SimulCryptStreamProtocol(Protocol):
                     # Our bug, not the peer's: log it, drop this connection, keep the process serving.
                     self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
                     outputs = _INTERNAL_ERROR
-                executor.run(outputs, now, reply_outbox)
+                if type(outputs) is bytes:  # a hot path's reply, already encoded
+                    executor.send_encoded(reply_outbox, outputs)
+                    if meter is not None:  # the ECM_response to the CW_provision *item*
+                        meter.encoded_reply(executor.role, outbox.peer, item, clock.seconds())
+                else:
+                    executor.run(outputs, now, reply_outbox)
                 handled += 1
                 if outbox.closing:
+                    self._closing_watch()
                     return len(frames)  # nothing more is handled on this connection
                 if deadline is not None and clock.seconds() > deadline:
                     break  # the turn's time is up: the guard keeps the rest for the next turn
@@ -178,3 +207,34 @@ class SimulCryptStreamProtocol(Protocol):
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output]:
         raise NotImplementedError
+
+
+class ServerFactory(Factory):
+    """What the server roles' factories share (set :attr:`protocol` and :attr:`role`): the guard's
+    admission of each connection, and ``listening`` in the session once the port listens.
+
+    :param session: the process's :class:`~bcast_sp4.session.SessionManager`, or ``None``.
+    :param listening_on: the endpoint description the factory listens on (for the session).
+    :param guard: the connection guard (admission, budgets, timeouts), or ``None`` for none.
+    """
+
+    noisy = False
+    #: the role's name in the session (``"ecmg"``, ``"mux"``)
+    role = ""
+
+    def __init__(self, session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+        self.session = session
+        self.listening_on = listening_on
+        self.guard = guard
+
+    def startFactory(self) -> None:
+        """The server listens (Twisted calls this before the first connection is accepted)."""
+        if self.session is not None and self.listening_on is not None:
+            self.session.listening(self.listening_on, self.role)
+
+    def buildProtocol(self, addr) -> SimulCryptStreamProtocol | None:
+        if self.guard is not None and not self.guard.admit(addr):
+            return None  # Twisted closes the socket at once
+        protocol = self.protocol(self)
+        protocol.factory = self
+        return protocol

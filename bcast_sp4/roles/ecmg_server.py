@@ -8,27 +8,35 @@ the role's output executor). Connection loss frees the channel, its streams and 
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..bcast.ecm_request import ECMSource
 from ..machines.channel import ServerChannelState
 from ..machines.ecmg import ECMGConnection, ECMGResources
-from ..wire import Interface
+from ..machines.outputs import Output
+from ..wire import Interface, Message, PeerProtocolError
 from ..wire import ecmg_scs as m
-from ._stream import SimulCryptStreamProtocol
+from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 
 
 class ECMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
+    write_through = True  # an SCS waits for each ECM_response
 
     def __init__(self, factory: "ECMGFactory") -> None:
         super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
-        self.handle = self.machine.receive  # per message: one call less than a delegating method
+        self._receive = self.machine.receive
+        self._cw_provision = self.machine.cw_provision
+
+    def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
+        # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response
+        if type(item) is m.CWProvision:
+            return self._cw_provision(item, now, received_at)
+        return self._receive(item, now, received_at)
 
     def has_channel(self) -> bool:
         return self.machine.state is ServerChannelState.CHANNEL_OPEN
@@ -41,45 +49,30 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         return True
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.run(self.machine.connection_lost())
         self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class ECMGFactory(Factory):
-    """Builds one :class:`ECMGProtocol` per accepted SCS connection.
+class ECMGFactory(ServerFactory):
+    """Builds one :class:`ECMGProtocol` per accepted SCS connection (the session, when given, is
+    told of its channels and streams; see :class:`~._stream.ServerFactory` for the rest).
 
-    :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels
-        and streams, and that the server listens), or ``None``.
-    :param listening_on: the endpoint description the factory is listening on (for the session).
-    :param guard: the connection guard (admission, budgets, timeouts), or ``None`` for none.
     :param meter: the process's metrics (messages by type), or ``None``.
     """
 
     log = Logger()
-    noisy = False
+    protocol = ECMGProtocol
+    role = "ecmg"
 
     def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
                  session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None,
                  meter=None) -> None:
-        self.session = session
-        self.guard = guard
-        self.listening_on = listening_on
+        super().__init__(session, listening_on, guard)
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
         self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session,
                                        limiter=guard.limiter if guard is not None else None, meter=meter)
-
-    def startFactory(self) -> None:
-        """The server listens (Twisted calls this before the first connection is accepted)."""
-        if self.session is not None and self.listening_on is not None:
-            self.session.listening(self.listening_on, "ecmg")
-
-    def buildProtocol(self, addr) -> ECMGProtocol | None:
-        if self.guard is not None and not self.guard.admit(addr):
-            return None  # Twisted closes the socket at once
-        protocol = ECMGProtocol(self)
-        protocol.factory = self
-        return protocol

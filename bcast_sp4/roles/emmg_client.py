@@ -170,6 +170,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.prepare_transport()
         self.start_watch()
         self.log.info("connected to the MUX at {peer}", peer=self.peer)
 
@@ -181,6 +182,7 @@ class EMMGProtocol(SimulCryptStreamProtocol):
         return self.service.machine.receive(item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.service._detach(self)
 

@@ -73,16 +73,22 @@ def event_text(peer: str, event: str, fields: Mapping[str, Any]) -> tuple[str, d
     return "".join(parts), shown
 
 
+_LOST = Close("connection lost", "info")
+
+
 class Outbox:
     """Write-then-close for one connection: queued bytes go out in one write, a close after them.
 
     :ivar peer: how the logs name the other end (``host:port``).
     """
 
-    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed")
+    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push")
 
     def __init__(self, log: Logger, peer: str = "?") -> None:
         self.transport = None
+        #: called right after each write when set: the transport's ``doWrite``, which sends now what
+        #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
+        self.push = None
         self.peer = peer
         self.log = log
         self.chunks: list[bytes] = []
@@ -113,6 +119,13 @@ class Outbox:
         self.close = close
         return True
 
+    def lost(self) -> None:
+        """The connection is gone: nothing more is queued, written or closed."""
+        self.closed = True
+        self.chunks.clear()
+        if self.close is None:
+            self.close = _LOST
+
     def flush(self) -> None:
         """Write what is queued (one write), then close if asked."""
         transport = self.transport
@@ -121,6 +134,8 @@ class Outbox:
             self.chunks.clear()
             if transport is not None and not self.closed:
                 transport.write(data)
+                if self.push is not None and self.close is None:
+                    self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
             log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
@@ -262,13 +277,20 @@ class OutputExecutor:
 
     def send(self, outbox: Outbox | None, message: Message) -> None:
         """Queue *message* on *outbox* (default: :attr:`default_outbox`); dropped when closing or absent."""
+        meter = self.meter
+        if meter is not None:
+            target = outbox if outbox is not None else (self.default_outbox() if self.default_outbox is not None else None)
+            if target is not None:
+                meter.message_sent(self.role, target.peer, message, self.clock.seconds())
+        self.send_encoded(outbox, message.encode())
+
+    def send_encoded(self, outbox: Outbox | None, data: bytes) -> None:
+        """:meth:`send` of a message already encoded (a machine's hot-path reply)."""
         if outbox is None:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
-        if self.meter is not None:
-            self.meter.message_sent(self.role, outbox.peer, message, self.clock.seconds())
-        if outbox.queue(message.encode()):
+        if outbox.queue(data):
             self._touched.append(outbox)
             if self._depth == 0:
                 self.end_now()

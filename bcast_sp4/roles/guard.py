@@ -46,6 +46,7 @@ import resource
 from typing import Any, Callable, Sequence
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -55,6 +56,9 @@ from .log_limit import LogLimiter
 
 #: hosts remembered by :class:`AllowList` (cleared when full)
 _CACHE_SIZE = 4096
+#: received bytes cut into messages per step: a 64 KiB read of small messages is ~2,800 of them,
+#: whose framing alone would outlast a turn
+READ_SLICE = 8192
 
 
 class AllowList:
@@ -163,8 +167,10 @@ class Reclaimer:
 
 
 def peer_host(addr: Any) -> str | None:
-    """The host of a Twisted address (``IPv4Address``/``IPv6Address``), else ``None``."""
-    return getattr(addr, "host", None)
+    """The host of an IP address (``IPv4Address``/``IPv6Address``), else ``None`` (a UNIX socket)."""
+    if isinstance(addr, (IPv4Address, IPv6Address)):
+        return addr.host
+    return None
 
 
 class ConnectionGuard(Service):
@@ -242,16 +248,26 @@ class ConnectionGuard(Service):
     def watch(self, peer: str, transport: Any, *, handle_frames: Callable[[list, float], int],
               close: Callable[[str], None], partial: Callable[[], int],
               has_channel: Callable[[], bool] | None = None,
-              channel_test: Callable[[], bool] | None = None) -> "ConnectionWatch":
+              channel_test: Callable[[], bool] | None = None,
+              feed: Callable[[bytes], list] | None = None) -> "ConnectionWatch":
         """A :class:`ConnectionWatch` for a connection just made (it counts as open from now)."""
         return ConnectionWatch(self, peer, transport, handle_frames=handle_frames, close=close, partial=partial,
-                               has_channel=has_channel, channel_test=channel_test)
+                               has_channel=has_channel, channel_test=channel_test, feed=feed)
 
     def note_close(self, counter: str, peer: str, reason: str) -> None:
-        """Count and (rate-limited) log a close the guard decided."""
+        """Count and (rate-limited per host: a flood comes from many ports) log a close the guard decided."""
         self.counters[counter] += 1
-        if self.limiter.allow(peer, counter, f"connections closed ({counter.removeprefix('closed_')})"):
+        host = peer.rsplit(":", 1)[0]
+        if self.limiter.allow(host, counter, f"connections closed ({counter.removeprefix('closed_')})"):
             self.log.warn("{role}: closing connection with {peer}: {reason}", role=self.role, peer=peer, reason=reason)
+
+
+def _gone(*_args: Any) -> int:
+    return 0
+
+
+def _no_bytes() -> int:
+    return 0
 
 
 class ConnectionWatch:
@@ -265,12 +281,13 @@ class ConnectionWatch:
     :param has_channel: whether the connection carries a channel now (servers; ``None``: a client,
         no channel timeouts).
     :param channel_test: sends a channel_test on the channel; returns ``False`` when it could not.
+    :param feed: the connection's framer (bytes -> whole messages), for :meth:`receive`.
     """
 
     def __init__(self, guard: ConnectionGuard, peer: str, transport: Any, *,
                  handle_frames: Callable[[list, float], int], close: Callable[[str], None],
                  partial: Callable[[], int], has_channel: Callable[[], bool] | None,
-                 channel_test: Callable[[], bool] | None) -> None:
+                 channel_test: Callable[[], bool] | None, feed: Callable[[bytes], list] | None = None) -> None:
         self.guard = guard
         self.peer = peer
         # reading is paused on the socket's transport, under a TLS layer when there is one
@@ -282,6 +299,7 @@ class ConnectionWatch:
         self._partial = partial
         self._has_channel = has_channel
         self._channel_test = channel_test
+        self._feed = feed
         self.budget = self.limits.messages_per_turn
         self.turn_time = self.limits.turn_time if self.limits.turn_time else float("inf")
         #: when the current turn's handling stops (clock seconds); see :meth:`take`
@@ -305,6 +323,28 @@ class ConnectionWatch:
             self._arm("channel", self.limits.first_channel_setup_timeout)
 
     # -- fair service --------------------------------------------------------------------------
+
+    def receive(self, data: bytes, received_at: float) -> list:
+        """Bytes just read: the messages to handle in this turn (framed from at most
+        :data:`READ_SLICE` bytes, at most the budget); the rest waits for the next turns, the
+        bytes behind a backlog unframed (they are framed in order, a slice at a time)."""
+        assert self._feed is not None
+        if self._queue:
+            self.deadline = self.clock.seconds() + self.turn_time
+            self._enqueue_raw(data, received_at)
+            return []
+        rest = None
+        if len(data) > READ_SLICE:
+            data, rest = data[:READ_SLICE], data[READ_SLICE:]
+        frames = self.take(self._feed(data), received_at)
+        if rest:
+            self._enqueue_raw(rest, received_at)
+        return frames
+
+    def _enqueue_raw(self, data: bytes, received_at: float) -> None:
+        self._queue.append([data, -1, received_at])
+        self._queued_bytes += len(data)
+        self._schedule()
 
     def take(self, frames: list, received_at: float) -> list:
         """The frames to handle in this turn; any beyond the budget wait for the next turns.
@@ -354,8 +394,22 @@ class ConnectionWatch:
         while left and self._queue and not self.closed:
             entry = self._queue[0]
             frames, start, received_at = entry
+            if start < 0:  # bytes not yet framed: the next slice of them becomes messages, first in line
+                chunk = frames[:READ_SLICE]
+                if len(frames) > READ_SLICE:
+                    entry[0] = frames[READ_SLICE:]
+                else:
+                    self._queue.popleft()
+                self._queued_bytes -= len(chunk)
+                framed = self._feed(chunk)  # type: ignore[misc]
+                if framed:
+                    self._queue.appendleft([framed, 0, received_at])
+                    self._queued_bytes += sum(len(f) for f in framed if isinstance(f, bytes))
+                continue
             batch = frames[start : start + left]
             handled = self._handle_frames(batch, received_at)
+            if self.closed or not self._queue or self._queue[0] is not entry:
+                return  # handling closed the connection (its queue went with it)
             any_handled = any_handled or handled > 0
             entry[1] = start + handled
             if entry[1] >= len(frames):
@@ -377,7 +431,7 @@ class ConnectionWatch:
     @property
     def queued(self) -> int:
         """Messages waiting for a later turn."""
-        return sum(len(frames) - start for frames, start, _r in self._queue)
+        return sum(len(frames) - start for frames, start, _r in self._queue if start >= 0)
 
     # -- after each turn -------------------------------------------------------------------------
 
@@ -487,11 +541,21 @@ class ConnectionWatch:
         self._stop()
         self._close(reason)
 
+    def closing(self) -> None:
+        """The protocol is closing the connection (its machine said so): drop what waits, stop the
+        timers, read no more (the loss follows)."""
+        self._stop()
+
     def connection_lost(self) -> None:
         """The connection is gone: stop the timers, give back the counts."""
         if self._counted:
             self.guard.reclaimer.note(self.guard.connections, self.guard.buffered_total)
         self._stop()
+        # the callbacks are the protocol's bound methods: drop them, so protocol and watch are
+        # freed by reference counting when the connection goes, not by a later cyclic collection
+        self._handle_frames = self._close = _gone  # type: ignore[assignment]
+        self._partial = _no_bytes
+        self._has_channel = self._channel_test = None
         if self._counted:
             self._counted = False
             guard = self.guard

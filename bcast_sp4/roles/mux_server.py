@@ -22,15 +22,15 @@ from typing import Iterable
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..machines.channel import ServerChannelState
-from ..machines.mux import Deliver, Emit, MuxConnection, MuxCore, RouteKey
+from ..machines.mux import Deliver, Emit, EmitMany, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
 from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
-from ._stream import SimulCryptStreamProtocol
+from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
@@ -99,7 +99,8 @@ class PlayOut(Service):
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
             reactor, self.log, "mux", session=session, timer_input=self._tick, meter=meter,
-            handlers={Emit: lambda output, _now: self.emit(output), Deliver: self._deliver}, limiter=limiter,
+            handlers={Emit: lambda output, _now: self.emit(output), EmitMany: lambda output, _now: self.emit_many(output),
+                      Deliver: self._deliver}, limiter=limiter,
         )
 
     # -- service -----------------------------------------------------------------------------
@@ -179,8 +180,23 @@ class PlayOut(Service):
             reason = errno.errorcode.get(exc.errno, str(exc.errno))
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
+    def emit_many(self, output: EmitMany) -> None:
+        """Send each datagram of *output* on its route's socket, in order (failures as in :meth:`emit`)."""
+        sock = self.sockets.get(output.route)
+        if sock is None:
+            for _ in output.payloads:
+                self.execute(self.core.egress_failed(output.route, "not started", self.clock.seconds()))
+            return
+        send = sock.send
+        for payload in output.payloads:
+            try:
+                send(payload)
+            except OSError as exc:
+                reason = errno.errorcode.get(exc.errno, str(exc.errno))
+                self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
+
     def execute(self, outputs: Iterable[Output]) -> None:
-        """Carry out core outputs (Emit, Deliver, Notify) through the executor."""
+        """Carry out core outputs (Emit, EmitMany, Deliver, Notify) through the executor."""
         self.executor.run(outputs, self.clock.seconds())
 
 
@@ -222,39 +238,27 @@ class MuxProtocol(SimulCryptStreamProtocol):
         return handled
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
         self.log.info("connection from {peer} closed", peer=self.peer)
 
 
-class MuxFactory(Factory):
-    """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden)."""
+class MuxFactory(ServerFactory):
+    """Builds one :class:`MuxProtocol` per accepted connection (``protocol`` may be overridden; see
+    :class:`~._stream.ServerFactory` for admission and the session)."""
 
     protocol = MuxProtocol
-    noisy = False
+    role = "mux"
 
     def __init__(self, core: MuxCore, play_out: PlayOut, clock: IReactorTime, max_message_length: int,
                  session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
-        self.guard = guard
+        super().__init__(session, listening_on, guard)
         self.core = core
         self.play_out = play_out
         self.clock = clock
         self.max_message_length = max_message_length
-        self.session = session
-        self.listening_on = listening_on
-
-    def startFactory(self) -> None:
-        """The server listens: tell the session (``listening`` under the endpoint description)."""
-        if self.session is not None and self.listening_on is not None:
-            self.session.listening(self.listening_on, "mux")
-
-    def buildProtocol(self, addr) -> MuxProtocol | None:
-        if self.guard is not None and not self.guard.admit(addr):
-            return None  # Twisted closes the socket at once
-        protocol = self.protocol(self)
-        protocol.factory = self
-        return protocol
 
 
 #: The usual UDP data_provision (digest §4.5 and example M8; what our EMMG sends): header, then
@@ -324,6 +328,55 @@ class MuxDatagramProtocol(DatagramProtocol):
                 self.play_out.execute(outputs)
         if core.dirty:
             self.play_out.run()
+
+    def datagramsReceived(self, batch: list[tuple[bytes, tuple]]) -> None:
+        """Every datagram of one wake-up (:class:`~.udp_batch.BatchUDPPort`), handled as a batch.
+
+        The usual ones go to :meth:`MuxCore.receive_udp_batch` in runs; any other one (and one the
+        core does not take as it is) goes through the full decode and :meth:`MuxCore.receive_udp`
+        where it stands, so everything a route emits keeps the arrival order.
+        """
+        core, limit, admit = self.core, self.max_message_length, self.admit
+        now = self.clock.seconds()
+        run: list[tuple[int, int, int, bytes, str]] = []
+        raw: list[bytes] = []
+        for data, addr in batch:
+            if admit is not None and not admit(addr):
+                continue
+            usual = parse_usual_udp(data) if len(data) <= limit else None
+            if usual is not None:
+                run.append(usual + (addr[0],))
+                raw.append(data)
+                continue
+            if run:
+                self._run(run, raw, now)
+                run, raw = [], []
+            self._full(data, addr[0], now)
+        if run:
+            self._run(run, raw, now)
+        if core.dirty:
+            self.play_out.run()
+
+    def _run(self, run: list[tuple[int, int, int, bytes, str]], raw: list[bytes], now: float) -> None:
+        core, execute = self.core, self.play_out.execute
+        start = 0
+        while start < len(run):
+            outputs, taken = core.receive_udp_batch(run[start:] if start else run, now)
+            if outputs:
+                execute(outputs)
+            start += taken
+            if start < len(run):  # not taken as it is: the full decode judges this one
+                self._full(raw[start], run[start][4], now)
+                start += 1
+
+    def _full(self, data: bytes, source: str, now: float) -> None:
+        try:
+            item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
+        except PeerProtocolError as exc:
+            item = exc
+        outputs = self.core.receive_udp(item, now, source)
+        if outputs:
+            self.play_out.execute(outputs)
 
 
 class MuxServer:

@@ -105,6 +105,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
 
     def connectionMade(self) -> None:
         self.outbox.attach(self.transport, peer_name(self.transport))
+        self.prepare_transport()
         self.start_watch()
         self.log.info("channel {channel}: connected to ECMG {peer}", channel=self.channel, peer=self.peer)
 
@@ -116,6 +117,7 @@ class SCSProtocol(SimulCryptStreamProtocol):
         return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:
+        self.outbox.lost()
         self.stop_watch()
         self.log.info("channel {channel}: connection to {peer} closed", channel=self.channel, peer=self.peer)
         self.runner.lost(self)
@@ -168,6 +170,8 @@ class SCSRunner(Service):
     :param scramblers: service name -> its scrambler.
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (told of channels and
         streams, peer = channel name), or ``None``.
+    :param log_switches: a debug log event per TEK switch; one per stream-period, so off by default
+        (:attr:`switch_log` keeps every switch with its jitter anyway).
     :param autostart: start the schedulers with the service (choosing the first period
         ``start_allowance`` ahead); ``False``: only when :meth:`begin` is called (the lab calls it
         once every channel and stream is up).
@@ -182,7 +186,10 @@ class SCSRunner(Service):
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
                  jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
-                 autostart: bool = True, guard: ConnectionGuard | None = None, meter=None) -> None:
+                 autostart: bool = True, guard: ConnectionGuard | None = None, log_switches: bool = False,
+                 meter=None) -> None:
+        #: a debug log event per TEK switch (see the class docstring)
+        self.log_switches = log_switches
         self.guard = guard
         self.core = core
         self.clock = clock
@@ -339,8 +346,9 @@ class SCSRunner(Service):
             self.switch_log.append((service, switch))
             if self.on_switch is not None:
                 self.on_switch(service, switch)
-            self.log.debug("{service}: TEK {cp_number} on at {at} (jitter {jitter_ms} ms)", service=service,
-                           cp_number=switch.cp_number, at=switch.at, jitter_ms=round(switch.jitter * 1000, 3))
+            if self.log_switches:
+                self.log.debug("{service}: TEK {cp_number} on at {at} (jitter {jitter_ms} ms)", service=service,
+                               cp_number=switch.cp_number, at=switch.at, jitter_ms=round(switch.jitter * 1000, 3))
 
 
 __all__ = [

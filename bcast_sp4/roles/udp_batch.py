@@ -13,7 +13,8 @@ what is left in the socket is read at the next wake-up, which epoll reports at o
 triggered). Errors are Twisted's: ``EAGAIN``/``EINTR`` end the batch, ``ECONNREFUSED`` on a
 connected port calls ``connectionRefused`` (after the batch), anything else is logged after the
 datagrams read so far were handed over. :func:`listen_udp_batch` falls back to the reactor's own
-``listenUDP`` (one ``datagramReceived`` per datagram) on a reactor that is not a POSIX one.
+``listenUDP`` (one ``datagramReceived`` per datagram) on a reactor that is not a POSIX one; the
+MUX's tap listens through it (``tap/mux.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import socket
 from typing import Protocol as TypingProtocol
 
-from twisted.application.service import Service
 from twisted.internet import udp
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.posixbase import PosixReactorBase
@@ -94,37 +94,4 @@ def listen_udp_batch(reactor: IReactorUDP, port: int, protocol, interface: str =
     return listening
 
 
-class BatchUDPServer(Service):
-    """A service listening with :func:`listen_udp_batch` while running (as ``internet.UDPServer``)."""
-
-    def __init__(self, port: int, protocol, *, interface: str = "", maxPacketSize: int = 8192,
-                 batch: int = DEFAULT_BATCH, reactor=None) -> None:
-        self.port_number = port
-        self.protocol = protocol
-        self.interface = interface
-        self.maxPacketSize = maxPacketSize
-        self.batch = batch
-        self.reactor = reactor
-        self._port = None
-
-    def startService(self) -> None:
-        super().startService()
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor  # the global reactor, as twisted.application.internet does
-        self._port = listen_udp_batch(reactor, self.port_number, self.protocol, self.interface, self.maxPacketSize,
-                                      self.batch)
-
-    def stopService(self):
-        super().stopService()
-        port, self._port = self._port, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-    def getHost(self):
-        """The address the port listens on (after start)."""
-        return self._port.getHost()
-
-
-__all__ = ["DEFAULT_BATCH", "BatchDatagramProtocol", "BatchUDPPort", "BatchUDPServer", "listen_udp_batch"]
+__all__ = ["DEFAULT_BATCH", "BatchDatagramProtocol", "BatchUDPPort", "listen_udp_batch"]

@@ -19,6 +19,7 @@ from ..roles.gc_tuning import freeze_long_lived
 from ..roles.guard import ConnectionGuard
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import check_override
 from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
@@ -44,6 +45,7 @@ class Options(RoleOptions):
         settings = self.load(load_ecmg_settings)
         self["key_store"] = self.checked(load_keyfile, settings.key_file)
         if self["endpoint"]:
+            check_override("endpoint", self["endpoint"], settings.tls)
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         self["settings"] = settings
 

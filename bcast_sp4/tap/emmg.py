@@ -17,6 +17,7 @@ from ..roles.emmg_client import EMMGService
 from ..roles.guard import ConnectionGuard
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import check_override
 from .tls import client_endpoint as tls_client_endpoint
 
 log = Logger()
@@ -42,6 +43,7 @@ class Options(RoleOptions):
     def postOptions(self) -> None:
         settings = self.load(load_emmg_settings)
         if self["connect"]:
+            check_override("connect", self["connect"], settings.tls)
             settings = attrs.evolve(settings, connect=self["connect"])
         if self["transport"]:
             if self["transport"] not in ("tcp", "udp"):

@@ -31,7 +31,7 @@ starts every role that way as its own process.
 from __future__ import annotations
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -116,9 +116,9 @@ class Lab(SequentialStop):
     closing its channels in order -- then the ECMGs and the MUX, which answer until then).
 
     Each role is handed the session manager when it is built; the attributes name the roles' service
-    trees for tests and tools. :attr:`started` (after ``startService``) fires once the terminal
-    waits for keys, or fails with :class:`~bcast_sp4.session.NotReady`; a failed start-up is also
-    reported through *on_done* (status :data:`STARTUP_FAILED`).
+    trees for tests and tools. :attr:`started` (after ``startService``) fires once the start-up is
+    over: the terminal waits for keys, or :attr:`startup_failure` says what never became ready
+    (reported through *on_done* too, status :data:`STARTUP_FAILED`).
     """
 
     def __init__(self, settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None,
@@ -128,6 +128,9 @@ class Lab(SequentialStop):
         self.clock = reactor
         self.startup_timeout = startup_timeout
         self.started: Deferred | None = None
+        #: the line that ended a failed start-up, else ``None``
+        self.startup_failure: str | None = None
+        self._waiting: Deferred | None = None  # the start-up step under way
         self.session = session = SessionManager(reactor)
         if ops is not None:  # one set of metrics and one status board for every role of the lab
             ops.watch_session(session)
@@ -157,7 +160,8 @@ class Lab(SequentialStop):
         self.started = self._start_up()
 
     def _step(self, waits: dict[str, Deferred], what: str) -> Deferred:
-        return self.session.all_ready(waits, self.startup_timeout, what)
+        self._waiting = self.session.all_ready(waits, self.startup_timeout, what)
+        return self._waiting
 
     def _start_up(self) -> Deferred:
         d = self._step(self._listening(), "lab start-up, servers")
@@ -166,7 +170,11 @@ class Lab(SequentialStop):
         d.addCallback(lambda waits: self._step(waits, "lab start-up, first STKMs"))
         d.addCallback(self._start_terminal)
         d.addErrback(self._failed)
+        d.addBoth(self._over)
         return d
+
+    def _over(self, _result) -> None:
+        self._waiting = None
 
     def _listening(self) -> dict[str, Deferred]:
         s, session = self.settings, self.session
@@ -208,12 +216,24 @@ class Lab(SequentialStop):
         log.info("lab: first STKMs out; the terminal waits for keys")
         self.terminal.terminal.begin()
 
-    def _failed(self, failure: Failure) -> Failure:
-        reason = failure.getErrorMessage() if failure.check(NotReady) else f"lab start-up failed: {failure.value!r}"
+    def _failed(self, failure: Failure) -> None:
+        """Report a failed start-up (one line, exit status :data:`STARTUP_FAILED`); stopping is not one."""
+        if failure.check(CancelledError):
+            return
+        if failure.check(NotReady):
+            reason = failure.getErrorMessage()
+        else:
+            log.failure("lab start-up failed", failure)
+            reason = f"lab start-up failed: {failure.getErrorMessage()}"
+        self.startup_failure = reason
         log.error("{reason}", reason=reason)
         if self.running:
             self.terminal.terminal.fail(reason, STARTUP_FAILED)
-        return failure
+
+    def stopService(self):
+        if self._waiting is not None:
+            self._waiting.cancel()  # stopped while starting up: no verdict from here
+        return super().stopService()
 
 
 class RoleAlone(MultiService):

@@ -16,8 +16,10 @@ from ..ops.startup import FailFast, ListeningService, UDPListeningService, build
 from ..ops.status import mux_routes
 from ..roles.guard import ConnectionGuard
 from ..roles.mux_server import MuxServer
+from ..roles.udp_batch import listen_udp_batch
 from ..session import SessionManager
 from ._options import RoleOptions
+from .tls import check_override
 from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
@@ -46,6 +48,7 @@ class Options(RoleOptions):
     def postOptions(self) -> None:
         settings = self.load(load_mux_settings)
         if self["endpoint"]:
+            check_override("endpoint", self["endpoint"], settings.tls)
             settings = attrs.evolve(settings, endpoint=self["endpoint"])
         if self["udp"]:
             if self["udp"] == "off":
@@ -56,6 +59,17 @@ class Options(RoleOptions):
                 except ValueError as exc:
                     raise usage.UsageError(f"--udp: {exc}") from None
         self["settings"] = settings
+
+
+class _BatchUDPListening(UDPListeningService):
+    """The MUX's UDP port: every datagram of a reactor wake-up handed over in one batch
+    (:func:`~bcast_sp4.roles.udp_batch.listen_udp_batch`), with the start-up checks of its base."""
+
+    def _getPort(self):
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return listen_udp_batch(reactor, *self.args, **self.kwargs)
 
 
 def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> MultiService:
@@ -83,8 +97,8 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
     if settings.udp is not None:
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
-        udp = UDPListeningService(port, server.udp_protocol, interface=interface, reactor=reactor,
-                                  max_packet_size=UDP_READ_SIZE)
+        udp = _BatchUDPListening(port, server.udp_protocol, interface=interface, reactor=reactor,
+                                 max_packet_size=UDP_READ_SIZE)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp

@@ -57,7 +57,7 @@ def mux_endpoints(settings: SCSSettings, reactor) -> dict[int, object] | None:
     (the links make their plain endpoints themselves)."""
     if settings.tls is None:
         return None
-    return {scid: client_endpoint(reactor, link.connect, settings.tls) for scid, link in link_settings(settings).items()}
+    return {scid: tls_client_endpoint(reactor, link.connect, settings.tls) for scid, link in link_settings(settings).items()}
 
 
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,

@@ -28,6 +28,7 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
 from zope.interface import implementer
 
 from ..config.limits import TLSSettings
@@ -99,6 +100,15 @@ class TLSServerEndpoint:
         return self.wrapped.listen(_RefusingTLSFactory(self.options, False, protocolFactory))
 
 
+def check_override(option: str, spec: str, tls: TLSSettings | None) -> None:
+    """A command-line endpoint replacing the file's: with ``[tls]`` it must be ``tcp:``/``tcp6:``.
+
+    :raises usage.UsageError: an ``ssl:`` (or other) endpoint would be wrapped in TLS twice.
+    """
+    if tls is not None and spec.split(":", 1)[0] not in ("tcp", "tcp6"):
+        raise usage.UsageError(f"--{option} {spec}: the file has a [tls] table, which wraps a tcp: endpoint in TLS")
+
+
 def endpoint_host(spec: str) -> str:
     """The host of a ``tcp:`` client endpoint string (``host=`` or the first positional field)."""
     fields = _FIELD_SPLIT.split(spec)[1:]
@@ -138,5 +148,5 @@ def client_endpoint(reactor, spec: str, tls: TLSSettings | None) -> IStreamClien
     return wrapClientTLS(client_options(tls, endpoint_host(spec)), endpoint)
 
 
-__all__ = ["TLSServerEndpoint", "client_endpoint", "client_options", "endpoint_host", "server_endpoint",
-           "server_options", "wrap_server"]
+__all__ = ["TLSServerEndpoint", "check_override", "client_endpoint", "client_options", "endpoint_host",
+           "server_endpoint", "server_options", "wrap_server"]

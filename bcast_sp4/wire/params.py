@@ -76,6 +76,24 @@ class SectionTSpktFlag(enum.IntEnum):
     BCAST = 0x02
 
 
+_FLAG_NAMES = {
+    SectionTSpktFlag.SECTIONS: "sections",
+    SectionTSpktFlag.TS_PACKETS: "TS packets",
+    SectionTSpktFlag.BCAST: "BCAST datagrams",
+}
+
+
+def describe_flag(flag: int) -> str:
+    """``"1 (TS packets)"``: a section_TSpkt_flag value and what it means, for log lines."""
+    return f"{flag} ({_FLAG_NAMES.get(flag, 'undefined')})"
+
+
+def describe_flags(flags) -> str:
+    """``"0x02"`` or ``"0x00, 0x01 or 0x02"``: the section_TSpkt_flag values a side accepts, for log lines."""
+    values = [f"{f:#04x}" for f in sorted(flags)]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+
+
 class DataType(enum.IntEnum):
     """data_type values of EMMG/PDG<=>MUX (digest §4.2). SP-4 uses EMM for LTKMs."""
 

@@ -6,6 +6,7 @@ Only 127.0.0.1; every wait is bounded.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -18,6 +19,22 @@ from pathlib import Path
 from bcast_sp4 import wire
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the lab's ports (etc/lab) span 12201..16203
+LAB_LOW, LAB_SPAN = 12201, 16203 - 12201
+
+
+def lab_port_bases(tries: int = 3) -> list[int]:
+    """Bases for ``--port-base`` (the lab's lowest port moves there), different per test process and
+    below the kernel's ephemeral range, where every port-0 listener of a concurrent test lands. No
+    port is probed (bind, close, reuse would race): a base another process holds a port of fails the
+    run at start-up, naming it, and the caller takes the next base."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ id(object()))
+    return [rng.randrange(10000, max(10001, low - LAB_SPAN - 1)) for _ in range(tries)]
 DRM_SCID, CARD_SCID, DVB_SCID = 0x00010001, 0x00020001, 0x4AE60000
 
 

@@ -27,11 +27,13 @@ from pathlib import Path
 from bcast_sp4 import wire
 from bcast_sp4.wire import ecmg_scs, emmg_mux
 
-from .harness import ROOT
+from .harness import LAB_LOW, ROOT, lab_port_bases
 
 LAB = ROOT / "etc" / "lab"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 EOF_MARK = b""
+#: notified whenever a proxy records something (wait_until waits on it instead of polling)
+RECORDED = threading.Condition()
 
 
 class RecordingProxy:
@@ -85,6 +87,8 @@ class RecordingProxy:
                 data = EOF_MARK
             with self.lock:
                 self.records.append((number, side, data))
+            with RECORDED:
+                RECORDED.notify_all()
             try:
                 if data:
                     sink.sendall(data)
@@ -147,22 +151,10 @@ def env() -> dict:
 LAB_PORT = re.compile(r"\b1[2-6]\d{3}\b")  # every number of this range in etc/lab/*.toml is a port
 
 
-def free_port() -> int:
-    """A port free for TCP and UDP on 127.0.0.1 now (the lab's files need numbers, not port 0)."""
-    for _ in range(100):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            try:
-                udp.bind(("127.0.0.1", tcp.getsockname()[1]))
-            except OSError:
-                continue
-            return tcp.getsockname()[1]
-    raise AssertionError("no free port")
-
-
 class LabCopy:
-    """etc/lab copied with every port renumbered (other test runs may use the lab's ports), and the
-    clients' TCP endpoints -- not the servers' -- pointed at recording proxies.
+    """etc/lab copied with every port moved to a port base (other test runs may use the lab's ports;
+    no port is probed: see ``harness.lab_port_bases``), and the clients' TCP endpoints -- not the
+    servers' -- pointed at recording proxies.
 
     :ivar proxies: the lab's port (12201, 12202, 15000) -> the proxy in front of its server.
     """
@@ -172,9 +164,10 @@ class LabCopy:
         shutil.copytree(LAB, self.folder)
         ports: dict[str, str] = {}
         files = {path: path.read_text() for path in self.folder.glob("*.toml")}
+        base = lab_port_bases(1)[0]
         for text in files.values():
             for number in LAB_PORT.findall(text):
-                ports.setdefault(number, str(free_port()))
+                ports.setdefault(number, str(base + int(number) - LAB_LOW))
         self.proxies = {int(lab): RecordingProxy(("127.0.0.1", int(ports[str(lab)]))) for lab in (12201, 12202, 15000)}
         for path, text in files.items():
             text = LAB_PORT.sub(lambda found: ports[found.group(0)], text)
@@ -189,12 +182,16 @@ class LabCopy:
 
 
 def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
+    """Until *predicate* holds, looked at after each proxy record (and every second, to notice a
+    process that exited); bounded by *timeout*."""
     deadline = time.monotonic() + timeout
     while not predicate():
         for proc, log in processes:
             assert proc.poll() is None, f"{proc.args} exited early:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {what}"
+        with RECORDED:
+            RECORDED.wait(min(1.0, remaining))
 
 
 def set_up(proxies: dict[int, RecordingProxy]) -> bool:

@@ -93,6 +93,7 @@ def write_pair(directory: Path, name: str, pair) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)  # key material: a readable one is refused
     return cert_path, key_path
 
 
@@ -290,3 +291,22 @@ class ClientRolesOverTLSTest(TestCase):
                 break
             await deferLater(reactor, 0.02, lambda: None)
         mux.mux.factory.guard.stop()
+
+
+def test_a_command_line_ssl_endpoint_with_a_tls_table_is_a_usage_error(tmp_path):
+    import pytest
+    from twisted.python import usage
+
+    from bcast_sp4.tap import ecmg as ecmg_tap
+
+    shutil.copy(ETC / "keys.example.toml", tmp_path / "keys.example.toml")
+    pair = issue(make_ca("ca"), "ecmg", server=True)
+    cert, key = write_pair(tmp_path, "server", pair)
+    config = tmp_path / "ecmg.toml"
+    config.write_text((ETC / "ecmg.toml").read_text() + f'\n[tls]\ncertificate = "{cert}"\nprivate_key = "{key}"\n')
+    options = ecmg_tap.Options()
+    with pytest.raises(usage.UsageError, match="wraps a tcp: endpoint"):
+        options.parseOptions(["--config", str(config), "--endpoint", "ssl:2222"])
+    options = ecmg_tap.Options()
+    options.parseOptions(["--config", str(config), "--endpoint", "tcp:0:interface=127.0.0.1"])
+    assert options["settings"].tls.certificate == cert

@@ -343,7 +343,7 @@ def test_a_failed_stream_setup_names_each_differing_field():
     s.connection_made(0.0)
     s.receive(channel_status(), 0.0)
     out = s.receive(stream_status(data_id=0x999, data_type=1), 0.0)
-    assert of(out, Notify)[0].fields["reason"] == "MUX answered data_id 2457; we sent 256; MUX answered data_type 1; we sent 0"
+    assert of(out, Notify)[0].fields["reason"] == "MUX answered data_id 0x0999; we sent 0x0100; MUX answered data_type 1; we sent 0"
 
 
 def test_shutdown_mid_setup_closes_the_streams_already_set_up():

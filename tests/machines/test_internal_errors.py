@@ -234,3 +234,20 @@ def test_an_undecodable_message_in_another_version_than_the_channels_gets_0x0002
     assert caught.value.error_status == 0x000E
     error = one(conn.receive(caught.value, 0.0), e.ChannelError)
     assert (error.error_status, error.protocol_version, error.ECM_channel_id) == ((0x0002,), 3, 1)
+
+
+def test_the_adapters_cw_provision_fast_path_answers_0x7000_too():
+    source = FlakySource()
+    conn = ECMGConnection(ECMGResources(ECMGConfig(cas_modes={DRM: CasMode.DRM_PROFILE})), source)
+    one(conn.receive(e.ChannelSetup(protocol_version=3, ECM_channel_id=1, Super_CAS_id=DRM), 0.0), e.ChannelStatus)
+    for stream_id in (1, 2):
+        one(conn.receive(e.StreamSetup(protocol_version=3, ECM_channel_id=1, ECM_stream_id=stream_id, ECM_id=stream_id,
+                                       nominal_CP_duration=20), 0.0), e.StreamStatus)
+    source.broken.add(1)
+    for stream_id in (1, 2):
+        out = conn.cw_provision(e.CWProvision(protocol_version=3, ECM_channel_id=1, ECM_stream_id=stream_id, CP_number=7,
+                                              CP_CW_combination=(CW(7, b"a" * 16), CW(8, b"b" * 16))), 0.0)
+        if stream_id == 1:
+            assert one(out, e.StreamError).error_status == (0x7000,) and notices(out, "internal_error")
+        else:
+            assert isinstance(out, bytes) and out[1:3] == b"\x02\x02"  # the encoded ECM_response

@@ -24,12 +24,14 @@ from tests.machines.test_mux_machine import (
 )
 
 
-def twin_cores(**kw):
-    """Two cores, each with BSM's LTKM and LTKM2 streams, OTHER's and CARD's STKM stream live (v3)."""
+def twin_cores(peer_host=None, **kw):
+    """Two cores, each with BSM's LTKM and LTKM2 streams, OTHER's and CARD's STKM stream live (v3);
+    *peer_host*: the TCP peer address of BSM's connection (``None``: unknown, any UDP source)."""
     cores = []
     for _ in range(2):
         core = MuxCore(make_config(**kw))
         bsm, other, card = MuxConnection(core), MuxConnection(core), MuxConnection(core)
+        bsm.peer_host = peer_host
         ready(None, bsm, kbit=200)
         one(stream(bsm, st=2, data_id=LTKM2), m.StreamStatus)
         one(bw(bsm, 100, st=2), m.StreamBWAllocation)
@@ -59,21 +61,21 @@ def per_route(pairs):
 
 
 ITEMS = [
-    (3, BSM, LTKM, b"a1"),
-    (3, BSM, LTKM2, b"b1"),
-    (3, BSM, LTKM, b"a2"),
-    (3, OTHER, 0x0200, b"o1"),
-    (3, BSM, LTKM, b"a3" * 100),
-    (3, CARD, STKM_ID, b"stkm-1"),  # an STKM route: through ingest, the carousel
-    (3, BSM, LTKM2, b"b2"),
+    (3, BSM, LTKM, b"a1", None),
+    (3, BSM, LTKM2, b"b1", None),
+    (3, BSM, LTKM, b"a2", None),
+    (3, OTHER, 0x0200, b"o1", None),
+    (3, BSM, LTKM, b"a3" * 100, None),
+    (3, CARD, STKM_ID, b"stkm-1", None),  # an STKM route: through ingest, the carousel
+    (3, BSM, LTKM2, b"b2", None),
 ]
 
 
 def test_batch_equals_item_by_item_unthrottled():
     one_by_one, batched = twin_cores(unthrottled=True)
     single = []
-    for item in ITEMS:
-        outputs = one_by_one.receive_udp_fast(*item, 5.0)
+    for *item, source in ITEMS:
+        outputs = one_by_one.receive_udp_fast(*item, 5.0, source)
         assert outputs is not None
         single += outputs
     outputs, taken = batched.receive_udp_batch(ITEMS, 5.0)
@@ -90,8 +92,8 @@ def test_batch_equals_item_by_item_unthrottled():
 def test_batch_queues_like_item_by_item_when_paced():
     one_by_one, batched = twin_cores()
     single = []
-    for item in ITEMS:
-        single += one_by_one.receive_udp_fast(*item, 5.0)
+    for *item, source in ITEMS:
+        single += one_by_one.receive_udp_fast(*item, 5.0, source)
     outputs, taken = batched.receive_udp_batch(ITEMS, 5.0)
     assert taken == len(ITEMS)
     assert not any(type(o) is EmitMany for o in outputs)
@@ -105,12 +107,12 @@ def test_batch_queues_like_item_by_item_when_paced():
 
 def test_batch_stops_at_the_first_item_without_a_live_stream():
     _, core = twin_cores(unthrottled=True)
-    items = [(3, BSM, LTKM, b"x"), (3, BSM, 0x0999, b"no route"), (3, BSM, LTKM, b"y")]
+    items = [(3, BSM, LTKM, b"x", None), (3, BSM, 0x0999, b"no route", None), (3, BSM, LTKM, b"y", None)]
     outputs, taken = core.receive_udp_batch(items, 1.0)
     assert taken == 1 and flatten(outputs) == [((BSM, LTKM), b"x")]
     assert core.counters["udp_messages"] == 1
     # a version other than the stream's stops it too, before anything is counted for it
-    outputs, taken = core.receive_udp_batch([(2, BSM, LTKM, b"z")], 1.0)
+    outputs, taken = core.receive_udp_batch([(2, BSM, LTKM, b"z", None)], 1.0)
     assert (outputs, taken) == ([], 0)
     assert core.counters["udp_messages"] == 1
     outputs, taken = core.receive_udp_batch(items[2:], 1.0)
@@ -119,12 +121,23 @@ def test_batch_stops_at_the_first_item_without_a_live_stream():
 
 def test_batch_too_long_datagram_takes_the_ingest_path_in_order():
     one_by_one, batched = twin_cores(unthrottled=True, max_datagram_size=10)
-    items = [(3, BSM, LTKM, b"short"), (3, BSM, LTKM, b"x" * 11), (3, BSM, LTKM, b"after")]
+    items = [(3, BSM, LTKM, b"short", None), (3, BSM, LTKM, b"x" * 11, None), (3, BSM, LTKM, b"after", None)]
     single = []
-    for item in items:
-        single += one_by_one.receive_udp_fast(*item, 2.0)
+    for *item, source in items:
+        single += one_by_one.receive_udp_fast(*item, 2.0, source)
     outputs, taken = batched.receive_udp_batch(items, 2.0)
     assert taken == 3
     assert flatten(outputs) == flatten(single) == [((BSM, LTKM), b"short"), ((BSM, LTKM), b"after")]
     assert batched.counters == one_by_one.counters
     assert dict(batched.dropped) == dict(one_by_one.dropped)
+
+
+def test_batch_stops_where_receive_udp_fast_would_refuse_the_source():
+    one_by_one, batched = twin_cores(peer_host="192.0.2.1", unthrottled=True)
+    # BSM's UDP must come from its TCP peer's address
+    assert one_by_one.receive_udp_fast(3, BSM, LTKM, b"x", 1.0, "192.0.2.7") is None
+    assert one_by_one.receive_udp_fast(3, BSM, LTKM, b"y", 1.0, "192.0.2.1") is not None
+    items = [(3, BSM, LTKM, b"y", "192.0.2.1"), (3, BSM, LTKM, b"x", "192.0.2.7"), (3, BSM, LTKM, b"z", "192.0.2.1")]
+    outputs, taken = batched.receive_udp_batch(items, 1.0)
+    assert taken == 1 and flatten(outputs) == [((BSM, LTKM), b"y")]
+    assert batched.counters == one_by_one.counters

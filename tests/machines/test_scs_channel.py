@@ -235,6 +235,21 @@ def test_shutdown_closes_streams_waits_for_each_response_then_channel_then_conne
     assert make().close(0.0) == [CancelTimer(k) for k in make().timer_keys()]  # nothing to close
 
 
+def test_shutdown_also_closes_a_stream_whose_stream_setup_is_unanswered():
+    # the ECMG will set that stream up (it handles messages in order): the SCS must close it too
+    channel, _ = opened()
+    channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101, access_criteria_transfer_mode=False), 0.0)
+    assert channel.streams[2].state is SCSStreamState.WAIT_ST_STATUS
+    out = channel.close(1.0)
+    assert sorted(r.ECM_stream_id for r in sent(out, m.StreamCloseRequest)) == [1, 2]
+    late = channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=2, ECM_id=102,
+                                          access_criteria_transfer_mode=False), 1.1)
+    assert late == [] and channel.state is SCSChannelState.CLOSING  # its close request is on the way
+    channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=1), 1.2)
+    out = channel.receive(m.StreamCloseResponse(ECM_channel_id=CH, ECM_stream_id=2), 1.3)
+    assert [type(x) for x in sent(out)] == [m.ChannelClose] and channel.state is SCSChannelState.DISCONNECTED
+
+
 def test_shutdown_close_timeout_bounds_the_wait_then_closes_the_channel_in_order():
     channel, _ = opened()
     streams_up(channel)

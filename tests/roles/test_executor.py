@@ -135,3 +135,11 @@ def test_keyed_timers_read_as_a_mapping():
     timers.cancel("never armed")
     clock.advance(5)
     assert fired == [] and not timers
+
+
+def test_nothing_is_written_on_a_lost_connection():
+    executor = OutputExecutor(Clock(), log, "ecmg")
+    outbox, transport = _outbox()
+    outbox.lost()
+    executor.run([Send(_test(1)), Close("bye")], 0.0, outbox)
+    assert transport.value() == b"" and not transport.disconnecting and outbox.closing

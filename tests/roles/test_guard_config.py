@@ -70,8 +70,10 @@ def test_mux_limits_table_refuses_a_key_neither_reader_knows(tmp_path):
     ("[limits]\nmessages_per_turn = 0", "limits.messages_per_turn", "outside"),
     ("[limits]\ncolour = 1", "limits.colour", "unknown key"),
     ("[tls]\nca = \"keys.example.toml\"", "tls.certificate", "a TLS server needs its certificate"),
+    ("[tls]\ncertificate = \"keys.example.toml\"", "tls.certificate", "readable by group or others"),
     ("[tls]\ncertificate = \"nowhere.pem\"", "tls.certificate", "is not a file"),
-    ("[tls]\ncertificate = \"keys.example.toml\"\nserver_name = \"x\"", "tls.server_name", "unknown key"),
+    ("[tls]\ncertificate = \"keys.example.toml\"\nallow_readable_private_key = true\nserver_name = \"x\"",
+     "tls.server_name", "unknown key"),
 ])
 def test_ecmg_errors_name_the_key(tmp_path, extra, key, reason):
     with pytest.raises(ConfigError) as caught:
@@ -80,7 +82,7 @@ def test_ecmg_errors_name_the_key(tmp_path, extra, key, reason):
 
 
 def test_tls_with_an_ssl_endpoint_is_refused(tmp_path):
-    path = role_file(tmp_path, "ecmg", '[tls]\ncertificate = "keys.example.toml"')
+    path = role_file(tmp_path, "ecmg", '[tls]\ncertificate = "keys.example.toml"\nallow_readable_private_key = true')
     path.write_text(path.read_text().replace('endpoint = "tcp:2222', 'endpoint = "ssl:2222'))
     with pytest.raises(ConfigError) as caught:
         load_ecmg_settings(path)

@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.trial.unittest import TestCase
 
 from bcast_sp4 import wire
 from bcast_sp4.bcast import traffic
@@ -100,6 +101,35 @@ def test_a_pipelined_burst_is_served_over_turns_and_another_channel_in_between()
     assert ecmg.guard.counters["deferred_turns"] == 3
 
 
+def test_a_big_read_is_framed_a_slice_per_step_in_order():
+    ecmg = ECMG(messages_per_turn=1000, max_invalid_messages=0)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
+    replies(transport)
+    tests = b"".join(m.StreamTest(ECM_channel_id=1, ECM_stream_id=s).encode() for s in range(1, 1001))
+    protocol.dataReceived(tests + m.ChannelTest(ECM_channel_id=1).encode())  # 14 KB in one read
+    first = replies(transport)
+    assert 0 < len(first) < 1000  # only the first 8 KiB were framed in this turn
+    assert transport.producerState == "paused"
+    ecmg.clock.advance(0)
+    rest = replies(transport)
+    answers = first + rest
+    assert len(answers) == 1001 and isinstance(answers[-1], m.ChannelStatus)
+    assert [a.ECM_stream_id for a in answers[:-1]] == list(range(1, 1001))  # unknown streams: stream_error each, in order
+    assert transport.producerState == "producing" and ecmg.guard.buffered_total == 0
+
+
+def test_a_close_asked_by_the_machine_drops_the_backlog():
+    ecmg = ECMG(messages_per_turn=10, max_invalid_messages=3)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.StreamTest(ECM_channel_id=9, ECM_stream_id=1).encode() * 100)
+    assert len(replies(transport)) == 3 and transport.disconnecting  # 3 invalid in a row: closed
+    ecmg.clock.advance(0)
+    assert replies(transport) == [] and ecmg.guard.buffered_total == 0
+    protocol.connectionLost(None)
+    assert ecmg.guard.connections == 0
+
+
 def test_a_cw_provision_that_waited_past_max_comp_time_is_answered_0x000D():
     ecmg = ECMG(messages_per_turn=4)
     protocol, transport = ecmg.connect()
@@ -111,6 +141,24 @@ def test_a_cw_provision_that_waited_past_max_comp_time_is_answered_0x000D():
     assert isinstance(late, m.StreamError) and late.error_status == (ECMGSCSErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES,)
     protocol.dataReceived(cw_provision(8).encode())  # on time again
     assert [type(r) for r in replies(transport)] == [m.ECMResponse]
+
+
+
+def test_late_answers_do_not_close_the_channel():
+    """0x000D is the ECMG's lateness, not the SCS's fault: five in a row (max_invalid_messages 3) keep the channel."""
+    ecmg = ECMG(messages_per_turn=1, max_invalid_messages=3)
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
+    protocol.dataReceived(m.StreamSetup(ECM_channel_id=1, ECM_stream_id=1, ECM_id=1, nominal_CP_duration=20).encode())
+    assert [type(r) for r in replies(transport)] == [m.ChannelStatus, m.StreamStatus]
+    protocol.dataReceived(m.ChannelTest(ECM_channel_id=1).encode() + b"".join(cw_provision(cp).encode() for cp in range(5)))
+    replies(transport)
+    for _ in range(5):
+        ecmg.clock.rightNow += 0.15  # the turns come 150 ms apart: each CW_provision waited past 100 ms
+        one_turn(ecmg.clock)
+    late = replies(transport)
+    assert [r.error_status for r in late] == [(ECMGSCSErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES,)] * 5
+    assert not transport.disconnecting
 
 
 def test_no_channel_setup_in_30_s_closes_and_the_count_goes_back():
@@ -201,6 +249,7 @@ def test_a_stream_error_with_10000_statuses_is_one_short_line():
     error = m.StreamError(ECM_channel_id=1, ECM_stream_id=1, error_status=tuple([0x7000] * 10_000))
     with capturedLogs() as events:
         protocol.dataReceived(error.encode())
+        ecmg.clock.advance(0)  # 60 KB: framed 8 KiB per step, over the next turns
     lines = [formatEvent(e) for e in events if "error" in formatEvent(e)]
     assert len(lines) == 1 and len(lines[0]) < 400, lines
     assert "9,992 more" in lines[0]
@@ -238,3 +287,50 @@ def test_mux_core_is_untouched_by_a_refused_datagram():
             server.udp_protocol.datagramReceived(b"\x03\x02\x11\x00\x00", ("127.0.0.1", 5555))
     assert guard.counters["udp_refused_address"] == 100
     assert len([e for e in events if e["log_level"] == LogLevel.warn]) == 5
+
+
+class RealSocketTimeoutsTest(TestCase):
+    """A few real loopback connections to the ECMG ``bcast-ecmg`` builds: idle and half-sent ones
+    are closed by the timeouts and every count and byte goes back (bounded waits, no timing asserted)."""
+
+    async def test_idle_and_half_sent_connections_are_closed(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.task import deferLater
+
+        from bcast_sp4.config import load_ecmg_settings
+        from bcast_sp4.tap.ecmg import build_service
+
+        settings = load_ecmg_settings(ROOT / "etc" / "ecmg.toml")
+        # the half-sent ones hit the message timeout long before the channel timeout
+        limits = attrs.evolve(settings.limits, first_channel_setup_timeout=5.0, message_timeout=0.2)
+        top = build_service(attrs.evolve(settings, limits=limits), KEYS, reactor)
+        guard = top.factory.guard
+        self.addCleanup(guard.stop)
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(top.factory)
+        self.addCleanup(port.stopListening)
+        lost = []
+
+        class Peer(Protocol):
+            def __init__(self, payload: bytes) -> None:
+                self.payload = payload
+
+            def connectionMade(self) -> None:
+                if self.payload:
+                    self.transport.write(self.payload)
+
+            def connectionLost(self, reason) -> None:
+                lost.append(self.payload)
+
+        half = bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(1000)  # claims 65,535 bytes, sends 1,000
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        for payload in (b"", b"", b"", half, half, half):
+            await endpoint.connect(Factory.forProtocol(lambda p=payload: Peer(p)))
+        for _ in range(3000):  # 60 s at most on a busy machine
+            if len(lost) == 6 and guard.connections == 0:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(sorted(lost), [b"", b"", b"", half, half, half])
+        self.assertEqual((guard.counters["closed_no_channel"], guard.counters["closed_message_timeout"]), (3, 3))
+        self.assertEqual((guard.connections, guard.buffered_total), (0, 0))

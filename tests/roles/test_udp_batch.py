@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import DatagramProtocol
 
-from bcast_sp4.roles.udp_batch import BatchUDPPort, BatchUDPServer, listen_udp_batch
+from bcast_sp4.roles.udp_batch import BatchUDPPort, listen_udp_batch
 
 from ..doubles import UDPMemoryReactor
 
@@ -101,10 +101,7 @@ def test_batch_budget_must_be_positive(reactor):
 def test_non_posix_reactor_falls_back_to_listen_udp():
     reactor = UDPMemoryReactor()
     protocol = Recorder()
-    service = BatchUDPServer(4000, protocol, interface="127.0.0.1", maxPacketSize=65536, reactor=reactor)
-    service.startService()
+    listening = listen_udp_batch(reactor, 4000, protocol, interface="127.0.0.1", maxPacketSize=65536)
     (port,) = reactor.udp
+    assert listening is port
     assert (port.port, port.protocol, port.interface, port.max_packet_size) == (4000, protocol, "127.0.0.1", 65536)
-    assert service.getHost().port == 4000
-    service.stopService()
-    assert not port.listening

@@ -13,7 +13,8 @@ Pieces:
 * :mod:`.limits` -- amplification bounds on STKM routes and the UDP sender identity (issue #13).
 * :mod:`.core` -- one :class:`MuxCore` per MUX process: channel and stream registries (its public
   API), bandwidth accounting, the bounded LTKM queues with their egress token buckets, the STKM
-  carousels, the UDP input and the drop counters (:mod:`.drops`). UDP ``data_provision`` goes to
+  carousels, the UDP input (:mod:`.udp`) and the drop counters (:mod:`.drops`); its records
+  (outputs, streams, routes) are in :mod:`.records`. UDP ``data_provision`` goes to
   :meth:`MuxCore.receive_udp`; a co-located SCS calls :meth:`MuxCore.submit_stkm`.
 * :mod:`.connection` -- one :class:`MuxConnection` per TCP connection (one data channel), a
   :class:`~bcast_sp4.machines.channel.ServerChannel` that turns messages into core calls; its

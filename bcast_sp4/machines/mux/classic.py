@@ -23,8 +23,10 @@ against its v2 table, so a v1 stream_status without data_id is "missing mandator
 :class:`StreamStatusEchoingDataId`: version byte 1, parameters as in v2. A v1 stream_setup without
 data_id gets strict v1 (and is refused: nothing to route by).
 
-Pure: no I/O. The connection (:mod:`.connection`) calls :func:`route_fits` at stream_setup and
-:func:`describe_flag` in its refusals; the core (:mod:`.core`) calls :func:`screen` in ``ingest``.
+Pure: no I/O. The connection (:mod:`.connection`) calls :func:`route_fits` at stream_setup; the
+core (:mod:`.core`) calls :func:`screen` in ``ingest``. The section_TSpkt_flag descriptions of log
+lines, :func:`describe_flag` / :func:`describe_flags`, live in :mod:`bcast_sp4.wire.params` (shared
+with the EMMG and SCS machines) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from __future__ import annotations
 import attrs
 
 from ...wire import emmg_mux as m
-from ...wire.params import SectionTSpktFlag
+from ...wire.params import SectionTSpktFlag, describe_flag, describe_flags
 from .config import RouteKind
 
 TS_PACKET_SIZE = 188
@@ -40,23 +42,6 @@ SYNC_BYTE = 0x47
 #: ISO/IEC 13818-1: a private section's section_length is at most 4093 (4096-byte section)
 MAX_SECTION_LENGTH = 4093
 _SYNC = bytes([SYNC_BYTE])
-
-_FLAG_NAMES = {
-    SectionTSpktFlag.SECTIONS: "sections",
-    SectionTSpktFlag.TS_PACKETS: "TS packets",
-    SectionTSpktFlag.BCAST: "BCAST datagrams",
-}
-
-
-def describe_flag(flag: int) -> str:
-    """``"1 (TS packets)"``: a section_TSpkt_flag value and what it means, for log lines."""
-    return f"{flag} ({_FLAG_NAMES.get(flag, 'undefined')})"
-
-
-def describe_flags(flags) -> str:
-    """``"0x02"`` or ``"0x00, 0x01 or 0x02"``: what a side accepts, for log lines."""
-    values = [f"{f:#04x}" for f in sorted(flags)]
-    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
 
 
 def route_fits(kind: RouteKind, flag: int) -> bool:

@@ -66,7 +66,7 @@ from typing import Any
 from ...wire import Message
 from ...wire import emmg_mux as m
 from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
-from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
+from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag, describe_flag, describe_flags
 from ..channel import (
     EMMG_MUX_CHANNEL,
     PROTOCOL_VERSION_OFFSET,
@@ -183,8 +183,8 @@ class MuxConnection(ServerChannel):
         elif msg.section_TSpkt_flag not in client.section_TSpkt_flags:
             code, info = ErrorStatus.INVALID_VALUE, _SECTION_TSPKT_FLAG
             why["reason"] = (
-                f"client asked section_TSpkt_flag {classic.describe_flag(msg.section_TSpkt_flag)}; client "
-                f"{msg.client_id:#010x} is allowed {classic.describe_flags(client.section_TSpkt_flags)} "
+                f"client asked section_TSpkt_flag {describe_flag(msg.section_TSpkt_flag)}; client "
+                f"{msg.client_id:#010x} is allowed {describe_flags(client.section_TSpkt_flags)} "
                 "(section_TSpkt_flags of its [[client]])"
             )
         else:
@@ -255,7 +255,7 @@ class MuxConnection(ServerChannel):
         elif not classic.route_fits(route.config.kind, self.section_TSpkt_flag):
             code, info = ErrorStatus.INVALID_VALUE, _DATA_TYPE
             why["reason"] = (f"{route.config.kind.value} route on a channel set up with section_TSpkt_flag "
-                             f"{classic.describe_flag(self.section_TSpkt_flag)}; it needs 0x02")
+                             f"{describe_flag(self.section_TSpkt_flag)}; it needs 0x02")
         elif route.stream is not None:
             code, info = ErrorStatus.DATA_ID_IN_USE, _DATA_ID
         elif len(self.streams) >= config.max_streams_per_channel:

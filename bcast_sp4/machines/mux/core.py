@@ -5,9 +5,11 @@ One :class:`MuxCore` per MUX process; the per-connection rules are :mod:`.connec
 reaches the core only through its public registry API (:meth:`MuxCore.channel_refusal`,
 :meth:`~MuxCore.open_channel`, :meth:`~MuxCore.close_channel`, :meth:`~MuxCore.open_stream`,
 :meth:`~MuxCore.close_stream`, :meth:`~MuxCore.allocate`, :meth:`~MuxCore.ingest`,
-:meth:`~MuxCore.drop`); the core answers UDP errors with the owning connection's public
-:meth:`~bcast_sp4.machines.channel.ServerChannel.channel_error` / ``stream_error`` (found by
-:meth:`~MuxCore.connection_of`).
+:meth:`~MuxCore.drop`); the UDP input (:mod:`.udp`) answers UDP errors with the owning
+connection's public :meth:`~bcast_sp4.machines.channel.ServerChannel.channel_error` /
+``stream_error`` (found by :meth:`~MuxCore.connection_of`). The records the core keeps and
+emits (:class:`Emit`, :class:`MuxStream`, :class:`MuxRoute`, ...) are in :mod:`.records`; both
+modules' names are re-exported here.
 
 UDP ``data_provision`` (digest §4.5): accepted only for a stream set up over TCP, found by
 ``client_id`` + ``data_id``, and only from a source address allowed for that client_id (its
@@ -63,118 +65,28 @@ input is guarded by the server channel (:mod:`bcast_sp4.machines.channel`).
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
 from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
 from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
-from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, error_information, internal_error
+from ..channel import error_information, internal_error
 from ..outputs import Notify, Output, Send
 from ..pacing import TokenBucket, kbit_to_bytes
 from ..stkm_schedule import DUE_EPSILON, STKMSchedule
 from . import classic
-from .config import ClientConfig, MuxConfig, RouteConfig, RouteKey, RouteKind
+from .config import ClientConfig, MuxConfig, RouteKey, RouteKind
 from .drops import DropLog
 from .limits import UdpSources, min_gap, stkm_refusal
+from .records import Deliver, Emit, EmitMany, MuxRoute, MuxStream, UnknownRoute
+from .udp import UdpIngress
 
 if TYPE_CHECKING:
     from .connection import MuxConnection
 
 # error_information: the offending parameter_type (digest §5.3)
 _DATAGRAM = EMMG_MUX_PARAMS["datagram"].code
-_DATA_ID = EMMG_MUX_PARAMS["data_id"].code
-
-
-@attrs.frozen(repr=False)
-class Emit:
-    """Send *payload* as one UDP datagram to the destination of *route*."""
-
-    route: RouteKey
-    payload: bytes
-
-    def __repr__(self) -> str:
-        return f"Emit(route=({self.route[0]:#010x}, {self.route[1]}), {len(self.payload)} bytes)"
-
-
-@attrs.frozen(repr=False)
-class EmitMany:
-    """Send each of *payloads*, in order, as one UDP datagram to the destination of *route*
-    (what a batch of UDP ingest makes, :meth:`MuxCore.receive_udp_batch`)."""
-
-    route: RouteKey
-    payloads: tuple[bytes, ...]
-
-    def __repr__(self) -> str:
-        return f"EmitMany(route=({self.route[0]:#010x}, {self.route[1]}), {len(self.payloads)} datagrams)"
-
-
-@attrs.frozen
-class Deliver:
-    """Send *message* on another connection's TCP transport."""
-
-    connection: "MuxConnection"
-    message: Message
-
-
-class UnknownRoute(LookupError):
-    """:meth:`MuxCore.submit_stkm` named no configured STKM route."""
-
-
-@attrs.define(eq=False)
-class MuxStream:
-    """One data stream, set up over TCP by *connection* on *route* (a record the core keeps)."""
-
-    connection: "MuxConnection"
-    channel_id: int
-    stream_id: int
-    data_id: int
-    data_type: int
-    route: "MuxRoute"
-    allocation: int = 0  # kbit/s
-    ingress: TokenBucket | None = None
-    overruns_in_a_row: int = 0
-    overruns: int = 0
-    #: the channel's section_TSpkt_flag: 0x00 / 0x01 datagrams are format-checked (:mod:`.classic`)
-    section_TSpkt_flag: int = SectionTSpktFlag.BCAST
-
-
-@attrs.define(eq=False)
-class MuxRoute:
-    """One configured route, its stream (at most one) and its LTKM queue or STKM carousel."""
-
-    config: RouteConfig
-    client: ClientConfig
-    key: RouteKey
-    stream: MuxStream | None = None
-    # LTKM
-    queue: deque = attrs.field(factory=deque)
-    queued_bytes: int = 0
-    egress: TokenBucket | None = None
-    # STKM
-    current: tuple[bytes, ...] = ()
-    current_emitted: bool = True
-    period: float = 0.1  # s between two copies of the current STKM set
-    next_emit: float | None = None
-    last_emit: float | None = None
-    #: in-process switches to come: (datagrams, period or None, valid_until or None) by on_air_from
-    pending: STKMSchedule[tuple[tuple[bytes, ...], float | None, float | None]] = attrs.field(factory=STKMSchedule)
-    # STKM bounds (.limits): seconds one emission of the current set occupies at the route's
-    # bandwidth, no emission before free_at, when the set became current, until when it is valid,
-    # when its stream went away
-    gap: float = 0.0
-    free_at: float = -math.inf
-    current_since: float = 0.0
-    valid_until: float | None = None
-    sender_gone_at: float | None = None
-    # counters
-    datagrams_in: int = 0
-    bytes_in: int = 0
-    datagrams_out: int = 0
-    bytes_out: int = 0
 
 
 class MuxCore:
@@ -204,12 +116,13 @@ class MuxCore:
         self._busy: set[MuxRoute] = set()  # LTKM routes with a queue
         self._carousels: set[MuxRoute] = set()  # STKM routes with a current set or pending ones
         self._drops = DropLog(config.drop_log_interval)
-        self._udp_reported: dict[MuxConnection, float] = {}
         self.udp_sources = UdpSources(config.limits.udp_sources)
         #: counters: message and datagram totals, and drops by reason
         names = ("data_provisions", "datagrams_in", "bytes_in", "datagrams_out", "bytes_out", "udp_messages", "overruns",
                  "stkm_refused", "stkm_stretched", "stkm_stopped", "internal_errors")
         self.counters: dict[str, int] = dict.fromkeys(names, 0)
+        #: the UDP input (:mod:`.udp`); its entries are the ``receive_udp*`` methods below
+        self.udp = UdpIngress(self)
 
     @property
     def dropped(self) -> dict[str, int]:
@@ -238,7 +151,7 @@ class MuxCore:
         """Forget the channel of *connection* (its streams are closed first, one by one)."""
         self.channels.pop((client_id, channel_id), None)
         self.client_channels[client_id] -= 1
-        self._udp_reported.pop(connection, None)
+        self.udp.forget(connection)
         self.udp_sources.closed(client_id, connection.peer_host)
 
     def connection_of(self, client_id: int | None) -> MuxConnection | None:
@@ -594,180 +507,23 @@ class MuxCore:
             known.datagrams_out -= 1
         return self.drop(route, "egress_error", 1, now, error=reason)
 
-    # -- UDP input ---------------------------------------------------------------------------
+    # -- UDP input (:mod:`.udp`) ---------------------------------------------------------------
 
     def receive_udp(self, item: Message | PeerProtocolError, now: float, source: str | None = None) -> list[Output]:
-        """One UDP datagram from an EMMG: a decoded message or the codec's error for it.
-
-        :param source: the sender's address; a message naming a configured client_id from an
-            address not allowed for it (:class:`.limits.UdpSources`) is dropped and counted
-            (``udp_source``), never answered. ``None``: not checked (in-process callers).
-        """
-        self.counters["udp_messages"] += 1
-        if source is not None:
-            client_id = getattr(item, "client_id", None)
-            if client_id in self.config.clients and not self.udp_sources.allowed(client_id, source):
-                count = len(item.datagram) if type(item) is m.DataProvision else 1
-                return self.drop(None, "udp_source", count, now, client_id=client_id, source=source)
-        try:
-            return self._receive_udp(item, now)
-        except Exception as exc:  # our bug: the datagram is dropped and counted, the MUX goes on
-            self.counters["internal_errors"] += 1
-            return self.drop(None, "internal_error", 1, now) + [internal_error("udp", exc)]
-
-    def _receive_udp(self, item: Message | PeerProtocolError, now: float) -> list[Output]:
-        if type(item) is m.DataProvision and item.data_channel_id is None and item.data_stream_id is None:
-            # the usual shape (digest §4.5: no channel/stream ids on UDP), for a live stream
-            route = self.routes.get((item.client_id, item.data_id))
-            if route is not None:
-                stream = route.stream
-                if stream is not None and item.protocol_version == stream.connection.version:
-                    return self.ingest(stream, item.datagram, now, tcp=False)
-        if isinstance(item, PeerProtocolError):
-            outputs = self.drop(None, "udp_invalid", 1, now, error_status=item.error_status, client_id=item.client_id)
-            connection = self.connection_of(item.client_id)
-            if connection is not None:
-                outputs += self._udp_report(
-                    connection,
-                    connection.channel_error(item.error_status, item.error_information, version=item.protocol_version),
-                    now,
-                )
-            return outputs
-        client_id = getattr(item, "client_id", None)
-        if type(item) is not m.DataProvision:
-            outputs = self.drop(None, "udp_invalid", 1, now, message_type=item.NAME, client_id=client_id)
-            connection = self.connection_of(client_id)
-            if connection is not None:
-                reply = connection.channel_error(ErrorStatus.INVALID_MESSAGE, MESSAGE_TYPE_OFFSET)
-                outputs += self._udp_report(connection, reply, now)
-            return outputs
-        count = len(item.datagram)
-        route = self.routes.get((item.client_id, item.data_id))
-        stream = route.stream if route is not None else None
-        if stream is None:
-            outputs = self.drop(
-                None if route is None else route.key, "udp_unknown", count, now, client_id=item.client_id, data_id=item.data_id
-            )
-            connection = self.connection_of(item.client_id)
-            if connection is not None:
-                if item.data_channel_id is not None and item.data_stream_id is not None:
-                    reply = connection.stream_error(
-                        item.data_stream_id, ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID, channel_id=item.data_channel_id
-                    )
-                else:
-                    reply = connection.channel_error(ErrorStatus.UNKNOWN_DATA_ID, _DATA_ID)
-                outputs += self._udp_report(connection, reply, now)
-            return outputs
-        connection = stream.connection
-        code = None
-        if item.protocol_version != connection.version:
-            code = ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION
-            reply = connection.channel_error(code, PROTOCOL_VERSION_OFFSET)
-        elif item.data_channel_id is not None and item.data_channel_id != stream.channel_id:
-            code = ErrorStatus.UNKNOWN_DATA_CHANNEL_ID
-            reply = connection.stream_error(item.data_stream_id or stream.stream_id, code, channel_id=item.data_channel_id)
-        elif item.data_stream_id is not None and item.data_stream_id != stream.stream_id:
-            code = ErrorStatus.UNKNOWN_DATA_STREAM_ID
-            reply = connection.stream_error(item.data_stream_id, code)
-        if code is not None:
-            outputs = self.drop(route.key, "udp_unknown", count, now, error_status=code)
-            return outputs + self._udp_report(connection, reply, now)
-        return self.ingest(stream, item.datagram, now, tcp=False)
+        """One UDP datagram from an EMMG: :meth:`.udp.UdpIngress.receive_udp`."""
+        return self.udp.receive_udp(item, now, source)
 
     def receive_udp_fast(
         self, version: int, client_id: int, data_id: int, datagram: bytes, now: float, source: str | None = None
     ) -> list[Output] | None:
-        """:meth:`receive_udp` for the usual UDP shape, already taken apart by the adapter.
-
-        Handles only a datagram for a live stream of the same version; returns ``None`` for
-        anything else, and the caller then decodes the bytes in full and calls :meth:`receive_udp`
-        (so every error is judged and answered in one place).
-        """
-        route = self.routes.get((client_id, data_id))
-        if route is None:
-            return None
-        stream = route.stream
-        if stream is None or version != stream.connection.version:
-            return None
-        if source is not None and not self.udp_sources.allowed(client_id, source):
-            return None
-        self.counters["udp_messages"] += 1
-        try:
-            return self.ingest(stream, (datagram,), now, tcp=False)
-        except Exception as exc:
-            self.counters["internal_errors"] += 1
-            return self.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
+        """The usual UDP shape, already taken apart: :meth:`.udp.UdpIngress.receive_udp_fast`."""
+        return self.udp.receive_udp_fast(version, client_id, data_id, datagram, now, source)
 
     def receive_udp_batch(
-        self, items: list[tuple[int, int, int, bytes]], now: float
+        self, items: list[tuple[int, int, int, bytes, str | None]], now: float
     ) -> tuple[list[Output], int]:
-        """:meth:`receive_udp_fast` for many usual UDP datagrams in arrival order, in one call.
-
-        *items* are ``(version, client_id, data_id, datagram)`` as the adapter took them apart.
-        Takes items from the first on and stops at the first one :meth:`receive_udp_fast` would
-        not take (no live stream of that version for it). Returns the outputs for the items taken
-        and how many it took; the caller decodes the one it stopped at in full (then
-        :meth:`receive_udp`) and hands the rest back. Same counters, queues and outputs as one
-        :meth:`receive_udp_fast` per item, except that with ``unthrottled`` the datagrams of a
-        route come out as one :class:`EmitMany` (order kept within the route).
-        """
-        routes = self.routes
-        outputs: list[Output] = []
-        pending: dict[MuxRoute, list[bytes]] = {}  # unthrottled LTKM routes: payloads to emit
-        fast = self.config.unthrottled
-        limit = self.config.max_datagram_size
-        stkm = RouteKind.STKM
-        taken = 0
-        for version, client_id, data_id, datagram in items:
-            route = routes.get((client_id, data_id))
-            if route is None:
-                break
-            stream = route.stream
-            if stream is None or version != stream.connection.version:
-                break
-            taken += 1
-            if fast and len(datagram) <= limit and route.config.kind is not stkm:
-                payloads = pending.get(route)
-                if payloads is None:
-                    pending[route] = [datagram]
-                else:
-                    payloads.append(datagram)
-                continue
-            if pending:  # what came before this one goes out before it
-                outputs += self._emit_pending(pending)
-                pending = {}
-            self.counters["udp_messages"] += 1
-            outputs += self.ingest(stream, (datagram,), now, tcp=False)
-        if pending:
-            outputs += self._emit_pending(pending)
-        return outputs, taken
-
-    def _emit_pending(self, pending: dict[MuxRoute, list[bytes]]) -> list[Output]:
-        """Count and emit the unthrottled datagrams :meth:`receive_udp_batch` gathered per route
-        (each was one data_provision of one datagram, as :meth:`ingest` counts them)."""
-        counters = self.counters
-        outputs: list[Output] = []
-        for route, payloads in pending.items():
-            count, size = len(payloads), sum(map(len, payloads))
-            counters["udp_messages"] += count
-            counters["data_provisions"] += count
-            counters["datagrams_in"] += count
-            counters["bytes_in"] += size
-            counters["datagrams_out"] += count
-            counters["bytes_out"] += size
-            route.datagrams_in += count
-            route.bytes_in += size
-            route.datagrams_out += count
-            route.bytes_out += size
-            outputs.append(EmitMany(route.key, tuple(payloads)))
-        return outputs
-
-    def _udp_report(self, connection: MuxConnection, message: Message, now: float) -> list[Output]:
-        last = self._udp_reported.get(connection)
-        if last is not None and now - last < self.config.udp_error_interval:
-            return []
-        self._udp_reported[connection] = now
-        return [Deliver(connection, message)]
+        """Many usual UDP datagrams in one call: :meth:`.udp.UdpIngress.receive_udp_batch`."""
+        return self.udp.receive_udp_batch(items, now)
 
     def _to_stream(self, stream: MuxStream, cls: type, tcp: bool, **fields) -> Output:
         message = cls(
@@ -794,4 +550,4 @@ class MuxCore:
         }
 
 
-__all__ = ["Deliver", "Emit", "MuxCore", "MuxRoute", "MuxStream", "UnknownRoute"]
+__all__ = ["Deliver", "Emit", "EmitMany", "MuxCore", "MuxRoute", "MuxStream", "UnknownRoute"]

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import attrs
 
+from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
+
 if TYPE_CHECKING:
     from .core import MuxRoute
 
@@ -74,10 +76,10 @@ def normal_host(host: str) -> str:
 
 def stkm_refusal(limits: MuxLimits, datagrams: tuple[bytes, ...]) -> tuple[str, int] | None:
     """``(what, error_status)`` refusing one STKM data_provision, or ``None`` when within the limits."""
-    if len(datagrams) > limits.max_stkm_datagrams:
-        return "too_many_datagrams", 0x0004  # message too long: more than this MUX takes in one
+    if len(datagrams) > limits.max_stkm_datagrams:  # more than this MUX takes in one message
+        return "too_many_datagrams", ErrorStatus.MESSAGE_TOO_LONG
     if max(map(len, datagrams)) > limits.max_stkm_size:
-        return "stkm_too_large", 0x000D  # invalid value of a datagram parameter
+        return "stkm_too_large", ErrorStatus.INVALID_VALUE
     return None
 
 
