@@ -7,6 +7,8 @@ operator log observer (:mod:`bcast_sp4.ops.logging`).
 from __future__ import annotations
 
 import datetime
+import errno as errno_module
+import os
 from typing import Any
 
 #: field names rendered as 32-bit hex ids / 16-bit hex ids
@@ -21,6 +23,14 @@ def iso_utc(seconds: float) -> str:
     """``2026-12-03T03:04:39.120Z``."""
     moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def socket_reason(error: BaseException) -> str:
+    """``address already in use``: the OS's wording of *error*'s errno, lower case."""
+    code = getattr(error, "errno", None)
+    if isinstance(code, int) and code in errno_module.errorcode:
+        return os.strerror(code).lower()
+    return str(error) or type(error).__name__
 
 
 def readable(name: str, value: Any, keys: bool = False) -> Any:
@@ -48,4 +58,4 @@ def readable(name: str, value: Any, keys: bool = False) -> Any:
     return str(value)
 
 
-__all__ = ["HEX16", "HEX32", "TIMES", "iso_utc", "readable"]
+__all__ = ["HEX16", "HEX32", "TIMES", "iso_utc", "readable", "socket_reason"]

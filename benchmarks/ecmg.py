@@ -126,12 +126,13 @@ def start(args: list[str], cwd: Path, marker: str, root: Path = ROOT) -> tuple[s
     raise SystemExit("server did not start")
 
 
-def start_ecmg(directory: Path, throughput_streams: int, paced_streams: int, root: Path = ROOT) -> tuple[subprocess.Popen, int]:
+def start_ecmg(directory: Path, throughput_streams: int, paced_streams: int, root: Path = ROOT,
+               extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, int]:
     directory.mkdir(exist_ok=True)
     config = write_config(directory, throughput_streams, paced_streams)
     return start(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "bcast-ecmg",
-         "--config", str(config)],
+         "--config", str(config), *extra],
         directory,
         "ECMGFactory starting on",
         root,
@@ -538,6 +539,8 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="length of each paced run")
     parser.add_argument("--modes", default=",".join(MODES), help="paced modes, comma-separated: drm,smartcard,dvb")
     parser.add_argument("--no-throughput", action="store_true", help="paced runs only")
+    parser.add_argument("--metrics", action="store_true",
+                        help="run the ECMG with its Prometheus endpoint (--metrics tcp:0): messages counted per type")
     parser.add_argument("--no-paced", action="store_true", help="throughput runs only")
     parser.add_argument("--breakdown", action="store_true",
                         help="only the in-process CPU breakdown of one CW_provision per mode (no servers, no sockets)")
@@ -567,7 +570,8 @@ def main() -> int:
     print(f"bcast-sp4 ECMG benchmark (python {sys.version.split()[0]}, {os.cpu_count()} CPUs), medians of {args.runs} runs")
     processes = []
     try:
-        ecmg, port = start_ecmg(work / "ecmg", throughput_streams, args.paced_streams)
+        ecmg, port = start_ecmg(work / "ecmg", throughput_streams, args.paced_streams,
+                                extra=("--metrics", "tcp:0:interface=127.0.0.1") if args.metrics else ())
         processes.append(ecmg)
         base_dir = work / "baseline"
         base_dir.mkdir()

@@ -67,6 +67,8 @@ class OperatorLogObserver:
             del fields["time"]  # twisted.python.log's copy of log_time
         # format the message from the readable values, so ids, times and bytes read the same in the text
         text = formatEvent({**event, **fields})
+        if text.startswith("Unable to format event"):  # a format spec ({client_id:#010x}) wants the raw value
+            text = formatEvent(event)
         failure = event.get("log_failure")
         when = iso_utc(event.get("log_time") or 0.0)
         if self.fmt == "json":

@@ -20,8 +20,10 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+import bisect
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 PREFIX = "bcast_sp4_"
 
@@ -111,6 +113,40 @@ class _Collector:
             for labels, value in sorted(samples.items()):
                 family.add_metric(labels, value)
             yield family
+        latency = self.metrics.latency
+        if latency.series:
+            family = HistogramMetricFamily(PREFIX + "ecm_response_latency_seconds", latency.doc,
+                                           labels=("role", "super_CAS_id"))
+            for (role, super_cas_id), (counts, total) in sorted(latency.series.items()):
+                running, buckets = 0, []
+                for bound, n in zip(LATENCY_BUCKETS, counts):
+                    running += n
+                    buckets.append((repr(float(bound)), running))
+                buckets.append(("+Inf", running + counts[-1]))
+                family.add_metric((role, hex32(super_cas_id)), buckets, total)
+            yield family
+
+
+class LatencyHistogram:
+    """ECM_response latency per (role, Super_CAS_id): plain bucket counts (one bisect and two
+    additions per observation, no lock: the reactor thread is the only writer), exposed as a
+    Prometheus histogram at scrape time."""
+
+    doc = ("time from a CW_provision sent to its ECM_response received (SCS), or from a CW_provision "
+           "received to its ECM_response sent (ECMG)")
+
+    def __init__(self) -> None:
+        #: (role, Super_CAS_id) -> (count per bucket, the last one above every bound; sum of seconds)
+        self.series: dict[tuple[str, int], tuple[list[int], float]] = {}
+
+    def observe(self, role: str, super_cas_id: int, seconds: float) -> None:
+        key = (role, super_cas_id)
+        entry = self.series.get(key)
+        if entry is None:
+            entry = self.series[key] = ([0] * (len(LATENCY_BUCKETS) + 1), 0.0)
+        counts, total = entry
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.series[key] = (counts, total + seconds)
 
 
 class Metrics:
@@ -129,15 +165,8 @@ class Metrics:
         self._events: collections.Counter[tuple[str, tuple[str, ...]]] = collections.Counter()
         self._pending: dict[tuple, float] = {}  # (role, peer, channel, stream, CP) -> CW_provision sent at
         self._channels: dict[tuple, int] = {}  # (role, peer, ECM_channel_id) -> Super_CAS_id (channel_setup)
-        self._kinds: dict[type, tuple[str, str]] = {}  # message class -> (NAME, interface)
-        self.latency = Histogram(
-            PREFIX + "ecm_response_latency_seconds",
-            "time from a CW_provision sent to its ECM_response received (SCS), or from a CW_provision "
-            "received to its ECM_response sent (ECMG)",
-            ("role", "super_CAS_id"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self._kinds: dict[tuple, tuple] = {}  # (role, message class, sent) -> see _describe
+        self.latency = LatencyHistogram()
         self.registry.register(_Collector(self))
 
     # -- sources -------------------------------------------------------------------------------
@@ -170,36 +199,58 @@ class Metrics:
 
     def message_received(self, role: str, peer: str, message: Any, now: float) -> None:
         """A decoded SimulCrypt message came in (called by the roles' adapters)."""
-        self._message("messages_received_total", "errors_received_total", role, peer, message, now)
+        entry = self._kinds.get((role, type(message), False))
+        if entry is None:
+            entry = self._describe(role, type(message), False)
+        self._events[entry[0]] += 1
+        if entry[1]:
+            self._special(entry, role, peer, message, now)
 
     def message_sent(self, role: str, peer: str, message: Any, now: float) -> None:
         """A SimulCrypt message went out (called by the roles' output executor)."""
-        self._message("messages_sent_total", "errors_sent_total", role, peer, message, now)
+        entry = self._kinds.get((role, type(message), True))
+        if entry is None:
+            entry = self._describe(role, type(message), True)
+        self._events[entry[0]] += 1
+        if entry[1]:
+            self._special(entry, role, peer, message, now)
 
-    def _message(self, family: str, errors_family: str, role: str, peer: str, message: Any, now: float) -> None:
-        kind = type(message)
-        described = self._kinds.get(kind)
-        if described is None:
-            interface = "EMMG<=>MUX" if kind.__module__.endswith("emmg_mux") else "ECMG<=>SCS"
-            described = self._kinds[kind] = (message.NAME, interface)
-        name, interface = described
-        self._events[(family, (role, interface, name))] += 1
+    # what a message kind needs beyond its count
+    _PLAIN, _ERROR, _CW_PROVISION, _ECM_RESPONSE, _CHANNEL_SETUP = range(5)
+
+    def _describe(self, role: str, kind: type, sent: bool) -> tuple:
+        """(counter key, what else, interface) of messages of *kind* sent / received by *role* (cached)."""
+        name = kind.NAME
+        interface = "EMMG<=>MUX" if kind.__module__.endswith("emmg_mux") else "ECMG<=>SCS"
+        key = ("messages_sent_total" if sent else "messages_received_total", (role, interface, name))
+        special = self._PLAIN
         if name.endswith("_error"):
-            for code in message.error_status:
-                self._events[(errors_family, (role, interface, hex16(code)))] += 1
+            special = self._ERROR
         elif interface == "ECMG<=>SCS":
-            if name == "CW_provision":
-                self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
-            elif name == "ECM_response":
-                start = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number),
-                                          None)
-                if start is not None:
-                    super_cas_id = self._channels.get((role, peer, message.ECM_channel_id), 0)
-                    self.latency.labels(role, hex32(super_cas_id)).observe(max(0.0, now - start))
-            elif name == "channel_setup":
-                self._channels[(role, peer, message.ECM_channel_id)] = message.Super_CAS_id
-                if len(self._channels) > 100_000:
-                    self._channels.clear()
+            special = {"CW_provision": self._CW_PROVISION, "ECM_response": self._ECM_RESPONSE,
+                       "channel_setup": self._CHANNEL_SETUP}.get(name, self._PLAIN)
+        entry = (key, special, interface, sent)
+        self._events.setdefault(key, 0)
+        self._kinds[(role, kind, sent)] = entry
+        return entry
+
+    def _special(self, entry: tuple, role: str, peer: str, message: Any, now: float) -> None:
+        special = entry[1]
+        if special == self._ERROR:
+            family = "errors_sent_total" if entry[3] else "errors_received_total"
+            for code in message.error_status:
+                self._events[(family, (role, entry[2], hex16(code)))] += 1
+        elif special == self._CW_PROVISION:
+            self._remember((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), now)
+        elif special == self._ECM_RESPONSE:
+            start = self._pending.pop((role, peer, message.ECM_channel_id, message.ECM_stream_id, message.CP_number), None)
+            if start is not None:
+                super_cas_id = self._channels.get((role, peer, message.ECM_channel_id), 0)
+                self.latency.observe(role, super_cas_id, now - start if now > start else 0.0)
+        elif special == self._CHANNEL_SETUP:
+            self._channels[(role, peer, message.ECM_channel_id)] = message.Super_CAS_id
+            if len(self._channels) > 100_000:
+                self._channels.clear()
 
     def _remember(self, key: tuple, now: float) -> None:
         pending = self._pending
@@ -212,14 +263,14 @@ class Metrics:
         """A role's lifecycle event (what the session manager is told): a server's lost peers.
 
         Client roles count their connections, reconnects and losses themselves
-        (:class:`~.reconnect.ReportingClientService`); servers count accepted connections with
-        :meth:`counting_factory`."""
-        if event == "connection_lost":
+        (:class:`~bcast_sp4.roles.reconnect.ReportingClientService`); servers count each accepted
+        connection (:meth:`connection_made`) and each channel freed by a lost connection here."""
+        if event == "connection_lost" or (event == "channel_closed" and fields.get("why") == "connection_lost"):
             self._events[("peer_losses_total", (_role_interface(role)[0],))] += 1
 
-    def counting_factory(self, factory, role: str):
-        """*factory*, counting each connection it builds a protocol for (``connections_total``)."""
-        return _CountingFactory(factory, self, role)
+    def connection_made(self, role: str) -> None:
+        """A server accepted a connection (called by the roles' TCP adapter)."""
+        self._events[("connections_total", (role,))] += 1
 
     # -- role sources --------------------------------------------------------------------------
 
@@ -288,6 +339,8 @@ class Metrics:
                 allocation = route.stream.allocation if route.stream is not None else 0
                 yield "mux_allocated_bandwidth_bits_per_second", ids, allocation * 1000
             yield "mux_allocated_bandwidth_total_bits_per_second", (role,), core.allocated * 1000
+            # UDP data_provisions take the MUX's fast path, not the TCP adapter: counted by the core
+            yield "messages_received_total", (role, "EMMG<=>MUX", "data_provision (UDP)"), core.counters["udp_messages"]
             for cause, n in core.dropped.items():
                 yield "mux_drops_total", (role, cause), n
 
@@ -301,6 +354,7 @@ class Metrics:
             yield "ltkms_sent_total", (role, "subscribers"), counters.get("subscriber_sent", counters.get("subscriber_ltkms", 0))
             yield "ltkms_sent_total", (role, "spool"), counters.get("spool_sent", 0)
             yield "emmg_udp_errors_total", (role,), counters.get("udp_errors", 0)
+            yield "messages_sent_total", (role, "EMMG<=>MUX", "data_provision (UDP)"), counters.get("udp_sent", 0)
 
         self.add_source(samples)
 
@@ -320,29 +374,6 @@ class Metrics:
                                n)
 
         self.add_source(samples)
-
-
-class _CountingFactory:
-    """A server factory that counts the protocols it builds, then delegates everything to *inner*."""
-
-    def __init__(self, inner, metrics: Metrics, role: str) -> None:
-        self.inner = inner
-        self.metrics = metrics
-        self.role = role
-        self.noisy = False
-
-    def buildProtocol(self, addr):
-        self.metrics.count("connections_total", (self.role,))
-        return self.inner.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self.inner.doStart()
-
-    def doStop(self) -> None:
-        self.inner.doStop()
-
-    def logPrefix(self) -> str:
-        return self.inner.__class__.__name__
 
 
 def _role_interface(role: str) -> tuple[str, str]:

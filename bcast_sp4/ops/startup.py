@@ -19,7 +19,6 @@ nothing, ``serverFromString`` raises ``ValueError`` / ``TypeError`` from ``makeS
 from __future__ import annotations
 
 import atexit
-import errno as errno_module
 import os
 import sys
 from typing import Callable
@@ -31,6 +30,8 @@ from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+
+from ..logfields import socket_reason
 
 #: exit status of a configuration error, bad endpoint strings included (sysexits.h EX_CONFIG)
 CONFIG_ERROR_STATUS = getattr(os, "EX_CONFIG", 78)
@@ -47,14 +48,6 @@ class StartupError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-def socket_reason(error: BaseException) -> str:
-    """``address already in use``: the OS's wording of *error*'s errno, lower case."""
-    code = getattr(error, "errno", None)
-    if isinstance(code, int) and code in errno_module.errorcode:
-        return os.strerror(code).lower()
-    return str(error) or type(error).__name__
 
 
 def _parse_reason(exc: Exception) -> str:
@@ -227,7 +220,8 @@ class FailFast(MultiService):
         if self.failure is not None:
             return
         if isinstance(exc, CannotListenError):
-            where = f"{exc.interface or '*'} port {exc.port}"
+            # TCP servers listen through ListeningService: a bare CannotListenError is a role's own UDP port
+            where = f"udp:{exc.port}" + (f":interface={exc.interface}" if exc.interface else "")
             exc = StartupError(f"cannot listen on {where}: {socket_reason(exc.socketError)}")
         self.failure = exc
         for service in _walk(self):

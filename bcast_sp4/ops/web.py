@@ -152,7 +152,7 @@ class OpsWebService(ListeningService):
     def _listening(self, port):
         self.port = port
         host = port.getHost()
-        self.log.info("{role}: metrics on http://{host}:{port}/metrics, status on http://{host}:{port}/",
+        self.log.info("metrics on http://{host}:{port}/metrics, status on http://{host}:{port}/",
                       role=self.role, host=host.host, port=host.port)
         return port
 

@@ -81,6 +81,8 @@ class SimulCryptStreamProtocol(Protocol):
         self.prepare_transport()
         self.start_watch()
         self.log.info("connection from {peer}", peer=self.peer)
+        if self.executor.meter is not None:  # servers; the clients count in their ClientService
+            self.executor.meter.connection_made(self.executor.role)
 
     def prepare_transport(self) -> None:
         """TCP_NODELAY, and the outbox's write-through when :attr:`write_through` (from connectionMade)."""
@@ -157,6 +159,7 @@ class SimulCryptStreamProtocol(Protocol):
             self._closing_watch()
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
+        meter = executor.meter
         tolerate = self.tolerate
         deadline = self.watch.deadline if self.watch is not None else None
         handled = 0
@@ -168,6 +171,9 @@ class SimulCryptStreamProtocol(Protocol):
                         item = decode(item, interface, tolerate=tolerate)
                     except PeerProtocolError as exc:
                         item = exc
+                    else:
+                        if meter is not None:
+                            meter.message_received(executor.role, outbox.peer, item, received_at)
                 now = clock.seconds()
                 try:
                     outputs = self.handle(item, now, received_at)

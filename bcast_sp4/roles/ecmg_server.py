@@ -30,11 +30,13 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
         self._receive = self.machine.receive
-        self._cw_provision = self.machine.cw_provision
+        # the per-STKM hot path (the ECM_response comes back encoded) unless metrics count each
+        # message sent: then every reply goes through the executor as a message
+        self._cw_provision = self.machine.cw_provision if factory.executor.meter is None else None
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response
-        if type(item) is m.CWProvision:
+        if type(item) is m.CWProvision and self._cw_provision is not None:
             return self._cw_provision(item, now, received_at)
         return self._receive(item, now, received_at)
 
@@ -64,11 +66,12 @@ class ECMGFactory(ServerFactory):
     role = "ecmg"
 
     def __init__(self, resources: ECMGResources, source: ECMSource, clock: IReactorTime, max_message_length: int,
-                 session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None) -> None:
+                 session=None, listening_on: str | None = None, guard: ConnectionGuard | None = None,
+                 meter=None) -> None:
         super().__init__(session, listening_on, guard)
         self.resources = resources
         self.source = source
         self.clock = clock
         self.max_message_length = max_message_length
         self.executor = OutputExecutor(clock, ECMGProtocol.log, "ecmg", session=session,
-                                       limiter=guard.limiter if guard is not None else None)
+                                       limiter=guard.limiter if guard is not None else None, meter=meter)

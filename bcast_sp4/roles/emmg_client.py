@@ -26,7 +26,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString
@@ -44,6 +44,7 @@ from ..wire import Interface, Message, PeerProtocolError
 from ._stream import SimulCryptStreamProtocol, peer_name
 from .executor import Outbox, OutputExecutor
 from .guard import ConnectionGuard
+from .reconnect import ReportingClientService
 
 
 class SubscriberSource:
@@ -231,6 +232,7 @@ class EMMGService(Service):
         retry_policy: Callable[[int], float] | None = None,
         session=None,
         guard: ConnectionGuard | None = None,
+        meter=None,
     ) -> None:
         self.settings = settings
         self.guard = guard
@@ -245,7 +247,7 @@ class EMMGService(Service):
             handlers={SendDatagram: lambda o, _now: self._send_datagram(o),
                       Delivered: lambda o, _now: self._delivered(o.tokens), Ready: self._ready},
             default_outbox=self._outbox, peer_of=lambda _event: settings.connect,
-            limiter=guard.limiter if guard is not None else None,
+            limiter=guard.limiter if guard is not None else None, meter=meter,
         )
         self.setup_failures = 0
         self.counters = {"udp_sent": 0, "udp_errors": 0, "requeued": 0, "spool_sent": 0, "subscriber_ltkms": 0,
@@ -263,12 +265,10 @@ class EMMGService(Service):
         polls = [s.poll_interval for s in settings.sources.values() if s.spool is not None]
         self.poll_interval = min(polls) if polls else 1.0
         self.endpoint = endpoint if endpoint is not None else clientFromString(reactor, settings.connect)
-        self.client_service = ClientService(
-            self.endpoint,
-            _Factory(self),
-            retryPolicy=self._retry_policy,
-            clock=reactor,
-            prepareConnection=lambda protocol: protocol.begin_session(),
+        # one line per attempt: "MUX tcp:host=..:port=.. unreachable (connection refused), retry in 0.8 s"
+        self.client_service = ReportingClientService(
+            "MUX", lambda: settings.connect, self.endpoint, _Factory(self), self._retry_policy, reactor,
+            prepareConnection=lambda protocol: protocol.begin_session(), metrics=meter, role="emmg",
         )
         self._refiller = LoopingCall(self.refill)
         self._refiller.clock = reactor

@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..logfields import HEX16, HEX32, readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
 from .log_limit import LogLimiter, shorten_fields
@@ -53,6 +54,26 @@ def log_at(log: Logger, level: str) -> Callable[..., None]:
 
 
 _LOST = Close("connection lost", "info")
+
+
+def event_text(peer: str, event: str, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The log format and fields of a machine's event: ids stay integers in the fields and read in
+    hex in the text (``client_id=0x00010001``), POSIX times become ISO 8601 UTC, bytes are never
+    shown (:func:`bcast_sp4.logfields.readable`)."""
+    parts = ["{peer} {event}" if peer else "{event}"]
+    shown: dict[str, Any] = {"peer": peer, "event": event}
+    for key, value in fields.items():
+        if type(value) is int and key in HEX32:
+            parts.append(f" {key}={{{key}:#010x}}")
+            shown[key] = value
+        elif type(value) is int and key in HEX16:
+            parts.append(f" {key}={{{key}:#06x}}")
+            shown[key] = value
+        else:
+            parts.append(f" {key}={{{key}}}")
+            keep = isinstance(value, (int, str)) or (isinstance(value, (list, tuple)) and key not in HEX16 | HEX32)
+            shown[key] = value if keep else readable(key, value)
+    return "".join(parts), shown
 
 
 class Outbox:
@@ -182,6 +203,7 @@ class OutputExecutor:
     :param peer_of: ``(notify) -> str``: how a Notify made without a connection names its peer.
     :param limiter: rate-limits warn-level events per peer (:mod:`.log_limit`); ``None``: every
         one is logged. Logged values are shortened either way (a 10,000-item list is one short line).
+    :param meter: the process's metrics (``message_sent(role, peer, message, now)``), or ``None``.
     """
 
     def __init__(
@@ -196,6 +218,7 @@ class OutputExecutor:
         default_outbox: Callable[[], Outbox | None] | None = None,
         peer_of: Callable[[Notify], str] | None = None,
         limiter: LogLimiter | None = None,
+        meter=None,
     ) -> None:
         self.clock = clock
         self.log = log
@@ -206,6 +229,7 @@ class OutputExecutor:
         self.default_outbox = default_outbox
         self.peer_of = peer_of
         self.limiter = limiter
+        self.meter = meter
         self.timers = KeyedTimers(clock, self._timer_fired)
         self._depth = 0
         self._touched: list[Outbox] = []
@@ -253,6 +277,11 @@ class OutputExecutor:
 
     def send(self, outbox: Outbox | None, message: Message) -> None:
         """Queue *message* on *outbox* (default: :attr:`default_outbox`); dropped when closing or absent."""
+        if self.meter is not None:
+            if outbox is None and self.default_outbox is not None:
+                outbox = self.default_outbox()
+            if outbox is not None:
+                self.meter.message_sent(self.role, outbox.peer, message, self.clock.seconds())
         self.send_encoded(outbox, message.encode())
 
     def send_encoded(self, outbox: Outbox | None, data: bytes) -> None:
@@ -298,8 +327,8 @@ class OutputExecutor:
             return
         if fields:
             fields = shorten_fields(fields)
-        text = ("{peer} {event}" if peer else "{event}") + "".join(f" {k}={{{k}}}" for k in fields)
-        log_at(self.log, event.level)(text, peer=peer, event=event.event, **fields)
+        text, shown = event_text(peer, event.event, fields)
+        log_at(self.log, event.level)(text, **shown)
 
     # -- timers --------------------------------------------------------------------------------
 

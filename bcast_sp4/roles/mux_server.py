@@ -85,7 +85,8 @@ class PlayOut(Service):
     TICK = "tick"
 
     def __init__(self, core: MuxCore, reactor, interface: str = "127.0.0.1", session=None,
-                 limiter: LogLimiter | None = None, *, interface6: str = "::1", multicast_interface6: str = "") -> None:
+                 limiter: LogLimiter | None = None, *, interface6: str = "::1", multicast_interface6: str = "",
+                 meter=None) -> None:
         self.core = core
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -97,7 +98,7 @@ class PlayOut(Service):
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
-            reactor, self.log, "mux", session=session, timer_input=self._tick,
+            reactor, self.log, "mux", session=session, timer_input=self._tick, meter=meter,
             handlers={Emit: lambda output, _now: self.emit(output), EmitMany: lambda output, _now: self.emit_many(output),
                       Deliver: self._deliver}, limiter=limiter,
         )
@@ -383,12 +384,12 @@ class MuxServer:
 
     def __init__(self, core: MuxCore, reactor, *, interface: str, max_message_length: int, session=None,
                  listening_on: str | None = None, guard: ConnectionGuard | None = None,
-                 interface6: str = "::1", multicast_interface6: str = "") -> None:
+                 interface6: str = "::1", multicast_interface6: str = "", meter=None) -> None:
         self.core = core
         self.clock: IReactorTime = reactor
         self.guard = guard
         self.play_out = PlayOut(core, reactor, interface, session, guard.limiter if guard is not None else None,
-                                interface6=interface6, multicast_interface6=multicast_interface6)
+                                interface6=interface6, multicast_interface6=multicast_interface6, meter=meter)
         self.factory = MuxFactory(core, self.play_out, reactor, max_message_length, session, listening_on, guard)
         self.udp_protocol = MuxDatagramProtocol(core, self.play_out, reactor, max_message_length, guard)
 

@@ -140,6 +140,8 @@ class SCSClientFactory(Factory):
 class ScramblerProtocol(DatagramProtocol):
     """Reads one service's content from UDP, writes it protected to *output*."""
 
+    noisy = False  # no "Starting protocol <... object at 0x...>" line (the port logs where it listens)
+
     def __init__(self, scrambler: Scrambler, output: tuple[str, int], clock: IReactorTime,
                  guard: ConnectionGuard | None = None) -> None:
         self.scrambler, self.output, self.clock = scrambler, output, clock
@@ -184,7 +186,8 @@ class SCSRunner(Service):
     def __init__(self, core: SCSCore, clock: IReactorTime, sink: STKMSink, scramblers: dict[str, Scrambler],
                  max_message_length: int = 65540, endpoints: dict[str, FailoverEndpoint] | None = None,
                  jitter_history: int = 100_000, gc_tuning_after: float | None = None, session=None,
-                 autostart: bool = True, guard: ConnectionGuard | None = None, log_switches: bool = False) -> None:
+                 autostart: bool = True, guard: ConnectionGuard | None = None, log_switches: bool = False,
+                 meter=None) -> None:
         #: a debug log event per TEK switch (see the class docstring)
         self.log_switches = log_switches
         self.guard = guard
@@ -200,7 +203,7 @@ class SCSRunner(Service):
             handlers={ChannelOutput: self._to_channel, SubmitSTKM: self._submit, SwitchTEK: self._switch,
                       ProvideTEK: self._provide},
             peer_of=lambda event: str(event.fields.get("channel", "")),
-            limiter=guard.limiter if guard is not None else None,
+            limiter=guard.limiter if guard is not None else None, meter=meter,
         )
         #: every TEK switch made by a SwitchTEK output: (service, Switch)
         self.switch_log: collections.deque[tuple[str, Switch]] = collections.deque(maxlen=jitter_history)

@@ -31,6 +31,8 @@ _READ_SIZE = 65536
 
 
 class _Listener(DatagramProtocol):
+    noisy = False  # no "Starting protocol <... object at 0x...>" line (the port logs where it listens)
+
     def __init__(self, handler: Callable[[bytes], None]) -> None:
         self.handler = handler
 
@@ -92,7 +94,7 @@ class TerminalService(Service):
             self._listen(stream.listen, lambda data, st=stream: self._stkm(st, data))
         for service in s.services:
             self._listen(service.listen, lambda data, name=service.name: self._content(name, data))
-        self.send_socket = self.reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1") if s.source_rate else None
+        self.send_socket = self.reactor.listenUDP(0, _Listener(lambda _data: None), interface="127.0.0.1") if s.source_rate else None
         if self.autostart:
             self.begin()
 

@@ -63,10 +63,20 @@ class RoleOptions(usage.Options):
         super().parseOptions(options)
         self.install_log_observer()  # now: twistd reads its logger option before makeService
 
+    def operations(self, reactor, file_endpoint: str | None):
+        """The process's :class:`~bcast_sp4.ops.runtime.Operations`: metrics, status board, key log,
+        and the HTTP endpoint of ``--metrics`` (else the file's ``[metrics] endpoint``)."""
+        from ..ops.runtime import Operations
+
+        return Operations(self.tapname, reactor, self["metrics"] or file_endpoint, bool(self["log-keys"]))
+
     def log_goes_to_stdout(self) -> bool:
-        """True under ``twistd -n`` without ``-l FILE``: the log is already on stdout, so a role's
-        console lines (the terminal's progress) would appear twice."""
+        """True under ``twistd -n`` without ``-l FILE`` and under ``twist`` without ``--log-file``:
+        the log is already on stdout, so a role's console lines (the terminal's progress) would
+        appear twice."""
         parent = self.parent if isinstance(getattr(self, "parent", None), usage.Options) else None
+        if parent is not None and "logFile" in parent:  # twist: its --log-file, stdout by default
+            return parent["logFile"] in (sys.stdout, sys.__stdout__)
         if parent is None or "nodaemon" not in parent:
             return False
         logfile = parent.get("logfile")

@@ -17,8 +17,10 @@ from ..roles.ecmg_server import ECMGFactory
 from ..ops.startup import FailFast, ListeningService, build_or_fail
 from ..roles.gc_tuning import freeze_long_lived
 from ..roles.guard import ConnectionGuard
+from ..session import SessionManager
 from ._options import RoleOptions
-from .tls import check_override, server_endpoint
+from .tls import check_override
+from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
 
@@ -48,19 +50,28 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> MultiService:
+def build_service(settings: ECMGSettings, key_store, reactor, session=None, ops=None) -> MultiService:
     """The ECMG service tree for *settings* on *reactor* (tests pass a fake reactor).
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, key log), or ``None``.
     """
     resources = ECMGResources(settings.ecmg)
     source = STKMSource(key_store, settings.ecmg.cas_modes, settings.dvb_keys, settings.cw_encryption_keys)
     guard = ConnectionGuard(settings.limits, reactor, role="ECMG", server=True)
-    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint, guard)
+    factory = ECMGFactory(resources, source, reactor, settings.max_message_length, session, settings.endpoint, guard,
+                          meter=None if ops is None else ops.meter)
+    if ops is not None:
+        ops.metrics.watch_ecmg(source)
+        ops.keys.key_store(key_store)
+        for key_id, key in settings.cw_encryption_keys.items():
+            ops.keys.key("CW_encryption key", key, key_id=key_id)
+        for super_cas_id, key in settings.dvb_keys.items():
+            ops.keys.key("DVB test-ECM key", key, super_cas_id=super_cas_id)
     top = MultiService()
     guard.setServiceParent(top)
     server = ListeningService(reactor, settings.endpoint, factory,
-                              endpoint=server_endpoint(reactor, settings.endpoint, settings.tls))
+                              endpoint=tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     server.setServiceParent(top)
     top.factory = factory  # for tests and the lab
     top.endpoint_service = server
@@ -76,7 +87,12 @@ def build_service(settings: ECMGSettings, key_store, reactor, session=None) -> M
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], options["key_store"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(
+        build_service(settings, options["key_store"], reactor, session, ops)))
     # The key store and configuration live as long as the process: move them out of the cyclic
     # GC's sight, so full collections stay short (with 60,000 streams they cost tens of ms).
     # Per-STKM objects hold no reference cycles (reference counting frees them), so young

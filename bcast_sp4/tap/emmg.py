@@ -15,8 +15,10 @@ from ..config import EMMGSettings, load_emmg_settings
 from ..ops.startup import FailFast, build_or_fail
 from ..roles.emmg_client import EMMGService
 from ..roles.guard import ConnectionGuard
+from ..session import SessionManager
 from ._options import RoleOptions
-from .tls import check_override, client_endpoint
+from .tls import check_override
+from .tls import client_endpoint as tls_client_endpoint
 
 log = Logger()
 
@@ -53,16 +55,23 @@ class Options(RoleOptions):
         self["settings"] = settings
 
 
-def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService:
+def build_service(settings: EMMGSettings, reactor, session=None, ops=None) -> MultiService:
     """The EMMG service tree for *settings* on *reactor* (tests pass a fake reactor).
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, key log), or ``None``.
     """
     top = MultiService()
     guard = ConnectionGuard(settings.limits, reactor, role="EMMG", server=False)
     guard.setServiceParent(top)
-    service = EMMGService(settings, reactor, session=session, guard=guard,
-                          endpoint=client_endpoint(reactor, settings.connect, settings.tls))
+    endpoint = tls_client_endpoint(reactor, settings.connect, settings.tls)  # a bad string: StartupError
+    service = EMMGService(settings, reactor, session=session, guard=guard, endpoint=endpoint,
+                          meter=None if ops is None else ops.meter)
+    if ops is not None:
+        ops.metrics.watch_emmg(service.counters)
+        for sources in settings.sources.values():
+            if sources.subscribers is not None:
+                ops.keys.subscribers(sources.subscribers)
     service.setServiceParent(top)
     top.emmg = service  # for tests and the lab
     log.info(
@@ -77,7 +86,11 @@ def build_service(settings: EMMGSettings, reactor, session=None) -> MultiService
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(build_service(settings, reactor, session, ops)))
     return FailFast(options.tapname, reactor, service)
 
 

@@ -46,6 +46,8 @@ from . import emmg as emmg_tap
 from . import mux as mux_tap
 from . import scs as scs_tap
 from . import terminal as terminal_tap
+from .terminal import _Discard
+from ..ops.startup import FailFast, build_or_fail
 from ._exit import stop_with_status
 from ._options import RoleOptions
 from ._ordered import SequentialStop
@@ -120,7 +122,7 @@ class Lab(SequentialStop):
     """
 
     def __init__(self, settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None,
-                 startup_timeout: float = 30.0) -> None:
+                 startup_timeout: float = 30.0, ops=None) -> None:
         super().__init__()
         self.settings = settings
         self.clock = reactor
@@ -130,23 +132,25 @@ class Lab(SequentialStop):
         self.startup_failure: str | None = None
         self._waiting: Deferred | None = None  # the start-up step under way
         self.session = session = SessionManager(reactor)
-        self.mux = mux_tap.build_service(settings.mux, reactor, session)
+        if ops is not None:  # one set of metrics and one status board for every role of the lab
+            ops.watch_session(session)
+        self.mux = mux_tap.build_service(settings.mux, reactor, session, ops)
         self.mux.setServiceParent(self)
         session.register("mux", self.mux.mux)
         self.ecmgs = []
         key_stores = settings.key_stores or tuple(load_keyfile(e.key_file) for e in settings.ecmgs)
         for ecmg, key_store in zip(settings.ecmgs, key_stores):
-            service = ecmg_tap.build_service(ecmg, key_store, reactor, session)
+            service = ecmg_tap.build_service(ecmg, key_store, reactor, session, ops)
             service.setServiceParent(self)
             self.ecmgs.append(service)
-        self.emmg = emmg_tap.build_service(settings.emmg, reactor, session)
+        self.emmg = emmg_tap.build_service(settings.emmg, reactor, session, ops)
         self.emmg.setServiceParent(self)
         session.register("emmg", self.emmg.emmg)
         self.scs = scs_tap.build_service(settings.scs, reactor, sink=SessionMuxSink(session, self.mux.mux),
-                                         session=session,
-                                         autostart=False)
+                                         session=session, autostart=False, ops=ops)
         self.scs.setServiceParent(self)
-        self.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out, autostart=False)
+        self.terminal = terminal_tap.build_service(settings.terminal, reactor, periods, on_done, out, autostart=False,
+                                                   ops=ops)
         self.terminal.setServiceParent(self)
 
     # -- start-up --------------------------------------------------------------------------------
@@ -256,9 +260,10 @@ class RoleAlone(MultiService):
 
 
 def build_service(settings: LabSettings, reactor, periods: int = 0, on_done=None, out=None,
-                  startup_timeout: float = 30.0) -> Lab:
-    """Every role of the lab on *reactor*, sharing one session manager."""
-    return Lab(settings, reactor, periods, on_done, out, startup_timeout)
+                  startup_timeout: float = 30.0, ops=None) -> Lab:
+    """Every role of the lab on *reactor*, sharing one session manager (and *ops*, the process's
+    :class:`~bcast_sp4.ops.runtime.Operations`, when given)."""
+    return Lab(settings, reactor, periods, on_done, out, startup_timeout, ops)
 
 
 def makeService(options: Options) -> MultiService:
@@ -267,9 +272,14 @@ def makeService(options: Options) -> MultiService:
     def done(status: int) -> None:
         stop_with_status(reactor, status)
 
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    # under `twistd -n` the log is on stdout already: the terminal's lines go there once, as log lines
+    out = _Discard() if options.log_goes_to_stdout() else None
     if options["role"] is not None:
-        service = RoleAlone(options["settings"], options["role"], reactor, options["periods"], done)
+        service = build_or_fail(options.tapname, lambda: RoleAlone(settings, options["role"], reactor, options["periods"], done))
     else:
-        service = build_service(options["settings"], reactor, options["periods"], done, startup_timeout=options["startup-timeout"])
+        service = build_or_fail(options.tapname, lambda: ops.attached(build_service(
+            settings, reactor, options["periods"], done, out, startup_timeout=options["startup-timeout"], ops=ops)))
     freeze_long_lived()
-    return service
+    return FailFast(options.tapname, reactor, service)

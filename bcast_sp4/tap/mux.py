@@ -12,12 +12,15 @@ from twisted.python import usage
 
 from ..config import MuxSettings, load_mux_settings, parse_udp_listen
 from ..machines.mux import MuxCore
-from ..roles.guard import ConnectionGuard
 from ..ops.startup import FailFast, ListeningService, UDPListeningService, build_or_fail
+from ..ops.status import mux_routes
+from ..roles.guard import ConnectionGuard
 from ..roles.mux_server import MuxServer
 from ..roles.udp_batch import listen_udp_batch
+from ..session import SessionManager
 from ._options import RoleOptions
-from .tls import check_override, server_endpoint
+from .tls import check_override
+from .tls import server_endpoint as tls_server_endpoint
 
 log = Logger()
 
@@ -69,21 +72,26 @@ class _BatchUDPListening(UDPListeningService):
         return listen_udp_batch(reactor, *self.args, **self.kwargs)
 
 
-def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
+def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> MultiService:
     """The MUX service tree for *settings* on *reactor* (tests pass a fake reactor).
 
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
     core = MuxCore(settings.mux)
     guard = ConnectionGuard(settings.limits, reactor, role="MUX", server=True)
     server = MuxServer(core, reactor, interface=settings.egress_interface, max_message_length=settings.max_message_length,
                        session=session, listening_on=settings.endpoint, guard=guard,
-                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface)
+                       interface6=settings.egress_interface6, multicast_interface6=settings.ipv6_multicast_interface,
+                       meter=None if ops is None else ops.meter)
+    if ops is not None:
+        ops.metrics.watch_mux(core)
+        ops.board.add_section("routes", mux_routes(core))
     top = MultiService()
     guard.setServiceParent(top)
     server.play_out.setServiceParent(top)  # play-out sockets before any input
     tcp = ListeningService(reactor, settings.endpoint, server.factory,
-                           endpoint=server_endpoint(reactor, settings.endpoint, settings.tls))
+                           endpoint=tls_server_endpoint(reactor, settings.endpoint, settings.tls))
     tcp.setServiceParent(top)
     udp = None
     if settings.udp is not None:
@@ -107,7 +115,11 @@ def build_service(settings: MuxSettings, reactor, session=None) -> MultiService:
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(build_service(settings, reactor, session, ops)))
     return FailFast(options.tapname, reactor, service)
 
 

@@ -11,13 +11,15 @@ runner can submit and stops after it.
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from ..config import SCSSettings, load_scs_settings
 from ..config.scs import MuxMode
 from ..machines.scs_core import SCSCore
+from ..ops.status import scs_services
+from ..roles.reconnect import ReportingClientService
+from ..session import SessionManager
 from ..ops.startup import FailFast, UDPListeningService, build_or_fail
 from ..roles.scs_client import FailoverEndpoint, SCSClientFactory, SCSRunner, ScramblerProtocol, retry_policy
 from ..roles.guard import ConnectionGuard
@@ -26,7 +28,7 @@ from ..media.scrambler import Scrambler
 from ..roles.stkm_sink import JSONLinesSink, RecordingSink, STKMSink
 from ._options import RoleOptions
 from ._ordered import SequentialStop
-from .tls import client_endpoint
+from .tls import client_endpoint as tls_client_endpoint
 
 log = Logger()
 
@@ -59,7 +61,7 @@ def mux_endpoints(settings: SCSSettings, reactor) -> dict[int, object] | None:
 
 
 def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, tek_factory=None,
-                  session=None, autostart: bool = True) -> MultiService:
+                  session=None, autostart: bool = True, ops=None) -> MultiService:
     """The SCS service tree for *settings* on *reactor*.
 
     :param sink: where STKMs go; by default from ``[mux]`` (an in-process :class:`RecordingSink`
@@ -67,7 +69,9 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     :param tek_factory: ``(service, n) -> material`` instead of the CSPRNG (tests only).
     :param session: the process's :class:`~bcast_sp4.session.SessionManager` (the lab's), or ``None``.
     :param autostart: ``False``: the schedulers start when ``runner.begin()`` is called (the lab).
+    :param ops: the process's :class:`~bcast_sp4.ops.runtime.Operations` (metrics, status), or ``None``.
     """
+    meter = None if ops is None else ops.meter
     link = None
     guard = ConnectionGuard(settings.limits, reactor, role="SCS", server=False)
     if sink is None:
@@ -87,7 +91,7 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
         for s in settings.services
     }
     endpoints = {
-        c.name: FailoverEndpoint([(e, client_endpoint(reactor, e, settings.tls))
+        c.name: FailoverEndpoint([(e, tls_client_endpoint(reactor, e, settings.tls))
                                   for e in (c.endpoint, c.backup_endpoint) if e])
         for c in settings.channels
     }
@@ -95,7 +99,10 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     if settings.gc_tuning:  # once every service is past its first switch (see tune_gc)
         settle = settings.timing.start_allowance + max(s.spec.period_seconds for s in settings.services) * 1.5 + 5.0
     runner = SCSRunner(core, reactor, sink, scramblers, settings.max_message_length, endpoints,
-                       gc_tuning_after=settle, session=session, autostart=autostart, guard=guard)
+                       gc_tuning_after=settle, session=session, autostart=autostart, guard=guard, meter=meter)
+    if ops is not None:
+        ops.metrics.watch_scs(lambda: core.services, scramblers)
+        ops.board.add_section("services", scs_services(lambda: core.services, scramblers))
     top = SequentialStop()  # the runner closes its channels in order before the ClientServices stop
     top.runner, top.core, top.sink, top.scramblers, top.udp = runner, core, sink, scramblers, {}
     top.clients = {}
@@ -106,12 +113,19 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
     rc = settings.reconnect
     for channel in settings.channels:
         machine = core.channels[channel.name]
-        client = ClientService(
-            endpoints[channel.name],
+        failover = endpoints[channel.name]
+        # one line per attempt: "ECMG tcp:host=..:port=.. unreachable (connection refused), retry in 0.8 s"
+        client = ReportingClientService(
+            "ECMG",
+            lambda f=failover, c=channel: " or ".join(name for name, _endpoint in f.endpoints)
+            + f" (ECM_channel_id {c.ECM_channel_id})",
+            failover,
             SCSClientFactory(runner, channel.name),
-            retryPolicy=retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
-            clock=reactor,
+            retry_policy(rc.initial_delay, rc.max_delay, rc.factor, rc.jitter, lambda m=machine: m.refusals),
+            reactor,
             prepareConnection=lambda protocol: protocol.start_channel(),
+            metrics=meter,
+            role="scs",
         )
         client.setServiceParent(top)
         top.clients[channel.name] = client
@@ -132,7 +146,12 @@ def build_service(settings: SCSSettings, reactor, sink: STKMSink | None = None, 
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
-    service = build_or_fail(options.tapname, lambda: build_service(options["settings"], reactor))
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    session = SessionManager(reactor)
+    ops.watch_session(session)
+    service = build_or_fail(options.tapname, lambda: ops.attached(
+        build_service(settings, reactor, session=session, ops=ops)))
     return FailFast(options.tapname, reactor, service)
 
 

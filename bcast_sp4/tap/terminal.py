@@ -12,7 +12,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from ..config import TerminalSettings, load_terminal_settings
-from ..ops.startup import FailFast
+from ..ops.startup import FailFast, build_or_fail
+from ..ops.status import terminal_summary
 from ..roles.terminal import TerminalService
 from ._exit import stop_with_status
 from ._options import RoleOptions
@@ -36,11 +37,19 @@ class Options(RoleOptions):
 
 
 def build_service(settings: TerminalSettings, reactor, periods: int = 0, on_done=None, out=None,
-                  autostart: bool = True) -> MultiService:
+                  autostart: bool = True, ops=None) -> MultiService:
+    """The terminal's service tree; *ops* (:class:`~bcast_sp4.ops.runtime.Operations`) reads its counts."""
     top = MultiService()
     terminal = TerminalService(settings, reactor, periods, on_done, out, autostart)
     terminal.setServiceParent(top)
     top.terminal = terminal
+    if ops is not None:
+        ops.metrics.watch_terminal(terminal)
+        ops.board.add_section("terminal", terminal_summary(terminal))
+        if settings.device_key is not None:
+            ops.keys.key("device key", settings.device_key, device_id=settings.device_id.hex())
+        for key in settings.smartcard_keys:
+            ops.keys.service_key("smartcard MSK", key)
     return top
 
 
@@ -59,6 +68,8 @@ def makeService(options: Options) -> MultiService:
 
     # under `twistd -n` the log is on stdout already: the progress lines go there once, as log lines
     out = _Discard() if options.log_goes_to_stdout() else None
-    service = build_service(options["settings"], reactor, options["periods"], lambda status: stop_with_status(reactor, status),
-                            out)
+    settings = options["settings"]
+    ops = options.operations(reactor, settings.metrics)
+    service = build_or_fail(options.tapname, lambda: ops.attached(build_service(
+        settings, reactor, options["periods"], lambda status: stop_with_status(reactor, status), out, ops=ops)))
     return FailFast(options.tapname, reactor, service)

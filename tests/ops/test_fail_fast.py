@@ -31,9 +31,9 @@ def _twistd(*args: str) -> list[str]:
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=90)
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=150)
     except subprocess.TimeoutExpired as exc:  # it kept running: that case fails, not the others
-        return subprocess.CompletedProcess(argv, None, str(exc.stdout), f"still running after 90 s: {exc.stderr!r}")
+        return subprocess.CompletedProcess(argv, None, str(exc.stdout), f"still running after 150 s: {exc.stderr!r}")
 
 
 def _edit(path: Path, old: str, new: str) -> Path:
@@ -68,6 +68,7 @@ def runs(tmp_path_factory):
     ecmg = str(ROOT / "etc" / "ecmg.toml")
 
     in_use = f"tcp:{tcp_port}:interface=127.0.0.1"
+    lab_base = 20000 + os.getpid() % 8000  # the lab's own ports, below the ephemeral range the held ports come from
     cases = {
         "ecmg tcp in use": (LISTEN_ERROR_STATUS, f"bcast-ecmg: cannot listen on {in_use}: address already in use\n",
                             _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", in_use)),
@@ -83,7 +84,7 @@ def runs(tmp_path_factory):
                            f"bcast-scs: cannot listen on udp:{udp_port}:interface=127.0.0.1: address already in use\n",
                            _twistd("bcast-scs", "--config", str(scs_udp))),
         "terminal udp in use": (LISTEN_ERROR_STATUS,
-                                f"bcast-terminal: cannot listen on 127.0.0.1 port {udp_port}: address already in use\n",
+                                f"bcast-terminal: cannot listen on udp:{udp_port}:interface=127.0.0.1: address already in use\n",
                                 _twistd("bcast-terminal", "--config", str(terminal))),
         "ecmg port out of range": (CONFIG_ERROR_STATUS, "bcast-ecmg: cannot listen on tcp:99999: port out of range 0-65535\n",
                                    _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", "tcp:99999")),
@@ -100,6 +101,17 @@ def runs(tmp_path_factory):
         "emmg bad connect": (CONFIG_ERROR_STATUS, "bcast-emmg: cannot parse endpoint foo:bar: unknown endpoint type 'foo' "
                                                   "(expected e.g. tcp:PORT:interface=ADDR)\n",
                              _twistd("bcast-emmg", "--config", str(ROOT / "etc" / "emmg.toml"), "--connect", "foo:bar")),
+        "ecmg metrics port in use": (
+            LISTEN_ERROR_STATUS, f"bcast-ecmg: cannot listen on {in_use}: address already in use\n",
+            _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", free_tcp, "--metrics", in_use)),
+        "lab metrics port in use": (
+            LISTEN_ERROR_STATUS, f"bcast-lab: cannot listen on {in_use}: address already in use\n",
+            _twistd("bcast-lab", "--config", str(ROOT / "etc" / "lab" / "lab.toml"), "--port-base", str(lab_base),
+                    "--metrics", in_use)),
+        "lab bad metrics endpoint": (
+            CONFIG_ERROR_STATUS,
+            "bcast-lab: cannot listen on foo:bar: unknown endpoint type 'foo' (expected e.g. tcp:PORT:interface=ADDR)\n",
+            _twistd("bcast-lab", "--config", str(ROOT / "etc" / "lab" / "lab.toml"), "--metrics", "foo:bar")),
         "ecmg key file missing": (CONFIG_ERROR_STATUS, None, _twistd("bcast-ecmg", "--config", str(no_keys))),
         "emmg subscriber file missing": (CONFIG_ERROR_STATUS, None, _twistd("bcast-emmg", "--config", str(no_subscribers))),
     }
@@ -115,7 +127,8 @@ def runs(tmp_path_factory):
 CASES = [
     "ecmg tcp in use", "twist ecmg tcp in use", "mux tcp in use", "mux udp in use", "scs udp in use",
     "terminal udp in use", "ecmg port out of range", "ecmg unknown endpoint type", "ecmg config port not a number",
-    "mux unknown endpoint type", "emmg bad connect", "ecmg key file missing", "emmg subscriber file missing",
+    "mux unknown endpoint type", "emmg bad connect", "ecmg metrics port in use", "lab metrics port in use",
+    "lab bad metrics endpoint", "ecmg key file missing", "emmg subscriber file missing",
 ]
 
 

@@ -38,6 +38,13 @@ def test_json_is_one_flat_object_per_line_with_readable_values():
     assert json.loads(lines[1])["level"] == "warn"
 
 
+def test_a_format_spec_still_gets_the_raw_value():
+    out = io.StringIO()
+    _emit(OperatorLogObserver("bcast-emmg", out, "json"), fmt="client_id {client_id:#010x}", client_id=0x10001)
+    line = json.loads(out.getvalue())
+    assert (line["event"], line["client_id"]) == ("client_id 0x00010001", "0x00010001")
+
+
 def test_text_lines_and_level_filter():
     out = io.StringIO()
     observer = OperatorLogObserver("bcast-mux", out, "text", LogLevel.warn)
@@ -113,3 +120,17 @@ def test_key_log_writes_a_key_store_and_a_subscriber_file_only_when_enabled():
         expected = {"000102030405060708090a0b0c0d0e0f", "5341b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1",
                     "0f0e0d0c0b0a09080706050403020100", "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"}
         assert written == (expected if enabled else set())
+
+
+def test_machine_events_read_ids_in_hex_and_times_in_iso_but_keep_integer_fields():
+    from twisted.logger import formatEvent
+
+    from bcast_sp4.roles.executor import event_text
+
+    fmt, fields = event_text("127.0.0.1:4000", "service_start", {
+        "client_id": 0x00010001, "ecm_id": 0x0102, "first_switch_at": 1796229900.0, "channel_id": 3,
+        "error_status": [0x7000], "tek": KEY})
+    text = formatEvent({"log_format": fmt, **fields})
+    assert text == ("127.0.0.1:4000 service_start client_id=0x00010001 ecm_id=0x0102 "
+                    "first_switch_at=2026-12-02T16:45:00.000Z channel_id=3 error_status=['0x7000'] tek=<16 bytes>")
+    assert (fields["client_id"], fields["ecm_id"], fields["channel_id"]) == (0x00010001, 0x0102, 3)

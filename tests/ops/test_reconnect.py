@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 
 from bcast_sp4.ops.metrics import Metrics
-from bcast_sp4.ops.reconnect import ReportingClientService
+from bcast_sp4.roles.reconnect import ReportingClientService
 
 
 class ScriptedEndpoint:

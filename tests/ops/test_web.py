@@ -56,6 +56,15 @@ class MetricsHooks(SynchronousTestCase):
         self.assertEqual(_sample(text, "bcast_sp4_ecm_response_latency_seconds_bucket", role="ecmg",
                                  super_CAS_id="0x00020001", le="0.002"), 0)
 
+    def test_connections_and_peer_losses_of_a_server(self):
+        metrics = Metrics("bcast-ecmg", Clock())
+        metrics.connection_made("ecmg")
+        metrics.connection_made("ecmg")
+        metrics.observe("ecmg", "127.0.0.1:4000", "channel_closed", {"channel_id": 1, "why": "connection_lost"})
+        metrics.observe("ecmg", "127.0.0.1:4001", "channel_closed", {"channel_id": 2, "why": "channel_close"})
+        snapshot = metrics.snapshot()
+        self.assertEqual((snapshot["connections_total"], snapshot["peer_losses_total"]), ({("ecmg",): 2}, {("ecmg",): 1}))
+
     def test_two_metrics_objects_do_not_share_a_registry(self):
         a, b = Metrics("bcast-lab", Clock()), Metrics("bcast-lab", Clock())
         a.count("connections_total", ("scs",), 3)

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .startup import socket_reason
+from ..logfields import socket_reason
 
 
 def failure_reason(failure: Failure) -> str:
@@ -78,7 +78,8 @@ class ReportingClientService(ClientService):
     :param describe: ``() -> str``: the endpoint string(s) tried (e.g. the failover pair).
     :param endpoint: the client endpoint.
     :param retry_policy: ``attempt -> seconds``.
-    :param metrics: the process's :class:`~.metrics.Metrics` (connections, reconnects, losses), or ``None``.
+    :param metrics: the process's metrics (``count(family, labels)``: connections, reconnects,
+        losses; :class:`bcast_sp4.ops.metrics.Metrics`), or ``None``.
     :param role: the ``role`` label of those metrics.
     """
 
