@@ -30,11 +30,13 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
         self._receive = self.machine.receive
-        self._cw_provision = self.machine.cw_provision
+        # the per-STKM hot path (the ECM_response comes back encoded) unless metrics count each
+        # message sent: then every reply goes through the executor as a message
+        self._cw_provision = self.machine.cw_provision if factory.executor.meter is None else None
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response
-        if type(item) is m.CWProvision:
+        if type(item) is m.CWProvision and self._cw_provision is not None:
             return self._cw_provision(item, now, received_at)
         return self._receive(item, now, received_at)
 
@@ -57,10 +59,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
 
 class ECMGFactory(ServerFactory):
     """Builds one :class:`ECMGProtocol` per accepted SCS connection (the session, when given, is
-    told of its channels and streams; see :class:`~._stream.ServerFactory` for the rest).
-
-    :param meter: the process's metrics (messages by type), or ``None``.
-    """
+    told of its channels and streams; see :class:`~._stream.ServerFactory` for the rest)."""
 
     log = Logger()
     protocol = ECMGProtocol

@@ -53,6 +53,9 @@ def log_at(log: Logger, level: str) -> Callable[..., None]:
     return log.info
 
 
+_LOST = Close("connection lost", "info")
+
+
 def event_text(peer: str, event: str, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The log format and fields of a machine's event: ids stay integers in the fields and read in
     hex in the text (``client_id=0x00010001``), POSIX times become ISO 8601 UTC, bytes are never
@@ -71,9 +74,6 @@ def event_text(peer: str, event: str, fields: Mapping[str, Any]) -> tuple[str, d
             keep = isinstance(value, (int, str)) or (isinstance(value, (list, tuple)) and key not in HEX16 | HEX32)
             shown[key] = value if keep else readable(key, value)
     return "".join(parts), shown
-
-
-_LOST = Close("connection lost", "info")
 
 
 class Outbox:
@@ -277,11 +277,11 @@ class OutputExecutor:
 
     def send(self, outbox: Outbox | None, message: Message) -> None:
         """Queue *message* on *outbox* (default: :attr:`default_outbox`); dropped when closing or absent."""
-        meter = self.meter
-        if meter is not None:
-            target = outbox if outbox is not None else (self.default_outbox() if self.default_outbox is not None else None)
-            if target is not None:
-                meter.message_sent(self.role, target.peer, message, self.clock.seconds())
+        if self.meter is not None:
+            if outbox is None and self.default_outbox is not None:
+                outbox = self.default_outbox()
+            if outbox is not None:
+                self.meter.message_sent(self.role, outbox.peer, message, self.clock.seconds())
         self.send_encoded(outbox, message.encode())
 
     def send_encoded(self, outbox: Outbox | None, data: bytes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -42,10 +43,11 @@ class StatusPageInChromium(TestCase):
         self.addCleanup(service.stopService)
         await service._waitingForPort
         url = f"http://127.0.0.1:{service.port.getHost().port}/"
-        scratch = tempfile.mkdtemp(prefix="bcast-sp4-chromium-")  # profile and HOME: outside the checkout
+        # chromium's profile and HOME in a temporary folder outside the checkout, removed afterwards
+        scratch = tempfile.mkdtemp(prefix="bcast-sp4-chromium-")
         self.addCleanup(shutil.rmtree, scratch, True)
-        args = argv(url, f"{scratch}/profile")
-        out, err, code = await getProcessOutputAndValue(args[0], args[1:], env={"HOME": f"{scratch}/home"})
+        args = argv(url, Path(scratch) / "profile")
+        out, err, code = await getProcessOutputAndValue(args[0], args[1:], env={"HOME": scratch})
         dom = out.decode()
         self.assertEqual(code, 0, err.decode()[-2000:])
         self.assertIn("bcast-test status", dom)  # the title set by the script from status.json
