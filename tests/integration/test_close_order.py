@@ -187,7 +187,7 @@ def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         for proc, log in processes:
-            assert proc.poll() is None, f"{proc.args} exited early:\n{log.read_text()[-3000:]}"
+            assert proc.poll() is None, f"{proc.args} exited early:\n{output_of(log)}"
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"timed out waiting for {what}"
         with RECORDED:
@@ -213,6 +213,13 @@ def set_up(proxies: dict[int, RecordingProxy]) -> bool:
     return True
 
 
+def output_of(log: Path) -> str:
+    """The end of a role's log and of its stdout/stderr (a start-up failure is one stderr line,
+    written before any log file exists)."""
+    parts = [path.read_text()[-3000:] for path in (log, log.with_suffix(".out")) if path.exists()]
+    return "\n".join(parts) or "(no output)"
+
+
 def stop(proc: subprocess.Popen, log: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -220,7 +227,7 @@ def stop(proc: subprocess.Popen, log: Path) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-        raise AssertionError(f"{proc.args} did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"{proc.args} did not stop on SIGTERM:\n{output_of(log)}")
 
 
 def verify(proxies: dict[int, RecordingProxy]) -> dict[str, int]:
@@ -240,7 +247,8 @@ def test_close_order_in_the_one_process_lab(tmp_path):
     try:
         log = tmp_path / "lab.log"
         proc = subprocess.Popen(TWISTD + ["-l", str(log), "bcast-lab", "--config", str(folder / "lab.toml")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env(), cwd=tmp_path)
+                                stdout=log.with_suffix(".out").open("w"), stderr=subprocess.STDOUT, env=env(),
+                                    cwd=tmp_path)
         try:
             wait_until(lambda: set_up(proxies), 120, "every channel and stream set up", [(proc, log)])
         finally:
@@ -264,7 +272,8 @@ def test_close_order_with_the_roles_apart(tmp_path):
         for tapname, config, marker in servers + [("bcast-emmg", "emmg.toml", None), ("bcast-scs", "scs.toml", None)]:
             log = tmp_path / f"{config}.log"
             proc = subprocess.Popen(TWISTD + ["-l", str(log), tapname, "--config", str(folder / config)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env(), cwd=tmp_path)
+                                    stdout=log.with_suffix(".out").open("w"), stderr=subprocess.STDOUT, env=env(),
+                                    cwd=tmp_path)
             processes.append((proc, log))
             if marker:
                 wait_until(lambda: log.exists() and marker in log.read_text(), 60, f"{config} listening", processes)
