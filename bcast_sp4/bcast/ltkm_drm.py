@@ -135,6 +135,19 @@ class ParsedLTKM:
     keys: tuple[ServiceKey, ...] = attrs.field(repr=False)
 
 
+
+def _parse_layout(data: bytes):
+    """*data* parsed with :data:`LTKM_LAYOUT`, after its layout_version byte is checked.
+
+    :raises LTKMError: another layout version, truncation or malformed fields.
+    """
+    if not data or data[0] != LTKM_LAYOUT_VERSION_BYTE:
+        raise LTKMError(f"unsupported LTKM layout_version {data[0] if data else None}")
+    try:
+        return LTKM_LAYOUT.parse(data)
+    except ConstructError:
+        raise LTKMError(f"LTKM truncated or malformed ({len(data)} bytes)") from None
+
 def _derive(device_key: bytes, info: bytes, length: int) -> bytes:
     if len(device_key) != DEVICE_KEY_SIZE:
         raise LTKMError(f"device key must be {DEVICE_KEY_SIZE} bytes, got {len(device_key)}")
@@ -257,12 +270,7 @@ def parse_ltkm(data: bytes, device_key: bytes | Callable[[bytes], bytes | None])
         MAC mismatch (also what a wrong device key gives), a wrap that does not open, bad sizes.
     """
     data = bytes(data)
-    if not data or data[0] != LTKM_LAYOUT_VERSION_BYTE:
-        raise LTKMError(f"unsupported LTKM layout_version {data[0] if data else None}")
-    try:
-        msg = LTKM_LAYOUT.parse(data)
-    except ConstructError:
-        raise LTKMError(f"LTKM truncated or malformed ({len(data)} bytes)") from None
+    msg = _parse_layout(data)
     if msg.message_kind != KIND_DEVICE:
         raise LTKMError(f"message_kind {msg.message_kind:#04x} is not implemented (device addressing only)")
     if not 1 <= len(msg.device_id) <= MAX_DEVICE_ID:
@@ -357,12 +365,7 @@ def describe_ltkm(data: bytes) -> LTKMFields:
     :raises LTKMError: wrong layout version, truncation or trailing bytes.
     """
     data = bytes(data)
-    if not data or data[0] != LTKM_LAYOUT_VERSION_BYTE:
-        raise LTKMError(f"unsupported LTKM layout_version {data[0] if data else None}")
-    try:
-        msg = LTKM_LAYOUT.parse(data)
-    except ConstructError:
-        raise LTKMError(f"LTKM truncated or malformed ({len(data)} bytes)") from None
+    msg = _parse_layout(data)
     return LTKMFields(
         layout_version=LAYOUT_VERSION,
         size=len(data),

@@ -326,6 +326,17 @@ class ParsedMikeySTKM:
 
 # --- crypto ------------------------------------------------------------------------------------
 
+
+def _check_complete(data: bytes, end: int, kemac, t, bcast_body) -> None:
+    """A parsed MIKEY STKM ends at the end of *data* and has its KEMAC, T and BCAST payloads.
+
+    :raises STKMError: trailing bytes or a missing payload.
+    """
+    if end != len(data):
+        raise STKMError(f"{len(data) - end} trailing bytes after the MIKEY message")
+    if kemac is None or t is None or bcast_body is None:
+        raise STKMError("STKM lacks a KEMAC, T or OMA BCAST STKM payload")
+
 def mikey_prf(inkey: bytes, label: bytes, outlen: int) -> bytes:
     """The MIKEY-1 PRF of RFC 3830 §4.1.2.
 
@@ -745,10 +756,7 @@ def parse_stkm(
             next_payload = payload.next_payload
     except ConstructError:
         raise STKMError(f"STKM truncated or malformed ({len(data)} bytes)") from None
-    if stream.tell() != len(data):
-        raise STKMError(f"{len(data) - stream.tell()} trailing bytes after the MIKEY message")
-    if kemac is None or t is None or bcast_body is None:
-        raise STKMError("STKM lacks a KEMAC, T or OMA BCAST STKM payload")
+    _check_complete(data, stream.tell(), kemac, t, bcast_body)
 
     key_domain_id, key_id = _key_identity(key_id_body, hdr.csb_id)
     key = lookup(KeyRef(key_id, key_domain_id=key_domain_id if key_domain_id else None))
@@ -950,10 +958,7 @@ def describe_stkm(data: bytes) -> MikeySTKMFields:
             next_payload = payload.next_payload
     except ConstructError:
         raise STKMError(f"STKM truncated or malformed ({len(data)} bytes)") from None
-    if stream.tell() != len(data):
-        raise STKMError(f"{len(data) - stream.tell()} trailing bytes after the MIKEY message")
-    if kemac is None or t is None or bcast_body is None:
-        raise STKMError("STKM lacks a KEMAC, T or OMA BCAST STKM payload")
+    _check_complete(data, stream.tell(), kemac, t, bcast_body)
     key_domain_id, key_id = _key_identity(key_id_body, hdr.csb_id)
     return MikeySTKMFields(
         size=len(data),
