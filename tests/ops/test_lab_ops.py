@@ -6,6 +6,7 @@ configured key appears in the logs unless ``--log-keys`` is given.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import random
@@ -131,7 +132,8 @@ def lab_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab-ops")
     run, endpoint = LabRun.on_free_ports(tmp, "--metrics", "tcp:0:interface=127.0.0.1", "--log-level", "debug",
                                          "--log-format", "json")
-    scrapes, dom = [], None
+    scrapes, dom, browser = [], None, None
+    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
         assert endpoint is not None, run.stdout() + run.log.read_text()[-3000:]
         port = int(endpoint.group(1))
@@ -145,14 +147,18 @@ def lab_run(tmp_path_factory):
             except OSError:  # the lab stopped between poll() and the request
                 break
             scrapes.append({"before": before, "metrics": metrics, "status": status})
-            if dom is None and status["streams"] and _total(metrics, "bcast_sp4_terminal_periods_total") >= 1:
-                dom = dump_dom(base + "/", tmp / "chromium-profile")
+            if browser is None and status["streams"] and _total(metrics, "bcast_sp4_terminal_periods_total") >= 1:
+                # in a thread: a browser start on a busy machine takes seconds, and the scrapes go on
+                browser = pool.submit(dump_dom, base + "/", tmp / "chromium-profile")
             time.sleep(0.5)
+        if browser is not None:
+            dom = browser.result(timeout=120)
         status = run.finish()
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait(10)
+        pool.shutdown(wait=True)
     return {"run": run, "status": status, "scrapes": scrapes, "dom": dom, "log": run.log.read_text()}
 
 
