@@ -30,13 +30,11 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         super().__init__(factory.executor, factory.max_message_length, factory.guard)
         self.machine = ECMGConnection(factory.resources, factory.source)
         self._receive = self.machine.receive
-        # the per-STKM hot path (the ECM_response comes back encoded) unless metrics count each
-        # message sent: then every reply goes through the executor as a message
-        self._cw_provision = self.machine.cw_provision if factory.executor.meter is None else None
+        self._cw_provision = self.machine.cw_provision
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response
-        if type(item) is m.CWProvision and self._cw_provision is not None:
+        if type(item) is m.CWProvision:
             return self._cw_provision(item, now, received_at)
         return self._receive(item, now, received_at)
 
