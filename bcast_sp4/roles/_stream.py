@@ -25,6 +25,7 @@ from ..machines.outputs import Close, Output
 from ..wire import Framer, Interface, Message, PeerProtocolError, decode
 from .executor import Outbox, OutputExecutor
 from .guard import ConnectionGuard, ConnectionWatch
+from .log_limit import host_of
 
 _INTERNAL_ERROR = (Close("internal error", "warn"),)
 
@@ -63,7 +64,10 @@ class SimulCryptStreamProtocol(Protocol):
         self.watch: ConnectionWatch | None = None
         self.clock = executor.clock
         self.framer = Framer(max_length=max_message_length, interface=self.interface)
-        self.outbox = Outbox(self.log)
+        # the class's logger: ``self.log`` would be a Logger whose source is this protocol, and the
+        # outbox holding it a reference cycle that keeps the connection (its framer's buffer too)
+        # alive after it closed, until a full garbage collection (issue #13: memory after a flood)
+        self.outbox = Outbox(type(self).log, limiter=executor.limiter)
         #: where the machine's plain Send / Close go (``None`` when the machine addresses them itself)
         self.reply_outbox: Outbox | None = self.outbox
 
@@ -80,9 +84,18 @@ class SimulCryptStreamProtocol(Protocol):
         self.outbox.attach(self.transport, peer_name(self.transport))
         self.prepare_transport()
         self.start_watch()
-        self.log.info("connection from {peer}", peer=self.peer)
+        self.log_connection("opened", "connection from {peer}")
         if self.executor.meter is not None:  # servers; the clients count in their ClientService
             self.executor.meter.connection_made(self.executor.role)
+
+    def log_connection(self, kind: str, text: str) -> None:
+        """An info line about this connection (*kind*: ``opened``, ``closed``), limited per host by
+        the role's limiter when it has one: a flood of connections is a few lines and a summary.
+        Logged by the class's logger: an event whose source is the protocol would keep the
+        protocol alive as long as the event is kept (a log buffer)."""
+        limiter = self.executor.limiter
+        if limiter is None or limiter.allow(host_of(self.peer), kind, f"connections {kind}", "info"):
+            type(self).log.info(text, peer=self.peer)
 
     def prepare_transport(self) -> None:
         """TCP_NODELAY, and the outbox's write-through when :attr:`write_through` (from connectionMade)."""

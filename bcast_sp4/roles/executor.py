@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from ..logfields import HEX16, HEX32, readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
-from .log_limit import LogLimiter, shorten_fields
+from .log_limit import LogLimiter, host_of, shorten_fields
 
 #: the levels a :class:`Notify` or :class:`Close` may carry, and the logger method of each
 LEVELS = ("debug", "info", "warn", "error")
@@ -80,17 +80,20 @@ class Outbox:
     """Write-then-close for one connection: queued bytes go out in one write, a close after them.
 
     :ivar peer: how the logs name the other end (``host:port``).
+    :param limiter: the role's :class:`~.log_limit.LogLimiter`: the "closing connection" lines are
+        limited per host (a flood's closes are a few lines and a summary), or ``None``: each logged.
     """
 
-    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push")
+    __slots__ = ("transport", "peer", "log", "limiter", "chunks", "close", "closed", "push")
 
-    def __init__(self, log: Logger, peer: str = "?") -> None:
+    def __init__(self, log: Logger, peer: str = "?", limiter: LogLimiter | None = None) -> None:
         self.transport = None
         #: called right after each write when set: the transport's ``doWrite``, which sends now what
         #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
         self.push = None
         self.peer = peer
         self.log = log
+        self.limiter = limiter
         self.chunks: list[bytes] = []
         #: the :class:`Close` asked for, once one was
         self.close: Close | None = None
@@ -138,8 +141,10 @@ class Outbox:
                     self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
-            log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
-                                               reason=self.close.reason)
+            level, limiter = self.close.level, self.limiter
+            if limiter is None or limiter.allow(host_of(self.peer), ("closing", level), "connections closed", level):
+                log_at(self.log, level)("closing connection with {peer}: {reason}", peer=self.peer,
+                                        reason=self.close.reason)
             transport.loseConnection()
 
 
