@@ -122,7 +122,10 @@ class Reclaimer:
     least *connections* connections or *buffered* bytes have gone since the high-water mark, a
     reclaim is due *delay* seconds after the last change: each further change (the rest of the
     flood going) postpones it again, but never past *max_wait* seconds after it first became due,
-    so that steady churn still gets one. Then the marks start again from what is open.
+    so that steady churn still gets one. A reclaim that ran while connections were still going
+    (it waited *max_wait*) is followed by another once at least a quarter of the marks more have
+    gone: the tail of a flood that closes over tens of seconds. A reclaim after *delay* quiet
+    seconds starts the marks again from what is open.
 
     Run too early (the first connections of a flood gone, most still open) the collection finds
     little and the allocator keeps the pages of everything that goes after it: measured with the
@@ -150,20 +153,30 @@ class Reclaimer:
         self._high_buffered = self._now_buffered = 0
         self._call: IDelayedCall | None = None
         self._latest = 0.0  # a due reclaim runs by then at the latest
+        self._changed_at = 0.0  # when the counts last changed
+        self._draining: tuple[int, int] | None = None  # counts at a reclaim made while they went on changing
         self.runs = 0
 
     def note(self, connections: int, buffered: int) -> None:
         """Connections open and bytes buffered now (call on every change worth watching)."""
         changed = connections != self._now_connections or buffered != self._now_buffered
         self._now_connections, self._now_buffered = connections, buffered
+        if changed:
+            self._changed_at = self.clock.seconds()
         if connections > self._high_connections:
             self._high_connections = connections
         if buffered > self._high_buffered:
             self._high_buffered = buffered
         call = self._call
         if call is None:
-            if (self._high_connections - connections >= self.connections
-                    or self._high_buffered - buffered >= self.buffered):
+            draining = self._draining
+            if draining is not None:
+                due = (draining[0] - connections >= self.connections // 4
+                       or draining[1] - buffered >= self.buffered // 4)
+            else:
+                due = (self._high_connections - connections >= self.connections
+                       or self._high_buffered - buffered >= self.buffered)
+            if due:
                 self._latest = self.clock.seconds() + self.max_wait
                 self._call = self.clock.callLater(self.delay, self.reclaim)
         elif changed and call.active():
@@ -171,7 +184,10 @@ class Reclaimer:
 
     def reclaim(self) -> None:
         self._call = None
-        self._high_connections, self._high_buffered = self._now_connections, self._now_buffered
+        now = (self._now_connections, self._now_buffered)
+        self._high_connections, self._high_buffered = now
+        # still going: watch the tail from here
+        self._draining = now if self.clock.seconds() - self._changed_at < self.delay else None
         self.runs += 1
         before = _rss_kib()
         found = self._collect()

@@ -83,6 +83,30 @@ def test_steady_churn_still_gets_a_reclaim_within_max_wait():
     assert collects == [10.0]
 
 
+def test_the_tail_of_a_slow_flood_gets_a_reclaim_after_the_last_connection_went():
+    clock = Clock()
+    collects = []
+    reclaimer = Reclaimer(clock, connections=256, delay=2.0, max_wait=10.0, trim=lambda: None,
+                          collect=lambda: collects.append(clock.seconds()) or 0)
+    guard = ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer)
+    peers = [Peer(guard) for _ in range(2000)]
+    for n, peer in enumerate(peers):  # 2,000 connections go over 40 s (each 30 s after it came)
+        if n % 50 == 0:
+            clock.advance(1)
+        peer.watch.connection_lost()
+    last = clock.seconds()
+    for _ in range(60):
+        clock.advance(0.5)
+    assert collects[-1] == last + 2.0  # the last one: after everything went
+    assert all(b - a >= 2.0 for a, b in zip(collects, collects[1:])) and len(collects) <= 6, collects
+    # then steady churn at a stable count: no more reclaims
+    runs = reclaimer.runs
+    for _ in range(500):
+        Peer(guard).watch.connection_lost()
+        clock.advance(0.1)
+    assert reclaimer.runs == runs
+
+
 def test_a_reclaim_starts_the_marks_again_from_what_is_open():
     clock = Clock()
     reclaimer = Reclaimer(clock, connections=100, delay=1.0, trim=lambda: None, collect=lambda: 0)
