@@ -19,7 +19,11 @@ Rules (times from :class:`Limits`; 0 turns a timeout off):
   their bytes arrived, so a deadline (the ECMG's ``max_comp_time``, error 0x000D) counts the wait.
 * **Buffers** (:meth:`ConnectionWatch.turn_done`): bytes received and not yet handled (an
   unfinished message plus the queue) are bounded per connection and for the role as a whole;
-  the connection that goes past either bound is closed.
+  the connection that goes past either bound is closed. A server's connection without a channel
+  (none opened, nothing waiting to be handled) may hold only ``max_buffered_bytes_no_channel``
+  of an unfinished message: before its channel_setup a peer has nothing big to send, and a flood
+  of half-sent messages is dropped as it arrives instead of holding 32 KiB per connection for the
+  ``message_timeout``.
 * **Timeouts**: a server closes a connection that has no channel ``first_channel_setup_timeout``
   after it was accepted (or after its channel closed); any connection whose unfinished message
   is not complete ``message_timeout`` after its first byte; a channel silent for
@@ -491,6 +495,11 @@ class ConnectionWatch:
         if guard.buffered_total > limits.max_buffered_bytes_total:
             self.close("closed_buffer_total", f"{guard.buffered_total} bytes buffered by all connections "
                                               f"(max_buffered_bytes_total {limits.max_buffered_bytes_total})")
+            return
+        if (partial > limits.max_buffered_bytes_no_channel and limits.max_buffered_bytes_no_channel
+                and not self._queue and self._has_channel is not None and not self._has_channel()):
+            self.close("closed_buffer_no_channel", f"{partial} bytes of a message and no channel "
+                                                   f"(max_buffered_bytes_no_channel {limits.max_buffered_bytes_no_channel})")
             return
         if handled:
             self._activity = now

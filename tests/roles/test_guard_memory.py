@@ -29,7 +29,9 @@ from .test_guard_roles import DRM, ECMG
 def test_a_closed_connection_is_freed_without_the_cyclic_collector():
     ecmg = ECMG(max_length=65540)
     protocol, transport = ecmg.connect()
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
     protocol.dataReceived(bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(32 * 1024))  # claims 65,535 bytes
+    ecmg.clock.advance(0)  # the bytes past the first read slice are framed on the next turns
     assert ecmg.guard.buffered_total == 32 * 1024 + 5
     alive = [weakref.ref(protocol), weakref.ref(protocol.framer)]
     was_enabled = gc.isenabled()
@@ -187,3 +189,36 @@ def test_a_channel_still_opens_after_a_flood_was_summarised():
     protocol, transport = ecmg.connect(port=42000)
     protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode())
     assert transport.value()  # channel_status
+
+
+def test_a_connection_without_a_channel_may_not_hold_a_big_unfinished_message():
+    ecmg = ECMG(max_length=65540)  # max_buffered_bytes_no_channel: 4096 by default
+    protocol, transport = ecmg.connect()
+    protocol.dataReceived(bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(4000))
+    assert not transport.disconnecting and ecmg.guard.buffered_total == 4005
+    protocol.dataReceived(bytes(28 * 1024))
+    ecmg.clock.advance(0)  # framed a read slice per turn: the bound applies once nothing waits
+    assert transport.disconnecting and ecmg.guard.counters["closed_buffer_no_channel"] == 1
+    assert ecmg.guard.buffered_total == 0  # dropped at once, not held for the message_timeout
+    # with a channel, the same message may be buffered up to max_buffered_bytes
+    protocol, transport = ecmg.connect(port=40001)
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode()
+                          + bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(32 * 1024))
+    ecmg.clock.advance(0)
+    assert not transport.disconnecting and ecmg.guard.buffered_total == 32 * 1024 + 5
+
+
+def test_the_no_channel_bound_waits_for_a_pipelined_channel_setup_and_can_be_off():
+    ecmg = ECMG(max_length=65540, messages_per_turn=1)
+    protocol, transport = ecmg.connect()
+    # a channel_setup and a stream_setup handled on the next turn, a big message started behind them
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=1, Super_CAS_id=DRM).encode()
+                          + m.StreamSetup(ECM_channel_id=1, ECM_stream_id=1, ECM_id=1, nominal_CP_duration=20).encode()
+                          + bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(8000))
+    ecmg.clock.advance(0)
+    assert not transport.disconnecting and protocol.has_channel()
+    off = ECMG(max_length=65540, max_buffered_bytes_no_channel=0)
+    protocol, transport = off.connect()
+    protocol.dataReceived(bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(32 * 1024))
+    off.clock.advance(0)
+    assert not transport.disconnecting and off.guard.buffered_total == 32 * 1024 + 5
