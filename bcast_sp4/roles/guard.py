@@ -104,7 +104,7 @@ def _malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``, or ``None`` where the C library has none."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS), or no C library handle (Windows)
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)

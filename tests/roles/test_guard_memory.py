@@ -222,3 +222,16 @@ def test_the_no_channel_bound_waits_for_a_pipelined_channel_setup_and_can_be_off
     protocol.dataReceived(bytes([3, 0x02, 0x01, 0xFF, 0xFF]) + bytes(32 * 1024))
     off.clock.advance(0)
     assert not transport.disconnecting and off.guard.buffered_total == 32 * 1024 + 5
+
+
+def test_the_default_reclaim_collects_and_trims_where_the_c_library_can():
+    import platform
+
+    from bcast_sp4.roles import guard
+
+    trim = guard._malloc_trim()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert trim is not None
+    reclaimer = Reclaimer(Clock())
+    reclaimer.reclaim()  # a full collection, then malloc_trim(0) when there is one: no crash either way
+    assert reclaimer.runs == 1
