@@ -49,6 +49,39 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector():
     assert ecmg.guard.buffered_total == 0 and ecmg.guard.connections == 0
 
 
+def test_a_closed_mux_connection_is_freed_without_the_cyclic_collector():
+    import attrs
+    from twisted.internet.address import IPv4Address
+
+    from bcast_sp4 import wire
+    from bcast_sp4.roles.mux_server import MuxServer
+
+    from .test_mux_server import make_server
+
+    reactor, server = make_server()
+    guard = ConnectionGuard(attrs.evolve(Limits(), first_channel_setup_timeout=30.0), reactor, role="MUX", server=True)
+    server = MuxServer(server.core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH,
+                       guard=guard)
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    protocol = server.factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    protocol.dataReceived(bytes([3, 0x01, 0x11, 0x00, 0x20]) + bytes(10))  # half-sent
+    alive = [weakref.ref(protocol), weakref.ref(protocol.framer)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        reactor.advance(10.5)  # the message_timeout closes it
+        assert transport.disconnecting and guard.counters["closed_message_timeout"] == 1
+        protocol.connectionLost(None)
+        del protocol
+        assert [ref() for ref in alive] == [None, None]
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert guard.connections == 0 and server.play_out.protocols == {}
+
+
 def test_the_reclaim_waits_for_the_end_of_the_flood():
     clock = Clock()
     collects = []
