@@ -268,3 +268,16 @@ def test_the_default_reclaim_collects_and_trims_where_the_c_library_can():
     reclaimer = Reclaimer(Clock())
     reclaimer.reclaim()  # a full collection, then malloc_trim(0) when there is one: no crash either way
     assert reclaimer.runs == 1
+
+
+def test_a_connection_holds_a_backlog_queue_only_once_messages_wait():
+    clock = Clock()
+    guard = ConnectionGuard(Limits(messages_per_turn=1), clock, role="TEST", server=True)
+    idle, busy = Peer(guard), Peer(guard)
+    assert type(idle.watch._queue) is tuple and not idle.watch._queue  # none made for an idle connection
+    busy.receive([b"1", b"2", b"3"], 0.0)
+    assert busy.watch.queued == 2
+    clock.advance(0)
+    assert [frames for frames, _t in busy.handled] == [[b"1"], [b"2"], [b"3"]] and busy.watch.queued == 0
+    busy.watch.connection_lost()
+    assert not busy.watch._queue
