@@ -820,6 +820,14 @@ def write_keys(directory: Path, ecm_ids: Iterable[int], scids=(DRM,)) -> None:
     path.chmod(0o600)
 
 
+#: ``[limits]`` settings added to the servers' files (``--limit KEY=VALUE``), as TOML values
+LIMITS: dict[str, str] = {}
+
+
+def limits_table() -> str:
+    return "[limits]\n" + "".join(f"{key} = {value}\n" for key, value in LIMITS.items()) if LIMITS else ""
+
+
 def ecmg_config(directory: Path, port: int, name: str = "ecmg") -> Path:
     path = directory / f"{name}.toml"
     path.write_text(textwrap.dedent(f"""\
@@ -841,7 +849,7 @@ def ecmg_config(directory: Path, port: int, name: str = "ecmg") -> Path:
         super_CAS_id = 0x4AE60000
         mode = "dvb-sections"
         key = "000102030405060708090a0b0c0d0e0f"
-        """))
+        """) + limits_table())
     return path
 
 
@@ -1010,7 +1018,7 @@ def mux_config(directory: Path, port: int, udp_port: int, ltkm_port: int, stkm_p
         [[client.ltkm]]
         data_id = 0x0200
         destination = "127.0.0.1:9"
-        """))
+        """) + limits_table())
     return path
 
 
@@ -1355,7 +1363,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="s of control round trips before the fuzz (the quiet p99; ~90 samples a second)")
     parser.add_argument("--fuzz-nice", type=int, default=10,
                         help="nice levels the fuzz sender (this process) drops to while it sends (0: none); see above")
+    parser.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [limits] setting for the ECMG and MUX under test (TOML value), e.g. turn_time=0.001")
     args = parser.parse_args(argv)
+    for setting in args.limit:
+        key, _, value = setting.partition("=")
+        LIMITS[key.strip()] = value.strip()
     if args.quick:
         args.n, args.flood, args.flood_hold = 3000, 200, 5.0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

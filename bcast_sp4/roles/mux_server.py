@@ -204,6 +204,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
     """One EMMG/PDG (or SCS) TCP connection."""
 
     interface = Interface.EMMG_MUX
+    #: replies leave before the reactor's next turn: written at the next turn's write phase, a
+    #: reply (a channel_test's channel_status) waited behind another peer's whole turn first
+    write_through = True
 
     def __init__(self, factory: "MuxFactory") -> None:
         super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
