@@ -12,8 +12,9 @@ The budget bounds one batch (memory, and the time before the reactor serves anyt
 what is left in the socket is read at the next wake-up, which epoll reports at once (level
 triggered). With a *turn_time* the wake-up is also bounded in time: the socket is read and handed
 over in batches of *chunk* datagrams, and no further batch is read once *turn_time* has passed since
-the wake-up (the batch under way finishes), so datagrams that go through the full decoder (a flood
-of invalid ones) cannot hold the reactor for the whole budget while a TCP peer waits (issue #13). Errors are Twisted's: ``EAGAIN``/``EINTR`` end the batch, ``ECONNREFUSED`` on a
+the wake-up (the batch under way finishes; each batch after the first is sized to the time left
+at the pace of the ones before), so datagrams that go through the full decoder (a flood of invalid
+ones) cannot hold the reactor for the whole budget while a TCP peer waits (issue #13). Errors are Twisted's: ``EAGAIN``/``EINTR`` end the batch, ``ECONNREFUSED`` on a
 connected port calls ``connectionRefused`` (after the batch), anything else is logged after the
 datagrams read so far were handed over. :func:`listen_udp_batch` falls back to the reactor's own
 ``listenUDP`` (one ``datagramReceived`` per datagram) on a reactor that is not a POSIX one; the
@@ -54,7 +55,8 @@ class BatchUDPPort(udp.Port):
     :param batch: at most this many datagrams per wake-up (>= 1).
     :param turn_time: seconds of reading and handling per wake-up, checked between batches of
         *chunk* datagrams (``None``: one batch of up to *batch*, however long it takes).
-    :param chunk: datagrams per batch when there is a *turn_time* (>= 1).
+    :param chunk: datagrams of the first batch, and the fewest of any batch, when there is a
+        *turn_time* (>= 1).
     :param clock: seconds for *turn_time* (``time.monotonic``; tests pass their own).
     """
 
@@ -80,15 +82,26 @@ class BatchUDPPort(udp.Port):
         super().stopReading()
 
     def doRead(self) -> None:
-        deadline = None if self.turn_time is None else self.clock() + self.turn_time
-        left = self.batch
-        while left > 0:
-            step = min(self.chunk, left)
+        if self.turn_time is None:
+            self._read_batch(self.batch)
+            return
+        clock, chunk = self.clock, self.chunk
+        start = clock()
+        deadline = start + self.turn_time
+        left, step = self.batch, chunk
+        while True:
+            step = min(step, left)
             taken = self._read_batch(step)
             left -= taken
-            # drained (or an error), stopped while handling, or the wake-up's time is up
-            if taken < step or not self._reading or (deadline is not None and self.clock() >= deadline):
-                return
+            if taken < step or not left or not self._reading:
+                return  # drained (or an error), the budget read, or stopped while handling
+            now = clock()
+            if now >= deadline:
+                return  # the rest at the next wake-up
+            # the next batch sized to the time left at this wake-up's pace so far (fewer, larger
+            # batches where datagrams are cheap), never fewer than *chunk*
+            done = self.batch - left
+            step = max(chunk, int(done * (deadline - now) / max(now - start, 1e-6)))
 
     def _read_batch(self, limit: int) -> int:
         """Read up to *limit* datagrams and hand them over; how many were read (fewer: the socket

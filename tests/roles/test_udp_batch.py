@@ -108,40 +108,39 @@ def test_non_posix_reactor_falls_back_to_listen_udp():
 
 
 def test_a_wake_up_stops_reading_once_its_turn_time_has_passed(reactor):
-    """With a turn_time the socket is read in chunks; past the time no further chunk is read in that
-    wake-up (the rest stays in the socket for the next one), and a drained socket ends it early."""
+    """With a turn_time the socket is read in batches; past the time no further batch is read in
+    that wake-up (the rest stays in the socket for the next one); after the first batch (*chunk*
+    datagrams) each is sized to the time left at the pace so far."""
     now = [0.0]
-
-    def clock() -> float:
-        return now[0]
 
     class Slow(Recorder):
         def datagramsReceived(self, batch):
             super().datagramsReceived(batch)
-            now[0] += 0.0004  # each chunk costs 0.4 ms of the 1 ms turn
+            now[0] += 0.00005 * len(batch)  # 50 us a datagram
 
     protocol = Slow()
-    port = BatchUDPPort(0, protocol, "127.0.0.1", 8192, reactor, batch=512, turn_time=0.001, chunk=8, clock=clock)
+    port = BatchUDPPort(0, protocol, "127.0.0.1", 8192, reactor, batch=512, turn_time=0.001, chunk=8,
+                        clock=lambda: now[0])
     port.startListening()
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sender.connect(("127.0.0.1", port.getHost().port))
         for k in range(50):
             sender.send(b"d%d" % k)
-        wake_ups = []
-        while sum(len(b) for b in protocol.batches) < 50 and len(wake_ups) < 100:
+        per_wake_up = []
+        while sum(per_wake_up) < 50 and len(per_wake_up) < 100:
             readable, _, _ = select.select([port.socket], [], [], 1.0)
             if readable:
-                before = len(protocol.batches)
+                before = sum(len(b) for b in protocol.batches)
                 port.doRead()
-                wake_ups.append(len(protocol.batches) - before)
+                per_wake_up.append(sum(len(b) for b in protocol.batches) - before)
         received = [data for batch in protocol.batches for data, _addr in batch]
         assert received == [b"d%d" % k for k in range(50)]
-        assert all(len(batch) <= 8 for batch in protocol.batches)
-        # 0.4 ms per chunk: the third chunk ends past 1 ms, so at most 3 chunks per wake-up (loopback
-        # delivers each datagram within its send: the first wake-up finds all 50 and stops at 3)
-        assert max(wake_ups) == 3
-        assert len(wake_ups) >= 3  # 50 datagrams in chunks of 8, 3 chunks a wake-up: at least 3 wake-ups
+        assert len(protocol.batches[0]) == 8
+        # 8 datagrams took 0.4 ms: the next batch is the 12 that fit the 0.6 ms left, then the
+        # time is up (loopback delivers each datagram within its send: the first wake-up finds all 50)
+        assert per_wake_up[0] == 20 and len(protocol.batches[1]) == 12
+        assert max(per_wake_up) <= 20 and len(per_wake_up) >= 3
     finally:
         sender.close()
         port.stopListening()
