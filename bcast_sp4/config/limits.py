@@ -8,7 +8,7 @@ checked to exist here, their contents are read when the role starts.
 Defaults protect a server out of the box (issue #13): 30 s to the first channel_setup, 10 s to
 complete a started message, a channel silent for 60 s gets a channel_test and is closed when 10 s
 pass without an answer, at most 2,048 connections (with or without a channel), 256 KiB buffered
-per connection and 16 MiB in total, 64 messages (and 2 ms) per connection per reactor turn.
+per connection and 16 MiB in total, 64 messages (and 1 ms) per connection per reactor turn.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Limits:
     """
 
     messages_per_turn: int = 64
-    turn_time: float = 0.002
+    turn_time: float = 0.001
     first_channel_setup_timeout: float = 30.0
     message_timeout: float = 10.0
     idle_timeout: float = 60.0
