@@ -191,7 +191,7 @@ class SimulCryptStreamProtocol(Protocol):
                 if outbox.closing:
                     self._closing_watch()
                     return len(frames)  # nothing more is handled on this connection
-                if deadline is not None and clock.seconds() > deadline:
+                if deadline is not None and handled < len(frames) and clock.seconds() > deadline:
                     break  # the turn's time is up: the guard keeps the rest for the next turn
         finally:
             executor.end()

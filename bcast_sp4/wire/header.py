@@ -84,6 +84,11 @@ class Framer:
             data = data[self._skip :]
             self._skip = 0
         buffer = self._buffer
+        if not buffer and type(data) is bytes and len(data) >= HEADER_SIZE:
+            # One whole message in one read, nothing buffered (a request/response peer): as it is.
+            total = HEADER_SIZE + _unpack_header(data, 0)[2]
+            if total == len(data) and total <= self.max_length:
+                return [data]
         buffer += data
         out: list[bytes | MessageTooLong] = []
         pos = 0
