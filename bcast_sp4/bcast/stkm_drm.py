@@ -552,7 +552,7 @@ def _fast_path_applies(
         and (service_key is None or type(service_key) is ServiceKey)
         and (programme_key is None or type(programme_key) is ServiceKey)
         and type(protection_after_reception) is int
-        and all(type(d) is AccessCriteriaDescriptor for d in access_criteria)
+        and (not access_criteria or all(type(d) is AccessCriteriaDescriptor for d in access_criteria))
     )
 
 

@@ -400,10 +400,16 @@ class _MessageKeys:
         """:func:`_aes_cm`: CTR keystream = E(IV || 0x0000 + i), i = 0, 1, ... (128-bit counter)."""
         if not data:
             return b""
-        base = ((self.salt ^ ((csb_id << 64) | t64)) << 16) & _MASK128
-        blocks = b"".join([((base + i) & _MASK128).to_bytes(16, "big") for i in range(-(-len(data) // 16))])
-        stream = self.encryptor.update(blocks)
         n = len(data)
+        count = -(-n // 16)
+        # IV || i for i < 2**16: the IV's 14 bytes, then i in the low 16 bits (no carry out of them)
+        iv = ((self.salt ^ ((csb_id << 64) | t64)) & _MASK112).to_bytes(14, "big")
+        if count < len(_COUNTER_TAILS):
+            blocks = iv.join(_COUNTER_TAILS[:count + 1])  # b"" + iv + 0x0000 + iv + 0x0001 ...
+        else:  # key data is never this long (4 KiB); the 128-bit counter in full
+            base = int.from_bytes(iv, "big") << 16
+            blocks = b"".join([((base + i) & _MASK128).to_bytes(16, "big") for i in range(count)])
+        stream = self.encryptor.update(blocks)
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
     def digest(self, data: bytes) -> bytes:
@@ -411,6 +417,9 @@ class _MessageKeys:
 
 
 _MASK128 = (1 << 128) - 1
+_MASK112 = (1 << 112) - 1
+#: b"" then the 16-bit AES-CM block counters 0, 1, 2 ... (joined by the IV: each block's last 2 bytes)
+_COUNTER_TAILS = (b"",) + tuple(i.to_bytes(2, "big") for i in range(256))
 # Only the default CSB ID (= key_id, decision 1) is cached: a parsed message names its own CSB ID,
 # and caching every one a peer sends would grow without bound.
 _MESSAGE_KEYS: PerKeyCache[_MessageKeys] = PerKeyCache(lambda key: _MessageKeys(key.key, key.key_id))

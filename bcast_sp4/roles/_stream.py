@@ -100,7 +100,7 @@ class SimulCryptStreamProtocol(Protocol):
         if guard is not None:
             self.watch = guard.watch(
                 self.peer, self.transport, handle_frames=self.handle_frames, close=self.close_now,
-                partial=self._partial, has_channel=self.has_channel if guard.server else None,
+                partial=self.framer.buffered_bytes, has_channel=self.has_channel if guard.server else None,
                 channel_test=self.channel_test, feed=self.framer.feed,
             )
 
@@ -113,9 +113,6 @@ class SimulCryptStreamProtocol(Protocol):
     def _closing_watch(self) -> None:
         if self.watch is not None:
             self.watch.closing()
-
-    def _partial(self) -> int:
-        return self.framer.buffered
 
     def has_channel(self) -> bool:
         """Whether a channel is open on this connection (servers say; a client's guard does not ask)."""
@@ -135,7 +132,7 @@ class SimulCryptStreamProtocol(Protocol):
     # -- input -----------------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.outbox.closing:
+        if self.outbox.close is not None:  # closing (the property's test, without its call)
             return
         received_at = self.clock.seconds()
         watch = self.watch
@@ -155,7 +152,7 @@ class SimulCryptStreamProtocol(Protocol):
             time runs out (the guard keeps the rest for the next turn).
         """
         outbox = self.outbox
-        if outbox.closing:
+        if outbox.close is not None:  # closing
             self._closing_watch()
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
@@ -188,7 +185,7 @@ class SimulCryptStreamProtocol(Protocol):
                 else:
                     executor.run(outputs, now, reply_outbox)
                 handled += 1
-                if outbox.closing:
+                if outbox.close is not None:  # closing
                     self._closing_watch()
                     return len(frames)  # nothing more is handled on this connection
                 if deadline is not None and handled < len(frames) and clock.seconds() > deadline:

@@ -290,10 +290,13 @@ class OutputExecutor:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
-        if outbox.queue(data):
-            self._touched.append(outbox)
-            if self._depth == 0:
-                self.end_now()
+        if outbox.close is None:  # outbox.queue(data), inline: once per reply on a hot path
+            chunks = outbox.chunks
+            chunks.append(data)
+            if len(chunks) == 1:
+                self._touched.append(outbox)
+                if self._depth == 0:
+                    self.end_now()
 
     def close(self, outbox: Outbox | None, close: Close) -> None:
         """Close *outbox*'s connection after what is queued on it."""

@@ -61,6 +61,8 @@ class Framer:
         self.interface = interface
         self._buffer = bytearray()
         self._skip = 0  # bytes of an over-long message still to discard
+        #: ``() -> int``: :attr:`buffered` as a call without a Python frame (a guard asks every turn)
+        self.buffered_bytes = self._buffer.__len__
 
     @property
     def buffered(self) -> int:
