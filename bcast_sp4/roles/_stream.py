@@ -15,6 +15,9 @@ send the channel_test it asks for.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReadWriteDescriptor, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -35,6 +38,46 @@ def peer_name(transport) -> str:
     if isinstance(peer, (IPv4Address, IPv6Address)):
         return f"{peer.host}:{peer.port}"
     return "?"
+
+
+def socket_writer(transport) -> Callable[[bytes], None] | None:
+    """``transport.write`` that sends at once, for a plain Twisted TCP connection (else ``None``).
+
+    Twisted's own write buffers, registers the socket for writing and sends on the next reactor
+    turn (or on an explicit ``doWrite``), then unregisters it: two ``epoll_ctl`` calls and a dozen
+    Python calls around each ``send``. A request/response server (the ECMG) writes one short reply
+    per request into an empty buffer, so this sends it straight away (:func:`direct_writer`).
+    """
+    if type(transport) is not tcp.Server or not all(
+        hasattr(transport, name) for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+    ):
+        return None  # another transport, or a Twisted whose buffer fields moved: its own write
+    return direct_writer(transport, transport.socket)
+
+
+def direct_writer(transport, sock) -> Callable[[bytes], None]:
+    """``send(data)``: straight to *sock* while *transport* (a Twisted ``FileDescriptor`` on it)
+    buffers nothing and is connected; what the socket does not take (or any socket error) goes
+    to ``transport.write``, which keeps the order, sends it when the socket is writable and
+    reports the error as a connection loss. Once the transport buffers anything, every write is
+    its write until it has sent all."""
+    write = transport.write
+
+    def send(data: bytes) -> None:
+        if (transport.connected and not transport.disconnecting and not transport._tempDataLen
+                and transport.offset == len(transport.dataBuffer)):
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own send meets the error and loses the connection
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(data)
+
+    return send
 
 
 class SimulCryptStreamProtocol(Protocol):
@@ -90,7 +133,13 @@ class SimulCryptStreamProtocol(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         if self.write_through and IReadWriteDescriptor.providedBy(transport) and not ISSLTransport.providedBy(transport):
-            self.outbox.push = transport.doWrite  # a plain TCP socket (TLS writes through its own layer)
+            # a plain TCP socket (TLS writes through its own layer): straight to the socket when
+            # the transport holds nothing, else the transport's write and doWrite
+            send = socket_writer(transport)
+            if send is not None:
+                self.outbox.send = send
+            else:
+                self.outbox.push = transport.doWrite
 
     # -- the guard's hooks ---------------------------------------------------------------------------
 

@@ -82,13 +82,17 @@ class Outbox:
     :ivar peer: how the logs name the other end (``host:port``).
     """
 
-    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push")
+    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push", "send")
 
     def __init__(self, log: Logger, peer: str = "?") -> None:
         self.transport = None
         #: called right after each write when set: the transport's ``doWrite``, which sends now what
         #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
         self.push = None
+        #: when set, writes instead of ``transport.write`` + :attr:`push` while no close is asked:
+        #: ``send(data)`` sends at once what the socket takes and leaves the rest to the transport
+        #: (:func:`~._stream.socket_writer`, for a plain TCP connection)
+        self.send = None
         self.peer = peer
         self.log = log
         self.chunks: list[bytes] = []
@@ -133,9 +137,12 @@ class Outbox:
             data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks.clear()
             if transport is not None and not self.closed:
-                transport.write(data)
-                if self.push is not None and self.close is None:
-                    self.push()
+                if self.send is not None and self.close is None:
+                    self.send(data)
+                else:
+                    transport.write(data)
+                    if self.push is not None and self.close is None:
+                        self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
             log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
