@@ -177,7 +177,11 @@ class STKMSource:
             self._last_next[stream] = (following, next_material)
         else:
             next_material = None
-        key, programme = self._stream_keys(stream, now)
+        span = self._key_spans.get(stream)
+        if span is not None and span[4] < now < span[5]:  # well inside the cached span (_stream_keys)
+            key, programme = span[2], span[3]
+        else:
+            key, programme = self._stream_keys(stream, now)
         if mode is _DRM_PROFILE:
             return stkm_drm.build_stkm(
                 material,
