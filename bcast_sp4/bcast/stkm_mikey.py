@@ -527,7 +527,7 @@ def build_stkm(
         and type(counter) is int
         and type(csb_id) is int
         and type(protection_after_reception) is int
-        and all(type(d) is AccessCriteriaDescriptor for d in access_criteria)
+        and (not access_criteria or all(type(d) is AccessCriteriaDescriptor for d in access_criteria))
     ):
         return _build_fast(
             material, service_key, counter, next_material, csb_id, protection_after_reception, prot, auth,
