@@ -309,23 +309,18 @@ class ECMGConnection(ServerChannel):
             return self.receive(msg, now, received_at)
         self._now = now
         try:
-            done = self._provision(msg, now, received_at)
+            return self._provision(msg, now, received_at, True)
         except Exception as exc:  # the ECM source's bug or ours: answered, the channel stays
             return self._internal_error(msg, exc)
-        if type(done) is not tuple:
-            return done
-        if 0 < len(done[1]) <= _MAX_ECM_DATAGRAM:
-            return _encode_ecm_response(version, self.channel_id, done[0], msg.CP_number, done[1])
-        return [Send(m.ECMResponse.make(version, self.channel_id, done[0], msg.CP_number, done[1]))]
 
     def _cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> list[Output]:
-        done = self._provision(msg, now, received_at)
-        if type(done) is tuple:
-            return [Send(m.ECMResponse.make(self.version, self.channel_id, done[0], msg.CP_number, done[1]))]
-        return done
+        return self._provision(msg, now, received_at, False)  # type: ignore[return-value]
 
-    def _provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> tuple[int, bytes] | list[Output]:
-        """A CW_provision: ``(stream_id, ECM_datagram)`` for the ECM_response, or the error outputs."""
+    def _provision(
+        self, msg: m.CWProvision, now: float, received_at: float | None, encoded: bool
+    ) -> bytes | list[Output]:
+        """A CW_provision: the ECM_response (encoded when *encoded* and it fits, else in a
+        ``Send``), or the error outputs."""
         # The per-STKM hot path: the common case is checked with few operations.
         stream = self.streams.get(msg.ECM_stream_id) if msg.ECM_channel_id == self.channel_id else None
         if stream is None:
@@ -394,7 +389,9 @@ class ECMGConnection(ServerChannel):
             )
         self.invalid_in_a_row = 0
         stream.access_criteria = access_criteria  # remembered once an ECM was made with them
-        return (stream.stream_id, datagram)
+        if encoded and 0 < len(datagram) <= _MAX_ECM_DATAGRAM:
+            return _encode_ecm_response(self.version, self.channel_id, stream.stream_id, cp_number, datagram)
+        return [Send(m.ECMResponse.make(self.version, self.channel_id, stream.stream_id, cp_number, datagram))]
 
 
 __all__ = ["ChannelParameters", "ECMGConfig", "ECMGConnection", "ECMGResources"]
