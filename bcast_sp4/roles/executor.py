@@ -84,13 +84,17 @@ class Outbox:
         limited per host (a flood's closes are a few lines and a summary), or ``None``: each logged.
     """
 
-    __slots__ = ("transport", "peer", "log", "limiter", "chunks", "close", "closed", "push")
+    __slots__ = ("transport", "peer", "log", "limiter", "chunks", "close", "closed", "push", "send")
 
     def __init__(self, log: Logger, peer: str = "?", limiter: LogLimiter | None = None) -> None:
         self.transport = None
         #: called right after each write when set: the transport's ``doWrite``, which sends now what
         #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
         self.push = None
+        #: when set, writes instead of ``transport.write`` + :attr:`push` while no close is asked:
+        #: ``send(data)`` sends at once what the socket takes and leaves the rest to the transport
+        #: (:func:`~._stream.socket_writer`, for a plain TCP connection)
+        self.send = None
         self.peer = peer
         self.log = log
         self.limiter = limiter
@@ -136,9 +140,12 @@ class Outbox:
             data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks.clear()
             if transport is not None and not self.closed:
-                transport.write(data)
-                if self.push is not None and self.close is None:
-                    self.push()
+                if self.send is not None and self.close is None:
+                    self.send(data)
+                else:
+                    transport.write(data)
+                    if self.push is not None and self.close is None:
+                        self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
             level, limiter = self.close.level, self.limiter
@@ -295,10 +302,13 @@ class OutputExecutor:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
-        if outbox.queue(data):
-            self._touched.append(outbox)
-            if self._depth == 0:
-                self.end_now()
+        if outbox.close is None:  # outbox.queue(data), inline: once per reply on a hot path
+            chunks = outbox.chunks
+            chunks.append(data)
+            if len(chunks) == 1:
+                self._touched.append(outbox)
+                if self._depth == 0:
+                    self.end_now()
 
     def close(self, outbox: Outbox | None, close: Close) -> None:
         """Close *outbox*'s connection after what is queued on it."""
