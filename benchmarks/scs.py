@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import gc
 import math
 import os
@@ -314,6 +315,7 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
         await deferLater(reactor, 1.0, lambda: None)
     windows = []
     sampler = CPUSampler() if args.profile else None
+    tracer = cProfile.Profile() if args.cprofile else None
     for _ in range(args.runs):
         before = {name: (s.stats.stkms_late, s.stats.periods_skipped, s.stats.periods_ready, s.stats.stkms_received)
                   for name, s in core.services.items()}
@@ -322,9 +324,13 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
         t0, cpu0, ecmg0 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         if sampler is not None:
             sampler.start()
+        if tracer is not None:
+            tracer.enable()
         await deferLater(reactor, args.duration, lambda: None)
         if sampler is not None:
             sampler.stop()
+        if tracer is not None:
+            tracer.disable()
         t1, cpu1, ecmg1 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         gc.callbacks.remove(pauses)
         jitters = sorted(s.jitter * 1000 for _, s in list(runner.switch_log)[marker:])
@@ -346,6 +352,8 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
             "ecmg_cpu_s": ecmg1 - ecmg0,
             "gc_s": sum(p for ps in pauses.pauses.values() for p in ps),
         })
+    if tracer is not None:
+        tracer.dump_stats(args.cprofile)
     runner.stopService()
     if collector is not None:
         collector.stop()
@@ -382,6 +390,9 @@ def main() -> None:
                         help="tune_gc() after set-up, as bcast-scs does ([scs] gc_tuning = true)")
     parser.add_argument("--profile", action="store_true",
                         help="sample where the SCS's CPU goes during the windows; report it per stream-period")
+    parser.add_argument("--cprofile", metavar="FILE",
+                        help="trace the windows with cProfile into FILE (pstats); slows the SCS ~2x: "
+                             "use fewer streams, read counts and relative costs, not the jitter")
     args = parser.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:

@@ -114,6 +114,8 @@ class SCSProtocol(SimulCryptStreamProtocol):
         self.runner.connected(self)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list:
+        # the timers due by now first (a TEK switch must not wait behind a batch of ECM_responses)
+        self.runner.executor.timers.run_due(now)
         return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:
