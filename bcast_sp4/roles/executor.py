@@ -224,7 +224,7 @@ class KeyedTimers(Mapping[Hashable, TimerHandle]):
         self._entries[key] = entry
         heap = self._heap
         heappush(heap, entry)
-        if at < self._call_at:
+        if at < self._call_at and not self._running:  # while a run is on, it arms once at its end
             self._arm(at, current)
         elif len(heap) > 64 and len(heap) > 3 * len(self._entries):
             self._compact()
