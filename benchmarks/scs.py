@@ -63,6 +63,13 @@ from twisted.application.internet import ClientService  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.endpoints import clientFromString  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
+from twisted.logger import (  # noqa: E402
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 
 from bcast_sp4.bcast.traffic import TrafficProtection  # noqa: E402
 from bcast_sp4.machines.scs_core import SCSCore  # noqa: E402
@@ -226,7 +233,10 @@ def spread(values: list, fmt: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
+    middle = statistics.median(values)
+    if fmt.endswith("d"):  # integers: the median of an even count may fall between two
+        middle = round(middle)
+    return f"{format(middle, fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
 
 
 def service_phases(args) -> list[float]:
@@ -390,6 +400,8 @@ def main() -> None:
                         help="tune_gc() after set-up, as bcast-scs does ([scs] gc_tuning = true)")
     parser.add_argument("--profile", action="store_true",
                         help="sample where the SCS's CPU goes during the windows; report it per stream-period")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="keep the ECMG's log (ecmg.log) and write the SCS's (scs.log, info and up) in DIR")
     parser.add_argument("--cprofile", metavar="FILE",
                         help="trace the windows with cProfile into FILE (pstats); slows the SCS ~2x: "
                              "use fewer streams, read counts and relative costs, not the jitter")
@@ -404,6 +416,12 @@ def main() -> None:
           f"{'on' if args.gc_tuning else 'off'}; {args.runs} windows of {args.duration:g} s in one SCS session; timer "
           f"floor {args.runs} x {args.baseline_seconds:g} s; medians [min..max]", flush=True)
     with tempfile.TemporaryDirectory() as directory:
+        if args.logs:  # the ECMG logs into the run's directory: keep it where asked
+            directory = args.logs
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            log_file = open(Path(directory) / "scs.log", "w")
+            globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(log_file), [
+                LogLevelFilterPredicate(LogLevel.info)])], redirectStandardIO=False, discardBuffer=True)
         proc, port = start_ecmg(Path(directory), args.streams)
         result: dict = {}
         try:

@@ -58,6 +58,8 @@ SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
                   0x0011, 0x0012, 0x0015, BCAST        BCAST 0x8000+n: configuration / keys)
                   0x8000+n, ...) / timer
   ST_BACKOFF      retry timer                         send stream_setup                         WAIT_ST_STATUS
+  ST_BACKOFF      stream_status (late: the set-up     stream up -> scheduler (no retry)         ST_OPEN
+                  timer ran out before it came)
   ST_OPEN         CW_provision (scheduler)            send; remember CP_number (FIFO)           ST_OPEN
   ST_OPEN         ECM_response (CP outstanding)       STKM -> scheduler                         ST_OPEN
   ST_OPEN         ECM_response (CP not outstanding)   ignored, logged                           ST_OPEN
@@ -478,8 +480,12 @@ class SCSChannel:
             return []  # the answer to a stream_setup sent before the close; its stream_close_request follows it
         if stream is None or self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("unexpected_stream_status", "warn", stream_id=msg.ECM_stream_id)]
-        if stream.state is SCSStreamState.WAIT_ST_STATUS:
-            out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_SETUP, stream.stream_id))]
+        if stream.state is SCSStreamState.WAIT_ST_STATUS or stream.state is SCSStreamState.ST_BACKOFF:
+            # in ST_BACKOFF: the late answer to a stream_setup whose timer ran out (an ECMG working
+            # through thousands of set-ups): the ECMG opened the stream, so it is open; a retry
+            # would only be refused with 0x0014 (stream id in use) and start a close and set-up
+            out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_SETUP, stream.stream_id)),
+                         CancelTimer(self._key(ChannelTimerKind.STREAM_RETRY, stream.stream_id))]
             if self.version >= 2 and msg.ECM_id != stream.link.ECM_id:
                 out.append(self._notify("ecm_id_not_echoed", "warn", stream_id=stream.stream_id,
                                         ecm_id=msg.ECM_id, expected=stream.link.ECM_id))

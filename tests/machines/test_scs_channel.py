@@ -319,6 +319,19 @@ def test_stream_setup_timeout_backs_off():
     assert channel.streams[1].state is SCSStreamState.ST_BACKOFF and "stream_setup_timeout" in notes(out)
 
 
+def test_a_late_stream_status_after_the_setup_timeout_opens_the_stream_without_a_retry():
+    """An ECMG working through thousands of stream_setups answers after the timer: the stream is
+    open (a retry would be refused with 0x0014 and start a close and a set-up again)."""
+    channel, _ = opened()
+    channel.timer(key(K.STREAM_SETUP, 1), 5.0)
+    assert channel.streams[1].state is SCSStreamState.ST_BACKOFF
+    out = channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101,
+                                         access_criteria_transfer_mode=False), 5.5)
+    assert events(out, StreamUp) == [StreamUp("c", 1)] and channel.streams[1].state is SCSStreamState.ST_OPEN
+    assert CancelTimer(key(K.STREAM_RETRY, 1)) in out and not sent(out)
+    assert channel.timer(key(K.STREAM_RETRY, 1), 6.0) == []  # a retry timer that fired anyway sends nothing
+
+
 def test_cw_provision_and_ecm_response_matching():
     channel, _ = opened()
     assert events(channel.provision(request(5), 0.0), ProvisionFailed) == [ProvisionFailed("c", 1, 5, None)]
