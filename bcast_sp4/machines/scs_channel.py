@@ -50,7 +50,9 @@ SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
 ``stream_retry_delay`` x 2^refusals, at most 32 x)::
 
   state           input                               action                                   next
-  IDLE            channel open                        send stream_setup; arm timer              WAIT_ST_STATUS
+  IDLE            channel open                        send stream_setup; arm timer (at most     WAIT_ST_STATUS
+                                                      setups_in_flight awaiting an answer; the
+                                                      others wait in a queue for a place)
   WAIT_ST_STATUS  stream_status (ECM_id echoed)       stream up -> scheduler                    ST_OPEN
   WAIT_ST_STATUS  stream_error 0x0014 (id in use)     stream_close_request, then set up again   ST_CLOSING
   WAIT_ST_STATUS  stream_error 0x0006                 as channel_error 0x0006                   (channel)
@@ -82,6 +84,7 @@ The states, timer keys, error-code names and refusal texts are in :mod:`.scs_cha
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Iterable
 
 from ..wire import Message, PeerProtocolError
@@ -143,6 +146,10 @@ class SCSChannel:
             self.streams[link.ECM_stream_id] = ChannelStream(service, link, nominal)
         #: channel set-ups that failed in a row (lengthens the reconnect back-off)
         self.refusals = 0
+        #: streams whose first stream_setup waits for a place in the window (Timing.setups_in_flight)
+        self._setup_queue: collections.deque[ChannelStream] = collections.deque()
+        #: stream ids set up from the queue, possibly still awaiting their stream_status
+        self._in_flight: set[int] = set()
         self._handlers: dict[type, Callable[[Any, float], list]] = {
             m.ChannelStatus: self._channel_status,
             m.ChannelError: self._channel_error_message,
@@ -195,6 +202,8 @@ class SCSChannel:
         out: list = [CancelTimer(k) for k in self.timer_keys()]
         if self.state is SCSChannelState.CLOSING:
             return []
+        self._setup_queue.clear()  # streams never set up stay IDLE: nothing to close
+        self._in_flight.clear()
         if self.state is not SCSChannelState.CH_OPEN:
             out += self._streams_down("shutdown")
             if self.state is not SCSChannelState.DISCONNECTED:
@@ -247,10 +256,39 @@ class SCSChannel:
                 Send(ecmg_scs_channel_error(self.version, channel, INVALID_MESSAGE, 1)),
                 self._notify("wrong_direction", "warn", message_type=item.NAME),
             ]
-        return handler(item, now)
+        out = handler(item, now)
+        if self._setup_queue:  # only while the channel's streams are being set up
+            out += self._pump_setups()
+        return out
 
     def timer(self, key: ChannelTimer, now: float) -> list:
         """The timer *key* (one of :meth:`timer_keys`) fired."""
+        out = self._timer(key, now)
+        if self._setup_queue:
+            out += self._pump_setups()
+        return out
+
+    def _pump_setups(self) -> list:
+        """Send the queued stream_setups the window has room for (an answer, a refusal or a
+        time-out frees a place)."""
+        if self.state is not SCSChannelState.CH_OPEN:
+            self._setup_queue.clear()
+            self._in_flight.clear()
+            return []
+        limit = self.timing.setups_in_flight
+        waiting = SCSStreamState.WAIT_ST_STATUS
+        streams = self.streams
+        in_flight = self._in_flight = {sid for sid in self._in_flight if streams[sid].state is waiting}
+        out: list = []
+        queue = self._setup_queue
+        while queue and (limit <= 0 or len(in_flight) < limit):
+            stream = queue.popleft()
+            if stream.state is SCSStreamState.IDLE:
+                out += self._setup_stream(stream)
+                in_flight.add(stream.stream_id)
+        return out
+
+    def _timer(self, key: ChannelTimer, now: float) -> list:
         kind = key.kind
         if kind is ChannelTimerKind.CLOSE:
             return self._finish_close(timed_out=True) if self.state is SCSChannelState.CLOSING else []
@@ -349,8 +387,9 @@ class SCSChannel:
                                             service=stream.service, max_streams=msg.max_streams))
                     continue
                 started += 1
-                out += self._setup_stream(stream)
-            return out
+                self._setup_queue.append(stream)  # set up through the window (_pump_setups)
+            self._in_flight.clear()
+            return out + self._pump_setups()
         if self.state is SCSChannelState.CH_OPEN:
             out = [CancelTimer(self._key(ChannelTimerKind.TEST_REPLY))]
             params = ECMGParams.from_status(msg)
@@ -468,6 +507,8 @@ class SCSChannel:
         return [StreamDown(self.name, stream.stream_id, reason)] if was_open else []
 
     def _streams_down(self, reason: str) -> list:
+        self._setup_queue.clear()
+        self._in_flight.clear()
         out: list = []
         for stream in self.streams.values():
             out += self._stream_down(stream, reason)
