@@ -84,7 +84,6 @@ The states, timer keys, error-code names and refusal texts are in :mod:`.scs_cha
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Callable, Iterable
 
 from ..wire import Message, PeerProtocolError
@@ -109,6 +108,7 @@ from .scs_channel_states import (
     ChannelTimerKind,
     SCSChannelState,
     SCSStreamState,
+    SetupWindow,
     channel_refusal_text,
 )
 from .scs_records import (
@@ -146,10 +146,8 @@ class SCSChannel:
             self.streams[link.ECM_stream_id] = ChannelStream(service, link, nominal)
         #: channel set-ups that failed in a row (lengthens the reconnect back-off)
         self.refusals = 0
-        #: streams whose first stream_setup waits for a place in the window (Timing.setups_in_flight)
-        self._setup_queue: collections.deque[ChannelStream] = collections.deque()
-        #: stream ids set up from the queue, possibly still awaiting their stream_status
-        self._in_flight: set[int] = set()
+        #: streams whose first stream_setup waits for a place (Timing.setups_in_flight)
+        self._setups = SetupWindow()
         self._handlers: dict[type, Callable[[Any, float], list]] = {
             m.ChannelStatus: self._channel_status,
             m.ChannelError: self._channel_error_message,
@@ -202,8 +200,7 @@ class SCSChannel:
         out: list = [CancelTimer(k) for k in self.timer_keys()]
         if self.state is SCSChannelState.CLOSING:
             return []
-        self._setup_queue.clear()  # streams never set up stay IDLE: nothing to close
-        self._in_flight.clear()
+        self._setups.clear()  # streams never set up stay IDLE: nothing to close
         if self.state is not SCSChannelState.CH_OPEN:
             out += self._streams_down("shutdown")
             if self.state is not SCSChannelState.DISCONNECTED:
@@ -257,35 +254,25 @@ class SCSChannel:
                 self._notify("wrong_direction", "warn", message_type=item.NAME),
             ]
         out = handler(item, now)
-        if self._setup_queue:  # only while the channel's streams are being set up
+        if self._setups:  # only while the channel's streams are being set up
             out += self._pump_setups()
         return out
 
     def timer(self, key: ChannelTimer, now: float) -> list:
         """The timer *key* (one of :meth:`timer_keys`) fired."""
         out = self._timer(key, now)
-        if self._setup_queue:
+        if self._setups:
             out += self._pump_setups()
         return out
 
     def _pump_setups(self) -> list:
-        """Send the queued stream_setups the window has room for (an answer, a refusal or a
-        time-out frees a place)."""
+        """Send the queued stream_setups the window has room for."""
         if self.state is not SCSChannelState.CH_OPEN:
-            self._setup_queue.clear()
-            self._in_flight.clear()
+            self._setups.clear()
             return []
-        limit = self.timing.setups_in_flight
-        waiting = SCSStreamState.WAIT_ST_STATUS
-        streams = self.streams
-        in_flight = self._in_flight = {sid for sid in self._in_flight if streams[sid].state is waiting}
         out: list = []
-        queue = self._setup_queue
-        while queue and (limit <= 0 or len(in_flight) < limit):
-            stream = queue.popleft()
-            if stream.state is SCSStreamState.IDLE:
-                out += self._setup_stream(stream)
-                in_flight.add(stream.stream_id)
+        for stream in self._setups.due(self.streams, self.timing.setups_in_flight):
+            out += self._setup_stream(stream)
         return out
 
     def _timer(self, key: ChannelTimer, now: float) -> list:
@@ -387,8 +374,8 @@ class SCSChannel:
                                             service=stream.service, max_streams=msg.max_streams))
                     continue
                 started += 1
-                self._setup_queue.append(stream)  # set up through the window (_pump_setups)
-            self._in_flight.clear()
+                self._setups.queue.append(stream)  # set up through the window (_pump_setups)
+            self._setups.in_flight.clear()
             return out + self._pump_setups()
         if self.state is SCSChannelState.CH_OPEN:
             out = [CancelTimer(self._key(ChannelTimerKind.TEST_REPLY))]
@@ -507,8 +494,7 @@ class SCSChannel:
         return [StreamDown(self.name, stream.stream_id, reason)] if was_open else []
 
     def _streams_down(self, reason: str) -> list:
-        self._setup_queue.clear()
-        self._in_flight.clear()
+        self._setups.clear()
         out: list = []
         for stream in self.streams.values():
             out += self._stream_down(stream, reason)
