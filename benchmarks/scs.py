@@ -173,6 +173,8 @@ PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
     ("bcast_sp4/roles/stkm_sink.py", None, "STKM hand-over to the MUX sink"),
     ("twisted/logger/", None, "logging"),
     ("bcast_sp4/roles/gc_tuning.py", None, "GC: young collector passes"),
+    ("bcast_sp4/roles/executor.py", frozenset({"start", "cancel", "run_due", "_arm", "_disarm", "_compact", "_due",
+                                               "_run"}), "reactor timers (callLater, cancel, run)"),
     ("twisted/internet/base.py", None, "reactor timers (callLater, cancel, run)"),
     ("heapq", None, "reactor timers (callLater, cancel, run)"),
     ("twisted/internet/tcp.py", None, "TCP I/O (Twisted)"),
@@ -181,6 +183,7 @@ PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
     ("twisted/internet/posixbase.py", None, "TCP I/O (Twisted)"),
     ("twisted/python/log.py", None, "TCP I/O (Twisted)"),
     ("bcast_sp4/roles/_stream.py", None, "role executor (outputs, dispatch)"),
+    ("bcast_sp4/roles/executor.py", None, "role executor (outputs, dispatch)"),
     ("bcast_sp4/roles/scs_client.py", None, "role executor (outputs, dispatch)"),
 ]
 
