@@ -353,6 +353,25 @@ def test_a_due_tek_switch_runs_before_the_next_received_message_not_after_the_ba
     assert len(runner.switch_log) == 1 and scrambler.current_cp == first & 0xFFFF
 
 
+def test_a_cw_provision_is_pushed_when_its_poll_ends_not_at_the_next_reactor_turn():
+    from .test_stream_transport import TCPStringTransport
+
+    clock, runner, *_ = connected_runner()
+    protocol = SCSClientFactory(runner, "c").buildProtocol(None)
+    transport = TCPStringTransport()
+    protocol.makeConnection(transport)
+    assert transport.no_delay and protocol.outbox.push is not None
+    runner.protocols["c"] = protocol
+    protocol.start_channel()
+    protocol.dataReceived(status().encode())
+    protocol.dataReceived(m.StreamStatus(ECM_channel_id=1, ECM_stream_id=1, ECM_id=5,
+                                         access_criteria_transfer_mode=False).encode())
+    pushes = len(transport.pushes)
+    scheduler = runner.core.services["svc"]
+    clock.advance(scheduler.provision_at(0, scheduler.first_period) - clock.seconds() + 0.01)
+    assert len(transport.pushes) == pushes + 1 and isinstance(replies(transport)[-1], m.CWProvision)
+
+
 @pytest.fixture
 def gc_state():
     """Undo what GC tuning does to this process (frozen objects, thresholds)."""
