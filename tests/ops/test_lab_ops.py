@@ -165,8 +165,11 @@ def lab_run(tmp_path_factory):
             except OSError:  # the lab stopped between poll() and the request
                 break
             scrapes.append({"before": before, "metrics": metrics, "status": status})
-            if browser is None and status["streams"] and _total(metrics, "bcast_sp4_terminal_periods_total") >= 1:
-                # in a thread: a browser start on a busy machine takes seconds, and the scrapes go on
+            stkms = {s["super_CAS_id"] for s in status["stkms"]}
+            if browser is None and status["streams"] and stkms >= {"0x00010001", "0x00020001"}:
+                # in a thread: a browser start on a busy machine takes seconds, and the scrapes go on;
+                # as soon as both profiles' STKMs are on the board (before the terminal's first period),
+                # so that a browser starved on a busy machine still finds the lab running
                 browser = pool.submit(dump_dom, base + "/", tmp / "chromium-profile")
             time.sleep(0.5)
         if browser is not None:
