@@ -34,6 +34,7 @@ from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
+from .udp_gso import SegmentedSender
 
 log = Logger()
 _V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
@@ -95,6 +96,8 @@ class PlayOut(Service):
         self.multicast_interface6 = multicast_interface6
         self.ports: dict[RouteKey, object] = {}
         self.sockets: dict[RouteKey, socket.socket] = {}
+        #: per route: its socket's sender of many datagrams (UDP GSO where the kernel has it)
+        self.senders: dict[RouteKey, SegmentedSender] = {}
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
@@ -120,6 +123,7 @@ class PlayOut(Service):
             set_hop_limit(sock, cfg.ipv6, cfg.multicast, cfg.ttl, self.interface, index6)
             self.ports[key] = port
             self.sockets[key] = sock
+            self.senders[key] = SegmentedSender(sock, cfg.ipv6)
             self.log.info(
                 "route client_id={client_id:#010x} {kind} {data_id} -> {host}:{port} ttl={ttl}",
                 client_id=key[0], kind=cfg.kind.value, data_id=key[1], host=cfg.destination[0], port=cfg.destination[1],
@@ -133,6 +137,7 @@ class PlayOut(Service):
         self._wake_at = None
         ports, self.ports = self.ports, {}
         self.sockets = {}
+        self.senders = {}
         for port in ports.values():
             port.stopListening()
 
@@ -181,19 +186,22 @@ class PlayOut(Service):
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
     def emit_many(self, output: EmitMany) -> None:
-        """Send each datagram of *output* on its route's socket, in order (failures as in :meth:`emit`)."""
-        sock = self.sockets.get(output.route)
-        if sock is None:
+        """Send the datagrams of *output* on its route's socket, in order: runs of one size as one
+        UDP GSO send where the kernel can (:mod:`.udp_gso`); failures as in :meth:`emit`, one per datagram."""
+        route = output.route
+        sender = self.senders.get(route)
+        if sender is None:
             for _ in output.payloads:
-                self.execute(self.core.egress_failed(output.route, "not started", self.clock.seconds()))
+                self.execute(self.core.egress_failed(route, "not started", self.clock.seconds()))
             return
-        send = sock.send
-        for payload in output.payloads:
-            try:
-                send(payload)
-            except OSError as exc:
-                reason = errno.errorcode.get(exc.errno, str(exc.errno))
-                self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
+        enabled = sender.enabled
+        failures = sender.send_all(output.payloads)
+        if enabled and not sender.enabled:
+            self.log.info("route client_id={client_id:#010x} data_id={data_id}: UDP segmentation offload off ({error})",
+                          client_id=route[0], data_id=route[1], error=sender.disabled_by)
+        for exc in failures:
+            reason = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.execute(self.core.egress_failed(route, reason, self.clock.seconds()))
 
     def execute(self, outputs: Iterable[Output]) -> None:
         """Carry out core outputs (Emit, EmitMany, Deliver, Notify) through the executor."""
@@ -332,41 +340,57 @@ class MuxDatagramProtocol(DatagramProtocol):
     def datagramsReceived(self, batch: list[tuple[bytes, tuple]]) -> None:
         """Every datagram of one wake-up (:class:`~.udp_batch.BatchUDPPort`), handled as a batch.
 
-        The usual ones go to :meth:`MuxCore.receive_udp_batch` in runs; any other one (and one the
-        core does not take as it is) goes through the full decode and :meth:`MuxCore.receive_udp`
-        where it stands, so everything a route emits keeps the arrival order.
+        Consecutive datagrams of the usual shape with the same 23 header bytes (version,
+        client_id, data_id, length) from the same host form a run, parsed and judged once
+        (:meth:`MuxCore.receive_udp_runs`); only their payloads are cut out one by one. Any other
+        datagram (and each one of a run the core does not take as it is) goes through the full
+        decode and :meth:`MuxCore.receive_udp` where it stands, so everything a route emits keeps
+        the arrival order.
         """
         core, limit, admit = self.core, self.max_message_length, self.admit
         now = self.clock.seconds()
-        run: list[tuple[int, int, int, bytes, str]] = []
-        raw: list[bytes] = []
+        runs: list[tuple[int, int, int, str, list[bytes]]] = []
+        heads: list[bytes] = []  # each run's header bytes
+        head = host = None  # the current run's header bytes and sender host
+        size = 0  # its datagrams' length
+        payloads: list[bytes] = []
         for data, addr in batch:
             if admit is not None and not admit(addr):
                 continue
-            usual = parse_usual_udp(data) if len(data) <= limit else None
-            if usual is not None:
-                run.append(usual + (addr[0],))
-                raw.append(data)
+            if len(data) == size and addr[0] == host and data.startswith(head):
+                payloads.append(data[_UDP_SHAPE_SIZE:])
                 continue
-            if run:
-                self._run(run, raw, now)
-                run, raw = [], []
-            self._full(data, addr[0], now)
-        if run:
-            self._run(run, raw, now)
+            usual = parse_usual_udp(data) if len(data) <= limit else None
+            if usual is None:
+                head = host = None
+                size = 0
+                if runs:
+                    self._runs(runs, heads, now)
+                    runs, heads = [], []
+                self._full(data, addr[0], now)
+                continue
+            head, host, size = data[:_UDP_SHAPE_SIZE], addr[0], len(data)
+            version, client_id, data_id, payload = usual
+            payloads = [payload]
+            runs.append((version, client_id, data_id, host, payloads))
+            heads.append(head)
+        if runs:
+            self._runs(runs, heads, now)
         if core.dirty:
             self.play_out.run()
 
-    def _run(self, run: list[tuple[int, int, int, bytes, str]], raw: list[bytes], now: float) -> None:
+    def _runs(self, runs: list[tuple[int, int, int, str, list[bytes]]], heads: list[bytes], now: float) -> None:
         core, execute = self.core, self.play_out.execute
         start = 0
-        while start < len(run):
-            outputs, taken = core.receive_udp_batch(run[start:] if start else run, now)
+        while start < len(runs):
+            outputs, taken = core.receive_udp_runs(runs[start:] if start else runs, now)
             if outputs:
                 execute(outputs)
             start += taken
-            if start < len(run):  # not taken as it is: the full decode judges this one
-                self._full(raw[start], run[start][4], now)
+            if start < len(runs):  # not taken as it is: the full decode judges each of its datagrams
+                head, host, payloads = heads[start], runs[start][3], runs[start][4]
+                for payload in payloads:
+                    self._full(head + payload, host, now)
                 start += 1
 
     def _full(self, data: bytes, source: str, now: float) -> None:

@@ -65,7 +65,7 @@ input is guarded by the server channel (:mod:`bcast_sp4.machines.channel`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
@@ -524,6 +524,12 @@ class MuxCore:
     ) -> tuple[list[Output], int]:
         """Many usual UDP datagrams in one call: :meth:`.udp.UdpIngress.receive_udp_batch`."""
         return self.udp.receive_udp_batch(items, now)
+
+    def receive_udp_runs(
+        self, runs: list[tuple[int, int, int, str | None, Sequence[bytes]]], now: float
+    ) -> tuple[list[Output], int]:
+        """Runs of usual UDP datagrams with one header and sender each: :meth:`.udp.UdpIngress.receive_udp_runs`."""
+        return self.udp.receive_udp_runs(runs, now)
 
     def _to_stream(self, stream: MuxStream, cls: type, tcp: bool, **fields) -> Output:
         message = cls(
