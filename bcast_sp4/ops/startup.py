@@ -14,6 +14,10 @@ nothing, ``serverFromString`` raises ``ValueError`` / ``TypeError`` from ``makeS
   other service starts; on a :class:`StartupError` (or a ``CannotListenError`` from a role that
   binds its own sockets) it writes the line, starts nothing, and stops the reactor as soon as it
   runs, so twistd removes its pid file and the process exits with the status.
+  Daemonized (``twistd`` without ``-n``) stderr is ``/dev/null`` by then: the line goes to the log
+  as a critical event and the error is raised to twistd, whose status pipe hands it to the parent,
+  which prints ``An error has occurred: 'bcast-ecmg: cannot listen on ...'`` and exits 1 (twistd's
+  daemon parent has no other status to give).
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ class StartupError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class StartFailed(Exception):
+    """Raised to a daemonizing twistd, whose parent prints the first 100 bytes of
+    ``"1 " + traceback.format_exception_only(...)``: a builtins-like name keeps the line short
+    (``StartFailed: cannot listen on tcp:...``)."""
+
+    __module__ = "builtins"
 
 
 def _parse_reason(exc: Exception) -> str:
@@ -177,12 +189,16 @@ class FailFast(MultiService):
         then with a proxy into its log).
     :param exit: called with the status once the reactor has stopped (by default the process
         exits with it at interpreter exit, after twistd has removed its pid file).
+    :param daemon: twistd daemonized the process: log the line and raise it to twistd instead.
     """
 
+    log = Logger()
+
     def __init__(self, role: str, reactor, service: IService, write: Callable[[str], None] | None = None,
-                 exit: Callable[[int], None] | None = None) -> None:
+                 exit: Callable[[int], None] | None = None, daemon: bool = False) -> None:
         super().__init__()
         self.role = role
+        self.daemon = daemon
         self.reactor = reactor
         self.failure: StartupError | None = None
         self._write = write or _write_stderr
@@ -196,6 +212,8 @@ class FailFast(MultiService):
             super().privilegedStartService()
         except (StartupError, CannotListenError) as exc:
             self._fail(exc)
+            if self.daemon and self.failure is not None:
+                raise StartFailed(self.failure.message) from None
 
     def startService(self) -> None:
         if not self._privileged:  # `twist` and tests call startService alone: bind first anyway
@@ -227,6 +245,9 @@ class FailFast(MultiService):
         for service in _walk(self):
             if isinstance(service, (ListeningService, UDPListeningService)):
                 service.abandon()
+        if self.daemon:  # stderr is /dev/null: the log, and twistd's status pipe (privilegedStartService)
+            self.log.critical("{role}: {message}", role=self.role, message=exc.message, status=exc.status)
+            return
         # Not logged as well: `twist` logs to stderr, where the line would then appear twice.
         self._write(f"{self.role}: {exc.message}\n")
         self._exit(exc.status)
@@ -262,6 +283,6 @@ def build_or_fail(role: str, build: Callable[[], IService], write: Callable[[str
 
 
 __all__ = [
-    "CONFIG_ERROR_STATUS", "FailFast", "LISTEN_ERROR_STATUS", "ListeningService", "StartupError",
+    "CONFIG_ERROR_STATUS", "FailFast", "StartFailed", "LISTEN_ERROR_STATUS", "ListeningService", "StartupError",
     "UDPListeningService", "build_or_fail", "client_endpoint", "listen_failure", "server_endpoint", "socket_reason",
 ]

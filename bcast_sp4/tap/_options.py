@@ -82,6 +82,11 @@ class RoleOptions(usage.Options):
         logfile = parent.get("logfile")
         return bool(parent.get("nodaemon")) and (not logfile or logfile == "-")
 
+    def daemonized(self) -> bool:
+        """True under ``twistd`` without ``-n``: stderr is gone once the role starts."""
+        parent = self.parent if isinstance(getattr(self, "parent", None), usage.Options) else None
+        return parent is not None and "nodaemon" in parent and not parent.get("nodaemon")
+
     def install_log_observer(self) -> OperatorLogObserver | None:
         """With ``--log-level``, ``--log-format`` or ``--log-keys``: make :class:`OperatorLogObserver` the
         process's log observer, in twistd (its ``logger`` option) or ``twist`` (its observer factory),

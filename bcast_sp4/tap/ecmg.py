@@ -98,7 +98,7 @@ def makeService(options: Options) -> MultiService:
     # Per-STKM objects hold no reference cycles (reference counting frees them), so young
     # collections find nothing: make them 20x rarer (each stays well under a millisecond).
     freeze_long_lived(young_threshold=14_000)
-    return FailFast(options.tapname, reactor, service)
+    return FailFast(options.tapname, reactor, service, daemon=options.daemonized())
 
 
 __all__ = ["Options", "build_service", "makeService"]

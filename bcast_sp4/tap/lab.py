@@ -282,4 +282,4 @@ def makeService(options: Options) -> MultiService:
         service = build_or_fail(options.tapname, lambda: ops.attached(build_service(
             settings, reactor, options["periods"], done, out, startup_timeout=options["startup-timeout"], ops=ops)))
     freeze_long_lived()
-    return FailFast(options.tapname, reactor, service)
+    return FailFast(options.tapname, reactor, service, daemon=options.daemonized())

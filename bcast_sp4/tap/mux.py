@@ -124,7 +124,7 @@ def makeService(options: Options) -> MultiService:
     session = SessionManager(reactor)
     ops.watch_session(session)
     service = build_or_fail(options.tapname, lambda: ops.attached(build_service(settings, reactor, session, ops)))
-    return FailFast(options.tapname, reactor, service)
+    return FailFast(options.tapname, reactor, service, daemon=options.daemonized())
 
 
 __all__ = ["Options", "build_service", "makeService"]

@@ -72,4 +72,4 @@ def makeService(options: Options) -> MultiService:
     ops = options.operations(reactor, settings.metrics)
     service = build_or_fail(options.tapname, lambda: ops.attached(build_service(
         settings, reactor, options["periods"], lambda status: stop_with_status(reactor, status), out, ops=ops)))
-    return FailFast(options.tapname, reactor, service)
+    return FailFast(options.tapname, reactor, service, daemon=options.daemonized())
