@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
 
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import DatagramProtocol
 
-from bcast_sp4.roles.udp_batch import BatchUDPPort, listen_udp_batch
+from twisted.logger import capturedLogs
+
+from bcast_sp4.roles.udp_batch import SO_RCVBUFFORCE, BatchUDPPort, listen_udp_batch, set_receive_buffer
 
 from ..doubles import UDPMemoryReactor
 
@@ -105,3 +108,44 @@ def test_non_posix_reactor_falls_back_to_listen_udp():
     (port,) = reactor.udp
     assert listening is port
     assert (port.port, port.protocol, port.interface, port.max_packet_size) == (4000, protocol, "127.0.0.1", 65536)
+
+
+def test_the_receive_buffer_asked_for_is_set_before_the_first_datagram(reactor):
+    protocol = Recorder()
+    port = listen_udp_batch(reactor, 0, protocol, interface="127.0.0.1", receive_buffer=96 * 1024)
+    try:
+        granted = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert port.receive_buffer_granted == granted >= 96 * 1024  # Linux grants twice the request
+    finally:
+        port.stopListening()
+
+
+class CappedSocket:
+    """SO_RCVBUF capped at *cap* (Linux reports twice it); SO_RCVBUFFORCE refused or honoured."""
+
+    def __init__(self, cap: int, force: bool) -> None:
+        self.cap, self.force, self.size = cap, force, 1000
+
+    def setsockopt(self, level, option, value):
+        if option == SO_RCVBUFFORCE:
+            if not self.force:
+                raise PermissionError(1, "Operation not permitted")
+            self.size = 2 * value
+        else:
+            self.size = 2 * min(value, self.cap)
+
+    def getsockopt(self, level, option):
+        return self.size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_RCVBUFFORCE is Linux's")
+def test_a_capped_receive_buffer_is_forced_or_warned_about():
+    assert set_receive_buffer(CappedSocket(cap=212992, force=True), 4 << 20) == 8 << 20
+    with capturedLogs() as events:
+        assert set_receive_buffer(CappedSocket(cap=212992, force=False), 4 << 20) == 2 * 212992
+    (event,) = [e for e in events if "rmem_max" in e.get("log_format", "")]
+    assert event["granted"] == 2 * 212992 and event["size"] == 4 << 20
+    with capturedLogs() as events:  # within the cap: no force, no warning
+        assert set_receive_buffer(CappedSocket(cap=212992, force=False), 100_000) == 200_000
+    assert not events
+    assert set_receive_buffer(CappedSocket(cap=1, force=False), 0) == 1000  # 0: the kernel's default, untouched
