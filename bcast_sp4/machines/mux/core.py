@@ -327,6 +327,32 @@ class MuxCore:
             self.dirty = True
         return outputs
 
+    def ingest_run(self, stream: MuxStream, datagrams: Sequence[bytes], now: float) -> list[Output] | None:
+        """:meth:`ingest` of several accepted TCP data_provisions of *stream*, one datagram each, at once.
+
+        Only unthrottled, on an LTKM or data route of a BCAST channel, with every datagram within
+        ``max_datagram_size``: counted as that many data_provisions and emitted as one
+        :class:`EmitMany` (in order). Anything else (policing, queues, the STKM carousel, classic
+        screening): ``None``, and the caller ingests them one by one.
+        """
+        route = stream.route
+        config = self.config
+        if not (config.unthrottled and route.config.kind is not RouteKind.STKM
+                and stream.section_TSpkt_flag == SectionTSpktFlag.BCAST and max(map(len, datagrams)) <= config.max_datagram_size):
+            return None
+        count, size = len(datagrams), sum(map(len, datagrams))
+        counters = self.counters
+        counters["data_provisions"] += count
+        counters["datagrams_in"] += count
+        counters["bytes_in"] += size
+        counters["datagrams_out"] += count
+        counters["bytes_out"] += size
+        route.datagrams_in += count
+        route.bytes_in += size
+        route.datagrams_out += count
+        route.bytes_out += size
+        return [EmitMany(route.key, tuple(datagrams))]
+
     def _replace_stkm(
         self, route: MuxRoute, datagrams: tuple[bytes, ...], now: float, period: float | None = None,
         valid_until: float | None = None, stream: MuxStream | None = None, tcp: bool = True,
