@@ -39,6 +39,8 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python import log
 
+from .udp_mmsg import MultiReceiver
+
 #: default number of datagrams read per wake-up at most
 DEFAULT_BATCH = 512
 #: Linux's SO_RCVBUFFORCE (absent from Python's socket module): SO_RCVBUF past net.core.rmem_max,
@@ -91,26 +93,47 @@ class BatchUDPPort(udp.Port):
     """
 
     def __init__(self, port: int, proto, interface: str = "", maxPacketSize: int = 8192, reactor=None,
-                 batch: int = DEFAULT_BATCH, receive_buffer: int = 0) -> None:
+                 batch: int = DEFAULT_BATCH, receive_buffer: int = 0, multi: bool = True) -> None:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
         super().__init__(port, proto, interface, maxPacketSize, reactor)
         self.batch = batch
         self.receive_buffer = receive_buffer
         self.receive_buffer_granted: int | None = None
+        self.multi = multi
+        #: the ``recvmmsg`` reader once listening, where the platform has it (:mod:`.udp_mmsg`)
+        self.receiver: MultiReceiver | None = None
 
     def createInternetSocket(self):
         sock = super().createInternetSocket()
         if self.receive_buffer:
             self.receive_buffer_granted = set_receive_buffer(sock, self.receive_buffer)
+        if self.multi and MultiReceiver.available(sock):
+            self.receiver = MultiReceiver(sock, self.maxPacketSize, self.batch)
         return sock
+
+    def connectionLost(self, reason=None):
+        self.receiver = None  # its buffers go with the socket
+        return super().connectionLost(reason)
 
     def doRead(self) -> None:
         recvfrom, size = self.socket.recvfrom, self.maxPacketSize
         batch: list[tuple[bytes, tuple]] = []
         append = batch.append
         failure: OSError | None = None
-        if self.addressFamily == socket.AF_INET6:  # Twisted hands over (host, port) of the 4-tuple
+        receiver = self.receiver
+        if receiver is not None:  # recvmmsg: many datagrams per call
+            left = self.batch
+            while left > 0:
+                try:
+                    got = receiver.receive(left)
+                except OSError as exc:
+                    if exc.args[0] not in udp._sockErrReadIgnore:
+                        failure = exc
+                    break
+                batch += got
+                left -= len(got)
+        elif self.addressFamily == socket.AF_INET6:  # Twisted hands over (host, port) of the 4-tuple
             for _ in range(self.batch):
                 try:
                     data, addr = recvfrom(size)

@@ -149,3 +149,54 @@ def test_a_capped_receive_buffer_is_forced_or_warned_about():
         assert set_receive_buffer(CappedSocket(cap=212992, force=False), 100_000) == 200_000
     assert not events
     assert set_receive_buffer(CappedSocket(cap=1, force=False), 0) == 1000  # 0: the kernel's default, untouched
+
+
+def _sent_and_batched(reactor, multi: bool, count: int, batch: int, sizes=(1, 100, 1400)):
+    protocol = Recorder()
+    port = listen_udp_batch(reactor, 0, protocol, interface="127.0.0.1", maxPacketSize=2048, batch=batch,
+                            receive_buffer=1 << 20) if multi else BatchUDPPort(
+        0, protocol, "127.0.0.1", 2048, reactor, batch=batch, receive_buffer=1 << 20, multi=False)
+    if not multi:
+        port.startListening()
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        sent = []
+        for k in range(count):
+            sender = senders[k % 3]
+            data = bytes([k % 256]) * sizes[k % len(sizes)]
+            sender.sendto(data, ("127.0.0.1", port.getHost().port))
+            sent.append((data, ("127.0.0.1", sender.getsockname()[1])))
+        sender.sendto(b"L" * 3000, ("127.0.0.1", port.getHost().port))  # longer than maxPacketSize: cut
+        sent.append((b"L" * 2048, ("127.0.0.1", sender.getsockname()[1])))
+        read_all(port, protocol, len(sent))
+        return port.receiver is not None, sent, [pair for b in protocol.batches for pair in b], protocol.batches
+    finally:
+        for sender in senders:
+            sender.close()
+        port.stopListening()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="recvmmsg is Linux's")
+def test_recvmmsg_reads_what_recvfrom_reads(reactor):
+    used, sent, received, batches = _sent_and_batched(reactor, True, 300, batch=100)
+    assert used  # read with recvmmsg
+    assert received == sent  # data, cut as recvfrom cuts it, and (host, port) of each sender, in order
+    assert all(len(b) <= 100 for b in batches) and len(batches) >= 4
+    used, sent2, received2, _batches = _sent_and_batched(reactor, False, 300, batch=100)
+    assert not used and received2 == sent2
+
+
+def test_recvmmsg_slots_are_bounded_and_ipv6_reads_with_recvfrom(reactor):
+    from bcast_sp4.roles.udp_mmsg import MAX_BUFFER, MultiReceiver
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if MultiReceiver.available(sock):
+            assert MultiReceiver(sock, 65536, 512).slots == MAX_BUFFER // 65536  # many calls per wake-up
+            assert MultiReceiver(sock, 2048, 512).slots == 512
+    finally:
+        sock.close()
+    six = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) if socket.has_ipv6 else None
+    if six is not None:
+        assert not MultiReceiver.available(six)
+        six.close()
