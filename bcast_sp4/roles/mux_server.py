@@ -3,13 +3,20 @@
 Adapters only (STYLE §4): :class:`MuxProtocol` feeds one TCP connection to a
 :class:`~bcast_sp4.machines.mux.MuxConnection`; :class:`MuxDatagramProtocol` feeds UDP
 data_provision to :meth:`MuxCore.receive_udp`; :class:`PlayOut` executes :class:`Emit` outputs on
-one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set), runs :meth:`MuxCore.tick` when
+one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set),
+:class:`EmitMany` ones with UDP GSO where the kernel has it (:mod:`.udp_gso`), runs :meth:`MuxCore.tick` when
 input made something due and at :meth:`MuxCore.next_wakeup` (one keyed ``IDelayedCall``), and
 routes :class:`Deliver` outputs to the connection they name. :class:`MuxServer` ties them together
 and offers :meth:`MuxServer.submit_stkm`, the in-process STKM path for a co-located SCS.
 
 A socket error on play-out is not silent: the datagram is counted as dropped (``egress_error``) and
 logged through the core's drop reports.
+
+Hot paths (issue #9), each taking only what the full path would accept as it is and handing
+everything else to it: on UDP, consecutive datagrams of the usual shape (:func:`parse_usual_udp`)
+with the same header and sender are one run, judged once (:meth:`MuxCore.receive_udp_runs`); on
+TCP, consecutive usual data_provisions (:func:`parse_usual_tcp`) with the same header likewise
+(:meth:`MuxConnection.data_run`). Unthrottled, a run leaves as one :class:`EmitMany`.
 """
 
 from __future__ import annotations
