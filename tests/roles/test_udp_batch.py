@@ -200,3 +200,38 @@ def test_recvmmsg_slots_are_bounded_and_ipv6_reads_with_recvfrom(reactor):
     if six is not None:
         assert not MultiReceiver.available(six)
         six.close()
+
+
+def test_recvmmsg_errors_end_the_batch_as_recvfrom_errors_do(reactor):
+    import errno
+
+    from bcast_sp4.roles.udp_mmsg import MultiReceiver
+
+    class Refused(Recorder):
+        refused = 0
+
+        def connectionRefused(self):
+            self.refused += 1
+
+    protocol = Refused()
+    port = listen_udp_batch(reactor, 0, protocol, interface="127.0.0.1")
+    try:
+        if port.receiver is not None:
+            with pytest.raises(OSError) as caught:  # an empty socket: EAGAIN, as recvfrom's
+                port.receiver.receive(8)
+            assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+        port.doRead()  # nothing to read: no batch, no error
+        assert protocol.batches == []
+
+        class Failing:
+            def receive(self, limit):
+                raise OSError(errno.ECONNREFUSED, "refused")
+
+        port.receiver = Failing()
+        port._connectedAddr = ("127.0.0.1", 9)
+        port.doRead()  # a connected port's refusal: connectionRefused, as Twisted's recvfrom loop does
+        assert protocol.refused == 1 and protocol.batches == []
+        assert isinstance(MultiReceiver.available(port.socket), bool)
+    finally:
+        port._connectedAddr = None
+        port.stopListening()
