@@ -5,8 +5,9 @@ datagram on loopback, of which about 0.9 µs is the source address (``recv`` wit
 ``recvmmsg`` fills up to :attr:`MultiReceiver.slots` preallocated buffers and source addresses in
 one call; the datagrams are then cut out of the buffers and each source address is turned into
 Python's ``(host, port)`` once per distinct address (a bounded cache), about 2.0 µs per datagram
-in all. Only IPv4 sockets (the address layout is ``sockaddr_in``); the caller falls back to
-``recvfrom`` otherwise, and where libc has no ``recvmmsg``.
+in all. IPv4 and IPv6 sockets (``sockaddr_in`` / ``sockaddr_in6``; an IPv6 source is handed over
+as ``(host, port)``, the first two of what ``recvfrom`` gives, as Twisted does); the caller falls
+back to ``recvfrom`` where libc has no ``recvmmsg``.
 
 Each slot is as large as the port's largest datagram (``maxPacketSize``), so a datagram is cut
 exactly as ``recvfrom(maxPacketSize)`` would cut it; the slots are bounded to
@@ -48,7 +49,8 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
 
 
-_SOCKADDR_IN = 16  # sizeof(struct sockaddr_in)
+#: per family: sizeof(struct sockaddr_in / sockaddr_in6), and where its address bytes are
+_LAYOUT = {socket.AF_INET: (16, slice(4, 8)), socket.AF_INET6: (28, slice(8, 24))}
 
 
 def _load_recvmmsg():
@@ -67,7 +69,7 @@ _recvmmsg = _load_recvmmsg()
 
 
 class MultiReceiver:
-    """``recvmmsg`` on one IPv4 UDP socket (see the module docstring).
+    """``recvmmsg`` on one IPv4 or IPv6 UDP socket (see the module docstring).
 
     :param sock: the socket (non-blocking, as Twisted's are).
     :param size: the largest datagram read whole (longer ones are cut, as by ``recvfrom``).
@@ -76,16 +78,19 @@ class MultiReceiver:
 
     @staticmethod
     def available(sock) -> bool:
-        """Whether *sock* can be read so: Linux libc with ``recvmmsg``, an IPv4 datagram socket."""
-        return _recvmmsg is not None and isinstance(sock, socket.socket) and sock.family == socket.AF_INET
+        """Whether *sock* can be read so: Linux libc with ``recvmmsg``, an IPv4 or IPv6 socket."""
+        return _recvmmsg is not None and isinstance(sock, socket.socket) and sock.family in _LAYOUT
 
     def __init__(self, sock: socket.socket, size: int, slots: int) -> None:
         self.sock = sock
         self.size = size
         self.slots = max(1, min(slots, MAX_BUFFER // max(size, 1)))
         n = self.slots
+        self.family = sock.family
+        name_size, self._host_bytes = _LAYOUT[sock.family]
+        self._name_size = name_size
         self._buffer = (ctypes.c_char * (n * size))()
-        self._names = (ctypes.c_char * (n * _SOCKADDR_IN))()
+        self._names = (ctypes.c_char * (n * name_size))()
         self._iovs = (_IOVec * n)()
         self._msgs = (_MMsgHdr * n)()
         base, names = ctypes.addressof(self._buffer), ctypes.addressof(self._names)
@@ -93,12 +98,12 @@ class MultiReceiver:
             self._iovs[i].base, self._iovs[i].len = base + i * size, size
             header = self._msgs[i].hdr
             header.iov, header.iovlen = ctypes.addressof(self._iovs[i]), 1
-            header.name, header.namelen = names + i * _SOCKADDR_IN, _SOCKADDR_IN
+            header.name, header.namelen = names + i * name_size, name_size
         words = memoryview(self._msgs).cast("B").cast("I")  # the array as 32-bit words
         stride = ctypes.sizeof(_MMsgHdr) // 4
         self._lengths = words[_MMsgHdr.len.offset // 4 :: stride]
         self._namelens = words[(_MMsgHdr.hdr.offset + _MsgHdr.namelen.offset) // 4 :: stride]
-        self._full_namelens = memoryview(array.array("I", [_SOCKADDR_IN] * n))
+        self._full_namelens = memoryview(array.array("I", [name_size] * n))
         self._data = memoryview(self._buffer).cast("B")
         self._raw_names = memoryview(self._names).cast("B")
         self._addresses: dict[bytes, tuple[str, int]] = {}
@@ -116,21 +121,30 @@ class MultiReceiver:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
         lengths = self._lengths[:got].tolist()
-        names = self._raw_names[: got * _SOCKADDR_IN].tobytes()
+        step = self._name_size
+        names = self._raw_names[: got * step].tobytes()
         data, size, addresses = self._data, self.size, self._addresses
         out = []
         append = out.append
         offset = 0
         for i in range(got):
-            key = names[i * _SOCKADDR_IN + 2 : i * _SOCKADDR_IN + 8]  # port and IPv4 address, network order
+            key = names[i * step + 2 : (i + 1) * step]  # port, then (IPv6: flow info,) address, ...
             addr = addresses.get(key)
             if addr is None:
-                if len(addresses) >= _ADDRESSES:
-                    addresses.clear()
-                addr = addresses[key] = (socket.inet_ntoa(key[2:]), int.from_bytes(key[:2], "big"))
+                addr = self._address(key)
             append((data[offset : offset + lengths[i]].tobytes(), addr))
             offset += size
         return out
+
+    def _address(self, key: bytes) -> tuple[str, int]:
+        """``(host, port)`` of the raw sockaddr *key* (from its port on), remembered."""
+        addresses = self._addresses
+        if len(addresses) >= _ADDRESSES:
+            addresses.clear()
+        host = self._host_bytes
+        address = key[host.start - 2 : host.stop - 2]
+        addr = addresses[key] = (socket.inet_ntop(self.family, address), int.from_bytes(key[:2], "big"))
+        return addr
 
 
 __all__ = ["MAX_BUFFER", "MultiReceiver"]

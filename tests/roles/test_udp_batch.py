@@ -186,7 +186,7 @@ def test_recvmmsg_reads_what_recvfrom_reads(reactor):
     assert not used and received2 == sent2
 
 
-def test_recvmmsg_slots_are_bounded_and_ipv6_reads_with_recvfrom(reactor):
+def test_recvmmsg_slots_are_bounded(reactor):
     from bcast_sp4.roles.udp_mmsg import MAX_BUFFER, MultiReceiver
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -196,10 +196,26 @@ def test_recvmmsg_slots_are_bounded_and_ipv6_reads_with_recvfrom(reactor):
             assert MultiReceiver(sock, 2048, 512).slots == 512
     finally:
         sock.close()
-    six = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) if socket.has_ipv6 else None
-    if six is not None:
-        assert not MultiReceiver.available(six)
-        six.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not socket.has_ipv6, reason="recvmmsg is Linux's")
+def test_recvmmsg_on_ipv6_hands_over_host_and_port(reactor):
+    protocol = Recorder()
+    try:
+        port = listen_udp_batch(reactor, 0, protocol, interface="::1", maxPacketSize=2048)
+    except Exception:
+        pytest.skip("no ::1")
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        assert port.receiver is not None
+        sent = [b"six %d" % k for k in range(40)]
+        for data in sent:
+            sender.sendto(data, ("::1", port.getHost().port))
+        read_all(port, protocol, len(sent))
+        assert [pair for b in protocol.batches for pair in b] == [(d, ("::1", sender.getsockname()[1])) for d in sent]
+    finally:
+        sender.close()
+        port.stopListening()
 
 
 def test_recvmmsg_errors_end_the_batch_as_recvfrom_errors_do(reactor):
