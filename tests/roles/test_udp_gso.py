@@ -124,3 +124,28 @@ def test_without_sendmsg_or_for_a_lone_datagram_plain_sends():
     sock = Segmenting()
     assert SegmentedSender(sock, enabled=True).send_all([b"lone"]) == []
     assert sock.sent == [b"lone"] and sock.gso == []
+
+
+@linux
+def test_multicast_receivers_get_every_datagram_too():
+    group = "239.255.7.7"
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        receiver.bind((group, 0))
+        try:
+            receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                                socket.inet_aton(group) + socket.inet_aton("127.0.0.1"))
+        except OSError:
+            pytest.skip("no multicast on the loopback interface")
+        receiver.settimeout(5.0)
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sender.connect((group, receiver.getsockname()[1]))
+        gso = SegmentedSender(sender)
+        payloads = [bytes([k]) * 300 for k in range(100)] + [b"end"]
+        assert gso.send_all(payloads) == [] and gso.enabled
+        assert receive(receiver, len(payloads)) == payloads
+    finally:
+        sender.close()
+        receiver.close()
