@@ -46,7 +46,8 @@ many it processed and, before it exits, the ``drops`` counter of its UDP socket 
 printed; on a machine shared with other work, drops mostly mean the measuring process was not
 scheduled for longer than its receive buffer lasts (``--rcvbuf``, by default what ``bcast-mux``
 asks for: ``[mux] udp_receive_buffer``). Rates are also given as the share of the offered load
-processed, per run, since the sender's achieved rate varies between runs on a busy machine.
+processed, per run, since the sender's achieved rate varies between runs on a busy machine; the
+issue's "0.8x the bare DatagramProtocol at the same offered rate" is judged on that share.
 
 Every figure is the median over ``--runs`` runs (min and max in brackets); MUX and baseline runs
 rotate, each in its own process (a reactor runs once per process). Ratios are MUX / baseline:
@@ -519,8 +520,9 @@ def main() -> None:
                 f"{sum(r['sent'] for r in relay):,}; MUX drops {drops or 'none'}"
             )
             verdicts.append(f"UDP {rate:,.0f} datagrams/s >= 100,000: {'met' if rate >= 100_000 else 'NOT met'}")
-            verdicts.append(f"UDP {rate_ratio:.2f}x the bare DatagramProtocol >= 0.8x with no kernel drops (issue #9): "
-                            f"{'met' if rate_ratio >= 0.8 and kernel == 0 else 'NOT met'} ({kernel:,} dropped)")
+            verdicts.append(f"UDP {share_ratio:.2f}x the bare DatagramProtocol's share of the offered load >= 0.8x with no "
+                            f"kernel drops (issue #9): {'met' if share_ratio >= 0.8 and kernel == 0 else 'NOT met'} "
+                            f"({kernel:,} dropped)")
         else:
             errors = [r["pacing_error_pct"] for r in ours]
             worst = statistics.median(abs(e) for e in errors)
