@@ -2,15 +2,15 @@
 
 Twisted's ``udp.Port.doRead`` already reads in a loop, but calls ``datagramReceived`` once per
 datagram, so a protocol can only work datagram by datagram. :class:`BatchUDPPort` drains the socket
-with ``recvfrom`` until it would block (``EAGAIN``) or a budget of datagrams is reached, then calls
-the protocol's ``datagramsReceived(batch)`` once with the list of ``(data, addr)`` pairs; the
-protocol takes the whole batch apart in one loop and its machine handles it in one call (the MUX:
-:meth:`~bcast_sp4.machines.mux.MuxCore.receive_udp_runs`). ``recvmmsg`` is not in the standard
-library; a loop of ``recvfrom`` calls on a non-blocking socket is what one wake-up can do in Python
-(measured on loopback, 223-byte datagrams: ``recvfrom`` 2.5 µs each, whatever the buffer size asked;
-``recvfrom_into`` a preallocated buffer plus the copy out 2.7 µs, ``recvmsg`` 2.9 µs, ``recvmmsg``
-through ``ctypes`` 3.3 µs, its per-message field reads dominating). An IPv4 batch holds the
-``(data, addr)`` pairs ``recvfrom`` returns, as they come.
+until it would block (``EAGAIN``) or a budget of datagrams is reached, then calls the protocol's
+``datagramsReceived(batch)`` once with the list of ``(data, (host, port))`` pairs; the protocol
+takes the whole batch apart in one loop and its machine handles it in one call (the MUX:
+:meth:`~bcast_sp4.machines.mux.MuxCore.receive_udp_runs`). On Linux it reads with ``recvmmsg``
+(not in the standard library: :mod:`.udp_mmsg`, through ``ctypes``), elsewhere with a loop of
+``recvfrom`` calls. Measured on loopback, 223-byte datagrams: ``recvfrom`` 2.6 µs each, whatever the
+buffer size asked (``recv``, without the source address, 1.7 µs); ``recvfrom_into`` a preallocated
+buffer plus the copy out 2.7 µs; ``recvmsg`` 2.9 µs; ``recvmmsg`` 2.0 µs, the datagrams and their
+``(host, port)`` included.
 
 The kernel keeps what arrives between two wake-ups in the socket's receive buffer; a full buffer
 drops (``/proc/net/udp`` ``drops``). The port asks for ``receive_buffer`` bytes
@@ -47,7 +47,7 @@ DEFAULT_BATCH = 512
 #: for a process with CAP_NET_ADMIN
 SO_RCVBUFFORCE = 33
 
-log_ = Logger()
+_log = Logger()
 
 
 def set_receive_buffer(sock, size: int) -> int:
@@ -67,7 +67,7 @@ def set_receive_buffer(sock, size: int) -> int:
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
-        log_.warn("UDP receive buffer {granted} bytes, not the {size} asked for: raise net.core.rmem_max "
+        _log.warn("UDP receive buffer {granted} bytes, not the {size} asked for: raise net.core.rmem_max "
                   "(sysctl) or run with CAP_NET_ADMIN, or bursts may be dropped in the kernel",
                   granted=granted, size=size)
         return granted
