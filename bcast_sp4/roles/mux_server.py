@@ -269,7 +269,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
             if i > start:
                 done = super().handle_frames(frames[start:i], received_at)
                 handled += done
-                if done < i - start or self.outbox.closing:
+                if self.outbox.closing:
+                    return n  # nothing more is handled on this connection (as the base answers)
+                if done < i - start:
                     return handled
             head, size = frame[:_TCP_SHAPE_SIZE], len(frame)
             j = i + 1
@@ -294,7 +296,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
                     self.executor.run(outputs, now, self.reply_outbox)
                 done = j - i
             handled += done
-            if done < j - i or self.outbox.closing:
+            if self.outbox.closing:
+                return n
+            if done < j - i:
                 return handled
             start = i = j
             deadline = self.watch.deadline if self.watch is not None else None

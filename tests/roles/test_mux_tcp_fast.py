@@ -164,3 +164,11 @@ def test_usual_tcp_shape_is_taken_apart_exactly_as_the_codec_does(version, clien
         assert frame[35:] == message.datagram[0]
     elif not flips and len(datagrams) == 1:
         raise AssertionError("the canonical shape must take the fast path")
+
+
+def test_nothing_after_a_close_is_handled_as_with_the_full_decode(monkeypatch):
+    messages = ([dp(b"a%d" % k) for k in range(3)] + [dp(b"bad", data_channel_id=9)] * 2
+                + [dp(b"after%d" % k) for k in range(3)])
+    runs, sent, server = compare(monkeypatch, messages, unthrottled=True, max_invalid_messages=2)
+    assert sent == [b"a0", b"a1", b"a2"]  # the second error in a row closed the connection
+    assert server.core.counters["data_provisions"] == 3
