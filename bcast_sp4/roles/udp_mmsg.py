@@ -5,7 +5,7 @@ datagram on loopback, of which about 0.9 µs is the source address (``recv`` wit
 ``recvmmsg`` fills up to :attr:`MultiReceiver.slots` preallocated buffers and source addresses in
 one call; the datagrams are then cut out of the buffers and each source address is turned into
 Python's ``(host, port)`` once per distinct address (a bounded cache), about 2.0 µs per datagram
-in all. IPv4 and IPv6 sockets (``sockaddr_in`` / ``sockaddr_in6``; an IPv6 source is handed over
+in all (a batch from one sender, the usual case, takes its address once: 1.9 µs). IPv4 and IPv6 sockets (``sockaddr_in`` / ``sockaddr_in6``; an IPv6 source is handed over
 as ``(host, port)``, the first two of what ``recvfrom`` gives, as Twisted does); the caller falls
 back to ``recvfrom`` where libc has no ``recvmmsg``.
 
@@ -124,11 +124,15 @@ class MultiReceiver:
         step = self._name_size
         names = self._raw_names[: got * step].tobytes()
         data, size, addresses = self._data, self.size, self._addresses
+        first = names[2:step]  # port, then (IPv6: flow info,) address, ...
+        if names.count(names[:step]) == got:  # one sender (the usual case): one address for all
+            addr = addresses.get(first) or self._address(first)
+            return [(data[o : o + n].tobytes(), addr) for o, n in zip(range(0, got * size, size), lengths)]
         out = []
         append = out.append
         offset = 0
         for i in range(got):
-            key = names[i * step + 2 : (i + 1) * step]  # port, then (IPv6: flow info,) address, ...
+            key = names[i * step + 2 : (i + 1) * step]
             addr = addresses.get(key)
             if addr is None:
                 addr = self._address(key)
