@@ -4,10 +4,11 @@ Python's socket module reads one datagram per call; ``recvfrom`` costs about 2.6
 datagram on loopback, of which about 0.9 µs is the source address (``recv`` without it: 1.7 µs).
 ``recvmmsg`` fills up to :attr:`MultiReceiver.slots` preallocated buffers and source addresses in
 one call; the datagrams are then cut out of the buffers and each source address is turned into
-Python's ``(host, port)`` once per distinct address (a bounded cache), about 2.0 µs per datagram
-in all (a batch from one sender, the usual case, takes its address once: 1.9 µs). IPv4 and IPv6 sockets (``sockaddr_in`` / ``sockaddr_in6``; an IPv6 source is handed over
-as ``(host, port)``, the first two of what ``recvfrom`` gives, as Twisted does); the caller falls
-back to ``recvfrom`` where libc has no ``recvmmsg``.
+Python's ``(host, port)`` once per distinct address (a bounded cache), about 2.0 µs per datagram in
+all (a batch from one sender, the usual case, takes its address once: 1.9 µs). IPv4 and IPv6 sockets
+(``sockaddr_in`` / ``sockaddr_in6``; an IPv6 source is handed over as ``(host, port)``, the first
+two of what ``recvfrom`` gives, as Twisted does); the caller falls back to ``recvfrom`` where libc
+has no ``recvmmsg``.
 
 Each slot is as large as the port's largest datagram (``maxPacketSize``), so a datagram is cut
 exactly as ``recvfrom(maxPacketSize)`` would cut it; the slots are bounded to
