@@ -90,38 +90,49 @@ class SegmentedSender:
         if n < 2 or not self.enabled:
             return self._one_by_one(payloads)
         failures: list[OSError] = []
-        send, sendmsg, largest = self.sock.send, self.sock.sendmsg, self.max_segment
+        send, sendmsg = self.sock.send, self.sock.sendmsg
+        for i, j, size in self._runs(list(map(len, payloads))):
+            if j - i == 1:
+                try:
+                    send(payloads[i])
+                except OSError as exc:
+                    failures.append(exc)
+                continue
+            run = payloads[i:j]
+            try:
+                sendmsg((b"".join(run),), _ancillary(size))
+            except OSError as exc:
+                if exc.errno in UNSUPPORTED:
+                    self.enabled = False
+                    self.disabled_by = exc
+                    failures += self._one_by_one(run)
+                    failures += self._one_by_one(payloads[j:])
+                    return failures
+                failures.append(exc)  # what the first datagram's own send would have met
+                failures += self._one_by_one(run[1:])
+        return failures
+
+    def _runs(self, sizes: list[int]) -> list[tuple[int, int, int]]:
+        """``(start, end, segment size)`` of each send for datagrams of *sizes* (end - start = 1: a plain send)."""
+        n, largest = len(sizes), self.max_segment
+        size = sizes[0]
+        if 0 < size <= largest and sizes.count(size) == n:  # one size throughout: the usual batch
+            step = min(MAX_SEGMENTS, MAX_BYTES // size)
+            return [(i, min(i + step, n), size) for i in range(0, n, step)]
+        runs = []
         i = 0
         while i < n:
-            first = payloads[i]
-            size = len(first)
+            size = sizes[i]
             j = i + 1
             if 0 < size <= largest:
                 limit = min(n, i + MAX_SEGMENTS, i + MAX_BYTES // size)
-                while j < limit and len(payloads[j]) == size:
+                while j < limit and sizes[j] == size:
                     j += 1
-                if j < limit and 0 < len(payloads[j]) < size:  # a shorter one may close the run
+                if j < limit and 0 < sizes[j] < size:  # a shorter one may close the run
                     j += 1
-            if j - i == 1:
-                try:
-                    send(first)
-                except OSError as exc:
-                    failures.append(exc)
-            else:
-                run = payloads[i:j]
-                try:
-                    sendmsg((b"".join(run),), _ancillary(size))
-                except OSError as exc:
-                    if exc.errno in UNSUPPORTED:
-                        self.enabled = False
-                        self.disabled_by = exc
-                        failures += self._one_by_one(run)
-                        failures += self._one_by_one(payloads[j:])
-                        return failures
-                    failures.append(exc)  # what the first datagram's own send would have met
-                    failures += self._one_by_one(run[1:])
+            runs.append((i, j, size))
             i = j
-        return failures
+        return runs
 
     def _one_by_one(self, payloads: Sequence[bytes]) -> list[OSError]:
         failures: list[OSError] = []

@@ -149,3 +149,15 @@ def test_multicast_receivers_get_every_datagram_too():
     finally:
         sender.close()
         receiver.close()
+
+
+def test_one_size_throughout_goes_in_sends_of_the_kernels_segment_limit():
+    sock = Segmenting()
+    gso = SegmentedSender(sock, enabled=True)
+    payloads = [bytes([k]) * 100 for k in range(200)]
+    assert gso.send_all(payloads) == []
+    assert [(len(buffer) // size, size) for buffer, size in sock.gso] == [(64, 100)] * 3 + [(8, 100)]
+    assert b"".join(buffer for buffer, _ in sock.gso) == b"".join(payloads) and sock.sent == []
+    big = Segmenting()
+    SegmentedSender(big, enabled=True).send_all([b"x" * 1400] * 100)  # 46 x 1,400 bytes fit one send's 65,507
+    assert [len(buffer) // 1400 for buffer, _ in big.gso] == [46, 46, 8]
