@@ -257,6 +257,8 @@ class MuxProtocol(SimulCryptStreamProtocol):
         (:func:`parse_usual_tcp`) with the same 35 header bytes: one judgement per run
         (:meth:`MuxConnection.data_run`), no full decode; a run the machine does not take as it is
         goes to the base like any other frame. The guard's turn time is checked after each run."""
+        if self.outbox.closing:
+            return super().handle_frames(frames, received_at)  # nothing is handled any more
         n = len(frames)
         handled = start = i = 0  # frames[start:i]: not of the usual shape, for the base
         machine, clock = self.machine, self.clock

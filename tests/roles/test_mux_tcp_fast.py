@@ -172,3 +172,12 @@ def test_nothing_after_a_close_is_handled_as_with_the_full_decode(monkeypatch):
     runs, sent, server = compare(monkeypatch, messages, unthrottled=True, max_invalid_messages=2)
     assert sent == [b"a0", b"a1", b"a2"]  # the second error in a row closed the connection
     assert server.core.counters["data_provisions"] == 3
+
+
+def test_a_closing_connection_ingests_nothing_more():
+    reactor, server = make_server(unthrottled=True)
+    protocol, transport = connect(server)
+    open_ltkm_stream(protocol, transport, kbit=1000)
+    protocol.outbox.ask_close(mux_server.Close("test", "info"))
+    assert protocol.handle_frames([dp(b"late").encode()], 0.0) == 1
+    assert server.core.counters["data_provisions"] == 0 and egress(reactor, LTKM).sent == []
