@@ -340,6 +340,11 @@ class MuxCore:
         if not (config.unthrottled and route.config.kind is not RouteKind.STKM
                 and stream.section_TSpkt_flag == SectionTSpktFlag.BCAST and max(map(len, datagrams)) <= config.max_datagram_size):
             return None
+        return [self.pass_through(route, datagrams)]
+
+    def pass_through(self, route: MuxRoute, datagrams: Sequence[bytes]) -> EmitMany:
+        """Count *datagrams*, each one accepted data_provision of *route*, as taken in and sent on at
+        once (``unthrottled``); the :class:`EmitMany` that sends them, in order."""
         count, size = len(datagrams), sum(map(len, datagrams))
         counters = self.counters
         counters["data_provisions"] += count
@@ -351,7 +356,7 @@ class MuxCore:
         route.bytes_in += size
         route.datagrams_out += count
         route.bytes_out += size
-        return [EmitMany(route.key, tuple(datagrams))]
+        return EmitMany(route.key, tuple(datagrams))
 
     def _replace_stkm(
         self, route: MuxRoute, datagrams: tuple[bytes, ...], now: float, period: float | None = None,

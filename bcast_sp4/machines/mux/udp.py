@@ -1,16 +1,16 @@
 """The MUX's UDP input: data_provision datagrams from EMMGs, judged, answered and handed to the core.
 
-TS 103 197 §6 (digest ``simulcrypt.md`` §4.5, §5.2): the rules are in :mod:`.core`'s docstring
-(UDP ``data_provision``). One :class:`UdpIngress` per :class:`~.core.MuxCore`, which creates it and
+TS 103 197 §6 (digest ``simulcrypt.md`` §4.5, §5.2): the rules are in :mod:`.core`'s docstring (UDP
+``data_provision``). One :class:`UdpIngress` per :class:`~.core.MuxCore`, which creates it and
 exposes its entries as its own methods (:meth:`~.core.MuxCore.receive_udp`,
 :meth:`~.core.MuxCore.receive_udp_fast`, :meth:`~.core.MuxCore.receive_udp_batch`,
-:meth:`~.core.MuxCore.receive_udp_runs`). It reaches the
-core only through the core's public API: :attr:`~.core.MuxCore.routes`,
-:attr:`~.core.MuxCore.counters`, :attr:`~.core.MuxCore.config`, :attr:`~.core.MuxCore.udp_sources`
-(shared by reference), :meth:`~.core.MuxCore.ingest`, :meth:`~.core.MuxCore.drop` and
-:meth:`~.core.MuxCore.connection_of`. It keeps when it last reported an error to each connection
-(at most one report per ``udp_error_interval``); the core calls :meth:`UdpIngress.forget` when a
-channel closes. Pure: no I/O.
+:meth:`~.core.MuxCore.receive_udp_runs`). It reaches the core only through the core's public API:
+:attr:`~.core.MuxCore.routes`, :attr:`~.core.MuxCore.counters`, :attr:`~.core.MuxCore.config`,
+:attr:`~.core.MuxCore.udp_sources` (shared by reference), :meth:`~.core.MuxCore.ingest`,
+:meth:`~.core.MuxCore.pass_through`, :meth:`~.core.MuxCore.drop` and
+:meth:`~.core.MuxCore.connection_of`. It keeps when it last reported an error to each connection (at
+most one report per ``udp_error_interval``); the core calls :meth:`UdpIngress.forget` when a channel
+closes. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
 from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, internal_error
 from ..outputs import Output
 from .config import RouteKind
-from .records import Deliver, EmitMany, MuxRoute
+from .records import Deliver, MuxRoute
 
 if TYPE_CHECKING:
     from .connection import MuxConnection
@@ -175,7 +175,7 @@ class UdpIngress:
         how many it took; the caller decodes each datagram of the run it stopped at in full (then
         :meth:`receive_udp`) and hands the rest back. Same counters, queues, drops and outputs as
         one :meth:`receive_udp_fast` per datagram, except that with ``unthrottled`` the datagrams
-        of an LTKM route on a BCAST channel come out as one :class:`EmitMany` (order kept within
+        of an LTKM route on a BCAST channel come out as one :class:`.records.EmitMany` (order kept within
         the route); STKM routes, classic (section / TS packet) channels, paced routes and datagrams
         over ``max_datagram_size`` go through :meth:`.core.MuxCore.ingest` datagram by datagram.
         """
@@ -222,23 +222,13 @@ class UdpIngress:
         return outputs, taken
 
     def _emit_pending(self, pending: dict[MuxRoute, list[bytes]]) -> list[Output]:
-        """Count and emit the unthrottled datagrams :meth:`receive_udp_batch` gathered per route
+        """Count and emit the unthrottled datagrams :meth:`receive_udp_runs` gathered per route
         (each was one data_provision of one datagram, as :meth:`.core.MuxCore.ingest` counts them)."""
-        counters = self.counters
+        counters, pass_through = self.counters, self.core.pass_through
         outputs: list[Output] = []
         for route, payloads in pending.items():
-            count, size = len(payloads), sum(map(len, payloads))
-            counters["udp_messages"] += count
-            counters["data_provisions"] += count
-            counters["datagrams_in"] += count
-            counters["bytes_in"] += size
-            counters["datagrams_out"] += count
-            counters["bytes_out"] += size
-            route.datagrams_in += count
-            route.bytes_in += size
-            route.datagrams_out += count
-            route.bytes_out += size
-            outputs.append(EmitMany(route.key, tuple(payloads)))
+            counters["udp_messages"] += len(payloads)
+            outputs.append(pass_through(route, payloads))
         return outputs
 
     def _udp_report(self, connection: MuxConnection, message: Message, now: float) -> list[Output]:
