@@ -47,7 +47,10 @@ printed; on a machine shared with other work, drops mostly mean the measuring pr
 scheduled for longer than its receive buffer lasts (``--rcvbuf``, by default what ``bcast-mux``
 asks for: ``[mux] udp_receive_buffer``). Rates are also given as the share of the offered load
 processed, per run, since the sender's achieved rate varies between runs on a busy machine; the
-issue's "0.8x the bare DatagramProtocol at the same offered rate" is judged on that share.
+issue's "0.8x the bare DatagramProtocol at the same offered rate" is judged on that share. The
+MUX's UDP port reads as ``bcast-mux`` does, each wake-up bounded by ``[limits] turn_time``
+(``--turn-time``, default 1 ms; 0: no bound): the bound splits a wake-up into batches, which costs
+the MUX CPU per datagram (about 0.5 µs in process at 1 ms).
 
 Every figure is the median over ``--runs`` runs (min and max in brackets); MUX and baseline runs
 rotate, each in its own process (a reactor runs once per process). Ratios are MUX / baseline:
@@ -72,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bcast_sp4 import wire  # noqa: E402
 from bcast_sp4.machines.mux import ClientConfig, MuxConfig, MuxCore, RouteConfig, RouteKind  # noqa: E402
+from bcast_sp4.config.limits import Limits  # noqa: E402
 from bcast_sp4.config.mux import DEFAULT_UDP_RECEIVE_BUFFER  # noqa: E402
 from bcast_sp4.wire import emmg_mux as m  # noqa: E402
 
@@ -175,7 +179,7 @@ def make_sink(reactor):
     return sink
 
 
-def build_mux(mode: str, reactor, rcvbuf: int):
+def build_mux(mode: str, reactor, rcvbuf: int, turn_time: float | None = None):
     """The MUX under test; returns (tcp port, udp port, started(), counts(), extra(), got)."""
     from twisted.internet.protocol import DatagramProtocol
 
@@ -211,9 +215,9 @@ def build_mux(mode: str, reactor, rcvbuf: int):
     server = MuxServer(core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH)
     server.play_out.startService()
     tcp = reactor.listenTCP(0, server.factory, interface="127.0.0.1")
-    # as twistd bcast-mux listens: every datagram of a wake-up in one batch (roles/udp_batch.py)
+    # as twistd bcast-mux listens: batches per wake-up within [limits] turn_time (--turn-time; roles/udp_batch.py)
     udp = listen_udp_batch(reactor, 0, server.udp_protocol, interface="127.0.0.1", maxPacketSize=UDP_MAX_PACKET,
-                           receive_buffer=rcvbuf)
+                           receive_buffer=rcvbuf, turn_time=turn_time)
     c = core.counters
     counter = "udp_messages" if mode == "udp" else "data_provisions"
 
@@ -308,7 +312,7 @@ def measure(mode: str, target: str, args) -> dict:
     from twisted.internet import reactor
 
     if target == "mux":
-        tcp_port, udp_port, started, counts, extra, got = build_mux(mode, reactor, args.rcvbuf)
+        tcp_port, udp_port, started, counts, extra, got = build_mux(mode, reactor, args.rcvbuf, args.turn_time or None)
     else:
         tcp_port, udp_port, started, counts, extra, got = build_baseline(
             mode, reactor, args.size * args.per_message, args.rcvbuf, relay=target == "relay")
@@ -400,7 +404,7 @@ def udp_line(result: dict) -> str:
 
 def child(mode: str, target: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--target", target, "--seconds", str(args.seconds),
-           "--rcvbuf", str(args.rcvbuf),
+           "--rcvbuf", str(args.rcvbuf), "--turn-time", str(args.turn_time),
            "--per-message", str(args.per_message), "--kbit", str(args.kbit), "--pace-seconds", str(args.pace_seconds),
            "--rate", str(args.rate), "--size", str(args.size or DEFAULT_SIZE[mode])]
     done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
@@ -418,6 +422,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=150_000, help="UDP load offered, datagrams/s")
     parser.add_argument("--rcvbuf", type=int, default=DEFAULT_UDP_RECEIVE_BUFFER,
                         help="UDP receive buffer asked for, MUX and baselines alike (bytes; default: bcast-mux's)")
+    parser.add_argument("--turn-time", type=float, default=Limits().turn_time,
+                        help="the MUX's UDP wake-up time bound, s ([limits] turn_time; default bcast-mux's; 0: none)")
     parser.add_argument("--mode", choices=["tcp", "udp", "pacing", "all"], default="all")
     parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (median reported)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
