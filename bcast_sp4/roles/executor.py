@@ -41,7 +41,7 @@ from zope.interface import implementer
 from ..logfields import HEX16, HEX32, readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
-from .log_limit import LogLimiter, shorten_fields
+from .log_limit import LogLimiter, host_of, shorten_fields
 
 #: the levels a :class:`Notify` or :class:`Close` may carry, and the logger method of each
 LEVELS = ("debug", "info", "warn", "error")
@@ -85,17 +85,24 @@ class Outbox:
     """Write-then-close for one connection: queued bytes go out in one write, a close after them.
 
     :ivar peer: how the logs name the other end (``host:port``).
+    :param limiter: the role's :class:`~.log_limit.LogLimiter`: the "closing connection" lines are
+        limited per host (a flood's closes are a few lines and a summary), or ``None``: each logged.
     """
 
-    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push")
+    __slots__ = ("transport", "peer", "log", "limiter", "chunks", "close", "closed", "push", "send")
 
-    def __init__(self, log: Logger, peer: str = "?") -> None:
+    def __init__(self, log: Logger, peer: str = "?", limiter: LogLimiter | None = None) -> None:
         self.transport = None
         #: called right after each write when set: the transport's ``doWrite``, which sends now what
         #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
         self.push = None
+        #: when set, writes instead of ``transport.write`` + :attr:`push` while no close is asked:
+        #: ``send(data)`` sends at once what the socket takes and leaves the rest to the transport
+        #: (:func:`~._stream.socket_writer`, for a plain TCP connection)
+        self.send = None
         self.peer = peer
         self.log = log
+        self.limiter = limiter
         self.chunks: list[bytes] = []
         #: the :class:`Close` asked for, once one was
         self.close: Close | None = None
@@ -138,13 +145,18 @@ class Outbox:
             data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks.clear()
             if transport is not None and not self.closed:
-                transport.write(data)
-                if self.push is not None and self.close is None:
-                    self.push()
+                if self.send is not None and self.close is None:
+                    self.send(data)
+                else:
+                    transport.write(data)
+                    if self.push is not None and self.close is None:
+                        self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
-            log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
-                                               reason=self.close.reason)
+            level, limiter = self.close.level, self.limiter
+            if limiter is None or limiter.allow(host_of(self.peer), ("closing", level), "connections closed", level):
+                log_at(self.log, level)("closing connection with {peer}: {reason}", peer=self.peer,
+                                        reason=self.close.reason)
             transport.loseConnection()
 
 
@@ -408,10 +420,13 @@ class OutputExecutor:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
-        if outbox.queue(data):
-            self._touched.append(outbox)
-            if self._depth == 0:
-                self.end_now()
+        if outbox.close is None:  # outbox.queue(data), inline: once per reply on a hot path
+            chunks = outbox.chunks
+            chunks.append(data)
+            if len(chunks) == 1:
+                self._touched.append(outbox)
+                if self._depth == 0:
+                    self.end_now()
 
     def close(self, outbox: Outbox | None, close: Close) -> None:
         """Close *outbox*'s connection after what is queued on it."""
