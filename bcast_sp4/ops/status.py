@@ -46,6 +46,10 @@ def _record(record: Any) -> dict[str, Any]:
     return {k: _field(k, v) for k, v in record.items() if k in _SHOWN}
 
 
+#: peers whose last error the board keeps (the most recent; a flood from many ports is not kept whole)
+MAX_PEER_ERRORS = 256
+
+
 class StatusBoard:
     """Builds the status document; an observer of the session manager (:meth:`observe`).
 
@@ -79,7 +83,10 @@ class StatusBoard:
                 codes = [hex16(c) for c in codes]
             elif isinstance(codes, int):
                 codes = [hex16(codes)]
-            self.peer_errors[f"{role} {peer}"] = {
+            errors, key = self.peer_errors, f"{role} {peer}"
+            if errors.pop(key, None) is None and len(errors) >= MAX_PEER_ERRORS:
+                del errors[next(iter(errors))]  # the peer whose last error is the oldest
+            errors[key] = {
                 "role": _role_interface(role)[0], "peer": peer, "event": event, "error_status": codes,
                 "reason": str(fields.get("reason", fields.get("why", ""))) or None, "time": self.clock.seconds(),
             }  # the time made readable when a document is built: a fuzz flood sends an error a message

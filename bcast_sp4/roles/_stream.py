@@ -63,10 +63,12 @@ def socket_writer(transport) -> Callable[[bytes], None] | None:
     Python calls around each ``send``. A request/response server (the ECMG) writes one short reply
     per request into an empty buffer, so this sends it straight away (:func:`direct_writer`).
     """
-    if type(transport) is not tcp.Server or not all(
+    if type(transport) is not tcp.Server or "write" in vars(transport) or not all(
         hasattr(transport, name) for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
     ):
-        return None  # another transport, or a Twisted whose buffer fields moved: its own write
+        # another transport, a write wrapped on this one (a capture, a test's recorder), or a
+        # Twisted whose buffer fields moved: the transport's own write
+        return None
     return direct_writer(transport, transport.socket)
 
 

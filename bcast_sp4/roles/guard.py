@@ -250,13 +250,17 @@ class ConnectionGuard(Service):
         #: refusals and closes by reason, deferred turns (``deferred_turns``), UDP drops
         self.counters: collections.Counter[str] = collections.Counter()
 
+    def startService(self):
+        self.limiter.start()
+        return super().startService()
+
     def stopService(self):
         self.stop()
         return super().stopService()
 
     def stop(self) -> None:
-        """Write the pending log summaries, disarm the reclaim timer."""
-        self.limiter.flush()
+        """Write the pending log summaries (later lines go out unlimited), disarm the reclaim timer."""
+        self.limiter.stop()
         self.reclaimer.stop()
 
     # -- admission -----------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class LogLimiter:
         self._started = 0.0
         #: warnings held back since the limiter was made (all peers, all kinds)
         self.suppressed = 0
+        #: after :meth:`stop` (the role shuts down): every line passes, no window timer is armed
+        self.stopped = False
 
     def allow(self, peer: str, kind: Hashable, what: str = "warnings", level: str = "warn") -> bool:
         """Whether this warning about *peer* may be logged; otherwise it is counted for the summary.
@@ -105,6 +107,8 @@ class LogLimiter:
             (``"invalid messages"``).
         :param level: the level of the lines of this *kind*, and of their summary.
         """
+        if self.stopped:
+            return True
         key = (peer, kind)
         counts = self._counts.get(key)
         if counts is None:
@@ -137,10 +141,20 @@ class LogLimiter:
                      count=held, what=what, peer=peer, seconds=round(seconds, 1))
 
     def flush(self) -> None:
-        """Write the pending summaries now (at shutdown) and stop the window timer."""
+        """Write the pending summaries now and stop the window timer."""
         if self._call is not None:
             self._call.cancel()
             self._end_window()
+
+    def stop(self) -> None:
+        """At shutdown: :meth:`flush`, then let every further line through unlimited, so that the
+        closes of the last connections log without arming a timer on a stopping reactor."""
+        self.flush()
+        self.stopped = True
+
+    def start(self) -> None:
+        """Limit again (a role started after a :meth:`stop`)."""
+        self.stopped = False
 
     def warn(self, log: Logger, peer: str, kind: Hashable, what: str, text: str, **fields: Any) -> None:
         """``log.warn(text, peer=peer, **fields)`` when :meth:`allow` lets it through, fields shortened."""
