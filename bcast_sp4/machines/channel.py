@@ -273,13 +273,10 @@ class ServerChannelState(enum.Enum):
     CHANNEL_OPEN = "CHANNEL_OPEN"
 
 
-Handler = Callable[[Any, float, "float | None"], list[Output]]
-
-
 class ServerChannel(InvalidCounting):
     """The server end of one TCP connection carrying one channel (see the module docstring).
 
-    Subclasses set :attr:`INTERFACE`, pass their role's handlers to ``__init__`` and implement
+    Subclasses set :attr:`INTERFACE` and :attr:`HANDLERS` (message class -> method name) and implement
     :meth:`channel_error`, :meth:`stream_error`, :meth:`_channel_status`, :meth:`_stream_status`
     and :meth:`_free_channel`; :meth:`_sender_ids` / :meth:`_check_sender` when the interface
     names the sender in every message (EMMG<=>MUX client_id).
@@ -288,8 +285,35 @@ class ServerChannel(InvalidCounting):
     """
 
     INTERFACE: ClassVar[ChannelInterface]
+    #: the role's own messages: message class -> name of the method that handles it
+    HANDLERS: ClassVar[dict[type[Message], str]] = {}
+    #: per class: message class -> the handling function (made once, on first use)
+    _table: ClassVar[dict[type[Message], Callable[..., list[Output]]] | None] = None
 
-    def __init__(self, config: Any, handlers: dict[type[Message], Handler]) -> None:
+    @classmethod
+    def _dispatch_table(cls) -> dict[type[Message], Callable[..., list[Output]]]:
+        """Functions, not bound methods: a per-connection dict of bound methods is a reference
+        cycle (connection -> dict -> method -> connection) that kept every closed connection
+        until the cyclic collector ran, and ~1.4 KB each (issue #13: memory after a flood)."""
+        table = cls.__dict__.get("_table")
+        if table is None:
+            messages = cls.INTERFACE.messages
+            names = {
+                messages.ChannelTest: "_channel_test",
+                messages.ChannelClose: "_channel_close",
+                messages.StreamTest: "_stream_test",
+                messages.ChannelStatus: "_peer_status",
+                messages.StreamStatus: "_peer_status",
+                messages.ChannelError: "_peer_error",
+                messages.StreamError: "_peer_error",
+                **{kind: "_wrong_direction" for kind in cls.INTERFACE.server_only},
+                **cls.HANDLERS,
+            }
+            table = {kind: getattr(cls, name) for kind, name in names.items()}
+            cls._table = table
+        return table
+
+    def __init__(self, config: Any) -> None:
         self.config = config
         self.state = ServerChannelState.NO_CHANNEL
         self.channel_id: int | None = None
@@ -297,18 +321,7 @@ class ServerChannel(InvalidCounting):
         self.streams: dict[int, Any] = {}
         self.invalid_in_a_row = 0
         self._now: float | None = None
-        messages = self.INTERFACE.messages
-        self._handlers: dict[type[Message], Handler] = {
-            messages.ChannelTest: self._channel_test,
-            messages.ChannelClose: self._channel_close,
-            messages.StreamTest: self._stream_test,
-            messages.ChannelStatus: self._peer_status,
-            messages.StreamStatus: self._peer_status,
-            messages.ChannelError: self._peer_error,
-            messages.StreamError: self._peer_error,
-            **{cls: self._wrong_direction for cls in self.INTERFACE.server_only},
-            **handlers,
-        }
+        self._handlers = self._dispatch_table()
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -345,7 +358,7 @@ class ServerChannel(InvalidCounting):
                 message_version=item.protocol_version,
             )
         try:
-            return self._handlers[type(item)](item, now, received_at)
+            return self._handlers[type(item)](self, item, now, received_at)
         except Exception as exc:  # our bug or a collaborator's: answer it, keep the channel
             return self._internal_error(item, exc)
 

@@ -132,17 +132,15 @@ class ECMGConnection(ServerChannel):
     """The ECMG end of one TCP connection (one ECM channel)."""
 
     INTERFACE = ECMG_SCS_CHANNEL
+    HANDLERS = {
+        m.ChannelSetup: "_channel_setup",
+        m.StreamSetup: "_stream_setup",
+        m.StreamCloseRequest: "_stream_close_request",
+        m.CWProvision: "_cw_provision",
+    }
 
     def __init__(self, resources: ECMGResources, source: ECMSource) -> None:
-        super().__init__(
-            resources.config,
-            {
-                m.ChannelSetup: self._channel_setup,
-                m.StreamSetup: self._stream_setup,
-                m.StreamCloseRequest: self._stream_close_request,
-                m.CWProvision: self._cw_provision,
-            },
-        )
+        super().__init__(resources.config)
         self.resources = resources
         self.source = source
         self.super_CAS_id: int | None = None

@@ -31,9 +31,9 @@ Rules (times from :class:`Limits`; 0 turns a timeout off):
   ``channel_test_timeout``.
 
 * **Memory return** (:class:`Reclaimer`): a closed connection is freed by reference counting (the
-  protocol, its framer and buffer; the ECMG and MUX machines still hold a small cycle of their own
-  bound methods). When many connections or many buffered bytes have gone (a flood ended), once
-  they stopped going, the process runs a full garbage collection (those cycles, and the free lists
+  protocol, its framer and buffer, and the ECMG and MUX machines, whose message dispatch is a
+  per-class table of functions). When many connections or many buffered bytes have gone (a flood
+  ended), once they stopped going, the process runs a full garbage collection (any cycles, the free lists
   of the interpreter, whose cached objects keep allocator pools in use) and asks the C allocator
   to give free pages back to the system (glibc ``malloc_trim``). Measured with
   ``benchmarks/robustness.py`` (issue #13), what stays after a flood of 2,000 idle connections is

@@ -171,9 +171,10 @@ class MiniServer(ServerChannel):
     """An EMMG<=>MUX server channel with no rules of its own: setup opens, stream_setup adds."""
 
     INTERFACE = EMMG_MUX_CHANNEL
+    HANDLERS = {emmg_mux.ChannelSetup: "_setup", emmg_mux.StreamSetup: "_stream_setup"}
 
     def __init__(self, limit=0):
-        super().__init__(Limits(limit), {emmg_mux.ChannelSetup: self._setup, emmg_mux.StreamSetup: self._stream_setup})
+        super().__init__(Limits(limit))
         self.client_id = None
         self.freed = []
 
@@ -333,3 +334,23 @@ def test_connection_lost_frees_an_open_channel_only():
     server = opened()
     server.receive(emmg_mux.StreamSetup(protocol_version=3, data_stream_id=4, data_id=9, data_type=0, **IDS), 0.0)
     assert notices(server.connection_lost(3.0), "channel_closed") and server.freed == [("connection_lost", 3.0, 1)]
+
+
+def test_a_server_channel_is_freed_by_reference_counting_alone():
+    """The dispatch table holds functions per class, not bound methods per connection: a closed
+    connection's machine goes with its last reference, without the cyclic collector."""
+    import gc
+    import weakref
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        server = MiniServer()
+        server.receive(emmg_mux.ChannelTest(protocol_version=3, client_id=1, data_channel_id=1), 0.0)
+        gone = weakref.ref(server)
+        del server
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()
+    assert MiniServer._dispatch_table()[emmg_mux.ChannelSetup] is MiniServer._setup

@@ -92,18 +92,16 @@ class MuxConnection(ServerChannel):
     """The MUX end of one TCP connection (one data channel)."""
 
     INTERFACE = EMMG_MUX_CHANNEL
+    HANDLERS = {
+        m.ChannelSetup: "_channel_setup",
+        m.StreamSetup: "_stream_setup",
+        m.StreamCloseRequest: "_stream_close_request",
+        m.StreamBWRequest: "_stream_bw_request",
+        m.DataProvision: "_data_provision",
+    }
 
     def __init__(self, core: MuxCore, peer_host: str | None = None) -> None:
-        super().__init__(
-            core.config,
-            {
-                m.ChannelSetup: self._channel_setup,
-                m.StreamSetup: self._stream_setup,
-                m.StreamCloseRequest: self._stream_close_request,
-                m.StreamBWRequest: self._stream_bw_request,
-                m.DataProvision: self._data_provision,
-            },
-        )
+        super().__init__(core.config)
         self.core = core
         #: the TCP peer's address: by default UDP for this connection's client_id must come from it
         self.peer_host = peer_host
