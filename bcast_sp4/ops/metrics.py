@@ -94,6 +94,11 @@ def hex16(value: int) -> str:
     return f"{value:#06x}"
 
 
+
+#: channel_setups whose Super_CAS_id labels the ECM_response latency (4x the default
+#: max_connections: one per live channel, and the oldest of a connection flood's go first)
+MAX_CHANNELS_REMEMBERED = 8192
+
 class _Collector:
     """The registry's view of :class:`Metrics`: every source's samples grouped into families."""
 
@@ -258,9 +263,10 @@ class Metrics:
                 super_cas_id = self._channels.get((role, peer, message.ECM_channel_id), 0)
                 self.latency.observe(role, super_cas_id, now - start if now > start else 0.0)
         elif special == self._CHANNEL_SETUP:
-            self._channels[(role, peer, message.ECM_channel_id)] = message.Super_CAS_id
-            if len(self._channels) > 100_000:
-                self._channels.clear()
+            channels, key = self._channels, (role, peer, message.ECM_channel_id)
+            if channels.pop(key, None) is None and len(channels) >= MAX_CHANNELS_REMEMBERED:
+                del channels[next(iter(channels))]  # the oldest channel_setup: its connection is long gone
+            channels[key] = message.Super_CAS_id
 
     def _remember(self, key: tuple, now: float) -> None:
         pending = self._pending
