@@ -54,7 +54,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         self.outbox.lost()
         self.stop_watch()
         self.run(self.machine.connection_lost())
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        self.log_connection("closed", "connection from {peer} closed")
 
 
 class ECMGFactory(ServerFactory):

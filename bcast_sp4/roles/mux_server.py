@@ -30,7 +30,7 @@ from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, EmitMany, MuxConnection, MuxCore, RouteKey
 from ..machines.outputs import Output
 from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
-from ._stream import ServerFactory, SimulCryptStreamProtocol
+from ._stream import ServerFactory, SimulCryptStreamProtocol, bare
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
@@ -204,6 +204,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
     """One EMMG/PDG (or SCS) TCP connection."""
 
     interface = Interface.EMMG_MUX
+    #: replies leave before the reactor's next turn: written at the next turn's write phase, a
+    #: reply (a channel_test's channel_status) waited behind another peer's whole turn first
+    write_through = True
 
     def __init__(self, factory: "MuxFactory") -> None:
         super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
@@ -242,7 +245,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
         self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        self.log_connection("closed", "connection from {peer} closed")
 
 
 class MuxFactory(ServerFactory):
@@ -319,7 +322,7 @@ class MuxDatagramProtocol(DatagramProtocol):
             try:
                 item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
             except PeerProtocolError as exc:
-                item = exc
+                item = bare(exc)  # no reference cycle left per invalid datagram
             outputs = core.receive_udp(item, now, addr[0])
         if outputs:
             if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
@@ -373,7 +376,7 @@ class MuxDatagramProtocol(DatagramProtocol):
         try:
             item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
         except PeerProtocolError as exc:
-            item = exc
+            item = bare(exc)  # no reference cycle left per invalid datagram
         outputs = self.core.receive_udp(item, now, source)
         if outputs:
             self.play_out.execute(outputs)

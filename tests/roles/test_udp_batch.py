@@ -105,3 +105,50 @@ def test_non_posix_reactor_falls_back_to_listen_udp():
     (port,) = reactor.udp
     assert listening is port
     assert (port.port, port.protocol, port.interface, port.max_packet_size) == (4000, protocol, "127.0.0.1", 65536)
+
+
+def test_a_wake_up_stops_reading_once_its_turn_time_has_passed(reactor):
+    """With a turn_time the socket is read in batches; past the time no further batch is read in
+    that wake-up (the rest stays in the socket for the next one); after the first batch (*chunk*
+    datagrams) each is sized to the time left at the pace so far."""
+    now = [0.0]
+
+    class Slow(Recorder):
+        def datagramsReceived(self, batch):
+            super().datagramsReceived(batch)
+            now[0] += 0.00005 * len(batch)  # 50 us a datagram
+
+    protocol = Slow()
+    port = BatchUDPPort(0, protocol, "127.0.0.1", 8192, reactor, batch=512, turn_time=0.001, chunk=8,
+                        clock=lambda: now[0])
+    port.startListening()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.connect(("127.0.0.1", port.getHost().port))
+        for k in range(50):
+            sender.send(b"d%d" % k)
+        per_wake_up = []
+        while sum(per_wake_up) < 50 and len(per_wake_up) < 100:
+            readable, _, _ = select.select([port.socket], [], [], 1.0)
+            if readable:
+                before = sum(len(b) for b in protocol.batches)
+                port.doRead()
+                per_wake_up.append(sum(len(b) for b in protocol.batches) - before)
+        received = [data for batch in protocol.batches for data, _addr in batch]
+        assert received == [b"d%d" % k for k in range(50)]
+        assert len(protocol.batches[0]) == 8
+        # 8 datagrams took 0.4 ms: the next batch is the 12 that fit the 0.6 ms left, then the
+        # time is up (loopback delivers each datagram within its send: the first wake-up finds all 50)
+        assert per_wake_up[0] == 20 and len(protocol.batches[1]) == 12
+        assert max(per_wake_up) <= 20 and len(per_wake_up) >= 3
+    finally:
+        sender.close()
+        port.stopListening()
+
+
+def test_without_a_turn_time_one_wake_up_reads_up_to_the_budget_in_one_batch(reactor):
+    protocol = Recorder()
+    port = BatchUDPPort(0, protocol, "127.0.0.1", 8192, reactor, batch=512, turn_time=None, chunk=8)
+    assert port.chunk == 512
+    with pytest.raises(ValueError):
+        BatchUDPPort(0, protocol, "127.0.0.1", 8192, reactor, turn_time=0.001, chunk=0)
