@@ -18,6 +18,10 @@ Two kinds of run against the same ECMG, each beside a baseline measured in the s
   canned ECM_response (no decode, no machine, no crypto), driven with the same throughput and the
   same paced load: the loopback + framework floor, measured now, on this machine.
 
+``--breakdown`` times the steps of one CW_provision in this process; ``--instructions`` counts
+their instructions under valgrind's callgrind instead (with ``--compare``, also another tree's):
+a figure that does not move with the machine's load, for before/after on a busy machine.
+
 Server CPU comes from /proc/<pid>/task/*/schedstat (nanoseconds; /proc/<pid>/stat ticks where
 that is missing). Every figure is a median over --runs runs; within a run the baseline and the
 modes take turns. Only 127.0.0.1; every loop is bounded in time.
@@ -29,6 +33,7 @@ import argparse
 import gc
 import os
 import selectors
+import shutil
 import socket
 import statistics
 import struct
@@ -387,6 +392,38 @@ def paced(port: int, pid: int, streams: int, period: float, seconds: float, base
 # -- where one STKM's CPU goes, in this process ------------------------------------------------
 
 
+def in_process_ecmg():
+    """The ECMG as ``twistd bcast-ecmg`` builds it (``tap.ecmg.build_service``, 100 paced streams a
+    mode) on a memory reactor: ``(factory, crypto builders)``."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from bcast_sp4.config import load_ecmg_settings, load_keyfile
+    from bcast_sp4.tap.ecmg import build_service
+
+    work = Path(tempfile.mkdtemp(prefix="bcast-ecmg-breakdown-"))
+    config = write_config(work, 0, 100)
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    return build_service(load_ecmg_settings(config), load_keyfile(work / "keys.toml"), reactor).factory, crypto_builders()
+
+
+def mode_connection(factory, channel: int, mode: str):
+    """One protocol of *factory* on a ``StringTransport`` with a channel of *mode* and 100 streams:
+    ``(protocol, transport, frames)``, frames = 8 CW_provisions a stream (consecutive CPs)."""
+    from twisted.internet.testing import StringTransport
+
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(m.ChannelSetup(ECM_channel_id=channel, Super_CAS_id=MODES[mode]).encode())
+    for stream_id in range(1, 101):
+        protocol.dataReceived(m.StreamSetup(ECM_channel_id=channel, ECM_stream_id=stream_id,
+                                            ECM_id=PACED_ECM_IDS + stream_id - 1, nominal_CP_duration=20).encode())
+    frames = [frame for s in range(1, 101) for _, frame in provision_frames(channel, s, 8, mode)]
+    transport.clear()
+    return protocol, transport, frames
+
+
 def breakdown(modes: list[str], seconds: float = 0.05) -> None:
     """CPU µs per CW_provision of each step the ECMG takes, measured in this process.
 
@@ -399,19 +436,9 @@ def breakdown(modes: list[str], seconds: float = 0.05) -> None:
     ``dataReceived`` is timed the same way. Server CPU per STKM in a paced run minus the whole
     ``dataReceived`` is the reactor and the socket calls.
     """
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.internet.testing import StringTransport
 
-    from bcast_sp4.config import load_keyfile
-    from bcast_sp4.config import load_ecmg_settings
-    from bcast_sp4.tap.ecmg import build_service
-
-    work = Path(tempfile.mkdtemp(prefix="bcast-ecmg-breakdown-"))
-    config = write_config(work, 0, 100)
-    reactor = MemoryReactorClock()
-    reactor.advance(time.time())
-    service = build_service(load_ecmg_settings(config), load_keyfile(work / "keys.toml"), reactor)
-    factory = service.factory
-    builders = crypto_builders()
+    factory, builders = in_process_ecmg()
 
     def per_call(fn) -> float:  # the least of 15 timing runs: the step's own cost on a shared machine
         once = min(timeit.repeat(fn, number=20, repeat=3, timer=time.process_time)) / 20
@@ -422,15 +449,7 @@ def breakdown(modes: list[str], seconds: float = 0.05) -> None:
     print(f"  {'mode':<10}{'dataReceived':>13}{'Framer.feed':>12}{'decode':>8}{'receive':>9}{'generate':>10}"
           f"{'build':>7}{'encode':>8}   (receive = machine + generate; generate = source + build)")
     for channel, mode in enumerate(modes, start=1):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(m.ChannelSetup(ECM_channel_id=channel, Super_CAS_id=MODES[mode]).encode())
-        for stream_id in range(1, 101):
-            protocol.dataReceived(m.StreamSetup(ECM_channel_id=channel, ECM_stream_id=stream_id,
-                                                ECM_id=PACED_ECM_IDS + stream_id - 1, nominal_CP_duration=20).encode())
-        frames = [frame for s in range(1, 101) for _, frame in provision_frames(channel, s, 8, mode)]
-        transport.clear()
+        protocol, transport, frames = mode_connection(factory, channel, mode)
         cursor = iter(range(1 << 62))
 
         def whole() -> None:
@@ -452,7 +471,7 @@ def breakdown(modes: list[str], seconds: float = 0.05) -> None:
         factory.source.generate = real_generate
         transport.clear()
         machine = protocol.machine
-        now = reactor.seconds()
+        now = factory.clock.seconds()
         row = {
             "dataReceived": per_call(whole),
             "Framer.feed": per_call(lambda: framer.feed(frames[5])),
@@ -478,6 +497,83 @@ def breakdown(modes: list[str], seconds: float = 0.05) -> None:
         bare.transport.clear()
 
     print(f"  {'bare':<10}{per_call(bare_call):>13.1f}   (the baseline server's dataReceived: framing + one canned write)")
+
+
+# -- instructions per CW_provision, under valgrind --------------------------------------------
+
+_MARK = os.getppid  # a call the child makes between its loops: callgrind dumps its counts there
+
+
+def instructions_child(modes: list[str], calls: int) -> None:
+    """Under callgrind: per mode, loops of *calls* each (whole ``dataReceived``, ``wire.decode``,
+    the adapter's ``handle`` = machine + source + build, the build function, an empty loop, the
+    bare server's ``dataReceived``), a :data:`_MARK` call before and after each."""
+    factory, builders = in_process_ecmg()
+    bare = baseline_protocol()
+    from twisted.internet.testing import StringTransport
+
+    bare.makeConnection(StringTransport())
+    for channel, mode in enumerate(modes, start=1):
+        protocol, transport, frames = mode_connection(factory, channel, mode)
+        for frame in frames:  # warm: every stream has made STKMs; then the same frames again
+            protocol.dataReceived(frame)
+            if transport.value()[1:3] != b"\x02\x02":
+                raise SystemExit(f"instructions: {mode} answered {wire.decode(transport.value())}")
+            transport.clear()
+        messages = [wire.decode(frame) for frame in frames]
+        n, build, now = len(frames), builders[mode], factory.clock.seconds()
+        data_received, clear, handle = protocol.dataReceived, transport.clear, protocol.handle
+        _MARK()
+        for i in range(calls):
+            data_received(frames[i % n])
+            clear()
+        _MARK()
+        for i in range(calls):
+            wire.decode(frames[i % n], wire.Interface.ECMG_SCS)
+        _MARK()
+        for i in range(calls):
+            handle(messages[i % n], now, now)
+        _MARK()
+        for i in range(calls):
+            build()
+        _MARK()
+        for i in range(calls):
+            pass
+        _MARK()
+        for i in range(calls):
+            bare.dataReceived(frames[i % n])
+            bare.transport.clear()
+        _MARK()
+        protocol.connectionLost(None)
+
+
+def instructions(modes: list[str], calls: int, trees: list[Path | None]) -> None:
+    """Instructions per CW_provision, counted by valgrind's callgrind: the same on a loaded machine
+    as on a quiet one (not time: the kernel, the reactor and cache misses are not in them). Per mode:
+    the whole ``dataReceived``, its parts, and ``whole / (bare + 1.5 x build)``, the in-process
+    analogue of the paced target; per tree (``None``: this one) in a child process each."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (scripts/bootstrap installs it)")
+    print(f"instructions: thousands per CW_provision under callgrind, {calls} calls a loop, in this process's code paths")
+    print(f"  {'mode':<16}{'whole':>8}{'adapter':>9}{'decode':>8}{'machine+source':>16}{'build':>7}{'bare':>6}"
+          f"{'ratio':>7}   ratio = whole / (bare + 1.5 x build); adapter = whole - decode - handle")
+    for tree in trees:
+        work = Path(tempfile.mkdtemp(prefix="bcast-ecmg-instructions-"))
+        env = dict(os.environ, BCAST_SP4_BENCH_CODE=str(tree or ROOT))
+        subprocess.run([valgrind, "--tool=callgrind", "--dump-before=os_getppid", f"--callgrind-out-file={work}/cg.out",
+                        sys.executable, __file__, "--instructions-child", ",".join(modes), "--calls", str(calls)],
+                       env=env, capture_output=True, timeout=3600, check=True)
+        parts = sorted(work.glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))
+        totals = [int(next(line.split()[1] for line in f.read_text().splitlines() if line.startswith("summary:")))
+                  for f in parts]
+        loops = totals[1:]  # the first dump is everything before the first mark
+        for index, mode in enumerate(modes):
+            whole, decode, handle, build, empty, bare = loops[7 * index: 7 * index + 6]
+            whole, decode, handle, build, bare = ((x - empty) / calls / 1000 for x in (whole, decode, handle, build, bare))
+            name = mode + (f" [{trees.index(tree)}]" if len(trees) > 1 else "")
+            print(f"  {name:<16}{whole:>8.1f}{whole - decode - handle:>9.1f}{decode:>8.1f}{handle - build:>16.1f}"
+                  f"{build:>7.1f}{bare:>6.1f}{whole / (bare + 1.5 * build):>7.2f}", flush=True)
 
 
 # -- the crypto cost of one STKM, in this process ---------------------------------------------
@@ -547,6 +643,11 @@ def main() -> int:
     parser.add_argument("--compare", type=Path, metavar="TREE",
                         help="also run the paced modes against an ECMG from another source tree (e.g. an export of an "
                              "older commit), turn by turn with this one, for before/after figures in the same run")
+    parser.add_argument("--instructions", action="store_true",
+                        help="only instructions per CW_provision of each in-process step, counted under valgrind "
+                             "(deterministic on a loaded machine; with --compare, also for that tree)")
+    parser.add_argument("--calls", type=int, default=300, help="calls per counted loop (--instructions)")
+    parser.add_argument("--instructions-child", metavar="MODES", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--crypto-only", metavar="MODE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -559,8 +660,14 @@ def main() -> int:
     modes = [mode for mode in args.modes.split(",") if mode]
     if any(mode not in MODES for mode in modes):
         parser.error(f"--modes: choose from {', '.join(MODES)}")
+    if args.instructions_child:
+        instructions_child(args.instructions_child.split(","), args.calls)
+        return 0
     if args.breakdown:
         breakdown(modes)
+        return 0
+    if args.instructions:
+        instructions(modes, args.calls, [None] + ([args.compare.resolve()] if args.compare is not None else []))
         return 0
     throughput_streams = args.channels * args.streams * (args.runs + 1) + 1000 * args.streams
     if throughput_streams > PACED_ECM_IDS or PACED_ECM_IDS + args.paced_streams > 0x10000:
