@@ -554,7 +554,7 @@ def instructions(modes: list[str], calls: int, trees: list[Path | None]) -> None
     analogue of the paced target; per tree (``None``: this one) in a child process each."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
-        raise SystemExit("--instructions needs valgrind (scripts/bootstrap installs it)")
+        raise SystemExit("--instructions needs valgrind (scripts/bootstrap bench installs it)")
     print(f"instructions: thousands per CW_provision under callgrind, {calls} calls a loop, in this process's code paths")
     print(f"  {'mode':<16}{'whole':>8}{'adapter':>9}{'decode':>8}{'machine+source':>16}{'build':>7}{'bare':>6}"
           f"{'ratio':>7}   ratio = whole / (bare + 1.5 x build); adapter = whole - decode - handle")
