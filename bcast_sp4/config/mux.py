@@ -16,6 +16,10 @@ from .limits import Limits, TLSSettings, check_tls_endpoint, read_limits, read_t
 from .ops import read_metrics
 
 
+#: ``[mux] udp_receive_buffer`` when absent: 4 MiB asked (Linux grants twice what it allows, see docs/config.md)
+DEFAULT_UDP_RECEIVE_BUFFER = 4 << 20
+
+
 @attrs.frozen(kw_only=True)
 class MuxSettings:
     """Everything ``bcast-mux`` needs."""
@@ -31,6 +35,7 @@ class MuxSettings:
     limits: Limits = Limits()
     tls: TLSSettings | None = None
     metrics: str | None = None  # [metrics] endpoint
+    udp_receive_buffer: int = DEFAULT_UDP_RECEIVE_BUFFER  # bytes asked for the UDP port (0: the kernel's default)
 
 
 def load_mux_settings(path: str | Path) -> MuxSettings:
@@ -43,6 +48,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     top = root.sub("mux", required=True)
     endpoint = top.string("endpoint", "tcp:5000:interface=127.0.0.1")
     udp = top.udp_listen("udp", None)
+    udp_receive_buffer = top.integer("udp_receive_buffer", DEFAULT_UDP_RECEIVE_BUFFER, 0, 1 << 30)
     versions = top.int_list("versions", [2, 3, 4, 5], (1, 2, 3, 4, 5),
                             " (1 only for peers sending data_id in v1, a tolerated deviation)")
     max_length = top.integer("max_message_length", MAX_MESSAGE_LENGTH, HEADER_SIZE, MAX_MESSAGE_LENGTH)
@@ -162,6 +168,7 @@ def load_mux_settings(path: str | Path) -> MuxSettings:
     return MuxSettings(
         endpoint=endpoint,
         udp=udp,
+        udp_receive_buffer=udp_receive_buffer,
         mux=MuxConfig(clients=clients, limits=MuxLimits(**limits, udp_sources=udp_sources), **kwargs),
         egress_interface=egress_interface,
         max_message_length=max_length,

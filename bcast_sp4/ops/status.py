@@ -46,6 +46,10 @@ def _record(record: Any) -> dict[str, Any]:
     return {k: _field(k, v) for k, v in record.items() if k in _SHOWN}
 
 
+#: peers whose last error the board keeps (the most recent; a flood from many ports is not kept whole)
+MAX_PEER_ERRORS = 256
+
+
 class StatusBoard:
     """Builds the status document; an observer of the session manager (:meth:`observe`).
 
@@ -79,10 +83,13 @@ class StatusBoard:
                 codes = [hex16(c) for c in codes]
             elif isinstance(codes, int):
                 codes = [hex16(codes)]
-            self.peer_errors[f"{role} {peer}"] = {
+            errors, key = self.peer_errors, f"{role} {peer}"
+            if errors.pop(key, None) is None and len(errors) >= MAX_PEER_ERRORS:
+                del errors[next(iter(errors))]  # the peer whose last error is the oldest
+            errors[key] = {
                 "role": _role_interface(role)[0], "peer": peer, "event": event, "error_status": codes,
-                "reason": str(fields.get("reason", fields.get("why", ""))) or None, "time": iso_utc(self.clock.seconds()),
-            }
+                "reason": str(fields.get("reason", fields.get("why", ""))) or None, "time": self.clock.seconds(),
+            }  # the time made readable when a document is built: a fuzz flood sends an error a message
 
     def document(self) -> dict[str, Any]:
         now = self.clock.seconds()
@@ -106,7 +113,7 @@ class StatusBoard:
         for (super_cas_id, ecm_id), (cp, at) in sorted(self.stkms.items()):
             doc["stkms"].append({"super_CAS_id": hex32(super_cas_id), "ECM_id": hex16(ecm_id), "last_CP_number": cp,
                                  "last_stkm_time": iso_utc(at)})
-        doc["peer_errors"] = list(self.peer_errors.values())
+        doc["peer_errors"] = [dict(error, time=iso_utc(error["time"])) for error in self.peer_errors.values()]
         for name, build in self.sections:
             doc[name] = build()
         return doc

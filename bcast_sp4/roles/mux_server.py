@@ -3,13 +3,20 @@
 Adapters only (STYLE §4): :class:`MuxProtocol` feeds one TCP connection to a
 :class:`~bcast_sp4.machines.mux.MuxConnection`; :class:`MuxDatagramProtocol` feeds UDP
 data_provision to :meth:`MuxCore.receive_udp`; :class:`PlayOut` executes :class:`Emit` outputs on
-one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set), runs :meth:`MuxCore.tick` when
+one connected UDP socket per route (IPv4 or IPv6, unicast or multicast, TTL / hop limit set),
+:class:`EmitMany` ones with UDP GSO where the kernel has it (:mod:`.udp_gso`), runs :meth:`MuxCore.tick` when
 input made something due and at :meth:`MuxCore.next_wakeup` (one keyed ``IDelayedCall``), and
 routes :class:`Deliver` outputs to the connection they name. :class:`MuxServer` ties them together
 and offers :meth:`MuxServer.submit_stkm`, the in-process STKM path for a co-located SCS.
 
 A socket error on play-out is not silent: the datagram is counted as dropped (``egress_error``) and
 logged through the core's drop reports.
+
+Hot paths (issue #9), each taking only what the full path would accept as it is and handing
+everything else to it: on UDP, consecutive datagrams of the usual shape (:func:`parse_usual_udp`)
+with the same header and sender are one run, judged once (:meth:`MuxCore.receive_udp_runs`); on
+TCP, consecutive usual data_provisions (:func:`parse_usual_tcp`) with the same header likewise
+(:meth:`MuxConnection.data_run`). Unthrottled, a run leaves as one :class:`EmitMany`.
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from twisted.python.failure import Failure
 
 from ..machines.channel import ServerChannelState
 from ..machines.mux import Deliver, Emit, EmitMany, MuxConnection, MuxCore, RouteKey
-from ..machines.outputs import Output
+from ..machines.outputs import Close, Output
 from ..wire import VERSION_GROUPS, Deviation, Interface, Message, PeerProtocolError, decode_datagram, emmg_mux
-from ._stream import ServerFactory, SimulCryptStreamProtocol
+from ._stream import ServerFactory, SimulCryptStreamProtocol, bare
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 from .log_limit import LogLimiter
+from .udp_gso import SegmentedSender
 
 log = Logger()
 _V1_TOLERATED = frozenset({Deviation.V1_DATA_ID})
@@ -95,6 +103,8 @@ class PlayOut(Service):
         self.multicast_interface6 = multicast_interface6
         self.ports: dict[RouteKey, object] = {}
         self.sockets: dict[RouteKey, socket.socket] = {}
+        #: per route: its socket's sender of many datagrams (UDP GSO where the kernel has it)
+        self.senders: dict[RouteKey, SegmentedSender] = {}
         self.protocols: dict[MuxConnection, SimulCryptStreamProtocol] = {}
         self._wake_at: float | None = None
         self.executor = OutputExecutor(
@@ -120,6 +130,7 @@ class PlayOut(Service):
             set_hop_limit(sock, cfg.ipv6, cfg.multicast, cfg.ttl, self.interface, index6)
             self.ports[key] = port
             self.sockets[key] = sock
+            self.senders[key] = SegmentedSender(sock, cfg.ipv6)
             self.log.info(
                 "route client_id={client_id:#010x} {kind} {data_id} -> {host}:{port} ttl={ttl}",
                 client_id=key[0], kind=cfg.kind.value, data_id=key[1], host=cfg.destination[0], port=cfg.destination[1],
@@ -133,6 +144,7 @@ class PlayOut(Service):
         self._wake_at = None
         ports, self.ports = self.ports, {}
         self.sockets = {}
+        self.senders = {}
         for port in ports.values():
             port.stopListening()
 
@@ -181,19 +193,22 @@ class PlayOut(Service):
             self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
 
     def emit_many(self, output: EmitMany) -> None:
-        """Send each datagram of *output* on its route's socket, in order (failures as in :meth:`emit`)."""
-        sock = self.sockets.get(output.route)
-        if sock is None:
+        """Send the datagrams of *output* on its route's socket, in order: runs of one size as one
+        UDP GSO send where the kernel can (:mod:`.udp_gso`); failures as in :meth:`emit`, one per datagram."""
+        route = output.route
+        sender = self.senders.get(route)
+        if sender is None:
             for _ in output.payloads:
-                self.execute(self.core.egress_failed(output.route, "not started", self.clock.seconds()))
+                self.execute(self.core.egress_failed(route, "not started", self.clock.seconds()))
             return
-        send = sock.send
-        for payload in output.payloads:
-            try:
-                send(payload)
-            except OSError as exc:
-                reason = errno.errorcode.get(exc.errno, str(exc.errno))
-                self.execute(self.core.egress_failed(output.route, reason, self.clock.seconds()))
+        enabled = sender.enabled
+        failures = sender.send_all(output.payloads)
+        if enabled and not sender.enabled:
+            self.log.info("route client_id={client_id:#010x} data_id={data_id}: UDP segmentation offload off ({error})",
+                          client_id=route[0], data_id=route[1], error=sender.disabled_by)
+        for exc in failures:
+            reason = errno.errorcode.get(exc.errno, str(exc.errno))
+            self.execute(self.core.egress_failed(route, reason, self.clock.seconds()))
 
     def execute(self, outputs: Iterable[Output]) -> None:
         """Carry out core outputs (Emit, EmitMany, Deliver, Notify) through the executor."""
@@ -204,6 +219,9 @@ class MuxProtocol(SimulCryptStreamProtocol):
     """One EMMG/PDG (or SCS) TCP connection."""
 
     interface = Interface.EMMG_MUX
+    #: replies leave before the reactor's next turn: written at the next turn's write phase, a
+    #: reply (a channel_test's channel_status) waited behind another peer's whole turn first
+    write_through = True
 
     def __init__(self, factory: "MuxFactory") -> None:
         super().__init__(factory.play_out.executor, factory.max_message_length, factory.guard)
@@ -233,8 +251,66 @@ class MuxProtocol(SimulCryptStreamProtocol):
         return self.machine.receive(item, now)
 
     def handle_frames(self, frames: list, received_at: float) -> int:
-        handled = super().handle_frames(frames, received_at)
+        handled = self._handle_frames(frames, received_at)
         self.play_out.kick()
+        return handled
+
+    def _handle_frames(self, frames: list, received_at: float) -> int:
+        """The base's :meth:`handle_frames`, except for runs of data_provisions of the usual TCP shape
+        (:func:`parse_usual_tcp`) with the same 35 header bytes: one judgement per run
+        (:meth:`MuxConnection.data_run`), no full decode; a run the machine does not take as it is
+        goes to the base like any other frame. The guard's turn time is checked after each run."""
+        if self.outbox.closing:
+            return super().handle_frames(frames, received_at)  # nothing is handled any more
+        n = len(frames)
+        handled = start = i = 0  # frames[start:i]: not of the usual shape, for the base
+        machine, clock = self.machine, self.clock
+        while i < n:
+            frame = frames[i]
+            ids = parse_usual_tcp(frame) if type(frame) is bytes else None
+            if ids is None:
+                i += 1
+                continue
+            if i > start:
+                done = super().handle_frames(frames[start:i], received_at)
+                handled += done
+                if self.outbox.closing:
+                    return n  # nothing more is handled on this connection (as the base answers)
+                if done < i - start:
+                    return handled
+            head, size = frame[:_TCP_SHAPE_SIZE], len(frame)
+            j = i + 1
+            while j < n and type(frames[j]) is bytes and len(frames[j]) == size and frames[j].startswith(head):
+                j += 1
+            now = clock.seconds()
+            try:
+                outputs = machine.data_run(*ids, [f[_TCP_SHAPE_SIZE:] for f in frames[i:j]], now)
+            except Exception:  # our bug, not the peer's: as the base does, log it and drop this connection
+                self.log.failure("unhandled error handling data_provisions from {peer}", Failure(), peer=self.peer)
+                self.executor.run(_INTERNAL_ERROR, now, self.reply_outbox)
+                self._closing_watch()
+                return n
+            if outputs is None:
+                done = super().handle_frames(frames[i:j], received_at)
+            else:
+                meter = self.executor.meter
+                if meter is not None:
+                    for _ in range(j - i):
+                        meter.message_received(self.executor.role, self.outbox.peer, _DATA_PROVISION, received_at)
+                if outputs:
+                    self.executor.run(outputs, now, self.reply_outbox)
+                done = j - i
+            handled += done
+            if self.outbox.closing:
+                return n
+            if done < j - i:
+                return handled
+            start = i = j
+            deadline = self.watch.deadline if self.watch is not None else None
+            if deadline is not None and clock.seconds() > deadline and i < n:
+                return handled  # the turn's time is up: the guard keeps the rest for the next turn
+        if start < n:
+            handled += super().handle_frames(frames[start:], received_at)
         return handled
 
     def connectionLost(self, reason: Failure) -> None:
@@ -242,7 +318,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
         self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        self.log_connection("closed", "connection from {peer} closed")
 
 
 class MuxFactory(ServerFactory):
@@ -267,6 +343,42 @@ class MuxFactory(ServerFactory):
 _UDP_SHAPE = struct.Struct(">BHHHHIHHHHH")
 _UDP_SHAPE_SIZE = _UDP_SHAPE.size  # 23
 _EMMG_VERSIONS = frozenset(v for v in VERSION_GROUPS[Interface.EMMG_MUX] if v >= 2)
+
+
+#: The usual TCP data_provision (what our EMMG and the encoder send): header, then client_id (4),
+#: data_channel_id (2), data_stream_id (2), data_id (2) and ONE datagram, in that order:
+#: version, message_type, message_length, 0x0001, 4, client_id, 0x0003, 2, channel, 0x0004, 2,
+#: stream, 0x0008, 2, data_id, 0x0005, length
+_TCP_SHAPE = struct.Struct(">BHHHHIHHHHHHHHHHH")
+_TCP_SHAPE_SIZE = _TCP_SHAPE.size  # 35
+_TCP_TAGS = (0x0001, 4, 0x0003, 2, 0x0004, 2, 0x0008, 2, 0x0005)
+#: what the meter is given for each data_provision of the TCP hot path (it counts by message type)
+_DATA_PROVISION = emmg_mux.DataProvision(client_id=0, data_channel_id=0, data_stream_id=0, data_id=0, datagram=(b"-",))
+_INTERNAL_ERROR = (Close("internal error", "warn"),)
+
+
+def parse_usual_tcp(frame: bytes) -> tuple[int, int, int, int, int] | None:
+    """``(version, client_id, data_channel_id, data_stream_id, data_id)`` when *frame* is exactly the
+    usual TCP data_provision of one non-empty datagram (which starts at byte 35).
+
+    A fast path for :class:`MuxProtocol`: it accepts only frames the codec decodes to a
+    data_provision with those values and nothing else (``tests/roles`` checks this against
+    ``decode``); for anything else it returns ``None`` and the full codec decides.
+    """
+    n = len(frame)
+    if n <= _TCP_SHAPE_SIZE:
+        return None
+    (version, kind, length, t1, l1, client_id, t2, l2, channel_id, t3, l3, stream_id, t4, l4, data_id, t5,
+     l5) = _TCP_SHAPE.unpack_from(frame)
+    if (
+        kind != 0x0211
+        or length != n - 5
+        or (t1, l1, t2, l2, t3, l3, t4, l4, t5) != _TCP_TAGS
+        or l5 != n - _TCP_SHAPE_SIZE
+        or version not in _EMMG_VERSIONS
+    ):
+        return None
+    return version, client_id, channel_id, stream_id, data_id
 
 
 def parse_usual_udp(data: bytes) -> tuple[int, int, int, bytes] | None:
@@ -319,7 +431,7 @@ class MuxDatagramProtocol(DatagramProtocol):
             try:
                 item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
             except PeerProtocolError as exc:
-                item = exc
+                item = bare(exc)  # no reference cycle left per invalid datagram
             outputs = core.receive_udp(item, now, addr[0])
         if outputs:
             if len(outputs) == 1 and type(outputs[0]) is Emit:  # the usual unthrottled case
@@ -332,48 +444,64 @@ class MuxDatagramProtocol(DatagramProtocol):
     def datagramsReceived(self, batch: list[tuple[bytes, tuple]]) -> None:
         """Every datagram of one wake-up (:class:`~.udp_batch.BatchUDPPort`), handled as a batch.
 
-        The usual ones go to :meth:`MuxCore.receive_udp_batch` in runs; any other one (and one the
-        core does not take as it is) goes through the full decode and :meth:`MuxCore.receive_udp`
-        where it stands, so everything a route emits keeps the arrival order.
+        Consecutive datagrams of the usual shape with the same 23 header bytes (version,
+        client_id, data_id, length) from the same host form a run, parsed and judged once
+        (:meth:`MuxCore.receive_udp_runs`); only their payloads are cut out one by one. Any other
+        datagram (and each one of a run the core does not take as it is) goes through the full
+        decode and :meth:`MuxCore.receive_udp` where it stands, so everything a route emits keeps
+        the arrival order.
         """
         core, limit, admit = self.core, self.max_message_length, self.admit
         now = self.clock.seconds()
-        run: list[tuple[int, int, int, bytes, str]] = []
-        raw: list[bytes] = []
+        runs: list[tuple[int, int, int, str, list[bytes]]] = []
+        heads: list[bytes] = []  # each run's header bytes
+        head = host = None  # the current run's header bytes and sender host
+        size = 0  # its datagrams' length
+        payloads: list[bytes] = []
         for data, addr in batch:
             if admit is not None and not admit(addr):
                 continue
-            usual = parse_usual_udp(data) if len(data) <= limit else None
-            if usual is not None:
-                run.append(usual + (addr[0],))
-                raw.append(data)
+            if len(data) == size and addr[0] == host and data.startswith(head):
+                payloads.append(data[_UDP_SHAPE_SIZE:])
                 continue
-            if run:
-                self._run(run, raw, now)
-                run, raw = [], []
-            self._full(data, addr[0], now)
-        if run:
-            self._run(run, raw, now)
+            usual = parse_usual_udp(data) if len(data) <= limit else None
+            if usual is None:
+                head = host = None
+                size = 0
+                if runs:
+                    self._runs(runs, heads, now)
+                    runs, heads = [], []
+                self._full(data, addr[0], now)
+                continue
+            head, host, size = data[:_UDP_SHAPE_SIZE], addr[0], len(data)
+            version, client_id, data_id, payload = usual
+            payloads = [payload]
+            runs.append((version, client_id, data_id, host, payloads))
+            heads.append(head)
+        if runs:
+            self._runs(runs, heads, now)
         if core.dirty:
             self.play_out.run()
 
-    def _run(self, run: list[tuple[int, int, int, bytes, str]], raw: list[bytes], now: float) -> None:
+    def _runs(self, runs: list[tuple[int, int, int, str, list[bytes]]], heads: list[bytes], now: float) -> None:
         core, execute = self.core, self.play_out.execute
         start = 0
-        while start < len(run):
-            outputs, taken = core.receive_udp_batch(run[start:] if start else run, now)
+        while start < len(runs):
+            outputs, taken = core.receive_udp_runs(runs[start:] if start else runs, now)
             if outputs:
                 execute(outputs)
             start += taken
-            if start < len(run):  # not taken as it is: the full decode judges this one
-                self._full(raw[start], run[start][4], now)
+            if start < len(runs):  # not taken as it is: the full decode judges each of its datagrams
+                head, host, payloads = heads[start], runs[start][3], runs[start][4]
+                for payload in payloads:
+                    self._full(head + payload, host, now)
                 start += 1
 
     def _full(self, data: bytes, source: str, now: float) -> None:
         try:
             item = decode_datagram(data, Interface.EMMG_MUX, self.max_message_length)
         except PeerProtocolError as exc:
-            item = exc
+            item = bare(exc)  # no reference cycle left per invalid datagram
         outputs = self.core.receive_udp(item, now, source)
         if outputs:
             self.play_out.execute(outputs)
@@ -423,4 +551,4 @@ class MuxServer:
         self.submit_stkm(super_cas_id, ecm_id, stkm, on_air_from, repetition_ms)
 
 
-__all__ = ["MuxDatagramProtocol", "MuxFactory", "MuxProtocol", "MuxServer", "PlayOut", "parse_usual_udp"]
+__all__ = ["MuxDatagramProtocol", "MuxFactory", "MuxProtocol", "MuxServer", "PlayOut", "parse_usual_tcp", "parse_usual_udp"]

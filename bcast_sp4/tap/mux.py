@@ -63,13 +63,21 @@ class Options(RoleOptions):
 
 class _BatchUDPListening(UDPListeningService):
     """The MUX's UDP port: every datagram of a reactor wake-up handed over in one batch
-    (:func:`~bcast_sp4.roles.udp_batch.listen_udp_batch`), with the start-up checks of its base."""
+    (:func:`~bcast_sp4.roles.udp_batch.listen_udp_batch`), with the start-up checks of its base;
+    each wake-up bounded by the guard's *turn_time*, as a TCP connection's turn is; the kernel
+    receive buffer asked for is ``[mux] udp_receive_buffer``."""
+
+    def __init__(self, *args, turn_time: float | None = None, receive_buffer: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.turn_time = turn_time
+        self.receive_buffer = receive_buffer
 
     def _getPort(self):
         reactor = self.reactor
         if reactor is None:
             from twisted.internet import reactor
-        return listen_udp_batch(reactor, *self.args, **self.kwargs)
+        return listen_udp_batch(reactor, *self.args, turn_time=self.turn_time, receive_buffer=self.receive_buffer,
+                                **self.kwargs)
 
 
 def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> MultiService:
@@ -98,7 +106,8 @@ def build_service(settings: MuxSettings, reactor, session=None, ops=None) -> Mul
         port, interface = settings.udp
         # Twisted reads 8192 bytes per datagram by default: a longer data_provision would be cut
         udp = _BatchUDPListening(port, server.udp_protocol, interface=interface, reactor=reactor,
-                                 max_packet_size=UDP_READ_SIZE)
+                                 max_packet_size=UDP_READ_SIZE, turn_time=settings.limits.turn_time,
+                                 receive_buffer=settings.udp_receive_buffer)
         udp.setServiceParent(top)
     top.mux = server  # for tests, the lab and a co-located SCS (server.submit_stkm)
     top.tcp_service = tcp

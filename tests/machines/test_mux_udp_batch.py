@@ -141,3 +141,51 @@ def test_batch_stops_where_receive_udp_fast_would_refuse_the_source():
     outputs, taken = batched.receive_udp_batch(items, 1.0)
     assert taken == 1 and flatten(outputs) == [((BSM, LTKM), b"y")]
     assert batched.counters == one_by_one.counters
+
+
+def test_runs_equal_item_by_item_and_stop_where_it_would_refuse():
+    one_by_one, batched = twin_cores(peer_host="192.0.2.1", unthrottled=True)
+    runs = [
+        (3, BSM, LTKM, "192.0.2.1", [b"a1", b"a2", b"a3"]),
+        (3, BSM, LTKM2, "192.0.2.1", [b"b1"]),
+        (3, CARD, STKM_ID, None, [b"stkm-1", b"stkm-2"]),  # STKM: ingest datagram by datagram (the newest wins)
+        (3, BSM, LTKM, "192.0.2.1", [b"a4", b"a5"]),
+        (3, BSM, LTKM, "192.0.2.7", [b"x1", b"x2"]),  # not BSM's address: the runs stop here
+        (3, BSM, LTKM, "192.0.2.1", [b"never"]),
+    ]
+    single = []
+    for version, client, data_id, source, datagrams in runs[:4]:
+        for datagram in datagrams:
+            single += one_by_one.receive_udp_fast(version, client, data_id, datagram, 4.0, source)
+    outputs, taken = batched.receive_udp_runs(runs, 4.0)
+    assert taken == 4
+    assert per_route(flatten(outputs)) == per_route(flatten(single))
+    assert flatten(outputs)[:3] == [((BSM, LTKM), b"a1"), ((BSM, LTKM), b"a2"), ((BSM, LTKM), b"a3")]
+    assert batched.counters == one_by_one.counters and batched.counters["udp_messages"] == 8
+    for key in one_by_one.routes:
+        assert batched.route_stats(key) == one_by_one.route_stats(key)
+    assert per_route(flatten(batched.tick(4.0))) == per_route(flatten(one_by_one.tick(4.0)))
+
+
+def test_classic_channel_datagrams_are_screened_in_a_batch_too():
+    from tests.machines.test_mux_classic import TS_ID, make_core, setup, stream as classic_stream, ts_packets
+    from tests.machines.test_mux_classic import CLASSIC
+
+    cores = []
+    for _ in range(2):
+        core = make_core()
+        conn = MuxConnection(core)
+        one(setup(conn, flag=1), m.ChannelStatus)  # TS packets
+        one(classic_stream(conn, TS_ID), m.StreamStatus)
+        cores.append(core)
+    one_by_one, batched = cores
+    good, bad = ts_packets(2), b"\x00" * 188  # a TS packet must start with 0x47
+    items = [(3, CLASSIC, TS_ID, good, None), (3, CLASSIC, TS_ID, bad, None), (3, CLASSIC, TS_ID, good, None)]
+    single = []
+    for *item, source in items:
+        single += one_by_one.receive_udp_fast(*item, 1.0, source)
+    outputs, taken = batched.receive_udp_batch(items, 1.0)
+    assert taken == 3
+    assert flatten(outputs) == flatten(single) == [((CLASSIC, TS_ID), good)] * 2
+    assert dict(batched.dropped) == dict(one_by_one.dropped) and batched.dropped["bad_format"] == 1
+    assert batched.counters == one_by_one.counters

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,4 +37,9 @@ def test_a_daemonized_role_that_cannot_listen_tells_the_parent_and_the_log(tmp_p
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert f"StartFailed: {reason}" in done.stderr, done.stderr
     assert f"[bcast_sp4.ops.startup.FailFast#critical] bcast-ecmg: {reason}" in log.read_text()
+    # the daemon writes the status pipe (the parent exits on it), then removes its pid file: wait
+    # for that, bounded (a daemon that kept running would keep the file)
+    deadline = time.monotonic() + 60
+    while pid.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not pid.exists()

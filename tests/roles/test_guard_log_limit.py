@@ -84,3 +84,20 @@ def test_limiter_warn_helper_truncates():
         limiter.warn(log, "p", "k", "things", "bad {values}", values=list(range(100)))
         limiter.warn(log, "p", "k", "things", "bad {values}", values=list(range(100)))
     assert len(events) == 1 and "92 more" in formatEvent(events[0])
+
+
+def test_after_stop_every_line_passes_and_no_window_timer_is_armed():
+    from twisted.internet.task import Clock
+
+    from bcast_sp4.roles.log_limit import LogLimiter
+
+    clock = Clock()
+    limiter = LogLimiter(clock, window=10.0, burst=1)
+    assert limiter.allow("10.0.0.1", "closing") and not limiter.allow("10.0.0.1", "closing")
+    assert len(clock.getDelayedCalls()) == 1
+    limiter.stop()
+    assert clock.getDelayedCalls() == []
+    assert all(limiter.allow("10.0.0.1", "closing") for _ in range(3))
+    assert clock.getDelayedCalls() == [] and limiter.suppressed == 1
+    limiter.start()
+    assert limiter.allow("10.0.0.2", "closing") and len(clock.getDelayedCalls()) == 1

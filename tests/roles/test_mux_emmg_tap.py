@@ -55,6 +55,7 @@ def test_mux_service_tree_on_a_memory_reactor():
     ports = {p.port: p for p in reactor.udp}
     assert ports[5000].protocol is top.mux.udp_protocol and ports[5000].interface == "127.0.0.1"
     assert ports[5000].max_packet_size >= 65507  # not Twisted's 8192: long LTKMs would be cut
+    assert settings.udp_receive_buffer == 4 << 20 and top.udp_service.receive_buffer == 4 << 20  # the default asked
     assert sorted(p.connected for p in reactor.udp if p.connected) == [
         ("127.0.0.1", 4359), ("127.0.0.1", 6001), ("127.0.0.1", 6002), ("127.0.0.1", 6101)]
     top.submit = top.mux.submit_stkm
@@ -120,6 +121,8 @@ destination = "127.0.0.1:4359"
         ("[mux]\n", "client"),
         (MUX_BASE.replace("[mux]", "[mux]\nversions = [0, 2]"), "mux.versions"),
         (MUX_BASE.replace("[mux]", "[mux]\nudp = 'udp:x'"), "mux.udp"),
+        (MUX_BASE.replace("[mux]", "[mux]\nudp_receive_buffer = -1"), "mux.udp_receive_buffer"),
+        (MUX_BASE.replace("[mux]", "[mux]\nudp_receive_buffer = '4M'"), "mux.udp_receive_buffer"),
         (MUX_BASE.replace("[mux]", "[mux]\ncolour = 1"), "mux.colour"),
         (MUX_BASE + "[[client]]\nclient_id = 0x00010001\n[[client.stkm]]\necm_id = 1\ndestination = '127.0.0.1:1'\n",
          "client #2.client_id"),
@@ -200,3 +203,11 @@ def test_multicast_route_ttl_option(tmp_path):
     (egress,) = [p for p in reactor.udp if p.connected]
     assert egress.socket.options[(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL)] == 16
     top.stopService()
+
+
+def test_mux_udp_receive_buffer_is_read(tmp_path):
+    path = tmp_path / "mux.toml"
+    path.write_text(MUX_BASE.replace("[mux]", "[mux]\nudp_receive_buffer = 1048576"))
+    assert load_mux_settings(path).udp_receive_buffer == 1 << 20
+    path.write_text(MUX_BASE.replace("[mux]", "[mux]\nudp_receive_buffer = 0"))  # the kernel's default
+    assert load_mux_settings(path).udp_receive_buffer == 0

@@ -65,7 +65,7 @@ input is guarded by the server channel (:mod:`bcast_sp4.machines.channel`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
@@ -327,6 +327,37 @@ class MuxCore:
             self.dirty = True
         return outputs
 
+    def ingest_run(self, stream: MuxStream, datagrams: Sequence[bytes], now: float) -> list[Output] | None:
+        """:meth:`ingest` of several accepted TCP data_provisions of *stream*, one datagram each, at once.
+
+        Only unthrottled, on an LTKM or data route of a BCAST channel, with every datagram within
+        ``max_datagram_size``: counted as that many data_provisions and emitted as one
+        :class:`EmitMany` (in order). Anything else (policing, queues, the STKM carousel, classic
+        screening): ``None``, and the caller ingests them one by one.
+        """
+        route = stream.route
+        config = self.config
+        if not (config.unthrottled and route.config.kind is not RouteKind.STKM
+                and stream.section_TSpkt_flag == SectionTSpktFlag.BCAST and max(map(len, datagrams)) <= config.max_datagram_size):
+            return None
+        return [self.pass_through(route, datagrams)]
+
+    def pass_through(self, route: MuxRoute, datagrams: Sequence[bytes]) -> EmitMany:
+        """Count *datagrams*, each one accepted data_provision of *route*, as taken in and sent on at
+        once (``unthrottled``); the :class:`EmitMany` that sends them, in order."""
+        count, size = len(datagrams), sum(map(len, datagrams))
+        counters = self.counters
+        counters["data_provisions"] += count
+        counters["datagrams_in"] += count
+        counters["bytes_in"] += size
+        counters["datagrams_out"] += count
+        counters["bytes_out"] += size
+        route.datagrams_in += count
+        route.bytes_in += size
+        route.datagrams_out += count
+        route.bytes_out += size
+        return EmitMany(route.key, tuple(datagrams))
+
     def _replace_stkm(
         self, route: MuxRoute, datagrams: tuple[bytes, ...], now: float, period: float | None = None,
         valid_until: float | None = None, stream: MuxStream | None = None, tcp: bool = True,
@@ -524,6 +555,12 @@ class MuxCore:
     ) -> tuple[list[Output], int]:
         """Many usual UDP datagrams in one call: :meth:`.udp.UdpIngress.receive_udp_batch`."""
         return self.udp.receive_udp_batch(items, now)
+
+    def receive_udp_runs(
+        self, runs: list[tuple[int, int, int, str | None, Sequence[bytes]]], now: float
+    ) -> tuple[list[Output], int]:
+        """Runs of usual UDP datagrams with one header and sender each: :meth:`.udp.UdpIngress.receive_udp_runs`."""
+        return self.udp.receive_udp_runs(runs, now)
 
     def _to_stream(self, stream: MuxStream, cls: type, tcp: bool, **fields) -> Output:
         message = cls(

@@ -1,29 +1,30 @@
 """The MUX's UDP input: data_provision datagrams from EMMGs, judged, answered and handed to the core.
 
-TS 103 197 §6 (digest ``simulcrypt.md`` §4.5, §5.2): the rules are in :mod:`.core`'s docstring
-(UDP ``data_provision``). One :class:`UdpIngress` per :class:`~.core.MuxCore`, which creates it and
-exposes its three entries as its own methods (:meth:`~.core.MuxCore.receive_udp`,
-:meth:`~.core.MuxCore.receive_udp_fast`, :meth:`~.core.MuxCore.receive_udp_batch`). It reaches the
-core only through the core's public API: :attr:`~.core.MuxCore.routes`,
-:attr:`~.core.MuxCore.counters`, :attr:`~.core.MuxCore.config`, :attr:`~.core.MuxCore.udp_sources`
-(shared by reference), :meth:`~.core.MuxCore.ingest`, :meth:`~.core.MuxCore.drop` and
-:meth:`~.core.MuxCore.connection_of`. It keeps when it last reported an error to each connection
-(at most one report per ``udp_error_interval``); the core calls :meth:`UdpIngress.forget` when a
-channel closes. Pure: no I/O.
+TS 103 197 §6 (digest ``simulcrypt.md`` §4.5, §5.2): the rules are in :mod:`.core`'s docstring (UDP
+``data_provision``). One :class:`UdpIngress` per :class:`~.core.MuxCore`, which creates it and
+exposes its entries as its own methods (:meth:`~.core.MuxCore.receive_udp`,
+:meth:`~.core.MuxCore.receive_udp_fast`, :meth:`~.core.MuxCore.receive_udp_batch`,
+:meth:`~.core.MuxCore.receive_udp_runs`). It reaches the core only through the core's public API:
+:attr:`~.core.MuxCore.routes`, :attr:`~.core.MuxCore.counters`, :attr:`~.core.MuxCore.config`,
+:attr:`~.core.MuxCore.udp_sources` (shared by reference), :meth:`~.core.MuxCore.ingest`,
+:meth:`~.core.MuxCore.pass_through`, :meth:`~.core.MuxCore.drop` and
+:meth:`~.core.MuxCore.connection_of`. It keeps when it last reported an error to each connection (at
+most one report per ``udp_error_interval``); the core calls :meth:`UdpIngress.forget` when a channel
+closes. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from ...wire import Message, PeerProtocolError
 from ...wire import emmg_mux as m
 from ...wire.errors import EMMGMUXErrorStatus as ErrorStatus
-from ...wire.params import EMMG_MUX_PARAMS
+from ...wire.params import EMMG_MUX_PARAMS, SectionTSpktFlag
 from ..channel import MESSAGE_TYPE_OFFSET, PROTOCOL_VERSION_OFFSET, internal_error
 from ..outputs import Output
 from .config import RouteKind
-from .records import Deliver, EmitMany, MuxRoute
+from .records import Deliver, MuxRoute
 
 if TYPE_CHECKING:
     from .connection import MuxConnection
@@ -156,24 +157,39 @@ class UdpIngress:
     ) -> tuple[list[Output], int]:
         """:meth:`receive_udp_fast` for many usual UDP datagrams in arrival order, in one call.
 
-        *items* are ``(version, client_id, data_id, datagram, source)`` as the adapter took them
-        apart (``source``: the sender's host, ``None`` = not checked). Takes items from the first
-        on and stops at the first one :meth:`receive_udp_fast` would not take (no live stream of
-        that version for it, or a source the client's UDP may not come from). Returns the outputs for the items taken
-        and how many it took; the caller decodes the one it stopped at in full (then
-        :meth:`receive_udp`) and hands the rest back. Same counters, queues and outputs as one
-        :meth:`receive_udp_fast` per item, except that with ``unthrottled`` the datagrams of a
-        route come out as one :class:`EmitMany` (order kept within the route).
+        *items* are ``(version, client_id, data_id, datagram, source)``: :meth:`receive_udp_runs`
+        with one datagram per run (same outputs, counters and stopping point).
+        """
+        return self.receive_udp_runs([(v, c, d, s, (p,)) for v, c, d, p, s in items], now)
+
+    def receive_udp_runs(
+        self, runs: list[tuple[int, int, int, str | None, Sequence[bytes]]], now: float
+    ) -> tuple[list[Output], int]:
+        """:meth:`receive_udp_fast` for many usual UDP datagrams in arrival order, in one call.
+
+        *runs* are ``(version, client_id, data_id, source, datagrams)``: consecutive datagrams
+        that arrived with the same header from the same sender (``source``: its host, ``None`` = not
+        checked), so one judgement holds for all of a run. Takes runs from the first on and stops at
+        the first one :meth:`receive_udp_fast` would not take (no live stream of that version, or
+        a source the client's UDP may not come from). Returns the outputs for the runs taken and
+        how many it took; the caller decodes each datagram of the run it stopped at in full (then
+        :meth:`receive_udp`) and hands the rest back. Same counters, queues, drops and outputs as
+        one :meth:`receive_udp_fast` per datagram, except that with ``unthrottled`` the datagrams
+        of an LTKM route on a BCAST channel come out as one :class:`.records.EmitMany` (order kept within
+        the route); STKM routes, classic (section / TS packet) channels, paced routes and datagrams
+        over ``max_datagram_size`` go through :meth:`.core.MuxCore.ingest` datagram by datagram.
         """
         routes = self.routes
         outputs: list[Output] = []
         pending: dict[MuxRoute, list[bytes]] = {}  # unthrottled LTKM routes: payloads to emit
         fast = self.config.unthrottled
         limit = self.config.max_datagram_size
-        stkm = RouteKind.STKM
+        stkm, bcast = RouteKind.STKM, SectionTSpktFlag.BCAST
         allowed = self.udp_sources.allowed
+        counters = self.counters
+        ingest = self.core.ingest
         taken = 0
-        for version, client_id, data_id, datagram, source in items:
+        for version, client_id, data_id, source, datagrams in runs:
             route = routes.get((client_id, data_id))
             if route is None:
                 break
@@ -183,44 +199,36 @@ class UdpIngress:
             if source is not None and not allowed(client_id, source):
                 break
             taken += 1
-            if fast and len(datagram) <= limit and route.config.kind is not stkm:
+            if (fast and route.config.kind is not stkm and stream.section_TSpkt_flag == bcast
+                    and max(map(len, datagrams)) <= limit):
                 payloads = pending.get(route)
                 if payloads is None:
-                    pending[route] = [datagram]
+                    pending[route] = list(datagrams)
                 else:
-                    payloads.append(datagram)
+                    payloads += datagrams
                 continue
-            if pending:  # what came before this one goes out before it
+            if pending:  # what came before these goes out before them
                 outputs += self._emit_pending(pending)
                 pending = {}
-            self.counters["udp_messages"] += 1
-            try:
-                outputs += self.core.ingest(stream, (datagram,), now, tcp=False)
-            except Exception as exc:  # as receive_udp_fast: counted, dropped, logged; the batch goes on
-                self.counters["internal_errors"] += 1
-                outputs += self.core.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
+            for datagram in datagrams:
+                counters["udp_messages"] += 1
+                try:
+                    outputs += ingest(stream, (datagram,), now, tcp=False)
+                except Exception as exc:  # as receive_udp_fast: counted, dropped, logged; the run goes on
+                    counters["internal_errors"] += 1
+                    outputs += self.core.drop(route.key, "internal_error", 1, now) + [internal_error("udp", exc)]
         if pending:
             outputs += self._emit_pending(pending)
         return outputs, taken
 
     def _emit_pending(self, pending: dict[MuxRoute, list[bytes]]) -> list[Output]:
-        """Count and emit the unthrottled datagrams :meth:`receive_udp_batch` gathered per route
+        """Count and emit the unthrottled datagrams :meth:`receive_udp_runs` gathered per route
         (each was one data_provision of one datagram, as :meth:`.core.MuxCore.ingest` counts them)."""
-        counters = self.counters
+        counters, pass_through = self.counters, self.core.pass_through
         outputs: list[Output] = []
         for route, payloads in pending.items():
-            count, size = len(payloads), sum(map(len, payloads))
-            counters["udp_messages"] += count
-            counters["data_provisions"] += count
-            counters["datagrams_in"] += count
-            counters["bytes_in"] += size
-            counters["datagrams_out"] += count
-            counters["bytes_out"] += size
-            route.datagrams_in += count
-            route.bytes_in += size
-            route.datagrams_out += count
-            route.bytes_out += size
-            outputs.append(EmitMany(route.key, tuple(payloads)))
+            counters["udp_messages"] += len(payloads)
+            outputs.append(pass_through(route, payloads))
         return outputs
 
     def _udp_report(self, connection: MuxConnection, message: Message, now: float) -> list[Output]:
