@@ -85,9 +85,9 @@ def test_twistd_finds_the_plugins():
 # ``twisted.scripts.twistd.ServerOptions``, which finds the plugin and hands the rest to its Options,
 # where a configuration error ends the process (``RoleOptions.fail``: one stderr line, exit 78);
 # nothing of a twistd run comes before that but interpreter start-up. Each role also runs one case
-# (each kind at least once) as a real ``.venv/bin/twistd`` process, plus ``--version`` per role and
-# one ``twist``, four at a time when the first is asked for; the real run's status, stdout and
-# stderr must equal the in-process check's.
+# (each kind at least once) as a real ``.venv/bin/twistd`` process, plus one ``--version`` (checked
+# in-process for every role) and one ``twist``, four at a time when the first is asked for; a real
+# run's status, stdout and stderr must equal the in-process check's.
 
 BIN = Path(sys.executable).parent
 ROLES = ("ecmg", "scs", "emmg", "mux", "terminal", "lab")
@@ -95,6 +95,8 @@ KINDS = ("missing", "syntax", "value", "unknown", "keys")
 #: the cases also run as a real twistd process: every role once, every kind at least once
 REAL_CASES = (("ecmg", "keys"), ("scs", "value"), ("emmg", "unknown"), ("mux", "missing"), ("terminal", "syntax"),
               ("lab", "keys"))
+#: the role whose ``--version`` also runs as a real twistd process (each role's runs in-process)
+REAL_VERSION = "lab"
 #: (role, kind) -> (file at fault relative to the case folder, key path or "line N", reason fragment)
 EXPECTED = {
     ("ecmg", "value"): ("ecmg.toml", "ecmg.max_channels", "0 outside 1..65536"),
@@ -192,21 +194,25 @@ def _argv(role: str, folder: Path) -> list[str]:
 
 def _check_in_process(role: str, folder: Path) -> subprocess.CompletedProcess:
     """What ``twistd <_argv>`` does with a bad file, run through twistd's option parser here."""
+    return _twistd_in_process(_argv(role, folder), folder)
+
+
+def _twistd_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``twistd ARGS`` up to the end of its option parsing, in this process: (status, stdout, stderr)."""
     from twisted.scripts.twistd import ServerOptions
 
-    argv = [str(BIN / "twistd"), *_argv(role, folder)]
-    stdout, stderr, cwd = io.StringIO(), io.StringIO(), os.getcwd()
-    os.chdir(folder)  # as the real run's working directory
+    stdout, stderr, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)  # as the real run's working directory
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            ServerOptions().parseOptions(argv[1:])
+            ServerOptions().parseOptions(args)
     except SystemExit as exc:
         returncode = exc.code
     else:
-        returncode = 0  # parsed: the real process would go on to serve, which no case should
+        returncode = None  # parsed: the real process would go on to serve, which no case here should
     finally:
-        os.chdir(cwd)
-    return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
+        os.chdir(before)
+    return subprocess.CompletedProcess([str(BIN / "twistd"), *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +229,10 @@ def cases(tmp_path_factory) -> dict[tuple[str, str], Path]:
 
 @pytest.fixture(scope="module")
 def plugin_runs(cases):
-    """The real processes: REAL_CASES, ("version", role) and ("twist", "ecmg") -> (folder, finished process)."""
+    """The real processes: REAL_CASES, ("version", REAL_VERSION) and ("twist", "ecmg") -> (folder, finished process)."""
     base = next(iter(cases.values())).parent
     jobs = {case: (cases[case], [str(BIN / "twistd"), *_argv(case[0], cases[case])]) for case in REAL_CASES}
-    for role in ROLES:
-        jobs[("version", role)] = (base, [str(BIN / "twistd"), f"bcast-{role}", "--version"])
+    jobs[("version", REAL_VERSION)] = (base, [str(BIN / "twistd"), f"bcast-{REAL_VERSION}", "--version"])
     jobs[("twist", "ecmg")] = (base, [str(BIN / "twist"), "bcast-ecmg", "--config", str(base / "absent.toml")])
     with ThreadPoolExecutor(4) as pool:
         futures = {name: (folder, pool.submit(_run, argv, folder)) for name, (folder, argv) in jobs.items()}
@@ -274,10 +279,17 @@ def test_twist_stops_the_same_way(plugin_runs):
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_each_plugin_prints_the_bcast_sp4_version(plugin_runs, role):
-    _folder, run = plugin_runs[("version", role)]
+def test_each_plugin_prints_the_bcast_sp4_version(cases, role):
+    run = _twistd_in_process([f"bcast-{role}", "--version"], next(iter(cases.values())).parent)
     assert (run.returncode, run.stdout, run.stderr) == (0, version_text() + "\n", "")
     assert run.stdout.startswith(f"bcast-sp4 {__version__} (Twisted ")
+
+
+def test_a_real_twistd_process_prints_the_version_the_same_way(plugin_runs):
+    folder, run = plugin_runs[("version", REAL_VERSION)]
+    assert (run.returncode, run.stdout, run.stderr) == (0, version_text() + "\n", "")
+    checked = _twistd_in_process([f"bcast-{REAL_VERSION}", "--version"], folder)
+    assert (run.returncode, run.stdout, run.stderr) == (checked.returncode, checked.stdout, checked.stderr)
 
 
 def test_version_text_names_both_versions():

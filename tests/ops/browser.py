@@ -19,15 +19,15 @@ def chromium() -> str:
     return path
 
 
-def argv(url: str, profile: Path, budget_ms: int = 6000) -> list[str]:
+def argv(url: str, profile: Path, budget_ms: int = 6000, niceness: int = 19) -> list[str]:
     """``chromium --headless ... --dump-dom URL``: the DOM after *budget_ms* of virtual time."""
-    # niced: a browser starting up must not starve the lab it looks at on a 2-core machine
-    return [shutil.which("nice") or "/usr/bin/nice", "-n", "19", chromium(), *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-            "--dump-dom", url]
+    # niced: a browser starting up must not starve the server it looks at on a 2-core machine
+    return [shutil.which("nice") or "/usr/bin/nice", "-n", str(niceness), chromium(), *FLAGS, f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
 
 
-def dump_dom(url: str, profile: Path, budget_ms: int = 6000, timeout: float = 120) -> str:
+def dump_dom(url: str, profile: Path, budget_ms: int = 6000, timeout: float = 120, niceness: int = 19) -> str:
     """Blocking: the rendered DOM of *url* (the server must run in another process)."""
-    run = subprocess.run(argv(url, profile, budget_ms), capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(argv(url, profile, budget_ms, niceness), capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout
