@@ -194,14 +194,16 @@ def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
             RECORDED.wait(min(1.0, remaining))
 
 
-def set_up(proxies: dict[int, RecordingProxy]) -> bool:
-    """Every proxied channel has all its streams set up (and, EMMG<=>MUX, their bandwidth)."""
+def set_up(proxies: dict[int, RecordingProxy], mux_channels: int = 1) -> bool:
+    """Every proxied channel has all its streams set up (and, EMMG<=>MUX, their bandwidth), and
+    the MUX has *mux_channels* channels (the EMMG's; with the roles apart also the SCS's STKM
+    link: without counting it, the SCS's channel alone passed while the EMMG was still starting)."""
     for port, proxy in proxies.items():
         interface = wire.Interface.EMMG_MUX if port == 15000 else wire.Interface.ECMG_SCS
         messages = emmg_mux if port == 15000 else ecmg_scs
         channels = [seq for seq in proxy.messages(interface).values()
                     if any(side == "s" and isinstance(x, messages.ChannelStatus) for side, x in seq)]
-        if not channels:
+        if len(channels) < (mux_channels if port == 15000 else 1):
             return False
         for seq in channels:
             count = lambda side, cls: sum(1 for s, x in seq if s == side and isinstance(x, cls))  # noqa: E731
@@ -277,7 +279,7 @@ def test_close_order_with_the_roles_apart(tmp_path):
             processes.append((proc, log))
             if marker:
                 wait_until(lambda: log.exists() and marker in log.read_text(), 60, f"{config} listening", processes)
-        wait_until(lambda: set_up(proxies), 120, "every channel and stream set up", processes)
+        wait_until(lambda: set_up(proxies, mux_channels=2), 120, "every channel and stream set up", processes)
         for proc, log in reversed(processes[3:]):  # the clients: SCS, then EMMG
             stop(proc, log)
         closed = verify(proxies)
