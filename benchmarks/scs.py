@@ -5,7 +5,11 @@ The ECMG runs as a separate ``twistd -n bcast-ecmg`` process (DRM Profile STKMs)
 this process on the real reactor: N services of one stream each, on C channels (N / C streams per
 channel), crypto-period boundaries staggered over one period, TEKs handed to N scramblers (their
 switch timers run; no content flows, so every switch is timer-driven) and STKMs to an in-process
-recording sink. After a warm-up (the first period of every service plus --warmup seconds), it
+recording sink. The schedulers start once every stream is open, as the lab starts its SCS
+(``--no-start-with-setup-done``: at once, so provisioning overlaps the set-up of the streams: at
+10,000 streams on a loaded machine the ECMG then falls behind, CW_provisions time out, their
+retries add to its load and most periods are skipped). After a warm-up (the first period of every
+service plus --warmup seconds), it
 measures --runs consecutive windows of --duration seconds each (one SCS session: its set-up costs
 ~20 s at 10,000 streams, too much to repeat), and reports per window and as medians [min..max]:
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import gc
 import math
 import os
@@ -62,8 +67,16 @@ from twisted.application.internet import ClientService  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.endpoints import clientFromString  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
+from twisted.logger import (  # noqa: E402
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 
 from bcast_sp4.bcast.traffic import TrafficProtection  # noqa: E402
+from bcast_sp4.machines.scs_channel import SCSStreamState  # noqa: E402
 from bcast_sp4.machines.scs_core import SCSCore  # noqa: E402
 from bcast_sp4.machines.scs_records import ChannelSpec, LinkSpec, ServiceSpec, Timing  # noqa: E402
 from bcast_sp4.roles.gc_tuning import tune_gc  # noqa: E402
@@ -160,6 +173,8 @@ PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
     ("bcast_sp4/roles/stkm_sink.py", None, "STKM hand-over to the MUX sink"),
     ("twisted/logger/", None, "logging"),
     ("bcast_sp4/roles/gc_tuning.py", None, "GC: young collector passes"),
+    ("bcast_sp4/roles/executor.py", frozenset({"start", "cancel", "run_due", "_arm", "_disarm", "_compact", "_due",
+                                               "_run"}), "reactor timers (callLater, cancel, run)"),
     ("twisted/internet/base.py", None, "reactor timers (callLater, cancel, run)"),
     ("heapq", None, "reactor timers (callLater, cancel, run)"),
     ("twisted/internet/tcp.py", None, "TCP I/O (Twisted)"),
@@ -168,6 +183,7 @@ PROFILE_RULES: list[tuple[str, frozenset | None, str]] = [
     ("twisted/internet/posixbase.py", None, "TCP I/O (Twisted)"),
     ("twisted/python/log.py", None, "TCP I/O (Twisted)"),
     ("bcast_sp4/roles/_stream.py", None, "role executor (outputs, dispatch)"),
+    ("bcast_sp4/roles/executor.py", None, "role executor (outputs, dispatch)"),
     ("bcast_sp4/roles/scs_client.py", None, "role executor (outputs, dispatch)"),
 ]
 
@@ -225,7 +241,10 @@ def spread(values: list, fmt: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
+    middle = statistics.median(values)
+    if fmt.endswith("d"):  # integers: the median of an even count may fall between two
+        middle = round(middle)
+    return f"{format(middle, fmt)} [{format(min(values), fmt)}..{format(max(values), fmt)}]"
 
 
 def service_phases(args) -> list[float]:
@@ -293,7 +312,8 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
     sink = RecordingSink(reactor.seconds, limit=10)
     scramblers = {s.name: Scrambler(s.name, s.protection, history=8) for s in services}
     endpoints = {c.name: FailoverEndpoint([(endpoint, clientFromString(reactor, endpoint))]) for c in channels}
-    runner = SCSRunner(core, reactor, sink, scramblers, endpoints=endpoints, jitter_history=10_000_000)
+    runner = SCSRunner(core, reactor, sink, scramblers, endpoints=endpoints, jitter_history=10_000_000,
+                       autostart=not args.start_with_setup_done)
     clients = []
     for c in channels:
         machine = core.channels[c.name]
@@ -305,6 +325,15 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
     for client in clients:
         client.startService()
     runner.startService()
+    streams_open_s = None
+    if args.start_with_setup_done:  # as the lab does: the schedulers start once every stream is open
+        deadline = reactor.seconds() + 120.0
+        while reactor.seconds() < deadline and not all(
+                stream.state is SCSStreamState.ST_OPEN for channel in core.channels.values()
+                for stream in channel.streams.values()):
+            await deferLater(reactor, 0.2, lambda: None)
+        streams_open_s = reactor.seconds() - started
+        runner.begin()
     # warm-up: every service past its first switch, plus --warmup
     first_switch = max(s.period_start(s.first_period) for s in core.services.values())
     await deferLater(reactor, max(0.0, first_switch - reactor.seconds()) + args.warmup, lambda: None)
@@ -314,6 +343,7 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
         await deferLater(reactor, 1.0, lambda: None)
     windows = []
     sampler = CPUSampler() if args.profile else None
+    tracer = cProfile.Profile() if args.cprofile else None
     for _ in range(args.runs):
         before = {name: (s.stats.stkms_late, s.stats.periods_skipped, s.stats.periods_ready, s.stats.stkms_received)
                   for name, s in core.services.items()}
@@ -322,9 +352,13 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
         t0, cpu0, ecmg0 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         if sampler is not None:
             sampler.start()
+        if tracer is not None:
+            tracer.enable()
         await deferLater(reactor, args.duration, lambda: None)
         if sampler is not None:
             sampler.stop()
+        if tracer is not None:
+            tracer.disable()
         t1, cpu1, ecmg1 = reactor.seconds(), cpu_seconds(), process_cpu_seconds(ecmg_pid)
         gc.callbacks.remove(pauses)
         jitters = sorted(s.jitter * 1000 for _, s in list(runner.switch_log)[marker:])
@@ -346,12 +380,15 @@ async def run(args, port: int, ecmg_pid: int) -> dict:
             "ecmg_cpu_s": ecmg1 - ecmg0,
             "gc_s": sum(p for ps in pauses.pauses.values() for p in ps),
         })
+    if tracer is not None:
+        tracer.dump_stats(args.cprofile)
     runner.stopService()
     if collector is not None:
         collector.stop()
     for client in clients:
         await client.stopService()
-    return {"streams": len(services), "channels": len(channels), "setup_s": first_switch - started, "windows": windows,
+    return {"streams": len(services), "channels": len(channels), "setup_s": first_switch - started,
+            "streams_open_s": streams_open_s, "windows": windows,
             "profile": None if sampler is None else dict(sampler.counts)}
 
 
@@ -382,6 +419,14 @@ def main() -> None:
                         help="tune_gc() after set-up, as bcast-scs does ([scs] gc_tuning = true)")
     parser.add_argument("--profile", action="store_true",
                         help="sample where the SCS's CPU goes during the windows; report it per stream-period")
+    parser.add_argument("--start-with-setup-done", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the schedulers once every stream is open, as the lab does (default); "
+                             "--no-start-with-setup-done: at once, provisioning while the streams are set up")
+    parser.add_argument("--logs", metavar="DIR",
+                        help="keep the ECMG's log (ecmg.log) and write the SCS's (scs.log, info and up) in DIR")
+    parser.add_argument("--cprofile", metavar="FILE",
+                        help="trace the windows with cProfile into FILE (pstats); slows the SCS ~2x: "
+                             "use fewer streams, read counts and relative costs, not the jitter")
     args = parser.parse_args()
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -393,6 +438,12 @@ def main() -> None:
           f"{'on' if args.gc_tuning else 'off'}; {args.runs} windows of {args.duration:g} s in one SCS session; timer "
           f"floor {args.runs} x {args.baseline_seconds:g} s; medians [min..max]", flush=True)
     with tempfile.TemporaryDirectory() as directory:
+        if args.logs:  # the ECMG logs into the run's directory: keep it where asked
+            directory = args.logs
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            log_file = open(Path(directory) / "scs.log", "w")
+            globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(log_file), [
+                LogLevelFilterPredicate(LogLevel.info)])], redirectStandardIO=False, discardBuffer=True)
         proc, port = start_ecmg(Path(directory), args.streams)
         result: dict = {}
         try:
@@ -415,7 +466,9 @@ def main() -> None:
               f"p99 {w['p99_ms']:.3f} ms, max {w['max_ms']:.3f} ms; CPU {w['cpu_percent']:.1f} %, "
               f"GC max pause {w['gc_max_pause_ms']:.1f} ms")
     print(f"  SCS set-up: {result['streams']:,} services on {result['channels']} channels, "
-          f"{result['setup_s']:.1f} s to the last first switch")
+          f"{result['setup_s']:.1f} s to the last first switch"
+          + ("" if result["streams_open_s"] is None else
+             f" (every stream open after {result['streams_open_s']:.1f} s, the schedulers started then)"))
     for i, w in enumerate(windows, 1):
         print(f"  SCS window {i} ({w['window_s']:.1f} s): {w['periods_ready']:,} periods ready, late STKMs "
               f"{w['late_stkms']}, skipped periods {w['skipped_periods']}; {w['switches']:,} switches, jitter p50 "

@@ -48,7 +48,7 @@ def test_round_trip_every_field(tmp_path, ends, linktype):
     if linktype == "raw-family":
         linktype = 228 if ends is V4 else 229
     cli, srv = ends
-    big = bytes(random.Random(1).getrandbits(8) for _ in range(60000))
+    big = random.Random(1).randbytes(60000)
 
     def fill(w):
         w.write_tcp(cli, srv, b"", seq=7, flags=0x02)

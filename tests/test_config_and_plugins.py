@@ -1,6 +1,8 @@
 """Configuration files fail at start naming file, key and reason, as one line from each twistd plugin;
 --version; default configuration files; twistd finds every plugin."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -78,12 +80,21 @@ def test_twistd_finds_the_plugins():
 
 # --- the plugins, as an operator runs them ---------------------------------------------------------
 #
-# Each case is a real ``.venv/bin/twistd -n bcast-<role> --config FILE`` process; all of them run
-# (four at a time) when the first case is asked for, then each test reads its own result.
+# Every (role, kind) case is checked through twistd's own option parser in this process: the
+# ``twistd -n --pidfile= bcast-<role> --config FILE`` command line goes to
+# ``twisted.scripts.twistd.ServerOptions``, which finds the plugin and hands the rest to its Options,
+# where a configuration error ends the process (``RoleOptions.fail``: one stderr line, exit 78);
+# nothing of a twistd run comes before that but interpreter start-up. Each role also runs one case
+# (each kind at least once) as a real ``.venv/bin/twistd`` process, plus ``--version`` per role and
+# one ``twist``, four at a time when the first is asked for; the real run's status, stdout and
+# stderr must equal the in-process check's.
 
 BIN = Path(sys.executable).parent
 ROLES = ("ecmg", "scs", "emmg", "mux", "terminal", "lab")
 KINDS = ("missing", "syntax", "value", "unknown", "keys")
+#: the cases also run as a real twistd process: every role once, every kind at least once
+REAL_CASES = (("ecmg", "keys"), ("scs", "value"), ("emmg", "unknown"), ("mux", "missing"), ("terminal", "syntax"),
+              ("lab", "keys"))
 #: (role, kind) -> (file at fault relative to the case folder, key path or "line N", reason fragment)
 EXPECTED = {
     ("ecmg", "value"): ("ecmg.toml", "ecmg.max_channels", "0 outside 1..65536"),
@@ -175,17 +186,47 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, None, exc.stdout or "", f"still running after 60 s: {exc.stderr!r}")
 
 
+def _argv(role: str, folder: Path) -> list[str]:
+    return ["-n", "--pidfile=", f"bcast-{role}", "--config", str(folder / CONFIG_FILE[role])]
+
+
+def _check_in_process(role: str, folder: Path) -> subprocess.CompletedProcess:
+    """What ``twistd <_argv>`` does with a bad file, run through twistd's option parser here."""
+    from twisted.scripts.twistd import ServerOptions
+
+    argv = [str(BIN / "twistd"), *_argv(role, folder)]
+    stdout, stderr, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(folder)  # as the real run's working directory
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            ServerOptions().parseOptions(argv[1:])
+    except SystemExit as exc:
+        returncode = exc.code
+    else:
+        returncode = 0  # parsed: the real process would go on to serve, which no case should
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
+
+
 @pytest.fixture(scope="module")
-def plugin_runs(tmp_path_factory):
-    """(role, kind) -> (case folder, finished twistd process); plus ("version", role) -> process."""
+def cases(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """(role, kind) -> a folder with the role's example files broken as *kind* says."""
     base = tmp_path_factory.mktemp("plugins")
-    jobs = {}
+    folders = {}
     for role in ROLES:
         for kind in KINDS:
-            folder = base / f"{role}-{kind}"
-            _make_case(folder, role, kind)
-            argv = [str(BIN / "twistd"), "-n", "--pidfile=", f"bcast-{role}", "--config", str(folder / CONFIG_FILE[role])]
-            jobs[(role, kind)] = (folder, argv)
+            folders[(role, kind)] = base / f"{role}-{kind}"
+            _make_case(folders[(role, kind)], role, kind)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def plugin_runs(cases):
+    """The real processes: REAL_CASES, ("version", role) and ("twist", "ecmg") -> (folder, finished process)."""
+    base = next(iter(cases.values())).parent
+    jobs = {case: (cases[case], [str(BIN / "twistd"), *_argv(case[0], cases[case])]) for case in REAL_CASES}
+    for role in ROLES:
         jobs[("version", role)] = (base, [str(BIN / "twistd"), f"bcast-{role}", "--version"])
     jobs[("twist", "ecmg")] = (base, [str(BIN / "twist"), "bcast-ecmg", "--config", str(base / "absent.toml")])
     with ThreadPoolExecutor(4) as pool:
@@ -193,10 +234,7 @@ def plugin_runs(tmp_path_factory):
         return {name: (folder, future.result()) for name, (folder, future) in futures.items()}
 
 
-@pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_bad_file_stops_the_plugin_with_one_line_on_stderr(plugin_runs, role, kind):
-    folder, run = plugin_runs[(role, kind)]
+def _assert_one_line_and_exit_78(role: str, kind: str, folder: Path, run: subprocess.CompletedProcess) -> None:
     config = folder / CONFIG_FILE[role]
     if kind == "missing":
         expected = f"bcast-{role}: {config}: file not found\n"
@@ -209,6 +247,25 @@ def test_a_bad_file_stops_the_plugin_with_one_line_on_stderr(plugin_runs, role, 
         expected = run.stderr
     assert (run.returncode, run.stdout, run.stderr) == (78, "", expected)
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and "Usage" not in run.stderr
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_file_stops_the_plugin_with_one_line_on_stderr(cases, role, kind):
+    folder = cases[(role, kind)]
+    _assert_one_line_and_exit_78(role, kind, folder, _check_in_process(role, folder))
+
+
+@pytest.mark.parametrize(("role", "kind"), REAL_CASES)
+def test_a_real_twistd_process_stops_the_same_way(cases, plugin_runs, role, kind):
+    folder, run = plugin_runs[(role, kind)]
+    _assert_one_line_and_exit_78(role, kind, folder, run)
+    checked = _check_in_process(role, folder)
+    assert (run.returncode, run.stdout, run.stderr) == (checked.returncode, checked.stdout, checked.stderr)
+
+
+def test_the_real_cases_cover_every_role_and_every_kind():
+    assert {role for role, _kind in REAL_CASES} == set(ROLES) and {kind for _role, kind in REAL_CASES} == set(KINDS)
 
 
 def test_twist_stops_the_same_way(plugin_runs):

@@ -29,6 +29,7 @@ from bcast_sp4.media.scrambler import (
     esp_encapsulate,
     ipv4_udp,
     rtp_header_length,
+    srtp_policy,
 )
 
 P = traffic.TrafficProtection
@@ -192,6 +193,23 @@ def test_srtp_decrypts_with_libsrtp_and_an_independent_receiver(profile, mki_len
     tampered[15] ^= 1
     with pytest.raises(pylibsrtp.Error):
         receiver.unprotect(material, bytes(tampered))
+
+
+@pytest.mark.parametrize("profile", list(SRTPProfile))
+def test_srtp_contexts_sharing_one_policy_each_keep_their_own_tek(profile):
+    """A scrambler reuses one libsrtp policy for every TEK: each session still protects with its own key."""
+    policy = srtp_policy(profile)
+    materials = [traffic.generate(P.SRTP, mki_length=4) for _ in range(3)]
+    contexts = [SRTPContext(material, profile, policy) for material in materials]
+    assert policy.key is None  # the shared policy holds no TEK once a session is made
+    receiver = LibSRTPReceiver(profile)
+    for seq, (material, context) in enumerate(zip(materials, contexts), 300):
+        packet = context.protect(rtp(seq, b"payload %d" % seq))
+        assert srtp_unprotect_rfc3711(material, packet, profile.tag_length) == rtp(seq, b"payload %d" % seq)
+        assert receiver.unprotect(material, packet) == rtp(seq, b"payload %d" % seq)
+    other = next(p for p in SRTPProfile if p is not profile)
+    with pytest.raises(ValueError):
+        SRTPContext(materials[0], other, policy)
 
 
 def test_srtp_needs_rtp():

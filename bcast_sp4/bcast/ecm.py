@@ -74,6 +74,7 @@ INVALID_VALUE = ErrorStatus.INVALID_VALUE
 UNKNOWN_ERROR = ErrorStatus.UNKNOWN_ERROR
 _COUNTER_EPOCH = 1_700_000_000.0
 PLACEHOLDER_PID = 0x1FFF
+_DRM_PROFILE, _DVB_SECTIONS, _DVB_TS_PACKETS = CasMode.DRM_PROFILE, CasMode.DVB_SECTIONS, CasMode.DVB_TS_PACKETS
 
 
 class STKMSource:
@@ -136,21 +137,21 @@ class STKMSource:
         return datagram
 
     def _generate(self, request: ECMRequest) -> bytes:
+        # the request's fields in one unpack (the per-STKM path)
+        super_cas_id, mode, ecm_id, _channel, _stream, cp_number, cws, _duration, access_criteria, cw_encryption, now = (
+            request
+        )
         # CP_CW_combinations are (CP_number, CW) pairs already: used as they are unless encrypted
-        cws = request.CP_CW_combination
-        if request.CW_encryption is not None:
+        if cw_encryption is not None:
             pairs = [(c.CP_number, c.CW) for c in cws]
-            plain = self._cw_decryptor.decrypt(request.CW_encryption, self.cw_encryption_keys, pairs)
+            plain = self._cw_decryptor.decrypt(cw_encryption, self.cw_encryption_keys, pairs)
             cws = list(zip((cp for cp, _ in pairs), plain))
-        mode = request.mode
-        if mode is CasMode.DVB_SECTIONS or mode is CasMode.DVB_TS_PACKETS:
-            super_cas_id = request.super_CAS_id
+        if mode is _DVB_SECTIONS or mode is _DVB_TS_PACKETS:
             state = self._dvb_states.get(super_cas_id)
             if state is None or state._key is not self.dvb_keys[super_cas_id]:
                 state = self._dvb_state(super_cas_id)
-            section = build_dvb_ecm(state, request.ECM_id or 0, request.CP_number, cws, self.rng)
-            return section if mode is CasMode.DVB_SECTIONS else packetize(section)
-        cp_number = request.CP_number
+            section = build_dvb_ecm(state, ecm_id or 0, cp_number, cws, self.rng)
+            return section if mode is _DVB_SECTIONS else packetize(section)
         next_cp = (cp_number + 1) & 0xFFFF
         current = following = None
         for cp, cw in cws:  # the last of equal CP_numbers wins, as a dict of them would keep it
@@ -158,33 +159,42 @@ class STKMSource:
                 current = cw
             elif cp == next_cp:
                 following = cw
-        try:
-            access = stkm_drm.decode_access_criteria(request.access_criteria) if request.access_criteria else ()
-        except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
-            raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
-        stream = (request.super_CAS_id, request.ECM_id or 0)
+        if access_criteria:
+            try:
+                access = stkm_drm.decode_access_criteria(access_criteria)
+            except ValueError as exc:  # not a descriptor loop: the DVB parameter's value is invalid
+                raise ECMGenerationError(INVALID_VALUE, f"access_criteria: {exc}") from None
+        else:
+            access = ()
+        stream = (super_cas_id, ecm_id or 0)
         if current is None:  # the machine checks the CP_numbers; this holds for any caller
             raise ECMGenerationError(NOT_ENOUGH_CW, f"no CW for CP_number {cp_number}")
         # CW(n) of this provision is usually CW(n+1) of the stream's previous one: decoded then.
         last = self._last_next.get(stream)
         material = last[1] if last is not None and last[0] == current else decode_cw(None, current)
-        next_material = decode_cw(material.PROTECTION, following) if following is not None else None
-        if next_material is not None:
+        if following is not None:
+            next_material = decode_cw(material.PROTECTION, following)
             self._last_next[stream] = (following, next_material)
-        key, programme = self._stream_keys(stream, request.now)
-        if mode is CasMode.DRM_PROFILE:
+        else:
+            next_material = None
+        span = self._key_spans.get(stream)
+        if span is not None and span[4] < now < span[5]:  # well inside the cached span (_stream_keys)
+            key, programme = span[2], span[3]
+        else:
+            key, programme = self._stream_keys(stream, now)
+        if mode is _DRM_PROFILE:
             return stkm_drm.build_stkm(
                 material,
                 key,
                 programme_key=programme,
                 next_material=next_material,
-                timestamp=request.now,
+                timestamp=now,
                 access_criteria=access,
             )
         return stkm_mikey.build_stkm(
             material,
             key,
-            counter=self._next_counter(key, request.now),
+            counter=self._next_counter(key, now),
             next_material=next_material,
             access_criteria=access,
         )

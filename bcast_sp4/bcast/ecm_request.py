@@ -22,6 +22,10 @@ class CasMode(enum.Enum):
     DVB_SECTIONS = "dvb-sections"  # classic DVB: one ECM section per ECM_datagram
     DVB_TS_PACKETS = "dvb-ts"  # classic DVB: that section in 188-byte TS packets
 
+    # Members are singletons compared by identity: hashed by identity too (Enum's own __hash__
+    # hashes the name in Python, once per STKM where the source counts what it made).
+    __hash__ = object.__hash__
+
     @property
     def section_TSpkt_flag(self) -> int:
         if self is CasMode.DVB_SECTIONS:

@@ -400,10 +400,16 @@ class _MessageKeys:
         """:func:`_aes_cm`: CTR keystream = E(IV || 0x0000 + i), i = 0, 1, ... (128-bit counter)."""
         if not data:
             return b""
-        base = ((self.salt ^ ((csb_id << 64) | t64)) << 16) & _MASK128
-        blocks = b"".join([((base + i) & _MASK128).to_bytes(16, "big") for i in range(-(-len(data) // 16))])
-        stream = self.encryptor.update(blocks)
         n = len(data)
+        count = -(-n // 16)
+        # IV || i for i < 2**16: the IV's 14 bytes, then i in the low 16 bits (no carry out of them)
+        iv = ((self.salt ^ ((csb_id << 64) | t64)) & _MASK112).to_bytes(14, "big")
+        if count < len(_COUNTER_TAILS):
+            blocks = iv.join(_COUNTER_TAILS[:count + 1])  # b"" + iv + 0x0000 + iv + 0x0001 ...
+        else:  # key data is never this long (4 KiB); the 128-bit counter in full
+            base = int.from_bytes(iv, "big") << 16
+            blocks = b"".join([((base + i) & _MASK128).to_bytes(16, "big") for i in range(count)])
+        stream = self.encryptor.update(blocks)
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream[:n], "big")).to_bytes(n, "big")
 
     def digest(self, data: bytes) -> bytes:
@@ -411,6 +417,9 @@ class _MessageKeys:
 
 
 _MASK128 = (1 << 128) - 1
+_MASK112 = (1 << 112) - 1
+#: b"" then the 16-bit AES-CM block counters 0, 1, 2 ... (joined by the IV: each block's last 2 bytes)
+_COUNTER_TAILS = (b"",) + tuple(i.to_bytes(2, "big") for i in range(256))
 # Only the default CSB ID (= key_id, decision 1) is cached: a parsed message names its own CSB ID,
 # and caching every one a peer sends would grow without bound.
 _MESSAGE_KEYS: PerKeyCache[_MessageKeys] = PerKeyCache(lambda key: _MessageKeys(key.key, key.key_id))
@@ -504,8 +513,9 @@ def build_stkm(
         raise STKMError("csb_id must be a uint32")
     if not 0 <= protection_after_reception <= 3:
         raise STKMError("protection_after_reception must be 0..3")
-    encryption = EncrAlg(encryption)
-    if encryption not in (EncrAlg.AES_CM_128, EncrAlg.NULL):
+    if type(encryption) is not EncrAlg:
+        encryption = EncrAlg(encryption)
+    if encryption is not _AES_CM_128 and encryption is not _NULL_ENCRYPTION:
         raise STKMError(f"unsupported KEMAC encryption {encryption.name}")
     access_criteria = tuple(access_criteria)
     if len(access_criteria) > 0xFF:
@@ -517,7 +527,7 @@ def build_stkm(
         and type(counter) is int
         and type(csb_id) is int
         and type(protection_after_reception) is int
-        and all(type(d) is AccessCriteriaDescriptor for d in access_criteria)
+        and (not access_criteria or all(type(d) is AccessCriteriaDescriptor for d in access_criteria))
     ):
         return _build_fast(
             material, service_key, counter, next_material, csb_id, protection_after_reception, prot, auth,
@@ -621,6 +631,14 @@ _EXT_HEAD = struct.Struct(">BBH")  # next payload, type, length (Prefixed(Int16u
 _T_PAYLOAD = struct.Struct(">BBI")  # next payload, TS type COUNTER, 32-bit value
 _KEMAC_HEAD = struct.Struct(">BBH")  # next payload, encr alg, encr data length
 _KEY_DATA_HEAD = struct.Struct(">BBH")  # next payload, type|KV, key length
+# read per STKM: Enum.MEMBER goes through the metaclass's __getattr__ hook on Python 3.11 (~0.15 µs)
+_TGK, _TGK_SALT = int(KeyDataType.TGK), int(KeyDataType.TGK_SALT)
+_KV_SPI, _KV_NULL = int(KeyValidity.SPI), int(KeyValidity.NULL)
+_AES_CM_128, _NULL_ENCRYPTION = EncrAlg.AES_CM_128, EncrAlg.NULL
+_LAST_PAYLOAD, _KEY_DATA_PAYLOAD = int(PayloadType.LAST), int(PayloadType.KEY_DATA)
+_EXT_KEY_ID, _EXT_OMA_BCAST, _TS_COUNTER = int(ExtType.KEY_ID), int(ExtType.OMA_BCAST), int(TsType.COUNTER)
+_STKM_SUBTYPE_BYTE = bytes((BcastSubtype.STKM,))
+_NEXT_KEY_ID, _NEXT_T, _NEXT_BCAST, _NEXT_KEMAC = (_NEXT_PAYLOAD[n] for n in ("key_id", "t", "bcast", "kemac"))
 _U16 = struct.Struct(">H")
 _KEY_ID_SERVICE = bytes((KeyIdType.SERVICE_KEY_ID, 4))
 _KEY_ID_DOMAIN = bytes((KeyIdType.KEY_DOMAIN_ID, 3))
@@ -630,17 +648,17 @@ _MAC_ALG_BYTE = bytes((MacAlg.HMAC_SHA1_160,))
 def _key_data_fast(material: TrafficKeyMaterial, next_payload: int) -> bytes:
     """One Key data sub-payload (decision 4): :func:`_key_data_fields` through ``KEY_DATA``."""
     identifier = material.identifier
-    kv = KeyValidity.SPI if identifier else KeyValidity.NULL
+    kv = _KV_SPI if identifier else _KV_NULL
     kv_data = _BYTE[len(identifier)] + identifier if identifier else b""
     if type(material) is IPsecMaterial:
         key = material.encryption_key + material.authentication_key
-        head = _KEY_DATA_HEAD.pack(next_payload, (KeyDataType.TGK << 4) | kv, len(key))
+        head = _KEY_DATA_HEAD.pack(next_payload, (_TGK << 4) | kv, len(key))
         return head + key + kv_data
     if type(material) is SRTPMaterial:
         key, salt = material.master_key, material.master_salt
     else:
         key, salt = material.key, material.salt  # type: ignore[union-attr]
-    head = _KEY_DATA_HEAD.pack(next_payload, (KeyDataType.TGK_SALT << 4) | kv, len(key))
+    head = _KEY_DATA_HEAD.pack(next_payload, (_TGK_SALT << 4) | kv, len(key))
     return b"".join((head, key, _U16.pack(len(salt)), salt, kv_data))
 
 
@@ -658,11 +676,11 @@ def _build_fast(
 ) -> bytes:
     """The bytes of :func:`_build_reference` from struct and cached message keys (arguments checked)."""
     if next_material is None:
-        key_data = _key_data_fast(material, PayloadType.LAST)
+        key_data = _key_data_fast(material, _LAST_PAYLOAD)
     else:
-        key_data = _key_data_fast(material, PayloadType.KEY_DATA) + _key_data_fast(next_material, PayloadType.LAST)
+        key_data = _key_data_fast(material, _KEY_DATA_PAYLOAD) + _key_data_fast(next_material, _LAST_PAYLOAD)
     keys = _message_keys(service_key, csb_id)
-    if encryption is EncrAlg.AES_CM_128:
+    if encryption is _AES_CM_128:
         key_data = keys.aes_cm(csb_id, counter, key_data)
 
     key_domain_id = service_key.key_domain_id
@@ -670,7 +688,7 @@ def _build_fast(
     if key_domain_id:
         key_ids = _KEY_ID_DOMAIN + key_domain_id + key_ids
     flags = (par << 6) | (bool(access_criteria) << 5) | (int(prot) << 2) | (auth << 1)  # reserved bit 0
-    bcast_body = _BYTE[BcastSubtype.STKM] + _BYTE[flags]
+    bcast_body = _STKM_SUBTYPE_BYTE + _BYTE[flags]
     if access_criteria:
         bcast_body += _BYTE[len(access_criteria)] + b"".join(
             [_BYTE[d.tag] + _BYTE[len(d.data)] + d.data for d in access_criteria]
@@ -678,10 +696,10 @@ def _build_fast(
     # Lengths fit their fields: two Key data sub-payloads take at most ~600 bytes, the EXTs < 1 KiB.
     payloads = (
         _HDR.pack(*_HDR_FIXED, csb_id, 0, _CS_ID_MAP_EMPTY),
-        _EXT_HEAD.pack(_NEXT_PAYLOAD["key_id"], ExtType.KEY_ID, len(key_ids)) + key_ids,
-        _T_PAYLOAD.pack(_NEXT_PAYLOAD["t"], TsType.COUNTER, counter),
-        _EXT_HEAD.pack(_NEXT_PAYLOAD["bcast"], ExtType.OMA_BCAST, len(bcast_body)) + bcast_body,
-        _KEMAC_HEAD.pack(_NEXT_PAYLOAD["kemac"], encryption, len(key_data)) + key_data + _MAC_ALG_BYTE,
+        _EXT_HEAD.pack(_NEXT_KEY_ID, _EXT_KEY_ID, len(key_ids)) + key_ids,
+        _T_PAYLOAD.pack(_NEXT_T, _TS_COUNTER, counter),
+        _EXT_HEAD.pack(_NEXT_BCAST, _EXT_OMA_BCAST, len(bcast_body)) + bcast_body,
+        _KEMAC_HEAD.pack(_NEXT_KEMAC, encryption, len(key_data)) + key_data + _MAC_ALG_BYTE,
     )
     message = b"".join([payloads[i] for i in _IN_PAYLOAD_ORDER])
     return message + keys.digest(message)

@@ -562,6 +562,7 @@ def decode_cw(protection: TrafficProtection | None, data: bytes, *, reference: b
 # already checked against what they demand (fixed key and salt sizes, identifier <= 255 bytes,
 # SPI >= 256, supported algorithm ids as enum members, bytes objects). The field lists are checked
 # against the classes here, so a new field makes the import fail rather than leave it unset.
+_SRTP, _ISMACRYP = TrafficProtection.SRTP, TrafficProtection.ISMACRYP  # per CW: Enum.MEMBER is slow on 3.11
 _new = object.__new__
 _set = object.__setattr__
 if (
@@ -606,7 +607,7 @@ def _decode_cw_fast(found: TrafficProtection, data: bytes) -> TrafficKeyMaterial
     n = len(data)
     if n < 3:
         return None
-    if found is TrafficProtection.SRTP:
+    if found is _SRTP:
         id_len = data[2]
         if n != 3 + id_len + _SRTP_TAIL:
             return None
@@ -614,7 +615,7 @@ def _decode_cw_fast(found: TrafficProtection, data: bytes) -> TrafficKeyMaterial
         if data[at] != _AES128_KEY_SIZE or data[at + 17] != _SRTP_SALT_SIZE:
             return None
         return _checked_srtp(data[at + 1 : at + 17], data[at + 18 :], data[3:at])
-    if found is TrafficProtection.ISMACRYP:
+    if found is _ISMACRYP:
         id_len = data[2]
         if n != 3 + id_len + _ISMACRYP_TAIL:
             return None

@@ -38,6 +38,9 @@ class Limits:
     :ivar max_connections: connections a server holds at once, with or without a channel.
     :ivar max_buffered_bytes: received bytes not yet handled, per connection.
     :ivar max_buffered_bytes_total: the same, all connections of the role together.
+    :ivar max_buffered_bytes_no_channel: (servers) bytes of an unfinished message a connection
+        without a channel may hold (it may only send a channel_setup, a few dozen bytes; 0 = no
+        bound but ``max_buffered_bytes``).
     :ivar log_window: repeated warnings about one peer are summarised per this window ...
     :ivar log_burst: ... after this many were logged one by one.
     :ivar allow: TCP peers accepted (CIDR networks); ``None``: any.
@@ -53,6 +56,7 @@ class Limits:
     max_connections: int = 2048
     max_buffered_bytes: int = 256 * 1024
     max_buffered_bytes_total: int = 16 * 1024 * 1024
+    max_buffered_bytes_no_channel: int = 4096
     log_window: float = 10.0
     log_burst: int = 5
     allow: tuple[Network, ...] | None = None
@@ -121,6 +125,8 @@ def read_limits(root: Reader, *, server: bool, udp: bool = False, max_message_le
             idle_timeout=table.number("idle_timeout", d.idle_timeout, 0.0, 86400.0),
             channel_test_timeout=table.number("channel_test_timeout", d.channel_test_timeout, 0.001, 3600.0),
             max_connections=table.integer("max_connections", d.max_connections, 1, 1_000_000),
+            max_buffered_bytes_no_channel=table.integer("max_buffered_bytes_no_channel",
+                                                        d.max_buffered_bytes_no_channel, 0, 1 << 32),
             allow=_networks(table, "allow"),
         )
     if udp:

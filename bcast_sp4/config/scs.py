@@ -146,6 +146,7 @@ def load_scs_settings(path: str | Path) -> SCSSettings:
     timing = Timing(
         channel_test_interval=top.number("channel_test_interval", 10.0, 0.0, 3600.0),
         setup_timeout=top.number("setup_timeout", 5.0, 0.01, 600.0),
+        setups_in_flight=top.integer("setups_in_flight", 8, 0, 65535),
         response_timeout_floor=top.number("response_timeout_floor", 0.25, 0.001, 600.0),
         provision_lead=lead,
         max_attempts=top.integer("max_attempts", 3, 1, 100),

@@ -67,6 +67,7 @@ from .channel import (
 from .outputs import Notify, Output, Send
 
 _new_request = tuple.__new__
+_encode_ecm_response, _MAX_ECM_DATAGRAM = m.encode_ecm_response, m.MAX_ECM_DATAGRAM
 
 # error_information: the offending parameter_type (digest §5.3)
 _SUPER_CAS_ID = ECMG_SCS_PARAMS["Super_CAS_id"].code
@@ -149,6 +150,10 @@ class ECMGConnection(ServerChannel):
         self.streams: dict[int, _Stream] = {}
         # CWs before CP_number in each CW_provision (digest §3.4: n-(CW_per_msg-1-lead_CW)..n+lead_CW)
         self._cws_before = self.config.channel.CW_per_msg - 1 - self.config.channel.lead_CW
+        # the frozen configuration's values the per-STKM path reads
+        self._cw_per_msg = self.config.channel.CW_per_msg
+        self._max_comp_time = self.config.channel.max_comp_time
+        self._ac_transfer_mode = self.config.access_criteria_transfer_mode
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -304,31 +309,26 @@ class ECMGConnection(ServerChannel):
             return self.receive(msg, now, received_at)
         self._now = now
         try:
-            done = self._provision(msg, now, received_at)
+            return self._provision(msg, now, received_at, True)
         except Exception as exc:  # the ECM source's bug or ours: answered, the channel stays
             return self._internal_error(msg, exc)
-        if type(done) is not tuple:
-            return done
-        if 0 < len(done[1]) <= m.MAX_ECM_DATAGRAM:
-            return m.encode_ecm_response(version, self.channel_id, done[0], msg.CP_number, done[1])
-        return [Send(m.ECMResponse.make(version, self.channel_id, done[0], msg.CP_number, done[1]))]
 
     def _cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> list[Output]:
-        done = self._provision(msg, now, received_at)
-        if type(done) is tuple:
-            return [Send(m.ECMResponse.make(self.version, self.channel_id, done[0], msg.CP_number, done[1]))]
-        return done
+        return self._provision(msg, now, received_at, False)  # type: ignore[return-value]
 
-    def _provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> tuple[int, bytes] | list[Output]:
-        """A CW_provision: ``(stream_id, ECM_datagram)`` for the ECM_response, or the error outputs."""
+    def _provision(
+        self, msg: m.CWProvision, now: float, received_at: float | None, encoded: bool
+    ) -> bytes | list[Output]:
+        """A CW_provision: the ECM_response (encoded when *encoded* and it fits, else in a
+        ``Send``), or the error outputs."""
         # The per-STKM hot path: the common case is checked with few operations.
         stream = self.streams.get(msg.ECM_stream_id) if msg.ECM_channel_id == self.channel_id else None
         if stream is None:
             return self._known_stream(msg)[1]
-        p = self.config.channel
         combos = msg.CP_CW_combination
-        first = (msg.CP_number - self._cws_before) & 0xFFFF
-        in_order = len(combos) == p.CW_per_msg
+        cp_number = msg.CP_number
+        first = (cp_number - self._cws_before) & 0xFFFF
+        in_order = len(combos) == self._cw_per_msg
         if in_order:
             expected = first
             for combo in combos:
@@ -338,26 +338,28 @@ class ECMGConnection(ServerChannel):
                 expected = (expected + 1) & 0xFFFF
         if not in_order:
             cps = [combo.CP_number for combo in combos]
-            wanted = [(first + k) & 0xFFFF for k in range(p.CW_per_msg)]
+            wanted = [(first + k) & 0xFFFF for k in range(self._cw_per_msg)]
             if len(cps) != len(wanted) or sorted(cps) != sorted(wanted):
                 return self._invalid(
                     self.stream_error(stream.stream_id, ErrorStatus.NOT_ENOUGH_CONTROL_WORDS, _CP_CW_COMBINATION),
                     "not_enough_cws",
-                    cp_number=msg.CP_number,
+                    cp_number=cp_number,
                     got=cps,
                 )
             combos = tuple(sorted(combos, key=lambda combo: wanted.index(combo.CP_number)))
-        access_criteria = msg.access_criteria if msg.access_criteria is not None else stream.access_criteria
-        if msg.access_criteria is None and self.config.access_criteria_transfer_mode:
-            reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
-            return self._invalid(reply, "no_access_criteria")
-        if received_at is not None and (now - received_at) * 1000.0 > p.max_comp_time:
+        access_criteria = msg.access_criteria
+        if access_criteria is None:
+            if self._ac_transfer_mode:
+                reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
+                return self._invalid(reply, "no_access_criteria")
+            access_criteria = stream.access_criteria
+        if received_at is not None and (now - received_at) * 1000.0 > self._max_comp_time:
             # Our lateness, not the peer's fault: answered and logged, but not counted as an invalid
             # message (an overloaded ECMG must not close the SCS's channel for it).
             self.invalid_in_a_row = 0
             reply = self.stream_error(stream.stream_id, ErrorStatus.OUT_OF_COMPUTATIONAL_RESOURCES)
             return [Send(reply), Notify("deadline_missed", {**self._reply_fields(reply), "error_status": reply.error_status[0],
-                                                            "cp_number": msg.CP_number,
+                                                            "cp_number": cp_number,
                                                             "waited_ms": round((now - received_at) * 1000.0, 1)}, "warn")]
         request = _new_request(  # the NamedTuple's fields in order, without its __new__ frame
             ECMRequest,
@@ -367,7 +369,7 @@ class ECMGConnection(ServerChannel):
                 stream.ECM_id,
                 self.channel_id,
                 stream.stream_id,
-                msg.CP_number,
+                cp_number,
                 combos,
                 msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
                 access_criteria,
@@ -381,13 +383,15 @@ class ECMGConnection(ServerChannel):
             return self._invalid(
                 self.stream_error(stream.stream_id, exc.error_status),
                 "ecm_refused",
-                cp_number=msg.CP_number,
+                cp_number=cp_number,
                 error_status=exc.error_status,
                 detail=exc.detail,
             )
         self.invalid_in_a_row = 0
         stream.access_criteria = access_criteria  # remembered once an ECM was made with them
-        return (stream.stream_id, datagram)
+        if encoded and 0 < len(datagram) <= _MAX_ECM_DATAGRAM:
+            return _encode_ecm_response(self.version, self.channel_id, stream.stream_id, cp_number, datagram)
+        return [Send(m.ECMResponse.make(self.version, self.channel_id, stream.stream_id, cp_number, datagram))]
 
 
 __all__ = ["ChannelParameters", "ECMGConfig", "ECMGConnection", "ECMGResources"]

@@ -50,7 +50,9 @@ SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
 ``stream_retry_delay`` x 2^refusals, at most 32 x)::
 
   state           input                               action                                   next
-  IDLE            channel open                        send stream_setup; arm timer              WAIT_ST_STATUS
+  IDLE            channel open                        send stream_setup; arm timer (at most     WAIT_ST_STATUS
+                                                      setups_in_flight awaiting an answer; the
+                                                      others wait in a queue for a place)
   WAIT_ST_STATUS  stream_status (ECM_id echoed)       stream up -> scheduler                    ST_OPEN
   WAIT_ST_STATUS  stream_error 0x0014 (id in use)     stream_close_request, then set up again   ST_CLOSING
   WAIT_ST_STATUS  stream_error 0x0006                 as channel_error 0x0006                   (channel)
@@ -58,6 +60,8 @@ SCS stream (per stream, inside CH_OPEN; "refused" = ST_BACKOFF, retried after
                   0x0011, 0x0012, 0x0015, BCAST        BCAST 0x8000+n: configuration / keys)
                   0x8000+n, ...) / timer
   ST_BACKOFF      retry timer                         send stream_setup                         WAIT_ST_STATUS
+  ST_BACKOFF      stream_status (late: the set-up     stream up -> scheduler (no retry)         ST_OPEN
+                  timer ran out before it came)
   ST_OPEN         CW_provision (scheduler)            send; remember CP_number (FIFO)           ST_OPEN
   ST_OPEN         ECM_response (CP outstanding)       STKM -> scheduler                         ST_OPEN
   ST_OPEN         ECM_response (CP not outstanding)   ignored, logged                           ST_OPEN
@@ -104,6 +108,7 @@ from .scs_channel_states import (
     ChannelTimerKind,
     SCSChannelState,
     SCSStreamState,
+    SetupWindow,
     channel_refusal_text,
 )
 from .scs_records import (
@@ -141,6 +146,8 @@ class SCSChannel:
             self.streams[link.ECM_stream_id] = ChannelStream(service, link, nominal)
         #: channel set-ups that failed in a row (lengthens the reconnect back-off)
         self.refusals = 0
+        #: streams whose first stream_setup waits for a place (Timing.setups_in_flight)
+        self._setups = SetupWindow()
         self._handlers: dict[type, Callable[[Any, float], list]] = {
             m.ChannelStatus: self._channel_status,
             m.ChannelError: self._channel_error_message,
@@ -193,6 +200,7 @@ class SCSChannel:
         out: list = [CancelTimer(k) for k in self.timer_keys()]
         if self.state is SCSChannelState.CLOSING:
             return []
+        self._setups.clear()  # streams never set up stay IDLE: nothing to close
         if self.state is not SCSChannelState.CH_OPEN:
             out += self._streams_down("shutdown")
             if self.state is not SCSChannelState.DISCONNECTED:
@@ -245,10 +253,29 @@ class SCSChannel:
                 Send(ecmg_scs_channel_error(self.version, channel, INVALID_MESSAGE, 1)),
                 self._notify("wrong_direction", "warn", message_type=item.NAME),
             ]
-        return handler(item, now)
+        out = handler(item, now)
+        if self._setups:  # only while the channel's streams are being set up
+            out += self._pump_setups()
+        return out
 
     def timer(self, key: ChannelTimer, now: float) -> list:
         """The timer *key* (one of :meth:`timer_keys`) fired."""
+        out = self._timer(key, now)
+        if self._setups:
+            out += self._pump_setups()
+        return out
+
+    def _pump_setups(self) -> list:
+        """Send the queued stream_setups the window has room for."""
+        if self.state is not SCSChannelState.CH_OPEN:
+            self._setups.clear()
+            return []
+        out: list = []
+        for stream in self._setups.due(self.streams, self.timing.setups_in_flight):
+            out += self._setup_stream(stream)
+        return out
+
+    def _timer(self, key: ChannelTimer, now: float) -> list:
         kind = key.kind
         if kind is ChannelTimerKind.CLOSE:
             return self._finish_close(timed_out=True) if self.state is SCSChannelState.CLOSING else []
@@ -347,8 +374,9 @@ class SCSChannel:
                                             service=stream.service, max_streams=msg.max_streams))
                     continue
                 started += 1
-                out += self._setup_stream(stream)
-            return out
+                self._setups.queue.append(stream)  # set up through the window (_pump_setups)
+            self._setups.in_flight.clear()
+            return out + self._pump_setups()
         if self.state is SCSChannelState.CH_OPEN:
             out = [CancelTimer(self._key(ChannelTimerKind.TEST_REPLY))]
             params = ECMGParams.from_status(msg)
@@ -466,6 +494,7 @@ class SCSChannel:
         return [StreamDown(self.name, stream.stream_id, reason)] if was_open else []
 
     def _streams_down(self, reason: str) -> list:
+        self._setups.clear()
         out: list = []
         for stream in self.streams.values():
             out += self._stream_down(stream, reason)
@@ -478,8 +507,12 @@ class SCSChannel:
             return []  # the answer to a stream_setup sent before the close; its stream_close_request follows it
         if stream is None or self.state is not SCSChannelState.CH_OPEN:
             return [self._notify("unexpected_stream_status", "warn", stream_id=msg.ECM_stream_id)]
-        if stream.state is SCSStreamState.WAIT_ST_STATUS:
-            out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_SETUP, stream.stream_id))]
+        if stream.state is SCSStreamState.WAIT_ST_STATUS or stream.state is SCSStreamState.ST_BACKOFF:
+            # in ST_BACKOFF: the late answer to a stream_setup whose timer ran out (an ECMG working
+            # through thousands of set-ups): the ECMG opened the stream, so it is open; a retry
+            # would only be refused with 0x0014 (stream id in use) and start a close and set-up
+            out: list = [CancelTimer(self._key(ChannelTimerKind.STREAM_SETUP, stream.stream_id)),
+                         CancelTimer(self._key(ChannelTimerKind.STREAM_RETRY, stream.stream_id))]
             if self.version >= 2 and msg.ECM_id != stream.link.ECM_id:
                 out.append(self._notify("ecm_id_not_echoed", "warn", stream_id=stream.stream_id,
                                         ecm_id=msg.ECM_id, expected=stream.link.ECM_id))

@@ -99,6 +99,37 @@ class ChannelStream:
         return self.link.ECM_stream_id
 
 
+class SetupWindow:
+    """The streams whose first stream_setup waits for a place: at most *limit* set-ups from the
+    queue await their answer at a time (``Timing.setups_in_flight``; 0 = no limit)."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[ChannelStream] = collections.deque()
+        #: stream ids set up from the queue, possibly still awaiting their stream_status
+        self.in_flight: set[int] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.in_flight.clear()
+
+    def due(self, streams: dict[int, ChannelStream], limit: int) -> list[ChannelStream]:
+        """The queued (still IDLE) streams to set up now; an answer, a refusal or a time-out (the
+        stream left WAIT_ST_STATUS) freed their places."""
+        waiting = SCSStreamState.WAIT_ST_STATUS
+        in_flight = self.in_flight = {sid for sid in self.in_flight if streams[sid].state is waiting}
+        out: list[ChannelStream] = []
+        queue = self.queue
+        while queue and (limit <= 0 or len(in_flight) < limit):
+            stream = queue.popleft()
+            if stream.state is SCSStreamState.IDLE:
+                out.append(stream)
+                in_flight.add(stream.stream_id)
+        return out
+
+
 _PARAM_NAMES = {p.code: name for name, p in ECMG_SCS_PARAMS.items()}
 _OFFSET_CODES = (ErrorStatus.INVALID_MESSAGE, ErrorStatus.UNSUPPORTED_PROTOCOL_VERSION, ErrorStatus.UNKNOWN_MESSAGE_TYPE)
 
@@ -125,6 +156,7 @@ __all__ = [
     "SCSStreamState",
     "STREAM_ID_IN_USE",
     "STREAM_TIMERS",
+    "SetupWindow",
     "UNKNOWN_CHANNEL",
     "UNKNOWN_STREAM",
     "UNRECOVERABLE",

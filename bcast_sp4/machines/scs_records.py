@@ -146,6 +146,7 @@ class Timing:
 
     channel_test_interval: float = 10.0  # 0 = never
     setup_timeout: float = 5.0  # channel_setup / stream_setup / channel_test answers
+    setups_in_flight: int = 8  # per channel at channel open: stream_setups awaiting their answer (0 = all at once)
     response_timeout_floor: float = 0.25  # ECM_response timeout is max(2 x max_comp_time, this)
     provision_lead: float | None = None  # None: half a crypto-period
     max_attempts: int = 3  # CW_provisions per period and ECMG

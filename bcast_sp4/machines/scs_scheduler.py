@@ -138,6 +138,9 @@ class _Fetch:
     deadline: float = math.inf
     stkm: bytes | None = attrs.field(default=None, repr=False)
     received_at: float | None = None
+    #: provision_at of this fetch, computed with :attr:`provision_params` (recomputed when they change)
+    provision_at: float = math.nan
+    provision_params: object = attrs.field(default=None, repr=False)
 
 
 @attrs.define
@@ -201,8 +204,15 @@ class ServiceScheduler:
         self._tek_factory = tek_factory or self._generate_tek
         self._rng = rng
         self._recent_spis: collections.deque[int] = collections.deque(maxlen=16)
+        #: n -> the plaintext CP_CW_combination of TEK(n), built once (every CW_provision carrying
+        #: TEK(n) reuses it; dropped with the TEK)
+        self._combinations: dict[int, CPCWCombination] = {}
         #: the key of the timer that makes the scheduler :meth:`poll`
         self.timer_key = PeriodTimer(spec.name)
+        #: periods are planned up to current + this (about a period of provisioning ahead)
+        self._plan_ahead = 2 + math.ceil((self.lead + 1.0) / self.period_length)
+        #: the highest n planned so far (periods are only ever added above it)
+        self._planned_until: int | None = None
 
     # -- time grid -------------------------------------------------------------------------------
 
@@ -355,12 +365,16 @@ class ServiceScheduler:
         current = self.period_at(now)
         periods, links = self.periods, self.links
         # plan the periods whose provisioning can be due within about a period
-        horizon = current + 2 + math.ceil((self.lead + 1.0) / self.period_length)
-        for n in range(max(self.first_period, current), horizon + 1):
-            if n not in periods:
-                periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in links])
+        horizon = current + self._plan_ahead
+        low = max(self.first_period, current)
+        if self._planned_until is not None and self._planned_until >= low:
+            low = self._planned_until + 1
+        for n in range(low, horizon + 1):
+            periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in links])
+        if low <= horizon:
+            self._planned_until = horizon
         wake = math.inf
-        planned = PeriodState.PLANNED
+        planned, requested, waiting, up = PeriodState.PLANNED, Acquisition.REQUESTED, Acquisition.WAITING, LinkState.UP
         # in ascending n: periods are only ever added above every one kept (old ones go below)
         for period in periods.values():
             if period.state is planned:
@@ -369,18 +383,42 @@ class ServiceScheduler:
                     continue
                 if period.start < wake:
                     wake = period.start
+                fetches = period.fetches
                 for index, link in enumerate(links):
-                    if link.state is LinkState.UP:
-                        due = self._advance_fetch(period, index, now, out)
-                        if due < wake:
-                            wake = due
+                    if link.state is not up:
+                        continue
+                    fetch = fetches[index]
+                    state = fetch.state
+                    # the usual answers first, inline: waiting for the answer, or for provision_at
+                    if state is requested:
+                        due = fetch.deadline
+                        if now < due:
+                            if due < wake:
+                                wake = due
+                            continue
+                    elif state is waiting:
+                        if fetch.provision_params is not link.params:
+                            fetch.provision_at = self.provision_at(index, period.n)
+                            fetch.provision_params = link.params
+                        due = fetch.provision_at if fetch.provision_at > fetch.not_before else fetch.not_before
+                        if now < due:
+                            if due < wake:
+                                wake = due
+                            continue
+                    else:
+                        continue
+                    due = self._advance_fetch(period, index, now, out)
+                    if due < wake:
+                        wake = due
         while periods and next(iter(periods)) < current - 1:
             del periods[next(iter(periods))]
         teks = self.teks
         if len(teks) > 4:  # the window's few TEKs; older ones go
             keep_from = current - 1 - max((l.params.CW_per_msg if l.params else 1) for l in links)
+            combinations = self._combinations
             for n in [n for n in teks if n < keep_from]:
                 del teks[n]
+                combinations.pop(n, None)
         if wake < math.inf:
             out.append(StartTimer(self.timer_key, max(0.0, wake - now) + POLL_SLACK))
         return out
@@ -416,20 +454,28 @@ class ServiceScheduler:
         out.append(self._request(period.n, index))
         return fetch.deadline
 
+    def _combination(self, n: int) -> CPCWCombination:
+        """The plaintext CP_CW_combination of TEK(n) (CP_number n mod 2^16, the CW layout of TEK(n))."""
+        combination = self._combinations.get(n)
+        if combination is None:
+            combination = self._combinations[n] = CPCWCombination(n & CP_NUMBER_MASK, traffic.encode_cw(self.tek(n)))
+        return combination
+
     def _request(self, n: int, index: int) -> RequestCWProvision:
         link = self.links[index]
-        combos = [(cp & CP_NUMBER_MASK, traffic.encode_cw(self.tek(cp))) for cp in link.params.cp_window(n)]
+        combinations = tuple(self._combination(cp) for cp in link.params.cp_window(n))
         header = None
         encryption = link.spec.cw_encryption
         if encryption is not None:
+            combos = [(c.CP_number, c.CW) for c in combinations]
             header, encrypted = cw_encryption.encrypt(encryption.algorithm, encryption.key_id, encryption.key, combos)
-            combos = [(cp, cw) for (cp, _), cw in zip(combos, encrypted)]
+            combinations = tuple(CPCWCombination(cp, cw) for (cp, _), cw in zip(combos, encrypted))
         return RequestCWProvision(
             service=self.name,
             link=index,
             stream_id=link.spec.ECM_stream_id,
             cp_number=n & CP_NUMBER_MASK,
-            combinations=tuple(CPCWCombination(cp, cw) for cp, cw in combos),
+            combinations=combinations,
             cw_encryption=header,
             access_criteria=link.spec.access_criteria,
         )

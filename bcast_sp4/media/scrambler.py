@@ -97,16 +97,30 @@ def rtp_header_length(packet: bytes) -> int:
 # -- SRTP ---------------------------------------------------------------------------------------
 
 
-class SRTPContext:
-    """One TEK's SRTP sender (libsrtp session for any outbound SSRC)."""
+def srtp_policy(profile: SRTPProfile) -> pylibsrtp.Policy:
+    """A libsrtp policy for any outbound SSRC with *profile*, its key set per TEK by :class:`SRTPContext`."""
+    return pylibsrtp.Policy(ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp)
 
-    def __init__(self, material: SRTPMaterial, profile: SRTPProfile = SRTPProfile.AES128_CM_SHA1_80) -> None:
-        policy = pylibsrtp.Policy(
-            key=material.master_key + material.master_salt,
-            ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-            srtp_profile=profile.libsrtp,
-        )
-        self._session = pylibsrtp.Session(policy)
+
+class SRTPContext:
+    """One TEK's SRTP sender (libsrtp session for any outbound SSRC).
+
+    :param policy: a :func:`srtp_policy` of *profile* to reuse (its key is replaced): libsrtp copies
+        and derives what it needs when the session is created, so one policy serves every TEK of a
+        scrambler and only the session is new per TEK.
+    """
+
+    def __init__(self, material: SRTPMaterial, profile: SRTPProfile = SRTPProfile.AES128_CM_SHA1_80,
+                 policy: pylibsrtp.Policy | None = None) -> None:
+        if policy is None:
+            policy = srtp_policy(profile)
+        elif policy.srtp_profile != profile.libsrtp:
+            raise ValueError(f"an SRTP policy of another profile than {profile.name}")
+        policy.key = material.master_key + material.master_salt
+        try:
+            self._session = pylibsrtp.Session(policy)
+        finally:
+            policy.key = None  # the policy keeps no copy of the TEK
         self._mki = material.mki
         self._tag = profile.tag_length
 
@@ -253,6 +267,7 @@ class Scrambler:
         self.srtp_profile = srtp_profile
         self.inner_destination = inner_destination
         self._rng = rng
+        self._srtp_policy: pylibsrtp.Policy | None = None  # made once, reused for every TEK (SRTPContext)
         self._pending: list[_Key] = []  # sorted by at
         self.current: _Key | None = None
         self.switches: collections.deque[Switch] = collections.deque(maxlen=history)
@@ -263,7 +278,9 @@ class Scrambler:
         if material.PROTECTION is not self.protection:
             raise ValueError(f"{self.service}: {material.PROTECTION.name} TEK for a {self.protection.name} scrambler")
         if self.protection is TrafficProtection.SRTP:
-            context: object = SRTPContext(material, self.srtp_profile)
+            if self._srtp_policy is None:
+                self._srtp_policy = srtp_policy(self.srtp_profile)
+            context: object = SRTPContext(material, self.srtp_profile, self._srtp_policy)
         elif self.protection is TrafficProtection.ISMACRYP:
             context = ISMACrypContext(material)
         else:
@@ -324,4 +341,5 @@ __all__ = [
     "ipv4_udp",
     "ismacryp_encrypt",
     "rtp_header_length",
+    "srtp_policy",
 ]

@@ -15,6 +15,9 @@ send the channel_test it asks for.
 
 from __future__ import annotations
 
+from typing import Callable
+
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReadWriteDescriptor, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -25,6 +28,7 @@ from ..machines.outputs import Close, Output
 from ..wire import Framer, Interface, Message, PeerProtocolError, decode
 from .executor import Outbox, OutputExecutor
 from .guard import ConnectionGuard, ConnectionWatch
+from .log_limit import host_of
 
 _INTERNAL_ERROR = (Close("internal error", "warn"),)
 
@@ -49,6 +53,46 @@ def peer_name(transport) -> str:
     if isinstance(peer, (IPv4Address, IPv6Address)):
         return f"{peer.host}:{peer.port}"
     return "?"
+
+
+def socket_writer(transport) -> Callable[[bytes], None] | None:
+    """``transport.write`` that sends at once, for a plain Twisted TCP connection (else ``None``).
+
+    Twisted's own write buffers, registers the socket for writing and sends on the next reactor
+    turn (or on an explicit ``doWrite``), then unregisters it: two ``epoll_ctl`` calls and a dozen
+    Python calls around each ``send``. A request/response server (the ECMG) writes one short reply
+    per request into an empty buffer, so this sends it straight away (:func:`direct_writer`).
+    """
+    if type(transport) is not tcp.Server or not all(
+        hasattr(transport, name) for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
+    ):
+        return None  # another transport, or a Twisted whose buffer fields moved: its own write
+    return direct_writer(transport, transport.socket)
+
+
+def direct_writer(transport, sock) -> Callable[[bytes], None]:
+    """``send(data)``: straight to *sock* while *transport* (a Twisted ``FileDescriptor`` on it)
+    buffers nothing and is connected; what the socket does not take (or any socket error) goes
+    to ``transport.write``, which keeps the order, sends it when the socket is writable and
+    reports the error as a connection loss. Once the transport buffers anything, every write is
+    its write until it has sent all."""
+    write = transport.write
+
+    def send(data: bytes) -> None:
+        if (transport.connected and not transport.disconnecting and not transport._tempDataLen
+                and transport.offset == len(transport.dataBuffer)):
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own send meets the error and loses the connection
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write(data)
+
+    return send
 
 
 class SimulCryptStreamProtocol(Protocol):
@@ -77,7 +121,10 @@ class SimulCryptStreamProtocol(Protocol):
         self.watch: ConnectionWatch | None = None
         self.clock = executor.clock
         self.framer = Framer(max_length=max_message_length, interface=self.interface)
-        self.outbox = Outbox(self.log)
+        # the class's logger: ``self.log`` would be a Logger whose source is this protocol, and the
+        # outbox holding it a reference cycle that keeps the connection (its framer's buffer too)
+        # alive after it closed, until a full garbage collection (issue #13: memory after a flood)
+        self.outbox = Outbox(type(self).log, limiter=executor.limiter)
         #: where the machine's plain Send / Close go (``None`` when the machine addresses them itself)
         self.reply_outbox: Outbox | None = self.outbox
 
@@ -94,9 +141,18 @@ class SimulCryptStreamProtocol(Protocol):
         self.outbox.attach(self.transport, peer_name(self.transport))
         self.prepare_transport()
         self.start_watch()
-        self.log.info("connection from {peer}", peer=self.peer)
+        self.log_connection("opened", "connection from {peer}")
         if self.executor.meter is not None:  # servers; the clients count in their ClientService
             self.executor.meter.connection_made(self.executor.role)
+
+    def log_connection(self, kind: str, text: str) -> None:
+        """An info line about this connection (*kind*: ``opened``, ``closed``), limited per host by
+        the role's limiter when it has one: a flood of connections is a few lines and a summary.
+        Logged by the class's logger: an event whose source is the protocol would keep the
+        protocol alive as long as the event is kept (a log buffer)."""
+        limiter = self.executor.limiter
+        if limiter is None or limiter.allow(host_of(self.peer), kind, f"connections {kind}", "info"):
+            type(self).log.info(text, peer=self.peer)
 
     def prepare_transport(self) -> None:
         """TCP_NODELAY, and the outbox's write-through when :attr:`write_through` (from connectionMade)."""
@@ -104,7 +160,13 @@ class SimulCryptStreamProtocol(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)
         if self.write_through and IReadWriteDescriptor.providedBy(transport) and not ISSLTransport.providedBy(transport):
-            self.outbox.push = transport.doWrite  # a plain TCP socket (TLS writes through its own layer)
+            # a plain TCP socket (TLS writes through its own layer): straight to the socket when
+            # the transport holds nothing, else the transport's write and doWrite
+            send = socket_writer(transport)
+            if send is not None:
+                self.outbox.send = send
+            else:
+                self.outbox.push = transport.doWrite
 
     # -- the guard's hooks ---------------------------------------------------------------------------
 
@@ -114,7 +176,7 @@ class SimulCryptStreamProtocol(Protocol):
         if guard is not None:
             self.watch = guard.watch(
                 self.peer, self.transport, handle_frames=self.handle_frames, close=self.close_now,
-                partial=self._partial, has_channel=self.has_channel if guard.server else None,
+                partial=self.framer.buffered_bytes, has_channel=self.has_channel if guard.server else None,
                 channel_test=self.channel_test, feed=self.framer.feed,
             )
 
@@ -127,9 +189,6 @@ class SimulCryptStreamProtocol(Protocol):
     def _closing_watch(self) -> None:
         if self.watch is not None:
             self.watch.closing()
-
-    def _partial(self) -> int:
-        return self.framer.buffered
 
     def has_channel(self) -> bool:
         """Whether a channel is open on this connection (servers say; a client's guard does not ask)."""
@@ -149,7 +208,7 @@ class SimulCryptStreamProtocol(Protocol):
     # -- input -----------------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.outbox.closing:
+        if self.outbox.close is not None:  # closing (the property's test, without its call)
             return
         received_at = self.clock.seconds()
         watch = self.watch
@@ -169,7 +228,7 @@ class SimulCryptStreamProtocol(Protocol):
             time runs out (the guard keeps the rest for the next turn).
         """
         outbox = self.outbox
-        if outbox.closing:
+        if outbox.close is not None:  # closing
             self._closing_watch()
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
@@ -202,10 +261,10 @@ class SimulCryptStreamProtocol(Protocol):
                 else:
                     executor.run(outputs, now, reply_outbox)
                 handled += 1
-                if outbox.closing:
+                if outbox.close is not None:  # closing
                     self._closing_watch()
                     return len(frames)  # nothing more is handled on this connection
-                if deadline is not None and clock.seconds() > deadline:
+                if deadline is not None and handled < len(frames) and clock.seconds() > deadline:
                     break  # the turn's time is up: the guard keeps the rest for the next turn
         finally:
             executor.end()

@@ -21,6 +21,8 @@ from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 
+_CHANNEL_OPEN = ServerChannelState.CHANNEL_OPEN  # read every turn (Enum.MEMBER is slow on Python 3.11)
+
 
 class ECMGProtocol(SimulCryptStreamProtocol):
     interface = Interface.ECMG_SCS
@@ -39,7 +41,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         return self._receive(item, now, received_at)
 
     def has_channel(self) -> bool:
-        return self.machine.state is ServerChannelState.CHANNEL_OPEN
+        return self.machine.state is _CHANNEL_OPEN
 
     def channel_test(self) -> bool:
         machine = self.machine
@@ -52,7 +54,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         self.outbox.lost()
         self.stop_watch()
         self.run(self.machine.connection_lost())
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        self.log_connection("closed", "connection from {peer} closed")
 
 
 class ECMGFactory(ServerFactory):

@@ -14,7 +14,8 @@ output                      effect
 :class:`Notify`             one structured log event at the output's level (debug, info, warn,
                             error), and the event handed to the process's
                             :class:`~bcast_sp4.session.SessionManager` when there is one
-:class:`StartTimer`         a keyed ``IDelayedCall`` on the injected clock, due at
+:class:`StartTimer`         a keyed timer on the injected clock (:class:`KeyedTimers`: one
+                            heap, one ``IDelayedCall`` for its earliest), due at
                             ``now + seconds`` (the work done since *now* does not make it late);
                             a timer armed under the same key is replaced
 :class:`CancelTimer`        that timer disarmed
@@ -27,16 +28,20 @@ executed in turn. Logs carry ids, codes and message names, never parameter value
 
 from __future__ import annotations
 
+import math
+from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
+from twisted.internet.error import AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..logfields import HEX16, HEX32, readable
 from ..machines.outputs import CancelTimer, Close, Notify, Output, Send, StartTimer
 from ..wire import Message
-from .log_limit import LogLimiter, shorten_fields
+from .log_limit import LogLimiter, host_of, shorten_fields
 
 #: the levels a :class:`Notify` or :class:`Close` may carry, and the logger method of each
 LEVELS = ("debug", "info", "warn", "error")
@@ -80,17 +85,24 @@ class Outbox:
     """Write-then-close for one connection: queued bytes go out in one write, a close after them.
 
     :ivar peer: how the logs name the other end (``host:port``).
+    :param limiter: the role's :class:`~.log_limit.LogLimiter`: the "closing connection" lines are
+        limited per host (a flood's closes are a few lines and a summary), or ``None``: each logged.
     """
 
-    __slots__ = ("transport", "peer", "log", "chunks", "close", "closed", "push")
+    __slots__ = ("transport", "peer", "log", "limiter", "chunks", "close", "closed", "push", "send")
 
-    def __init__(self, log: Logger, peer: str = "?") -> None:
+    def __init__(self, log: Logger, peer: str = "?", limiter: LogLimiter | None = None) -> None:
         self.transport = None
         #: called right after each write when set: the transport's ``doWrite``, which sends now what
         #: the write buffered (write-through, :attr:`~._stream.SimulCryptStreamProtocol.write_through`)
         self.push = None
+        #: when set, writes instead of ``transport.write`` + :attr:`push` while no close is asked:
+        #: ``send(data)`` sends at once what the socket takes and leaves the rest to the transport
+        #: (:func:`~._stream.socket_writer`, for a plain TCP connection)
+        self.send = None
         self.peer = peer
         self.log = log
+        self.limiter = limiter
         self.chunks: list[bytes] = []
         #: the :class:`Close` asked for, once one was
         self.close: Close | None = None
@@ -133,60 +145,178 @@ class Outbox:
             data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks.clear()
             if transport is not None and not self.closed:
-                transport.write(data)
-                if self.push is not None and self.close is None:
-                    self.push()
+                if self.send is not None and self.close is None:
+                    self.send(data)
+                else:
+                    transport.write(data)
+                    if self.push is not None and self.close is None:
+                        self.push()
         if self.close is not None and not self.closed and transport is not None:
             self.closed = True
-            log_at(self.log, self.close.level)("closing connection with {peer}: {reason}", peer=self.peer,
-                                               reason=self.close.reason)
+            level, limiter = self.close.level, self.limiter
+            if limiter is None or limiter.allow(host_of(self.peer), ("closing", level), "connections closed", level):
+                log_at(self.log, level)("closing connection with {peer}: {reason}", peer=self.peer,
+                                        reason=self.close.reason)
             transport.loseConnection()
 
 
-class KeyedTimers(Mapping[Hashable, IDelayedCall]):
-    """``IDelayedCall``s by key on an injected clock; *fire(key)* runs when one is due.
+@implementer(IDelayedCall)
+class TimerHandle:
+    """The armed timer of one key of a :class:`KeyedTimers`, read (and driven) as an ``IDelayedCall``."""
 
-    Read as a mapping: key -> the armed call.
+    __slots__ = ("_timers", "_key", "_entry")
+
+    def __init__(self, timers: "KeyedTimers", key: Hashable, entry: list) -> None:
+        self._timers, self._key, self._entry = timers, key, entry
+
+    def getTime(self) -> float:
+        return self._entry[0]
+
+    def active(self) -> bool:
+        return self._timers._entries.get(self._key) is self._entry
+
+    def cancel(self) -> None:
+        if not self.active():
+            raise AlreadyCancelled
+        self._timers.cancel(self._key)
+
+    def reset(self, secondsFromNow: float) -> None:
+        if not self.active():
+            raise AlreadyCancelled
+        self._timers.start(self._key, secondsFromNow)
+        self._entry = self._timers._entries[self._key]
+
+    def delay(self, secondsLater: float) -> None:
+        if not self.active():
+            raise AlreadyCancelled
+        self._timers.start(self._key, max(0.0, self._entry[0] + secondsLater - self._timers.clock.seconds()))
+        self._entry = self._timers._entries[self._key]
+
+
+class KeyedTimers(Mapping[Hashable, TimerHandle]):
+    """Timers by key on an injected clock; *fire(key)* runs when one is due.
+
+    One heap of ``[time, sequence, key]`` entries and ONE ``IDelayedCall`` on the clock, armed for
+    the earliest entry (a timer heap above the reactor's): arming, replacing or cancelling a key is
+    a dict update and a push compared in C, not an ``IDelayedCall`` per key in the reactor's heap
+    (whose ``reset`` to an earlier time is a linear search of that heap). A replaced or cancelled
+    entry stays in the heap, dead, until it comes up (or a rebuild when dead entries outnumber the
+    live ones). When the clock's call runs, every entry due by then fires in time order, those due
+    at the same instant in the order they were armed. :meth:`run_due` lets a role fire the timers
+    due between two pieces of other work (the SCS between two received messages), so one long
+    batch of input does not hold a due timer back until the reactor's next turn.
+
+    Read as a mapping: key -> :class:`TimerHandle` (``getTime()``, ``active()``, ``cancel()``).
     """
 
     def __init__(self, clock: IReactorTime, fire: Callable[[Hashable], None]) -> None:
         self.clock = clock
         self._fire = fire
-        self._calls: dict[Hashable, IDelayedCall] = {}
+        #: key -> its live heap entry [time, sequence, key]
+        self._entries: dict[Hashable, list] = {}
+        self._heap: list[list] = []
+        self._sequence = 0
+        #: the clock's call, armed for :attr:`_call_at` (the earliest entry, live or dead)
+        self._call: IDelayedCall | None = None
+        self._call_at = math.inf
+        self._running = False
 
     def start(self, key: Hashable, seconds: float, now: float | None = None) -> None:
-        """Arm *key* to fire *seconds* after *now* (default: the clock's now), replacing it if armed."""
-        clock = self.clock
-        delay = seconds if now is None else max(0.0, now + seconds - clock.seconds())
-        call = self._calls.get(key)
-        if call is not None and call.active():
-            call.reset(delay)
+        """Arm *key* to fire *seconds* after *now* (default: the clock's now; never in the past),
+        replacing it if armed."""
+        current = self.clock.seconds()
+        if now is None:
+            at = current + seconds
         else:
-            self._calls[key] = clock.callLater(delay, self._due, key)
+            at = now + seconds
+            if at < current:
+                at = current
+        self._sequence += 1
+        entry = [at, self._sequence, key]
+        self._entries[key] = entry
+        heap = self._heap
+        heappush(heap, entry)
+        if at < self._call_at and not self._running:  # while a run is on, it arms once at its end
+            self._arm(at, current)
+        elif len(heap) > 64 and len(heap) > 3 * len(self._entries):
+            self._compact()
 
     def cancel(self, key: Hashable) -> None:
-        call = self._calls.pop(key, None)
+        if self._entries.pop(key, None) is not None and not self._entries:
+            self._disarm()
+
+    def cancel_all(self) -> None:
+        self._entries.clear()
+        self._disarm()
+
+    def run_due(self, now: float) -> None:
+        """Fire every timer due by *now* (called between other work; a no-op when none is due)."""
+        heap = self._heap
+        if heap and heap[0][0] <= now and not self._running:
+            self._run(now)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _arm(self, at: float, current: float) -> None:
+        call = self._call
+        if call is not None and call.active():
+            call.cancel()
+        self._call_at = at
+        self._call = self.clock.callLater(at - current if at > current else 0.0, self._due)
+
+    def _disarm(self) -> None:
+        self._heap.clear()
+        self._call_at = math.inf
+        call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
 
-    def cancel_all(self) -> None:
-        calls, self._calls = self._calls, {}
-        for call in calls.values():
-            if call.active():
-                call.cancel()
+    def _compact(self) -> None:
+        self._heap = list(self._entries.values())
+        heapify(self._heap)
 
-    def _due(self, key: Hashable) -> None:
-        self._calls.pop(key, None)
-        self._fire(key)
+    def _due(self) -> None:
+        """The clock's call: everything due by the instant it was armed for (or by now) fires."""
+        self._call = None
+        at, self._call_at = self._call_at, math.inf
+        now = self.clock.seconds()
+        self._run(at if at > now else now)
 
-    def __getitem__(self, key: Hashable) -> IDelayedCall:
-        return self._calls[key]
+    def _run(self, until: float) -> None:
+        """Fire the entries due by *until* that were armed before this run began; one armed while it
+        runs (even at once) waits for the clock's next call, as a ``callLater`` made in a
+        ``callLater`` would."""
+        heap, entries, fire, last = self._heap, self._entries, self._fire, self._sequence
+        self._running = True
+        try:
+            while heap and heap[0][0] <= until and heap[0][1] <= last:
+                entry = heappop(heap)
+                key = entry[2]
+                if entries.get(key) is entry:
+                    del entries[key]
+                    fire(key)
+                    heap = self._heap  # a start() may have compacted it
+        finally:
+            self._running = False
+            heap = self._heap
+            while heap and entries.get(heap[0][2]) is not heap[0]:
+                heappop(heap)  # dead entries on top: the clock's call is armed for a live one
+            if not heap:
+                self._disarm()
+            elif self._call is None or heap[0][0] < self._call_at:
+                self._arm(heap[0][0], self.clock.seconds())
+
+    def __getitem__(self, key: Hashable) -> TimerHandle:
+        return TimerHandle(self, key, self._entries[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
     def __iter__(self) -> Iterator[Hashable]:
-        return iter(list(self._calls))
+        return iter(list(self._entries))
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._entries)
 
 
 class OutputExecutor:
@@ -290,10 +420,13 @@ class OutputExecutor:
             outbox = self.default_outbox() if self.default_outbox is not None else None
             if outbox is None:
                 return
-        if outbox.queue(data):
-            self._touched.append(outbox)
-            if self._depth == 0:
-                self.end_now()
+        if outbox.close is None:  # outbox.queue(data), inline: once per reply on a hot path
+            chunks = outbox.chunks
+            chunks.append(data)
+            if len(chunks) == 1:
+                self._touched.append(outbox)
+                if self._depth == 0:
+                    self.end_now()
 
     def close(self, outbox: Outbox | None, close: Close) -> None:
         """Close *outbox*'s connection after what is queued on it."""
@@ -346,4 +479,4 @@ class OutputExecutor:
         self.timers.cancel_all()
 
 
-__all__ = ["KeyedTimers", "LEVELS", "Outbox", "OutputExecutor", "log_at"]
+__all__ = ["KeyedTimers", "LEVELS", "Outbox", "OutputExecutor", "TimerHandle", "log_at"]

@@ -19,18 +19,27 @@ Rules (times from :class:`Limits`; 0 turns a timeout off):
   their bytes arrived, so a deadline (the ECMG's ``max_comp_time``, error 0x000D) counts the wait.
 * **Buffers** (:meth:`ConnectionWatch.turn_done`): bytes received and not yet handled (an
   unfinished message plus the queue) are bounded per connection and for the role as a whole;
-  the connection that goes past either bound is closed.
+  the connection that goes past either bound is closed. A server's connection without a channel
+  (none opened, nothing waiting to be handled) may hold only ``max_buffered_bytes_no_channel``
+  of an unfinished message: before its channel_setup a peer has nothing big to send, and a flood
+  of half-sent messages is dropped as it arrives instead of holding 32 KiB per connection for the
+  ``message_timeout``.
 * **Timeouts**: a server closes a connection that has no channel ``first_channel_setup_timeout``
   after it was accepted (or after its channel closed); any connection whose unfinished message
   is not complete ``message_timeout`` after its first byte; a channel silent for
   ``idle_timeout`` is sent a channel_test, and closed when nothing arrives within
   ``channel_test_timeout``.
 
-* **Memory return** (:class:`Reclaimer`): when many connections or many buffered bytes have gone
-  since the last look (a flood ended), the process runs a full garbage collection (protocols,
-  transports and failures hold reference cycles that outlive a connection in the old generation)
-  and asks the C allocator to give free pages back to the system (glibc ``malloc_trim``): without
-  it, RSS stayed at its flood peak (issue #13: 55 -> 128 MB, and 128 MB after the connections went).
+* **Memory return** (:class:`Reclaimer`): a closed connection is freed by reference counting (the
+  protocol, its framer and buffer; the ECMG and MUX machines still hold a small cycle of their own
+  bound methods). When many connections or many buffered bytes have gone (a flood ended), once
+  they stopped going, the process runs a full garbage collection (those cycles, and the free lists
+  of the interpreter, whose cached objects keep allocator pools in use) and asks the C allocator
+  to give free pages back to the system (glibc ``malloc_trim``). Measured with
+  ``benchmarks/robustness.py`` (issue #13), what stays after a flood of 2,000 idle connections is
+  CPython's small-object allocator: about 7 of its 1 MiB arenas that a few long-lived objects made
+  during the flood (timers re-armed, log-limiter entries) keep, each with almost all its pools
+  free; a second flood reuses them.
 
 Every refusal and close is counted (:attr:`ConnectionGuard.counters`) and logged through the
 limiter, so a flood writes a few lines and a summary, never one line per connection.
@@ -100,7 +109,7 @@ def _malloc_trim() -> Callable[[], object] | None:
     """glibc's ``malloc_trim(0)``, or ``None`` where the C library has none."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS), or no C library handle (Windows)
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
@@ -118,43 +127,79 @@ def _rss_kib() -> int | None:
 class Reclaimer:
     """Gives memory back after a flood: full GC, then ``malloc_trim``, once things calmed down.
 
-    :meth:`note` is told the connection count and buffered bytes whenever a connection goes; once
-    at least *connections* connections or *buffered* bytes have gone since the high-water mark, a
-    reclaim runs *delay* seconds later (one pending at a time), and the marks start again.
+    :meth:`note` is told the connection count and buffered bytes whenever they change. Once at
+    least *connections* connections or *buffered* bytes have gone since the high-water mark, a
+    reclaim is due *delay* seconds after the last change: each further change (the rest of the
+    flood going) postpones it again, but never past *max_wait* seconds after it first became due,
+    so that steady churn still gets one. A reclaim that ran while connections were still going
+    (it waited *max_wait*) is followed by another once at least a quarter of the marks more have
+    gone: the tail of a flood that closes over tens of seconds. A reclaim after *delay* quiet
+    seconds starts the marks again from what is open.
 
+    Run too early (the first connections of a flood gone, most still open) the collection finds
+    little and the allocator keeps the pages of everything that goes after it: measured with the
+    harness (issue #13), a reclaim 2 s after the first 256 closes left ~9 MB of glibc heap that the
+    last few hundred closes freed and nobody trimmed.
+
+    :param collect: the collection (``gc.collect``: a full one, which also empties the
+        interpreter's free lists, whose cached objects would keep allocator pools in use).
     :ivar runs: reclaims done.
     """
 
+    log = Logger()
+
     def __init__(self, clock: IReactorTime, *, connections: int = 256, buffered: int = 8 << 20,
-                 delay: float = 2.0, trim: Callable[[], object] | None = None) -> None:
+                 delay: float = 2.0, max_wait: float = 10.0, trim: Callable[[], object] | None = None,
+                 collect: Callable[[], int] = gc.collect) -> None:
         self.clock = clock
         self.connections = connections
         self.buffered = buffered
         self.delay = delay
+        self.max_wait = max_wait
         self._trim = trim if trim is not None else _malloc_trim()
-        self._high_connections = 0
-        self._high_buffered = 0
+        self._collect = collect
+        self._high_connections = self._now_connections = 0
+        self._high_buffered = self._now_buffered = 0
         self._call: IDelayedCall | None = None
+        self._latest = 0.0  # a due reclaim runs by then at the latest
+        self._changed_at = 0.0  # when the counts last changed
+        self._draining: tuple[int, int] | None = None  # counts at a reclaim made while they went on changing
         self.runs = 0
 
     def note(self, connections: int, buffered: int) -> None:
         """Connections open and bytes buffered now (call on every change worth watching)."""
+        changed = connections != self._now_connections or buffered != self._now_buffered
+        self._now_connections, self._now_buffered = connections, buffered
+        if changed:
+            self._changed_at = self.clock.seconds()
         if connections > self._high_connections:
             self._high_connections = connections
         if buffered > self._high_buffered:
             self._high_buffered = buffered
-        if self._call is None and (self._high_connections - connections >= self.connections
-                                   or self._high_buffered - buffered >= self.buffered):
-            self._call = self.clock.callLater(self.delay, self.reclaim)
-
-    log = Logger()
+        call = self._call
+        if call is None:
+            draining = self._draining
+            if draining is not None:
+                due = (draining[0] - connections >= self.connections // 4
+                       or draining[1] - buffered >= self.buffered // 4)
+            else:
+                due = (self._high_connections - connections >= self.connections
+                       or self._high_buffered - buffered >= self.buffered)
+            if due:
+                self._latest = self.clock.seconds() + self.max_wait
+                self._call = self.clock.callLater(self.delay, self.reclaim)
+        elif changed and call.active():
+            call.reset(max(0.0, min(self.delay, self._latest - self.clock.seconds())))
 
     def reclaim(self) -> None:
         self._call = None
-        self._high_connections = self._high_buffered = 0
+        now = (self._now_connections, self._now_buffered)
+        self._high_connections, self._high_buffered = now
+        # still going: watch the tail from here
+        self._draining = now if self.clock.seconds() - self._changed_at < self.delay else None
         self.runs += 1
         before = _rss_kib()
-        found = gc.collect()
+        found = self._collect()
         if self._trim is not None:
             self._trim()
         self.log.info("after a burst of connections: {found} unreachable objects collected, RSS {before} -> {after} KiB",
@@ -304,7 +349,9 @@ class ConnectionWatch:
         self.turn_time = self.limits.turn_time if self.limits.turn_time else float("inf")
         #: when the current turn's handling stops (clock seconds); see :meth:`take`
         self.deadline = float("inf")
-        self._queue: collections.deque = collections.deque()  # (frames, index, received_at)
+        # (frames, index, received_at): a deque from the first message that waits (an empty deque
+        # is ~760 bytes, a third of what a connection holds that never sends anything)
+        self._queue: collections.deque | tuple = ()
         self._queued_bytes = 0
         self._next_turn: IDelayedCall | None = None
         self._paused = False
@@ -342,7 +389,7 @@ class ConnectionWatch:
         return frames
 
     def _enqueue_raw(self, data: bytes, received_at: float) -> None:
-        self._queue.append([data, -1, received_at])
+        self._backlog().append([data, -1, received_at])
         self._queued_bytes += len(data)
         self._schedule()
 
@@ -365,16 +412,22 @@ class ConnectionWatch:
         """The turn's time ran out after *handled* of *frames*: the rest goes first next turn."""
         if handled >= len(frames) or self.closed:
             return
-        self._queue.appendleft([frames, handled, received_at])
+        self._backlog().appendleft([frames, handled, received_at])
         self._queued_bytes += sum(len(f) for f in frames[handled:] if isinstance(f, bytes))
         self._schedule()
 
     def _enqueue(self, frames: list, start: int, received_at: float) -> None:
         if start >= len(frames):
             return
-        self._queue.append([frames, start, received_at])
+        self._backlog().append([frames, start, received_at])
         self._queued_bytes += sum(len(f) for f in frames[start:] if isinstance(f, bytes))
         self._schedule()
+
+    def _backlog(self) -> collections.deque:
+        queue = self._queue
+        if type(queue) is tuple:
+            queue = self._queue = collections.deque()
+        return queue
 
     def _schedule(self) -> None:
         if not self._paused:
@@ -455,6 +508,11 @@ class ConnectionWatch:
         if guard.buffered_total > limits.max_buffered_bytes_total:
             self.close("closed_buffer_total", f"{guard.buffered_total} bytes buffered by all connections "
                                               f"(max_buffered_bytes_total {limits.max_buffered_bytes_total})")
+            return
+        if (partial > limits.max_buffered_bytes_no_channel and limits.max_buffered_bytes_no_channel
+                and not self._queue and self._has_channel is not None and not self._has_channel()):
+            self.close("closed_buffer_no_channel", f"{partial} bytes of a message and no channel "
+                                                   f"(max_buffered_bytes_no_channel {limits.max_buffered_bytes_no_channel})")
             return
         if handled:
             self._activity = now
@@ -571,7 +629,7 @@ class ConnectionWatch:
         if self._next_turn is not None and self._next_turn.active():
             self._next_turn.cancel()
         self._next_turn = None
-        self._queue.clear()
+        self._queue = ()
         self._queued_bytes = 0
         self.guard.buffered_total -= self.buffered
         self.buffered = 0

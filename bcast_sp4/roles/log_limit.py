@@ -8,6 +8,10 @@ rest are counted, and when the window closes one line says how many were held ba
 
 The number of peers tracked per window is bounded (past :data:`MAX_PEERS` they share one
 ``other peers`` entry), so a flood from many source ports costs no more memory than one peer.
+Lines about connections (opened, closed, closing) are limited per host (:func:`host_of`): a
+flood of 2,000 connections from one address writes a few lines and one summary per window
+(before, each connection wrote two or three lines). A summary has the level of the lines it
+stands for (``info`` for connection lines, ``warn`` for warnings).
 
 :func:`shorten` bounds each value that goes into a log line: a stream_error carrying 10,000
 error_status values becomes one short line (the first values, then ``... (9,992 more)``).
@@ -57,6 +61,12 @@ def shorten(value: Any, max_items: int = MAX_ITEMS, max_chars: int = MAX_CHARS) 
     return f"{text[:max_chars]}... ({len(text):,} chars)"
 
 
+def host_of(peer: str) -> str:
+    """The host of a ``host:port`` peer name (``::1:40000`` -> ``::1``); other names unchanged."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
@@ -82,17 +92,18 @@ class LogLimiter:
         self.log = log if log is not None else Logger(namespace="bcast_sp4.roles.log_limit")
         #: (peer, kind) -> [logged, held back] in the current window
         self._counts: dict[tuple[str, Hashable], list[int]] = {}
-        self._what: dict[Hashable, str] = {}
+        self._what: dict[Hashable, tuple[str, str]] = {}  # kind -> (what, level)
         self._call: IDelayedCall | None = None
         self._started = 0.0
         #: warnings held back since the limiter was made (all peers, all kinds)
         self.suppressed = 0
 
-    def allow(self, peer: str, kind: Hashable, what: str = "warnings") -> bool:
+    def allow(self, peer: str, kind: Hashable, what: str = "warnings", level: str = "warn") -> bool:
         """Whether this warning about *peer* may be logged; otherwise it is counted for the summary.
 
         :param kind: groups warnings (e.g. ``"invalid"``); *what* names them in the summary
             (``"invalid messages"``).
+        :param level: the level of the lines of this *kind*, and of their summary.
         """
         key = (peer, kind)
         counts = self._counts.get(key)
@@ -102,7 +113,7 @@ class LogLimiter:
                 counts = self._counts.get(key)
             if counts is None:
                 counts = self._counts[key] = [0, 0]
-                self._what[kind] = what
+                self._what[kind] = (what, level)
                 if self._call is None:
                     self._started = self.clock.seconds()
                     self._call = self.clock.callLater(self.window, self._end_window)
@@ -117,12 +128,13 @@ class LogLimiter:
         self._call = None
         counts, self._counts = self._counts, {}
         seconds = self.clock.seconds() - self._started
+        log = self.log
         for (peer, kind), (_logged, held) in counts.items():
             if held:
-                self.log.warn(
-                    "... and {count:,} more {what} from {peer} in the last {seconds:g} s",
-                    count=held, what=self._what.get(kind, "warnings"), peer=peer, seconds=round(seconds, 1),
-                )
+                what, level = self._what.get(kind, ("warnings", "warn"))
+                emit = log.info if level == "info" else log.debug if level == "debug" else log.warn
+                emit("... and {count:,} more {what} from {peer} in the last {seconds:g} s",
+                     count=held, what=what, peer=peer, seconds=round(seconds, 1))
 
     def flush(self) -> None:
         """Write the pending summaries now (at shutdown) and stop the window timer."""
@@ -143,4 +155,4 @@ def limited(limiter: LogLimiter | None, emit: Callable[..., None], peer: str, ki
         emit(text, peer=peer, **shorten_fields(fields))
 
 
-__all__ = ["LogLimiter", "MAX_CHARS", "MAX_ITEMS", "MAX_PEERS", "limited", "shorten", "shorten_fields"]
+__all__ = ["LogLimiter", "MAX_CHARS", "MAX_ITEMS", "MAX_PEERS", "host_of", "limited", "shorten", "shorten_fields"]

@@ -245,7 +245,7 @@ class MuxProtocol(SimulCryptStreamProtocol):
         self.stop_watch()
         self.play_out.protocols.pop(self.machine, None)
         self.play_out.execute(self.machine.connection_lost(self.clock.seconds()))  # its Sends have no connection
-        self.log.info("connection from {peer} closed", peer=self.peer)
+        self.log_connection("closed", "connection from {peer} closed")
 
 
 class MuxFactory(ServerFactory):

@@ -97,6 +97,9 @@ class SCSProtocol(SimulCryptStreamProtocol):
     """One ECMG connection of the SCS: carries one channel."""
 
     interface = Interface.ECMG_SCS
+    #: a CW_provision leaves when its poll ends, not at the reactor's next turn (one wake-up less
+    #: per stream-period; the ECMG is waiting for it)
+    write_through = True
 
     def __init__(self, runner: "SCSRunner", channel: str) -> None:
         super().__init__(runner.executor, runner.max_message_length, runner.guard)
@@ -114,6 +117,8 @@ class SCSProtocol(SimulCryptStreamProtocol):
         self.runner.connected(self)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list:
+        # the timers due by now first (a TEK switch must not wait behind a batch of ECM_responses)
+        self.runner.executor.timers.run_due(now)
         return self.runner.core.receive(self.channel, item, now)
 
     def connectionLost(self, reason: Failure) -> None:

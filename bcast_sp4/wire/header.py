@@ -61,6 +61,8 @@ class Framer:
         self.interface = interface
         self._buffer = bytearray()
         self._skip = 0  # bytes of an over-long message still to discard
+        #: ``() -> int``: :attr:`buffered` as a call without a Python frame (a guard asks every turn)
+        self.buffered_bytes = self._buffer.__len__
 
     @property
     def buffered(self) -> int:
@@ -84,6 +86,11 @@ class Framer:
             data = data[self._skip :]
             self._skip = 0
         buffer = self._buffer
+        if not buffer and type(data) is bytes and len(data) >= HEADER_SIZE:
+            # One whole message in one read, nothing buffered (a request/response peer): as it is.
+            total = HEADER_SIZE + _unpack_header(data, 0)[2]
+            if total == len(data) and total <= self.max_length:
+                return [data]
         buffer += data
         out: list[bytes | MessageTooLong] = []
         pos = 0

@@ -12,7 +12,7 @@ mandatory integers (channel, stream, CP number: what every peer sends first) and
 the loop from the first parameter when their types or lengths are not the expected ones. A
 generic table-walking loop costs ~4 µs per CW_provision; the generated code decodes and encodes
 it within 2 × a bare ``struct`` TLV walk (``benchmarks/codec.py``). ``generated_source(cls,
-version)`` shows the code.
+version)`` shows the code. Each function is compiled on its first call (:func:`_lazy`), not at import.
 
 Rules the generated decoders enforce, in this order (digest §5.4):
 
@@ -42,6 +42,8 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from functools import partial
+from types import FunctionType
 from typing import Any, Callable, ClassVar
 
 import attrs
@@ -202,10 +204,11 @@ def message(interface: Interface, message_type: int, name: str, table: dict[str,
         )
         decoders, encoders = [], []
         for group in (0, 1):
-            decoders.append(_compile(_decoder_source(cls, group), cls, "decode"))
-            encoders.append(_compile(_encoder_source(cls, group), cls, "encode"))
+            decoders.append(_lazy(cls, "decode", _DECODE_ARGS, lambda g=group: _decoder_source(cls, g)))
+            encoders.append(_lazy(cls, "encode", _ENCODE_ARGS, lambda g=group: _encoder_source(cls, g)))
         cls._DECODERS = {v: decoders[g] for v, g in VERSION_GROUPS[interface].items()}
-        cls.make = staticmethod(_compile(_maker_source(cls), cls, "make"))
+        make_args = ("protocol_version", *(ptype.name for ptype, _cards in cls.PARAMS))
+        cls.make = staticmethod(_lazy(cls, "make", make_args, lambda: _maker_source(cls)))
         cls._ENCODERS = {v: encoders[g] for v, g in VERSION_GROUPS[interface].items()}
         cls._RELAXED = _relaxed_decoders(cls)
         assert message_type not in MESSAGE_CLASSES
@@ -229,8 +232,8 @@ def _relaxed_decoders(cls: type[Message]) -> dict[tuple[int, int], tuple[Deviati
             for version in versions:
                 group = VERSION_GROUPS[interface][version]
                 if cls.PARAMS[index][1][group] is ABSENT:
-                    source = _decoder_source(cls, group, relax={index: OPTIONAL})
-                    out[(version, ptype.code)] = (deviation, _compile(source, cls, "decode"))
+                    source = partial(_decoder_source, cls, group, relax={index: OPTIONAL})
+                    out[(version, ptype.code)] = (deviation, _lazy(cls, "decode", _DECODE_ARGS, source))
     return out
 
 
@@ -289,13 +292,51 @@ def _namespace(cls: type[Message]) -> dict[str, Any]:
     return ns
 
 
-def _compile(source: str, cls: type[Message], name: str) -> Callable:
-    namespace = _namespace(cls)
+def _compile(source: str, cls: type[Message], name: str, namespace: dict[str, Any]) -> Callable:
+    """Compile generated *source* defining function *name* into *namespace*, its globals."""
+    namespace.update(_namespace(cls))
     for fmt in re.findall(r"\b_prefix_(\w+)\(", source):  # the decoder's speculative prefix reader
         namespace[f"_prefix_{fmt}"] = struct.Struct(">" + fmt).unpack_from
     filename = f"<bcast_sp4.wire generated {cls.__module__}.{cls.__name__}.{name}>"
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
     return namespace[name]
+
+
+_DECODE_ARGS = ("b", "end", "version")
+_ENCODE_ARGS = ("m", "version")
+#: placeholder code objects by (name, argument names): forward the call to _materialize()
+_PLACEHOLDERS: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _lazy(cls: type[Message], name: str, args: tuple[str, ...], source: Callable[[], str]) -> Callable:
+    """A function with the generated function's name and signature that compiles it on first call.
+
+    Compiling the ~140 generated functions of both interfaces costs ~0.15 s, paid by every process
+    that imports the codec, and a process uses a handful of them. So each starts as a placeholder
+    whose globals are its own dict; its first call generates and compiles the real code into that
+    dict and swaps the placeholder's ``__code__`` for the real one. From then on the very function
+    object every caller holds (``cls.make``, the ``DECODERS`` entry, a bound local) runs the
+    generated code itself, with the same globals lookups as an eagerly compiled one: the hot path
+    has no extra call. Generation is deterministic, so a second thread compiling concurrently only
+    installs equal code.
+    """
+    key = (name, args)
+    code = _PLACEHOLDERS.get(key)
+    if code is None:
+        arglist = ", ".join(args)
+        placeholder = f"def {name}({arglist}):\n    return _materialize()({arglist})\n"
+        scope: dict[str, Any] = {}
+        exec(compile(placeholder, "<bcast_sp4.wire placeholder>", "exec"), scope)  # noqa: S102 - fixed text
+        code = _PLACEHOLDERS[key] = scope[name].__code__
+    namespace: dict[str, Any] = {"__builtins__": __builtins__}
+    function = FunctionType(code, namespace, name)
+
+    def materialize() -> Callable:
+        function.__code__ = _compile(source(), cls, name, namespace).__code__
+        return function
+
+    namespace["_materialize"] = materialize
+    return function
 
 
 def _length_bounds(ptype: ParamType, group: int) -> tuple[int, int]:

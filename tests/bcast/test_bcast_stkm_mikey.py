@@ -298,3 +298,18 @@ def test_build_parse_property(protection, seed, with_next, counter, csb_id, par,
 def test_random_bytes_never_parse(data):
     with pytest.raises((STKMError, NoKeyError)):
         parse_stkm(data, MSK)
+
+
+def test_cached_aes_cm_is_the_one_shot_ctr_cipher_for_every_length_and_counter():
+    # the per-key AES-CM (counter blocks joined from the IV) against a new CTR Cipher per call
+    from bcast_sp4.bcast.stkm_mikey import _aes_cm, _MessageKeys, derive_message_keys
+
+    psk = bytes(range(16))
+    keys = _MessageKeys(psk, 7)
+    encr_key, _auth, salt = derive_message_keys(psk, 7)
+    for n in (1, 15, 16, 17, 80, 4096, 4097):  # 4097: past the table of counters, the general way
+        data = bytes((i * 7) & 0xFF for i in range(n))
+        for t64 in (0, 1, 2**64 - 1):
+            for csb_id in (7, 0xFFFFFFFF):
+                assert keys.aes_cm(csb_id, t64, data) == _aes_cm(encr_key, salt, csb_id, t64, data), (n, t64, csb_id)
+    assert keys.aes_cm(7, 0, b"") == b""

@@ -319,6 +319,54 @@ def test_stream_setup_timeout_backs_off():
     assert channel.streams[1].state is SCSStreamState.ST_BACKOFF and "stream_setup_timeout" in notes(out)
 
 
+def test_a_late_stream_status_after_the_setup_timeout_opens_the_stream_without_a_retry():
+    """An ECMG working through thousands of stream_setups answers after the timer: the stream is
+    open (a retry would be refused with 0x0014 and start a close and a set-up again)."""
+    channel, _ = opened()
+    channel.timer(key(K.STREAM_SETUP, 1), 5.0)
+    assert channel.streams[1].state is SCSStreamState.ST_BACKOFF
+    out = channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101,
+                                         access_criteria_transfer_mode=False), 5.5)
+    assert events(out, StreamUp) == [StreamUp("c", 1)] and channel.streams[1].state is SCSStreamState.ST_OPEN
+    assert CancelTimer(key(K.STREAM_RETRY, 1)) in out and not sent(out)
+    assert channel.timer(key(K.STREAM_RETRY, 1), 6.0) == []  # a retry timer that fired anyway sends nothing
+
+
+def test_stream_setups_at_channel_open_go_through_a_window_of_setups_in_flight():
+    """10,000 stream_setups at once queue at the ECMG past the set-up timer: at most
+    ``setups_in_flight`` await their answer; an answer, a refusal or a time-out frees a place."""
+    spec = ChannelSpec(name="c", endpoint="tcp:host=127.0.0.1:port=1", backup_endpoint=None, super_CAS_id=SCID,
+                       ECM_channel_id=CH)
+    streams = [(f"svc{k}", LinkSpec(channel="c", super_CAS_id=SCID, ECM_stream_id=k, ECM_id=100 + k), 10)
+               for k in range(1, 7)]
+    channel = SCSChannel(spec, streams, Timing(setups_in_flight=2))
+    channel.connection_made(0.0)
+
+    def setups(out):
+        return [msg.ECM_stream_id for msg in sent(out, m.StreamSetup)]
+
+    assert setups(channel.receive(status(), 0.0)) == [1, 2]
+    assert [s.state for s in channel.streams.values()][2:] == [SCSStreamState.IDLE] * 4
+    out = channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=1, ECM_id=101,
+                                         access_criteria_transfer_mode=False), 0.1)
+    assert events(out, StreamUp) == [StreamUp("c", 1)] and setups(out) == [3]
+    out = channel.receive(m.StreamError(ECM_channel_id=CH, ECM_stream_id=2, error_status=(0x000A,)), 0.2)
+    assert setups(out) == [4] and channel.streams[2].state is SCSStreamState.ST_BACKOFF
+    assert setups(channel.timer(key(K.STREAM_SETUP, 3), 5.1)) == [5]
+    # a retry goes out on its own timer, besides the window
+    assert setups(channel.timer(key(K.STREAM_RETRY, 2), 5.2)) == [2]
+    out = channel.receive(m.StreamStatus(ECM_channel_id=CH, ECM_stream_id=4, ECM_id=104,
+                                         access_criteria_transfer_mode=False), 5.3)
+    assert setups(out) == [6]  # in flight: 5 only (3 timed out, 4 answered; the retry of 2 is outside the window)
+    # the connection goes: the queue goes with it; the next channel open starts from the first stream
+    channel.connection_lost(6.0)
+    channel.connection_made(7.0)
+    assert setups(channel.receive(status(), 7.0)) == [1, 2]
+    unlimited = SCSChannel(spec, streams, Timing(setups_in_flight=0))
+    unlimited.connection_made(0.0)
+    assert setups(unlimited.receive(status(), 0.0)) == [1, 2, 3, 4, 5, 6]
+
+
 def test_cw_provision_and_ecm_response_matching():
     channel, _ = opened()
     assert events(channel.provision(request(5), 0.0), ProvisionFailed) == [ProvisionFailed("c", 1, 5, None)]

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "etc" / "lab"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
 PERIOD_LINE = re.compile(r"^period +(\d+)/\d+ .*STKMs on air drm (\d+) smartcard (\d+)", re.M)
+#: the terminal's first line (the lab's start-up sequence prints it once every role is up)
+TERMINAL_LINE = re.compile(r"^terminal: ", re.M)
 ENDPOINT_LINE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 PERIODS = 7
 #: the lab's ports span 12201..16203; every run moves them with --port-base
@@ -62,30 +64,46 @@ class LabRun:
                       *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp)
         self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
     def stdout(self) -> str:
-        return "".join(self.lines)
+        with self._changed:
+            return "".join(self.lines)
 
     def periods_printed(self) -> int:
         return len(PERIOD_LINE.findall(self.stdout()))
 
     def wait_for_log(self, pattern: re.Pattern, timeout: float = 120) -> re.Match | None:
-        """The first match of *pattern* in the log; ``None`` if the lab ended first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text() if self.log.exists() else ""
-            if match := pattern.search(text):
-                return match
-            if self.proc.poll() is not None:
-                return None
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern.pattern!r} in the log after {timeout} s")
+        """The first match of *pattern* in the log once the terminal printed its first line (or the
+        lab ended); ``None`` if the lab ended without one.
+
+        Meant for lines logged while the services start (the HTTP endpoint listens in
+        ``privilegedStartService``, before the reactor runs, and the log is flushed per line): the
+        terminal's first line comes from the lab's start-up sequence, reactor turns later. So this
+        waits on the reader thread's condition (no polling) and reads the log once.
+        """
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._ended or TERMINAL_LINE.search("".join(self.lines)), timeout):
+                raise AssertionError(f"no terminal line on stdout after {timeout} s: {self.stdout()!r}")
+            ended = self._ended
+        match = pattern.search(self.log.read_text() if self.log.exists() else "")
+        if match is None and not ended:
+            raise AssertionError(f"no {pattern.pattern!r} in the log by the terminal's first line: {self.stdout()!r}")
+        if ended:
+            self.proc.wait(30)  # stdout closed: the lab has ended, or is about to
+        return match
 
     @classmethod
     def on_free_ports(cls, tmp: Path, *extra: str, periods: int = PERIODS) -> tuple["LabRun", re.Match | None]:
@@ -147,8 +165,11 @@ def lab_run(tmp_path_factory):
             except OSError:  # the lab stopped between poll() and the request
                 break
             scrapes.append({"before": before, "metrics": metrics, "status": status})
-            if browser is None and status["streams"] and _total(metrics, "bcast_sp4_terminal_periods_total") >= 1:
-                # in a thread: a browser start on a busy machine takes seconds, and the scrapes go on
+            stkms = {s["super_CAS_id"] for s in status["stkms"]}
+            if browser is None and status["streams"] and stkms >= {"0x00010001", "0x00020001"}:
+                # in a thread: a browser start on a busy machine takes seconds, and the scrapes go on;
+                # as soon as both profiles' STKMs are on the board (before the terminal's first period),
+                # so that a browser starved on a busy machine still finds the lab running
                 browser = pool.submit(dump_dom, base + "/", tmp / "chromium-profile")
             time.sleep(0.5)
         if browser is not None:

@@ -317,6 +317,61 @@ def test_timer_delay_counts_from_the_input_instant():
     assert runner.timers["late"].getTime() == clock.seconds()  # already due: at once, never in the past
 
 
+def test_a_due_tek_switch_runs_before_the_next_received_message_not_after_the_batch():
+    """The reactor is busy past T(n) (a long batch of input): the switch runs before the next
+    message of the batch is handled, so it is late by one message, not by the batch."""
+    clock, runner, protocol, transport, sink, scrambler = connected_runner()
+    replies(transport)
+    protocol.dataReceived(status().encode())
+    replies(transport)
+    protocol.dataReceived(m.StreamStatus(ECM_channel_id=1, ECM_stream_id=1, ECM_id=5,
+                                         access_criteria_transfer_mode=False).encode())
+    scheduler = runner.core.services["svc"]
+    first = scheduler.first_period
+    clock.advance(scheduler.provision_at(0, first) - clock.seconds() + 0.01)
+    (provision,) = replies(transport)
+    protocol.dataReceived(m.ECMResponse(ECM_channel_id=1, ECM_stream_id=1, CP_number=provision.CP_number,
+                                        ECM_datagram=b"an stkm").encode())
+    assert scrambler.current_cp is None
+    t_n = scheduler.period_start(first)
+    clock.advance(t_n - clock.seconds() - 0.001)
+    seen = []
+    runner.on_switch = lambda service, switch: seen.append(("switch", switch.cp_number))
+    handle = runner.core.receive
+
+    def receive(channel, item, now):
+        seen.append(("message", type(item).__name__))
+        return handle(channel, item, now)
+
+    runner.core.receive = receive
+    clock.rightNow = t_n + 0.004  # 4 ms past T(n) and the clock has not run its calls yet
+    tests = b"".join(m.ChannelTest(ECM_channel_id=1).encode() for _ in range(2))
+    protocol.dataReceived(tests)
+    assert seen == [("switch", first & 0xFFFF), ("message", "ChannelTest"), ("message", "ChannelTest")]
+    assert runner.switch_log[-1][1].jitter == pytest.approx(0.004)
+    clock.advance(0)  # the clock's own call for T(n) finds nothing left to do
+    assert len(runner.switch_log) == 1 and scrambler.current_cp == first & 0xFFFF
+
+
+def test_a_cw_provision_is_pushed_when_its_poll_ends_not_at_the_next_reactor_turn():
+    from .test_stream_transport import TCPStringTransport
+
+    clock, runner, *_ = connected_runner()
+    protocol = SCSClientFactory(runner, "c").buildProtocol(None)
+    transport = TCPStringTransport()
+    protocol.makeConnection(transport)
+    assert transport.no_delay and protocol.outbox.push is not None
+    runner.protocols["c"] = protocol
+    protocol.start_channel()
+    protocol.dataReceived(status().encode())
+    protocol.dataReceived(m.StreamStatus(ECM_channel_id=1, ECM_stream_id=1, ECM_id=5,
+                                         access_criteria_transfer_mode=False).encode())
+    pushes = len(transport.pushes)
+    scheduler = runner.core.services["svc"]
+    clock.advance(scheduler.provision_at(0, scheduler.first_period) - clock.seconds() + 0.01)
+    assert len(transport.pushes) == pushes + 1 and isinstance(replies(transport)[-1], m.CWProvision)
+
+
 @pytest.fixture
 def gc_state():
     """Undo what GC tuning does to this process (frozen objects, thresholds)."""

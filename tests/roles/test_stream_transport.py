@@ -82,3 +82,76 @@ def test_no_delay_on_a_real_socket():
     finally:
         for s in (client, accepted, server):
             s.close()
+
+
+class BufferingTransport:
+    """What direct_writer reads of a Twisted FileDescriptor: its buffer fields and write (recorded)."""
+
+    def __init__(self):
+        self.connected, self.disconnecting = True, False
+        self.dataBuffer, self.offset, self._tempDataLen = b"", 0, 0
+        self.written: list[bytes] = []
+
+    def write(self, data):
+        self.written.append(data)
+        self._tempDataLen += len(data)
+
+
+def test_direct_writer_sends_while_nothing_is_buffered_and_keeps_the_order_once_something_is():
+    from bcast_sp4.roles._stream import direct_writer
+
+    ours, peer = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport = BufferingTransport()
+        send = direct_writer(transport, ours)
+        send(b"first")
+        assert transport.written == [] and peer.recv(100) == b"first"  # straight to the socket
+        chunk, sent_direct = bytes(range(256)) * 64, 0  # 16 KiB a write: the socket fills up
+        for _ in range(200):
+            send(chunk)
+            if transport.written:
+                break
+            sent_direct += len(chunk)
+        assert transport.written, "the socket never filled up"
+        rest = transport.written[0]
+        assert 0 < len(rest) <= len(chunk) and chunk.endswith(rest)  # what the socket did not take
+        send(b"later")  # buffered now: behind the rest, never before it
+        assert transport.written == [rest, b"later"]
+        received = bytearray()
+        peer.settimeout(5)
+        while len(received) < sent_direct + len(chunk) - len(rest):
+            received += peer.recv(1 << 16)
+        assert bytes(received) == chunk * (sent_direct // len(chunk)) + chunk[: len(chunk) - len(rest)]
+        # a closing or gone transport is always written through its own write
+        for field, value in (("disconnecting", True), ("connected", False)):
+            fresh = BufferingTransport()
+            setattr(fresh, field, value)
+            direct_writer(fresh, ours)(b"x")
+            assert fresh.written == [b"x"]
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_direct_writer_leaves_a_socket_error_to_the_transport():
+    from bcast_sp4.roles._stream import direct_writer
+
+    ours, peer = socket.socketpair()
+    peer.close()
+    ours.setblocking(False)
+    try:
+        transport = BufferingTransport()
+        for _ in range(3):  # EPIPE / ECONNRESET: buffered, the transport's send reports the loss
+            direct_writer(transport, ours)(b"reply")
+        assert transport.written[-1] == b"reply"
+    finally:
+        ours.close()
+
+
+def test_socket_writer_only_for_a_plain_tcp_server_connection():
+    from bcast_sp4.roles._stream import socket_writer
+
+    assert socket_writer(TCPStringTransport()) is None  # a double: its doWrite push instead
+    assert socket_writer(StringTransport()) is None

@@ -29,6 +29,19 @@ def test_oversize_message_in_one_chunk():
     assert [type(x) for x in out] == [wire.MessageTooLong, bytes]
 
 
+def test_one_whole_message_per_read_comes_back_as_read_and_the_limits_still_hold():
+    # a request/response peer: each read is one whole message, handed on as it is
+    framer = wire.Framer(max_length=64)
+    assert framer.feed(TEST) == [TEST] and framer.feed(TEST)[0] is TEST
+    big = E.ECMResponse(ECM_channel_id=1, ECM_stream_id=1, CP_number=1, ECM_datagram=bytes(200)).encode()
+    out = framer.feed(big)  # one whole message, but over the limit: still reported, not returned
+    assert [type(x) for x in out] == [wire.MessageTooLong] and framer.buffered == 0
+    assert framer.feed(TEST[:4]) == [] and framer.feed(TEST[4:]) == [TEST]  # split reads still join
+    assert framer.feed(TEST[:7]) == [] and framer.feed(TEST[7:] + TEST) == [TEST, TEST]  # a tail behind a buffer
+    assert framer.feed(bytearray(TEST)) == [TEST] and framer.buffered == 0  # not bytes: the buffered way
+    assert framer.feed(TEST + TEST[:3]) == [TEST] and framer.buffered == 3
+
+
 def test_framer_limit_bounds():
     with pytest.raises(ValueError):
         wire.Framer(max_length=4)
