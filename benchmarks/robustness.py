@@ -23,7 +23,8 @@ while a well-behaved control channel (its own process) measures channel_test rou
 * framing: lying message_length (longer and shorter), cut headers and random bytes, each on a
   connection of its own (nothing after them could be framed);
 * UDP (MUX): the same mutations on data_provision; an emitted datagram from a message that was not
-  valid is a wrong reply;
+  valid is a wrong reply; after each burst of 200 a marker data_provision on the probe route, and
+  the next burst once the MUX emitted it (it has then read the whole burst: one socket, in order);
 * connection floods: idle connections, and connections that sent a header claiming 65,535 bytes
   and 32 KiB of it; how many the server closes by itself, RSS during and after;
 * the amplification message of the issue (10,000 one-byte STKM datagrams in one data_provision):
@@ -46,8 +47,15 @@ were started at the harness's own priority (``--fuzz-nice 0`` turns this off): a
 sends from another machine, and the figure wanted is the server's fairness, not the scheduler's
 share between two CPU-bound processes on one box. On a machine that is busy with other work the
 server still waits for a CPU (the "waiting" column says how much), and the ratio then reflects that.
-The quiet window (``--quiet``, default 15 s, ~1,400 round trips) is long enough for a stable p99. Progress lines while running. ``tests/test_robustness_fuzz.py``
-runs a short version of the TCP and UDP fuzz (a few thousand messages, no timing assertions).
+A round trip is taken from just before the channel_test is sent to the kernel's receive timestamp
+of the reply on the control's socket (``SO_TIMESTAMPNS``): the control process's own wait for a CPU
+is not the server's (the figure as the control process read it is printed beside). The quiet
+window (``--quiet``, default 15 s, ~1,400 round trips) is long enough for a stable p99; on a loaded
+machine it is the box's wake-up latency, so compare medians over runs. ``--limit KEY=VALUE`` adds
+``[limits]`` settings to the servers' files (e.g. ``turn_time=0.0005``).
+
+Progress lines while running. ``tests/test_robustness_fuzz.py`` runs a short version of the TCP and
+UDP fuzz (a few thousand messages, no timing assertions).
 """
 
 from __future__ import annotations
