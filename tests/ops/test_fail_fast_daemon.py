@@ -9,10 +9,10 @@ bounded by a timeout.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +37,17 @@ def test_a_daemonized_role_that_cannot_listen_tells_the_parent_and_the_log(tmp_p
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert f"StartFailed: {reason}" in done.stderr, done.stderr
     assert f"[bcast_sp4.ops.startup.FailFast#critical] bcast-ecmg: {reason}" in log.read_text()
-    # the daemon writes the status pipe (the parent exits on it), then removes its pid file: wait
-    # for that, bounded (a daemon that kept running would keep the file)
-    deadline = time.monotonic() + 60
-    while pid.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # the daemon writes the status pipe (the parent exits on it), then removes its pid file and
+    # exits: wait for its exit on a pidfd (a kernel event, bounded), then the file must be gone
+    try:
+        daemon = int(pid.read_text().strip())
+        handle = os.pidfd_open(daemon)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass  # already gone (or the file went while being read)
+    else:
+        try:
+            ready, _, _ = select.select([handle], [], [], 60)
+            assert ready, f"the daemon {daemon} still runs 60 s after its start-up failed"
+        finally:
+            os.close(handle)
     assert not pid.exists()
