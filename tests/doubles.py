@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+import contextlib
+import gc
+from typing import Hashable, Iterable, Iterator
 
 import attrs
 from twisted.internet.address import IPv4Address
@@ -21,6 +23,19 @@ from twisted.internet.testing import MemoryReactorClock
 
 from bcast_sp4.machines.outputs import CancelTimer, Notify, Output, Send, StartTimer
 from bcast_sp4.wire import Message
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    """The cyclic collector off inside the block: what goes there is freed by reference counting
+    alone (or not at all: a reference cycle)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def sent(outputs: Iterable[Output]) -> list[Message]:

@@ -31,7 +31,7 @@ from bcast_sp4.machines.channel import (
 from bcast_sp4.machines.outputs import Close, Notify, Send
 from bcast_sp4.wire import ecmg_scs, emmg_mux
 from bcast_sp4.wire.errors import ECMG_SCS_ERRORS, EMMG_MUX_ERRORS, ECMGSCSErrorStatus, EMMGMUXErrorStatus
-from tests.doubles import error_of, notices, one, sent
+from tests.doubles import cyclic_gc_off, error_of, notices, one, sent
 
 CLIENT, OTHER = 0x00010001, 0x00010002
 
@@ -339,18 +339,12 @@ def test_connection_lost_frees_an_open_channel_only():
 def test_a_server_channel_is_freed_by_reference_counting_alone():
     """The dispatch table holds functions per class, not bound methods per connection: a closed
     connection's machine goes with its last reference, without the cyclic collector."""
-    import gc
     import weakref
 
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         server = MiniServer()
         server.receive(emmg_mux.ChannelTest(protocol_version=3, client_id=1, data_channel_id=1), 0.0)
         gone = weakref.ref(server)
         del server
         assert gone() is None
-    finally:
-        if enabled:
-            gc.enable()
     assert MiniServer._dispatch_table()[emmg_mux.ChannelSetup] is MiniServer._setup

@@ -8,7 +8,6 @@ summary per window.
 
 from __future__ import annotations
 
-import gc
 import weakref
 
 from twisted.internet.task import Clock
@@ -22,6 +21,8 @@ from bcast_sp4.roles.guard import ConnectionGuard, Reclaimer
 from bcast_sp4.roles.log_limit import LogLimiter, host_of
 from bcast_sp4.wire import ecmg_scs as m
 
+from tests.doubles import cyclic_gc_off
+
 from .test_guard import Peer
 from .test_guard_roles import DRM, ECMG
 
@@ -34,18 +35,13 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector():
     ecmg.clock.advance(0)  # the bytes past the first read slice are framed on the next turns
     assert ecmg.guard.buffered_total == 32 * 1024 + 5
     alive = [weakref.ref(protocol), weakref.ref(protocol.framer)]
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         ecmg.clock.advance(10.5)  # message_timeout
         assert transport.disconnecting and ecmg.guard.counters["closed_message_timeout"] == 1
         protocol.connectionLost(None)
         del protocol
         # freed now, by reference counting (a Logger bound to the protocol in its outbox made a cycle)
         assert [ref() for ref in alive] == [None, None]
-    finally:
-        if was_enabled:
-            gc.enable()
     assert ecmg.guard.buffered_total == 0 and ecmg.guard.connections == 0
 
 
@@ -68,17 +64,12 @@ def test_a_closed_mux_connection_is_freed_without_the_cyclic_collector():
     protocol.makeConnection(transport)
     protocol.dataReceived(bytes([3, 0x01, 0x11, 0x00, 0x20]) + bytes(10))  # half-sent
     alive = [weakref.ref(protocol), weakref.ref(protocol.framer)]
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_off():
         reactor.advance(10.5)  # the message_timeout closes it
         assert transport.disconnecting and guard.counters["closed_message_timeout"] == 1
         protocol.connectionLost(None)
         del protocol
         assert [ref() for ref in alive] == [None, None]
-    finally:
-        if was_enabled:
-            gc.enable()
     assert guard.connections == 0 and server.play_out.protocols == {}
 
 
