@@ -314,17 +314,45 @@ class ECMGConnection(ServerChannel):
     def _cw_provision(self, msg: m.CWProvision, now: float, received_at: float | None) -> list[Output]:
         return self._provision(msg, now, received_at, False)  # type: ignore[return-value]
 
+    def cw_provision_fields(self, fields: tuple, now: float, received_at: float | None = None) -> bytes | list[Output] | None:
+        """:meth:`cw_provision` of a CW_provision read by a
+        :class:`~bcast_sp4.wire.ecmg_scs.CWProvisionReader` (its field tuple), without a message
+        object; ``None`` (and nothing done) when it is not for an open stream of
+        this channel in its version: the caller decodes it and hands it to :meth:`receive`, which
+        answers it."""
+        version, channel_id, stream_id, cp_number, combos, cw_encryption, cp_duration, access_criteria = fields
+        if version != self.version or channel_id != self.channel_id:
+            return None
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return None
+        self._now = now
+        try:
+            return self._provide(stream, cp_number, combos, cw_encryption, cp_duration, access_criteria, now, received_at,
+                                 True)
+        except Exception as exc:  # as cw_provision answers it (0x7000), with the message rebuilt for the reply
+            msg = m.CWProvision(protocol_version=version, ECM_channel_id=channel_id, ECM_stream_id=stream_id,
+                                CP_number=cp_number, CW_encryption=cw_encryption, CP_CW_combination=combos,
+                                CP_duration=cp_duration, access_criteria=access_criteria)
+            return self._internal_error(msg, exc)
+
     def _provision(
         self, msg: m.CWProvision, now: float, received_at: float | None, encoded: bool
     ) -> bytes | list[Output]:
         """A CW_provision: the ECM_response (encoded when *encoded* and it fits, else in a
         ``Send``), or the error outputs."""
-        # The per-STKM hot path: the common case is checked with few operations.
         stream = self.streams.get(msg.ECM_stream_id) if msg.ECM_channel_id == self.channel_id else None
         if stream is None:
             return self._known_stream(msg)[1]
-        combos = msg.CP_CW_combination
-        cp_number = msg.CP_number
+        return self._provide(stream, msg.CP_number, msg.CP_CW_combination, msg.CW_encryption, msg.CP_duration,
+                             msg.access_criteria, now, received_at, encoded)
+
+    def _provide(
+        self, stream: _Stream, cp_number: int, combos: tuple, cw_encryption: bytes | None, cp_duration: int | None,
+        access_criteria: bytes | None, now: float, received_at: float | None, encoded: bool,
+    ) -> bytes | list[Output]:
+        """A CW_provision for *stream* (its parameters as decoded): the per-STKM hot path, the
+        common case checked with few operations."""
         first = (cp_number - self._cws_before) & 0xFFFF
         in_order = len(combos) == self._cw_per_msg
         if in_order:
@@ -345,7 +373,6 @@ class ECMGConnection(ServerChannel):
                     got=cps,
                 )
             combos = tuple(sorted(combos, key=lambda combo: wanted.index(combo.CP_number)))
-        access_criteria = msg.access_criteria
         if access_criteria is None:
             if self._ac_transfer_mode:
                 reply = self.stream_error(stream.stream_id, ErrorStatus.MISSING_MANDATORY_PARAMETER, _ACCESS_CRITERIA)
@@ -369,9 +396,9 @@ class ECMGConnection(ServerChannel):
                 stream.stream_id,
                 cp_number,
                 combos,
-                msg.CP_duration if msg.CP_duration is not None else stream.nominal_CP_duration,
+                cp_duration if cp_duration is not None else stream.nominal_CP_duration,
                 access_criteria,
-                msg.CW_encryption,
+                cw_encryption,
                 now,
             ),
         )

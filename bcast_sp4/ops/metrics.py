@@ -223,11 +223,22 @@ class Metrics:
     def encoded_reply(self, role: str, peer: str, request: Any, now: float) -> None:
         """A hot path answered *request* (a CW_provision) with an ECM_response encoded by the machine
         (no message object to count): count it and its latency as :meth:`message_sent` would."""
-        key = ("messages_sent_total", (role, "ECMG<=>SCS", "ECM_response"))
-        self._events[key] += 1
-        start = self._pending.pop((role, peer, request.ECM_channel_id, request.ECM_stream_id, request.CP_number), None)
+        self.ecm_response_sent(role, peer, request.ECM_channel_id, request.ECM_stream_id, request.CP_number, now)
+
+    def cw_provision_received(self, role: str, peer: str, channel_id: int, stream_id: int, cp_number: int,
+                              now: float) -> None:
+        """:meth:`message_received` of a CW_provision the ECMG read by its layout (no message object)."""
+        self._events[("messages_received_total", (role, "ECMG<=>SCS", "CW_provision"))] += 1
+        self._remember((role, peer, channel_id, stream_id, cp_number), now)
+
+    def ecm_response_sent(self, role: str, peer: str, channel_id: int, stream_id: int, cp_number: int,
+                          now: float) -> None:
+        """:meth:`message_sent` of an ECM_response a hot path encoded (no message object): its count,
+        and the latency since its CW_provision."""
+        self._events[("messages_sent_total", (role, "ECMG<=>SCS", "ECM_response"))] += 1
+        start = self._pending.pop((role, peer, channel_id, stream_id, cp_number), None)
         if start is not None:
-            super_cas_id = self._channels.get((role, peer, request.ECM_channel_id), 0)
+            super_cas_id = self._channels.get((role, peer, channel_id), 0)
             self.latency.observe(role, super_cas_id, now - start if now > start else 0.0)
 
     # what a message kind needs beyond its count

@@ -116,6 +116,11 @@ class SimulCryptStreamProtocol(Protocol):
     write_through = False
     #: :class:`~bcast_sp4.wire.Deviation` members this connection's decoder accepts (none: strict)
     tolerate: frozenset = frozenset()
+    #: ``(frame, received_at) -> outputs | bytes | None``: a role's own path for the whole frames it
+    #: recognises without the decoder (the ECMG's CW_provisions), tried first; ``None`` from it
+    #: means "not taken, nothing done" and the frame is decoded and handled as usual. It reports
+    #: what it takes to the meter itself.
+    quick: Callable[[bytes, float], object] | None = None
 
     def __init__(self, executor: OutputExecutor, max_message_length: int, guard: ConnectionGuard | None = None) -> None:
         self.executor = executor
@@ -235,33 +240,46 @@ class SimulCryptStreamProtocol(Protocol):
             return len(frames)
         clock, executor, interface, reply_outbox = self.clock, self.executor, self.interface, self.reply_outbox
         meter = executor.meter
-        tolerate = self.tolerate
+        tolerate, quick = self.tolerate, self.quick
         deadline = self.watch.deadline if self.watch is not None else None
         handled = 0
         executor.begin()
         try:
             for item in frames:
-                if not isinstance(item, PeerProtocolError):
+                outputs = None
+                if quick is not None and type(item) is bytes:
                     try:
-                        item = decode(item, interface, tolerate=tolerate)
-                    except PeerProtocolError as exc:
-                        item = bare(exc)
+                        outputs = quick(item, received_at)
+                    except Exception:
+                        self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
+                        outputs = _INTERNAL_ERROR
+                if outputs is not None:  # the role's own path took it (it counted it for the meter)
+                    if type(outputs) is bytes:
+                        executor.send_encoded(reply_outbox, outputs)
                     else:
-                        if meter is not None:
-                            meter.message_received(executor.role, outbox.peer, item, received_at)
-                now = clock.seconds()
-                try:
-                    outputs = self.handle(item, now, received_at)
-                except Exception:
-                    # Our bug, not the peer's: log it, drop this connection, keep the process serving.
-                    self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
-                    outputs = _INTERNAL_ERROR
-                if type(outputs) is bytes:  # a hot path's reply, already encoded
-                    executor.send_encoded(reply_outbox, outputs)
-                    if meter is not None:  # the ECM_response to the CW_provision *item*
-                        meter.encoded_reply(executor.role, outbox.peer, item, clock.seconds())
+                        executor.run(outputs, clock.seconds(), reply_outbox)
                 else:
-                    executor.run(outputs, now, reply_outbox)
+                    if not isinstance(item, PeerProtocolError):
+                        try:
+                            item = decode(item, interface, tolerate=tolerate)
+                        except PeerProtocolError as exc:
+                            item = bare(exc)
+                        else:
+                            if meter is not None:
+                                meter.message_received(executor.role, outbox.peer, item, received_at)
+                    now = clock.seconds()
+                    try:
+                        outputs = self.handle(item, now, received_at)
+                    except Exception:
+                        # Our bug, not the peer's: log it, drop this connection, keep the process serving.
+                        self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
+                        outputs = _INTERNAL_ERROR
+                    if type(outputs) is bytes:  # a hot path's reply, already encoded
+                        executor.send_encoded(reply_outbox, outputs)
+                        if meter is not None:  # the ECM_response to the CW_provision *item*
+                            meter.encoded_reply(executor.role, outbox.peer, item, clock.seconds())
+                    else:
+                        executor.run(outputs, now, reply_outbox)
                 handled += 1
                 if outbox.close is not None:  # closing
                     self._closing_watch()

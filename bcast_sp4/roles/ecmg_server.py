@@ -17,11 +17,15 @@ from ..machines.ecmg import ECMGConnection, ECMGResources
 from ..machines.outputs import Output
 from ..wire import Interface, Message, PeerProtocolError
 from ..wire import ecmg_scs as m
+from ..wire.ecmg_scs import CWProvisionReader
 from ._stream import ServerFactory, SimulCryptStreamProtocol
 from .executor import OutputExecutor
 from .guard import ConnectionGuard
 
 _CHANNEL_OPEN = ServerChannelState.CHANNEL_OPEN  # read every turn (Enum.MEMBER is slow on Python 3.11)
+#: CW_provisions a connection may send that its reader fails to learn from (invalid ones) before it
+#: stops trying: each try decodes the message once more
+MAX_FAILED_LEARNS = 64
 
 
 class ECMGProtocol(SimulCryptStreamProtocol):
@@ -33,6 +37,80 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         self.machine = ECMGConnection(factory.resources, factory.source)
         self._receive = self.machine.receive
         self._cw_provision = self.machine.cw_provision
+        self._cw_provision_fields = self.machine.cw_provision_fields
+        #: CW_provisions by their layout (:meth:`quick`, the per-STKM path)
+        self.reader = CWProvisionReader(limit=4, max_size=factory.max_message_length)
+        self._learns_left = MAX_FAILED_LEARNS
+
+    # -- the per-STKM path (issue #9) ----------------------------------------------------------------
+
+    def quick(self, frame: bytes, received_at: float) -> bytes | list[Output] | None:
+        """A whole frame that is a CW_provision laid out as one this channel sent before: read by
+        its layout (:class:`~bcast_sp4.wire.ecmg_scs.CWProvisionReader`) and handed to the machine
+        as fields, without the decoder or a message object. ``None`` for any other frame, or a
+        CW_provision that is not for an open stream of this channel in its version: the shared
+        path decodes and answers it. The first CW_provision of a layout is decoded once more, to
+        learn the layout (an invalid one is not learnt; after :data:`MAX_FAILED_LEARNS` of them the
+        connection stops trying)."""
+        fields = self.reader.read(frame)
+        if fields is None:
+            if not self._learns_left or not self._learn(frame):
+                return None
+            fields = self.reader.read(frame)
+        return self._provide(fields, received_at)
+
+    def _learn(self, frame: bytes) -> bool:
+        learnt = self.reader.learn(frame)
+        if learnt is False:
+            self._learns_left -= 1  # an invalid CW_provision (the shared path answers it)
+        return bool(learnt)
+
+    def _provide(self, fields: tuple, received_at: float) -> bytes | list[Output] | None:
+        now = self.clock.seconds()
+        outputs = self._cw_provision_fields(fields, now, received_at)
+        if outputs is not None:
+            meter = self.executor.meter
+            if meter is not None:
+                role, peer = self.executor.role, self.outbox.peer
+                meter.cw_provision_received(role, peer, fields[1], fields[2], fields[3], received_at)
+                if type(outputs) is bytes:
+                    meter.ecm_response_sent(role, peer, fields[1], fields[2], fields[3], now)
+        return outputs
+
+    def dataReceived(self, data: bytes) -> None:
+        """A read that is exactly one CW_provision of a known layout, on a connection with nothing
+        buffered or waiting for a later turn, is answered here (:meth:`quick`'s fields, the
+        ECM_response sent at once, then the guard told: :meth:`ConnectionWatch.message_done`);
+        that is what the shared path does with it, without the framer, the batch and the guard's
+        turn. Everything else takes the shared path."""
+        if type(data) is bytes:
+            fields = self.reader.read(data)
+            if fields is not None:
+                watch, outbox = self.watch, self.outbox
+                if (watch is not None and outbox.close is None and watch.takes_whole(len(data))
+                        and self.framer.whole(data)):
+                    received_at = self.clock.seconds()
+                    outputs = self._provide(fields, received_at)
+                    if outputs is not None:
+                        self._answer(outputs, received_at, watch, outbox)
+                        return
+        super().dataReceived(data)
+
+    def _answer(self, outputs: bytes | list[Output], now: float, watch, outbox) -> None:
+        """Send the machine's answer to the CW_provision of a whole read (:meth:`dataReceived`)."""
+        executor = self.executor
+        if type(outputs) is bytes:
+            if outbox.send is not None and not outbox.chunks:
+                outbox.send(outputs)  # straight to the socket (what the batch's flush would do)
+            else:
+                executor.begin()
+                executor.send_encoded(outbox, outputs)
+                executor.end()
+        else:
+            executor.run(outputs, now, self.reply_outbox)
+            if outbox.close is not None:
+                self._closing_watch()
+        watch.message_done(now)
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response

@@ -492,6 +492,33 @@ class ConnectionWatch:
 
     # -- after each turn -------------------------------------------------------------------------
 
+    def takes_whole(self, size: int) -> bool:
+        """Whether a read of *size* bytes holding exactly one whole message may be handled at once
+        by the protocol's own path (then :meth:`message_done`): the connection is open, nothing of
+        it waits for a later turn and the read fits one :data:`READ_SLICE`, so :meth:`receive`
+        would hand that message back to be handled in this turn."""
+        return not self.closed and not self._queue and size <= READ_SLICE and self.budget > 0
+
+    def message_done(self, now: float) -> None:
+        """:meth:`turn_done` after the protocol handled, at *now*, the one whole message of a read
+        that :meth:`takes_whole` let it take: the same checks, with nothing buffered or queued."""
+        if self.closed:
+            return
+        guard = self.guard
+        if self.buffered:
+            guard.buffered_total -= self.buffered
+            self.buffered = 0
+        limits = self.limits
+        if guard.buffered_total > limits.max_buffered_bytes_total:
+            self.close("closed_buffer_total", f"{guard.buffered_total} bytes buffered by all connections "
+                                              f"(max_buffered_bytes_total {limits.max_buffered_bytes_total})")
+            return
+        self._activity = now
+        self._test_sent_at = None
+        self._partial_since = None
+        if self._has_channel is not None:
+            self._channel_timers(now)
+
     def turn_done(self, handled: bool) -> None:
         """Call after each batch was handled (*handled*: at least one message was).
 
@@ -529,8 +556,12 @@ class ConnectionWatch:
                 self._arm("message", limits.message_timeout)
         else:
             self._partial_since = None
-        if self._has_channel is None:
-            return
+        if self._has_channel is not None:
+            self._channel_timers(now)
+
+    def _channel_timers(self, now: float) -> None:
+        """(Re)arm the idle or the first-channel_setup timeout, as a channel is open or not."""
+        limits = self.limits
         if self._has_channel():
             self._no_channel_since = None
             if limits.idle_timeout and "idle" not in self._timers:

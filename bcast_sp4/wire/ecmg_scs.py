@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import struct
 
-from .errors import Interface, LocalProtocolError
+from .errors import Interface, LocalProtocolError, PeerProtocolError
+from .header import decode
 from .message import ABSENT, ANY, ONE, OPTIONAL, SOME, Message, message, param
 from .params import ECMG_SCS_PARAMS, CPCWCombination
 
@@ -156,7 +157,115 @@ def encode_ecm_response(version: int, channel_id: int, stream_id: int, cp_number
     return head + datagram
 
 
+# -- CW_provision by its layout, for the ECMG's per-STKM path ---------------------------------
+
+_CW_PROVISION_TYPE = b"\x02\x01"  # message_type 0x0201 as on the wire
+# parameter_type -> its place in CWProvisionReader's tuple (after the protocol_version)
+_CW_PROVISION_SLOTS = {0x000E: 1, 0x000F: 2, 0x0012: 3, 0x0018: 5, 0x0013: 6, 0x000D: 7}
+_CPCW = 0x0014
+_new_cpcw = tuple.__new__
+
+
+class CWProvisionReader:
+    """The fields of CW_provisions laid out as one already decoded on this connection.
+
+    An SCS sends every CW_provision of a channel with the same parameters in the same order and
+    the same lengths, so a message's layout (its header, and the type and length of each parameter
+    in turn) repeats. Once :meth:`learn` has seen one layout, :meth:`read` takes a message of that
+    layout apart with one ``struct`` call and one tuple comparison instead of the generated
+    decoder's parameter walk and message object (issue #9: the decode was a sixth of the ECMG's
+    instructions per STKM). Layouts are kept by message size, at most *limit* of them.
+
+    A message :meth:`read` accepts is one the generated :func:`decode` accepts, with the same
+    values: the decoder's verdict depends only on the header and on each parameter's type, length
+    and order, which the layout fixes; values are read from the same bytes. Anything else
+    (another size or layout, a header or parameter that differs) is ``None``: the caller decodes
+    it the normal way. ``tests/wire/test_cw_provision_reader.py`` checks this against the decoder.
+
+    :meth:`read` returns ``(protocol_version, ECM_channel_id, ECM_stream_id, CP_number,
+    CP_CW_combination, CW_encryption, CP_duration, access_criteria)``, ``CP_CW_combination`` a
+    tuple of :class:`CPCWCombination` as the decoder makes it, absent parameters ``None``.
+    """
+
+    __slots__ = ("_layouts", "limit", "max_size")
+
+    def __init__(self, limit: int = 4, max_size: int = 0xFFFF + 5) -> None:
+        self.limit = limit
+        self.max_size = max_size  # the longest message learnt (the connection's limit)
+        self._layouts: dict[int, object] = {}  # message size -> read function of that layout
+
+    def read(self, frame: bytes) -> tuple | None:
+        """The fields of *frame* when it has a learned layout, else ``None``."""
+        layout = self._layouts.get(len(frame))
+        return None if layout is None else layout(frame)
+
+    def learn(self, frame: bytes) -> bool | None:
+        """Learn the layout of *frame* if it is a valid CW_provision (as :func:`decode` judges it).
+
+        :returns: ``True`` when :meth:`read` now reads it; ``False`` when *frame* was decoded and is
+            not a valid CW_provision; ``None`` (not tried) when it is not a CW_provision at all, its
+            size is known already or over :attr:`max_size`, or :attr:`limit` layouts are known.
+        """
+        if (len(frame) in self._layouts or len(self._layouts) >= self.limit or len(frame) > self.max_size
+                or frame[1:3] != _CW_PROVISION_TYPE):
+            return None
+        try:
+            msg = decode(frame, _IF)
+        except PeerProtocolError:
+            return False
+        layout = _layout_reader(frame)
+        fields = (msg.protocol_version, msg.ECM_channel_id, msg.ECM_stream_id, msg.CP_number, msg.CP_CW_combination,
+                  msg.CW_encryption, msg.CP_duration, msg.access_criteria)
+        if layout(frame) != fields:  # cannot happen for a decoded CW_provision; never trust a layout that differs
+            return False
+        self._layouts[len(frame)] = layout
+        return True
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The message sizes whose layout is known."""
+        return tuple(self._layouts)
+
+
+def _layout_reader(frame: bytes):
+    """A function of one argument: the fields of a frame laid out as *frame* (a decoded
+    CW_provision), or ``None`` for one whose header or any parameter type or length differs.
+
+    The bytes that make the layout (the 5-byte header, each parameter's type and length) are
+    compared in one operation, as a masked integer; the values are read with one ``struct``."""
+    fmt = [">5x"]  # the header: compared, not read
+    mask = bytearray(len(frame))
+    mask[0:5] = b"\xff" * 5
+    slots: list[str] = [str(frame[0])] + ["None"] * 7  # the protocol_version is part of the layout
+    combos: list[str] = []
+    values = 0
+    pos = 5
+    while pos < len(frame):
+        ptype, length = struct.unpack_from(">HH", frame, pos)
+        mask[pos:pos + 4] = b"\xff" * 4
+        if ptype == _CPCW:
+            fmt.append(f"4xH{length - 2}s")
+            combos.append(f"_cpcw(_CPCW_T, (v{values}, v{values + 1}))")
+            values += 2
+        else:
+            slot = _CW_PROVISION_SLOTS[ptype]
+            fmt.append("4xH" if slot <= 3 or slot == 6 else f"4x{length}s")
+            slots[slot] = f"v{values}"
+            values += 1
+        pos += 4 + length
+    slots[4] = "(" + "".join(c + ", " for c in combos) + ")"
+    names = "".join(f"v{i}, " for i in range(values))
+    source = (f"def read(frame):\n    if _from_bytes(frame) & _MASK == _LAYOUT:\n        {names}= _unpack(frame)\n"
+              f"        return ({', '.join(slots)})\n    return None\n")
+    mask_int = int.from_bytes(mask, "big")
+    scope = {"_unpack": struct.Struct("".join(fmt)).unpack, "_cpcw": _new_cpcw, "_CPCW_T": CPCWCombination,
+             "_from_bytes": int.from_bytes, "_MASK": mask_int, "_LAYOUT": int.from_bytes(frame, "big") & mask_int}
+    exec(compile(source, "<bcast_sp4.wire CW_provision layout>", "exec"), scope)  # noqa: S102 - our own text
+    return scope["read"]
+
+
 __all__ = [
+    "CWProvisionReader",
     "MAX_ECM_DATAGRAM",
     "encode_ecm_response",
     "CPCWCombination",
