@@ -535,6 +535,14 @@ def decode_cw(protection: TrafficProtection | None, data: bytes, *, reference: b
         trailing bytes.
     :raises UnsupportedTrafficProtectionError: (a ``TrafficKeyError``) on a protocol code we do not support.
     """
+    if not reference and type(data) is bytes and len(data) > 2 and data[0] == CW_LAYOUT_VERSION:
+        # the per-STKM case first (the ECM source decodes one CW per STKM): a well-formed CW of the
+        # expected (or any supported) protection, without the checks' calls below
+        found = _PROTECTION_BY_CODE.get(data[1])
+        if found is not None and (protection is None or protection is found):
+            material = _decode_cw_fast(found, data)
+            if material is not None:
+                return material
     data = bytes(data)
     if len(data) < 2:
         raise TrafficKeyError(f"CW too short: {len(data)} bytes")

@@ -84,11 +84,13 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         that is what the shared path does with it, without the framer, the batch and the guard's
         turn. Everything else takes the shared path."""
         if type(data) is bytes:
+            # a layout's size, header and parameter lengths make a read of it one whole message,
+            # and it was learnt within the connection's max_message_length
             fields = self.reader.read(data)
             if fields is not None:
                 watch, outbox = self.watch, self.outbox
                 if (watch is not None and outbox.close is None and watch.takes_whole(len(data))
-                        and self.framer.whole(data)):
+                        and self.framer.at_boundary()):
                     received_at = self.clock.seconds()
                     outputs = self._provide(fields, received_at)
                     if outputs is not None:

@@ -69,15 +69,11 @@ class Framer:
         """Bytes held for an incomplete message (bounded by ``max_length``)."""
         return len(self._buffer)
 
-    def whole(self, data: bytes) -> bool:
-        """Whether :meth:`feed` would return *data* as it is, one whole message: nothing is buffered
-        or being skipped, its header's length accounts for it exactly and it is within
-        :attr:`max_length`. Nothing is fed (a caller that handles *data* itself leaves the framer
-        as it was, at a message boundary)."""
-        if self._buffer or self._skip or len(data) < HEADER_SIZE:
-            return False
-        total = HEADER_SIZE + _unpack_header(data, 0)[2]
-        return total == len(data) and total <= self.max_length
+    def at_boundary(self) -> bool:
+        """Whether the framer is between messages: nothing buffered, nothing being skipped (the next
+        bytes fed start a message). A caller that handles one whole message of a read itself, at a
+        boundary, leaves the framer as :meth:`feed` would have."""
+        return not self._buffer and not self._skip
 
     def pending(self) -> bytes:
         """A copy of the buffered bytes of the unfinished message (for reporting a truncated one)."""

@@ -42,6 +42,18 @@ def test_one_whole_message_per_read_comes_back_as_read_and_the_limits_still_hold
     assert framer.feed(TEST + TEST[:3]) == [TEST] and framer.buffered == 3
 
 
+def test_at_boundary_only_between_messages():
+    framer = wire.Framer(max_length=100, interface=wire.Interface.EMMG_MUX)
+    assert framer.at_boundary()
+    assert framer.feed(TEST[:3]) == [] and not framer.at_boundary()  # part of a message buffered
+    assert framer.feed(TEST[3:]) == [TEST] and framer.at_boundary()
+    big = M.DataProvision(client_id=1, data_id=1, datagram=(bytes(300),)).encode()
+    framer.feed(big[:150])
+    assert not framer.at_boundary()  # the rest of an over-long message is still to be skipped
+    framer.feed(big[150:])
+    assert framer.at_boundary()
+
+
 def test_framer_limit_bounds():
     with pytest.raises(ValueError):
         wire.Framer(max_length=4)
