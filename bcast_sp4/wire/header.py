@@ -92,17 +92,22 @@ class Framer:
             data = data[self._skip :]
             self._skip = 0
         buffer = self._buffer
-        if not buffer and type(data) is bytes and len(data) >= HEADER_SIZE:
-            # One whole message in one read, nothing buffered (a request/response peer): as it is.
-            total = HEADER_SIZE + _unpack_header(data, 0)[2]
-            if total == len(data) and total <= self.max_length:
-                return [data]
-        buffer += data
+        if not buffer and type(data) is bytes:
+            if len(data) >= HEADER_SIZE:
+                # One whole message in one read, nothing buffered (a request/response peer): as it is.
+                total = HEADER_SIZE + _unpack_header(data, 0)[2]
+                if total == len(data) and total <= self.max_length:
+                    return [data]
+            # Nothing buffered: the messages are cut from the read itself, only its tail is kept.
+            source = data
+        else:
+            buffer += data
+            source = buffer
         out: list[bytes | MessageTooLong] = []
         pos = 0
-        available = len(buffer)
+        available = len(source)
         while available - pos >= HEADER_SIZE:
-            version, message_type, length = _unpack_header(buffer, pos)
+            version, message_type, length = _unpack_header(source, pos)
             total = HEADER_SIZE + length
             if total > self.max_length:
                 out.append(
@@ -121,9 +126,12 @@ class Framer:
                 break
             if available - pos < total:
                 break
-            out.append(bytes(buffer[pos : pos + total]))
+            out.append(source[pos : pos + total] if source is data else bytes(source[pos : pos + total]))
             pos += total
-        if pos:
+        if source is data:
+            if pos < available:
+                buffer += data[pos:]  # the start of the next message
+        elif pos:
             del buffer[:pos]
         return out
 
