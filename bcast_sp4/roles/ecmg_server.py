@@ -26,6 +26,7 @@ _CHANNEL_OPEN = ServerChannelState.CHANNEL_OPEN  # read every turn (Enum.MEMBER 
 #: CW_provisions a connection may send that its reader fails to learn from (invalid ones) before it
 #: stops trying: each try decodes the message once more
 MAX_FAILED_LEARNS = 64
+_CW_PROVISION = b"\x02\x01"  # message_type 0x0201 on the wire
 
 
 class ECMGProtocol(SimulCryptStreamProtocol):
@@ -78,17 +79,20 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         return outputs
 
     def dataReceived(self, data: bytes) -> None:
-        """A read that is exactly one CW_provision of a known layout, on a connection with nothing
-        buffered or waiting for a later turn, is answered here (:meth:`quick`'s fields, the
-        ECM_response sent at once, then the guard told: :meth:`ConnectionWatch.message_done`);
-        that is what the shared path does with it, without the framer, the batch and the guard's
-        turn. Everything else takes the shared path."""
+        """A read made only of whole CW_provisions of known layouts, on a connection with nothing
+        buffered or waiting for a later turn and within the guard's budget, is answered here: each
+        CW_provision's fields go to the machine (:meth:`_provide`), the ECM_responses leave in one
+        write, then the guard is told (:meth:`ConnectionWatch.message_done`). That is what the
+        shared path does with such a read, without the framer, the decoder and the guard's turn.
+        A CW_provision the machine does not take as it stands (another channel, an unknown stream)
+        hands it and the rest of the read to the shared path's :meth:`handle_frames`; the turn's
+        time (``[limits] turn_time``) is kept as there. Everything else takes the shared path."""
         if type(data) is bytes:
             # a layout's size, header and parameter lengths make a read of it one whole message,
             # and it was learnt within the connection's max_message_length
             fields = self.reader.read(data)
+            watch, outbox = self.watch, self.outbox
             if fields is not None:
-                watch, outbox = self.watch, self.outbox
                 if (watch is not None and outbox.close is None and watch.takes_whole(len(data))
                         and self.framer.at_boundary()):
                     received_at = self.clock.seconds()
@@ -96,6 +100,11 @@ class ECMGProtocol(SimulCryptStreamProtocol):
                     if outputs is not None:
                         self._answer(outputs, received_at, watch, outbox)
                         return
+            elif data[1:3] == _CW_PROVISION and watch is not None and outbox.close is None and self.framer.at_boundary():
+                items = self._provisions(data)
+                if items is not None and watch.takes_whole(len(data), len(items)):
+                    self._answer_all(items, watch, outbox)
+                    return
         super().dataReceived(data)
 
     def _answer(self, outputs: bytes | list[Output], now: float, watch, outbox) -> None:
@@ -113,6 +122,56 @@ class ECMGProtocol(SimulCryptStreamProtocol):
             if outbox.close is not None:
                 self._closing_watch()
         watch.message_done(now)
+
+    def _provisions(self, data: bytes) -> list[tuple[bytes, tuple]] | None:
+        """``[(frame, fields)]`` when *data* is only whole CW_provisions of known layouts, else ``None``."""
+        read = self.reader.read
+        items = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if end - pos < 5:
+                return None
+            size = 5 + (data[pos + 3] << 8 | data[pos + 4])
+            frame = data[pos:pos + size]
+            fields = read(frame)  # None for a frame cut short: no layout has a size it does not have
+            if fields is None:
+                return None
+            items.append((frame, fields))
+            pos += size
+        return items
+
+    def _answer_all(self, items: list[tuple[bytes, tuple]], watch, outbox) -> None:
+        """Answer the CW_provisions of one read (:meth:`dataReceived`), replies in one write."""
+        executor, clock = self.executor, self.clock
+        received_at = clock.seconds()
+        deadline = received_at + watch.turn_time
+        handled, count = 0, len(items)
+        executor.begin()
+        try:
+            for _frame, fields in items:
+                outputs = self._provide(fields, received_at)
+                if outputs is None:  # the shared path answers this one and the rest, in this turn
+                    watch.deadline = deadline
+                    handled += self.handle_frames([frame for frame, _ in items[handled:]], received_at)
+                    break
+                if type(outputs) is bytes:
+                    executor.send_encoded(outbox, outputs)
+                else:
+                    executor.run(outputs, clock.seconds(), self.reply_outbox)
+                handled += 1
+                if outbox.close is not None:  # closing: nothing more is handled on this connection
+                    self._closing_watch()
+                    handled = count
+                    break
+                if handled < count and clock.seconds() > deadline:
+                    break  # the turn's time is up: the guard keeps the rest for the next turn
+        finally:
+            executor.end()
+        if handled < count:
+            watch.put_back([frame for frame, _ in items], handled, received_at)
+            watch.turn_done(True)
+        else:
+            watch.message_done(clock.seconds())
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response

@@ -492,12 +492,14 @@ class ConnectionWatch:
 
     # -- after each turn -------------------------------------------------------------------------
 
-    def takes_whole(self, size: int) -> bool:
-        """Whether a read of *size* bytes holding exactly one whole message may be handled at once
-        by the protocol's own path (then :meth:`message_done`): the connection is open, nothing of
-        it waits for a later turn and the read fits one :data:`READ_SLICE`, so :meth:`receive`
-        would hand that message back to be handled in this turn."""
-        return not self.closed and not self._queue and size <= READ_SLICE and self.budget > 0
+    def takes_whole(self, size: int, messages: int = 1) -> bool:
+        """Whether a read of *size* bytes made of *messages* whole messages may be handled at once
+        by the protocol's own path (then :meth:`message_done`, or :meth:`put_back` and
+        :meth:`turn_done` when the turn's time ran out): the connection is open, nothing of it
+        waits for a later turn, the read fits one :data:`READ_SLICE` and the messages the budget,
+        so :meth:`receive` would hand them all back to be handled in this turn (its
+        :attr:`deadline` is the protocol's to keep: the read's time + :attr:`turn_time`)."""
+        return not self.closed and not self._queue and size <= READ_SLICE and messages <= self.budget
 
     def message_done(self, now: float) -> None:
         """:meth:`turn_done` after the protocol handled, at *now*, the one whole message of a read

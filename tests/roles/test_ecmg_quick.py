@@ -49,6 +49,10 @@ class Counting(ECMGProtocol):
         Counting.whole_reads += 1
         return super()._answer(*args)
 
+    def _answer_all(self, *args):
+        Counting.whole_reads += 1
+        return super()._answer_all(*args)
+
 
 def provision(cp: int, stream: int = 1, channel: int = 1, version: int = 3, first: int | None = None,
               duration: int | None = None) -> bytes:
@@ -83,6 +87,10 @@ SCENARIOS = {
                         m.StreamCloseRequest(ECM_channel_id=1, ECM_stream_id=1).encode(), provision(2), provision(3, stream=2)],
     "before any channel": [provision(1), set_up(), provision(2)],
     "another layout": [set_up(), provision(1), provision(2, duration=30), provision(3), provision(4, duration=40)],
+    "pipelined with an unknown stream in the middle": [set_up(), provision(1), provision(2) + provision(3, stream=9)
+                                                       + provision(4, stream=2) + provision(5)],
+    "pipelined until the channel closes": [set_up(), provision(1), b"".join(provision(cp, first=cp + 9) for cp in range(2, 6))
+                                           + provision(6)],
     # a valid version-2 CW_provision of a new size is learnt, then refused by the version-3 channel
     "another version, learnt": [set_up(), provision(1), provision(2, version=2, duration=30), provision(3)],
 }
@@ -97,8 +105,16 @@ QUEUED = {
 }
 
 
-def run(cls, chunks, **limits):
+def run(cls, chunks, slow=False, turns=False, **limits):
     ecmg = ECMG(**limits)
+    if slow:  # each reading of the time moves it on 0.4 ms: a turn's time (1 ms) runs out mid-read
+        clock = ecmg.clock
+
+        def seconds():
+            clock.rightNow += 0.0004
+            return clock.rightNow
+
+        clock.seconds = seconds
     ecmg.factory.protocol = cls
     address = IPv4Address("TCP", "127.0.0.1", 40000)
     protocol = ecmg.factory.buildProtocol(address)
@@ -116,8 +132,10 @@ def run(cls, chunks, **limits):
                 row.append(traffic.encode_cw(parsed.material) == TEKS[msg.CP_number % 40])
             seen.append(row)
         transport.clear()
-        seen.append(("after chunk", protocol.watch.buffered if protocol.watch else None, transport.disconnecting,
+        seen.append(("after chunk", protocol.watch.buffered, protocol.watch.closed, transport.disconnecting,
                      protocol.machine.invalid_in_a_row, ecmg.guard.buffered_total))
+        for _ in range(10 if turns else 0):  # the later turns of what this chunk left queued
+            ecmg.clock.advance(0)
     for _ in range(10):  # the turns of what was queued
         ecmg.clock.advance(0)
     for reply in wire.Framer().feed(transport.value()):
@@ -147,6 +165,17 @@ def test_a_whole_read_waits_behind_the_queued_messages(name):
     assert Counting.taken >= 1
 
 
+def test_a_turn_whose_time_runs_out_mid_read_leaves_the_rest_for_the_next_turn():
+    chunks = [set_up(), provision(1), b"".join(provision(cp) for cp in range(2, 9)), provision(9)]
+    Counting.taken = Counting.whole_reads = 0
+    quick = run(Counting, chunks, slow=True, turns=True)
+    assert quick == run(Shared, chunks, slow=True, turns=True)
+    rows = [row[0] for row in quick]
+    burst = rows.index(("after chunk"), rows.index("after chunk") + 1)  # the row after provision(1)'s chunk
+    assert Counting.whole_reads >= 2  # the burst and provision(9) took the per-STKM path
+    assert len([r for r in quick[burst + 1:] if r[0] == "ECMResponse"]) == 8
+
+
 def test_whole_reads_take_the_per_stkm_path_and_the_first_layout_is_learnt_on_the_way():
     Counting.taken = Counting.whole_reads = 0
     run(Counting, SCENARIOS["whole reads"])
@@ -156,5 +185,5 @@ def test_whole_reads_take_the_per_stkm_path_and_the_first_layout_is_learnt_on_th
 
 def test_a_pipelined_burst_is_read_by_layout_too():
     Counting.taken = Counting.whole_reads = 0
-    run(Counting, [set_up(), b"".join(provision(cp) for cp in range(1, 9))])
-    assert (Counting.taken, Counting.whole_reads) == (8, 0)
+    run(Counting, [set_up(), provision(1), b"".join(provision(cp) for cp in range(2, 10))])
+    assert (Counting.taken, Counting.whole_reads) == (9, 1)  # the first learnt on the shared path, then one read of 8
