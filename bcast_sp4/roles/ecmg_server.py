@@ -100,10 +100,11 @@ class ECMGProtocol(SimulCryptStreamProtocol):
                     if outputs is not None:
                         self._answer(outputs, received_at, watch, outbox)
                         return
-            elif data[1:3] == _CW_PROVISION and watch is not None and outbox.close is None and self.framer.at_boundary():
-                items = self._provisions(data)
-                if items is not None and watch.takes_whole(len(data), len(items)):
-                    self._answer_all(items, watch, outbox)
+            elif (data[1:3] == _CW_PROVISION and watch is not None and outbox.close is None
+                    and watch.takes_whole(len(data)) and self.framer.at_boundary()):
+                found = self._provisions(data)
+                if found is not None and watch.takes_whole(len(data), len(found[0])):
+                    self._answer_all(found[0], found[1], watch, outbox)
                     return
         super().dataReceived(data)
 
@@ -123,26 +124,32 @@ class ECMGProtocol(SimulCryptStreamProtocol):
                 self._closing_watch()
         watch.message_done(now)
 
-    def _provisions(self, data: bytes) -> list[tuple[bytes, tuple]] | None:
-        """``[(frame, fields)]`` when *data* is only whole CW_provisions of known layouts, else ``None``."""
+    def _provisions(self, data: bytes) -> tuple[list[tuple[bytes, tuple]], bytes] | None:
+        """``([(frame, fields)], tail)`` when *data* is whole CW_provisions of known layouts, then
+        at most the start of one more message (*tail*, which the framer keeps: within the
+        connection's max_message_length as far as its header says), else ``None``."""
         read = self.reader.read
         items = []
         pos, end = 0, len(data)
-        while pos < end:
-            if end - pos < 5:
-                return None
+        while end - pos >= 5:
             size = 5 + (data[pos + 3] << 8 | data[pos + 4])
-            frame = data[pos:pos + size]
-            fields = read(frame)  # None for a frame cut short: no layout has a size it does not have
+            if end - pos < size:  # the start of the next message
+                if size > self.framer.max_length:
+                    return None  # the framer reports it: the shared path's
+                break
+            fields = read(data[pos:pos + size])
             if fields is None:
                 return None
-            items.append((frame, fields))
+            items.append((data[pos:pos + size], fields))
             pos += size
-        return items
+        return (items, data[pos:]) if items else None
 
-    def _answer_all(self, items: list[tuple[bytes, tuple]], watch, outbox) -> None:
-        """Answer the CW_provisions of one read (:meth:`dataReceived`), replies in one write."""
+    def _answer_all(self, items: list[tuple[bytes, tuple]], tail: bytes, watch, outbox) -> None:
+        """Answer the CW_provisions of one read (:meth:`dataReceived`), replies in one write; the
+        framer keeps *tail*, the start of the next message."""
         executor, clock = self.executor, self.clock
+        if tail:
+            self.framer.feed(tail)  # an unfinished message: buffered, nothing returned
         received_at = clock.seconds()
         deadline = received_at + watch.turn_time
         handled, count = 0, len(items)
@@ -169,7 +176,8 @@ class ECMGProtocol(SimulCryptStreamProtocol):
             executor.end()
         if handled < count:
             watch.put_back([frame for frame, _ in items], handled, received_at)
-            watch.turn_done(True)
+        if handled < count or tail:
+            watch.turn_done(handled > 0)  # the guard counts what waits (the rest, the tail) and times it
         else:
             watch.message_done(clock.seconds())
 

@@ -91,6 +91,10 @@ SCENARIOS = {
                                                        + provision(4, stream=2) + provision(5)],
     "pipelined until the channel closes": [set_up(), provision(1), b"".join(provision(cp, first=cp + 9) for cp in range(2, 6))
                                            + provision(6)],
+    "pipelined with the start of the next message behind": [set_up(), provision(1), provision(2) + provision(3) + provision(4)[:10],
+                                                            provision(4)[10:] + provision(5)[:3], provision(5)[3:], provision(6)],
+    "pipelined, then a header of an over-long message": [set_up(), provision(1), provision(2) + b"\x03\x02\x01\xff\xff",
+                                                         bytes(70000), provision(3)],
     # a valid version-2 CW_provision of a new size is learnt, then refused by the version-3 channel
     "another version, learnt": [set_up(), provision(1), provision(2, version=2, duration=30), provision(3)],
 }
@@ -174,6 +178,12 @@ def test_a_turn_whose_time_runs_out_mid_read_leaves_the_rest_for_the_next_turn()
     burst = rows.index(("after chunk"), rows.index("after chunk") + 1)  # the row after provision(1)'s chunk
     assert Counting.whole_reads >= 2  # the burst and provision(9) took the per-STKM path
     assert len([r for r in quick[burst + 1:] if r[0] == "ECMResponse"]) == 8
+
+
+def test_a_read_with_the_start_of_the_next_message_takes_the_per_stkm_path():
+    Counting.taken = Counting.whole_reads = 0
+    run(Counting, SCENARIOS["pipelined with the start of the next message behind"])
+    assert Counting.whole_reads >= 2  # provision(2) + (3) + part of (4); provision(6)
 
 
 def test_whole_reads_take_the_per_stkm_path_and_the_first_layout_is_learnt_on_the_way():
