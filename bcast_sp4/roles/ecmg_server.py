@@ -50,12 +50,12 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         its layout (:class:`~bcast_sp4.wire.ecmg_scs.CWProvisionReader`) and handed to the machine
         as fields, without the decoder or a message object. ``None`` for any other frame, or a
         CW_provision that is not for an open stream of this channel in its version: the shared
-        path decodes and answers it. The first CW_provision of a layout is decoded once more, to
-        learn the layout (an invalid one is not learnt; after :data:`MAX_FAILED_LEARNS` of them the
-        connection stops trying)."""
+        path decodes and answers it. The first CW_provision of a layout on an open channel is
+        decoded once more, to learn the layout (an invalid one is not learnt; after
+        :data:`MAX_FAILED_LEARNS` of them the connection stops trying)."""
         fields = self.reader.read(frame)
         if fields is None:
-            if not self._learns_left or not self._learn(frame):
+            if not self._learns_left or self.machine.state is not _CHANNEL_OPEN or not self._learn(frame):
                 return None
             fields = self.reader.read(frame)
         return self._provide(fields, received_at)

@@ -227,12 +227,38 @@ class CWProvisionReader:
         return tuple(self._layouts)
 
 
+#: compiled layout readers shared by every connection (an SCS's channels send the same layouts),
+#: by (protocol_version, ((parameter_type, parameter_length), ...)); at most this many are kept
+MAX_SHARED_LAYOUTS = 256
+_shared_layouts: dict[tuple, object] = {}
+
+
 def _layout_reader(frame: bytes):
     """A function of one argument: the fields of a frame laid out as *frame* (a decoded
     CW_provision), or ``None`` for one whose header or any parameter type or length differs.
 
     The bytes that make the layout (the 5-byte header, each parameter's type and length) are
-    compared in one operation, as a masked integer; the values are read with one ``struct``."""
+    compared in one operation, as a masked integer; the values are read with one ``struct``.
+    Compiled once per layout and shared (at most :data:`MAX_SHARED_LAYOUTS`, the oldest dropped
+    first), so a flood of connections learning layouts costs no code objects of their own."""
+    params = []
+    pos = 5
+    while pos < len(frame):
+        ptype, length = struct.unpack_from(">HH", frame, pos)
+        params.append((ptype, length))
+        pos += 4 + length
+    key = (frame[0], tuple(params))
+    reader = _shared_layouts.get(key)
+    if reader is None:
+        reader = _compile_layout(frame)
+        if len(_shared_layouts) >= MAX_SHARED_LAYOUTS:
+            del _shared_layouts[next(iter(_shared_layouts))]
+        _shared_layouts[key] = reader
+    return reader
+
+
+def _compile_layout(frame: bytes):
+    """:func:`_layout_reader`'s function, compiled."""
     fmt = [">5x"]  # the header: compared, not read
     mask = bytearray(len(frame))
     mask[0:5] = b"\xff" * 5

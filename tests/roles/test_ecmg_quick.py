@@ -186,6 +186,16 @@ def test_a_read_with_the_start_of_the_next_message_takes_the_per_stkm_path():
     assert Counting.whole_reads >= 2  # provision(2) + (3) + part of (4); provision(6)
 
 
+def test_nothing_is_learnt_before_a_channel_is_open():
+    ecmg = ECMG()
+    protocol = ecmg.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+    protocol.dataReceived(provision(1))  # no channel: stream_error 0x0006 from the shared path
+    assert protocol.reader.sizes == ()
+    protocol.dataReceived(set_up() + provision(2))
+    assert protocol.reader.sizes == (len(provision(2)),)
+
+
 def test_whole_reads_take_the_per_stkm_path_and_the_first_layout_is_learnt_on_the_way():
     Counting.taken = Counting.whole_reads = 0
     run(Counting, SCENARIOS["whole reads"])

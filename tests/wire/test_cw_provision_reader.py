@@ -127,3 +127,19 @@ def test_the_layouts_are_bounded_in_number_and_size():
     assert reader.learn(provision(10)) is None and reader.read(provision(10)) is None  # limit
     assert CWProvisionReader(max_size=len(provision(20))).learn(provision(21)) is None  # longer than the limit
     assert reader.sizes == (len(provision(8)), len(provision(9)))
+
+
+def test_layouts_are_compiled_once_and_shared_within_a_bound(monkeypatch):
+    def provision(cw_size: int, cp: int = 7) -> bytes:
+        return m.CWProvision(protocol_version=3, ECM_channel_id=1, ECM_stream_id=2, CP_number=cp,
+                             CP_CW_combination=(m.CPCWCombination(cp, b"a" * cw_size),)).encode()
+
+    monkeypatch.setattr(m, "_shared_layouts", {})
+    monkeypatch.setattr(m, "MAX_SHARED_LAYOUTS", 3)
+    first, second = CWProvisionReader(), CWProvisionReader()
+    assert first.learn(provision(8)) and second.learn(provision(8, cp=9))
+    assert first._layouts[len(provision(8))] is second._layouts[len(provision(8))]  # one function for both
+    for size in (9, 10, 11):
+        assert first.learn(provision(size))
+    assert len(m._shared_layouts) == 3  # the oldest dropped
+    assert first.read(provision(8)) == decoded_fields(provision(8))  # a reader keeps what it learnt
