@@ -31,6 +31,7 @@ from .guard import ConnectionGuard, ConnectionWatch
 from .log_limit import host_of
 
 _INTERNAL_ERROR = (Close("internal error", "warn"),)
+_PLAIN_TCP = (tcp.Server, tcp.Client)  # Twisted's TCP connections: the buffer fields direct_writer reads
 
 
 def bare(exc: PeerProtocolError) -> PeerProtocolError:
@@ -61,9 +62,10 @@ def socket_writer(transport) -> Callable[[bytes], None] | None:
     Twisted's own write buffers, registers the socket for writing and sends on the next reactor
     turn (or on an explicit ``doWrite``), then unregisters it: two ``epoll_ctl`` calls and a dozen
     Python calls around each ``send``. A request/response server (the ECMG) writes one short reply
-    per request into an empty buffer, so this sends it straight away (:func:`direct_writer`).
+    per request into an empty buffer, and the SCS one CW_provision per stream-period, so this
+    sends it straight away (:func:`direct_writer`); accepted and connected sockets alike.
     """
-    if type(transport) is not tcp.Server or "write" in vars(transport) or not all(
+    if type(transport) not in _PLAIN_TCP or "write" in vars(transport) or not all(
         hasattr(transport, name) for name in ("socket", "dataBuffer", "offset", "_tempDataLen", "connected", "disconnecting")
     ):
         # another transport, a write wrapped on this one (a capture, a test's recorder), or a

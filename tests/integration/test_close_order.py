@@ -197,7 +197,8 @@ def wait_until(predicate, timeout: float, what: str, processes=()) -> None:
 def set_up(proxies: dict[int, RecordingProxy], mux_channels: int = 1) -> bool:
     """Every proxied channel has all its streams set up (and, EMMG<=>MUX, their bandwidth), and
     the MUX has *mux_channels* channels (the EMMG's; with the roles apart also the SCS's STKM
-    link: without counting it, the SCS's channel alone passed while the EMMG was still starting)."""
+    links, one per Super_CAS_id: without counting them, the SCS's channels alone passed while the
+    EMMG was still starting)."""
     for port, proxy in proxies.items():
         interface = wire.Interface.EMMG_MUX if port == 15000 else wire.Interface.ECMG_SCS
         messages = emmg_mux if port == 15000 else ecmg_scs
@@ -279,7 +280,10 @@ def test_close_order_with_the_roles_apart(tmp_path):
             processes.append((proc, log))
             if marker:
                 wait_until(lambda: log.exists() and marker in log.read_text(), 60, f"{config} listening", processes)
-        wait_until(lambda: set_up(proxies, mux_channels=2), 120, "every channel and stream set up", processes)
+        # the MUX's channels: the SCS's two STKM links (one per Super_CAS_id, data_channel_id 2) and the
+        # EMMG's (data_channel_id 1): with 2, the SCS's links alone passed while the EMMG was still
+        # connecting, and stopping it then left a channel_setup and a FIN (seen under a busy loop)
+        wait_until(lambda: set_up(proxies, mux_channels=3), 120, "every channel and stream set up", processes)
         for proc, log in reversed(processes[3:]):  # the clients: SCS, then EMMG
             stop(proc, log)
         closed = verify(proxies)

@@ -150,8 +150,25 @@ def test_direct_writer_leaves_a_socket_error_to_the_transport():
         ours.close()
 
 
-def test_socket_writer_only_for_a_plain_tcp_server_connection():
+def test_socket_writer_only_for_a_plain_tcp_connection():
+    from twisted.internet import tcp
+
     from bcast_sp4.roles._stream import socket_writer
 
     assert socket_writer(TCPStringTransport()) is None  # a double: its doWrite push instead
     assert socket_writer(StringTransport()) is None
+    ours, peer = socket.socketpair()
+    try:
+        for kind in (tcp.Server, tcp.Client):  # accepted (the ECMG, the MUX) and connected (the SCS)
+            transport = object.__new__(kind)
+            transport.socket, transport.dataBuffer, transport.offset, transport._tempDataLen = ours, b"", 0, 0
+            transport.connected, transport.disconnecting = 1, False
+            send = socket_writer(transport)
+            assert send is not None
+            send(b"ping")
+            assert peer.recv(10) == b"ping"
+            transport.write = lambda data: None  # a write wrapped on the transport (a capture): its own
+            assert socket_writer(transport) is None
+    finally:
+        ours.close()
+        peer.close()
