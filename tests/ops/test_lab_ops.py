@@ -82,6 +82,18 @@ class LabRun:
         with self._changed:
             return "".join(self.lines)
 
+    def wait_for_output(self, timeout: float) -> None:
+        """Until the lab prints its next line or ends, at most *timeout* s (the reader thread's
+        condition: a scrape follows what the lab does, not a fixed sleep)."""
+        with self._changed:
+            seen = len(self.lines)
+            ended = self._changed.wait_for(lambda: self._ended or len(self.lines) > seen, timeout) and self._ended
+        if ended:  # stdout closed: the process is exiting; no spinning on its last moments
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
     def periods_printed(self) -> int:
         return len(PERIOD_LINE.findall(self.stdout()))
 
@@ -166,7 +178,7 @@ def lab_run(tmp_path_factory):
                 errors.append(repr(exc))
                 if run.proc.poll() is not None:
                     break
-                time.sleep(0.5)
+                run.wait_for_output(0.5)
                 continue
             scrapes.append({"before": before, "metrics": metrics, "status": status})
             stkms = {s["super_CAS_id"] for s in status["stkms"]}
@@ -177,7 +189,7 @@ def lab_run(tmp_path_factory):
                 # below the lab: at nice 19 beside two busy loops it got too little CPU to fetch
                 # status.json before the lab's last period (a starved lab may FAIL here: accepted)
                 browser = pool.submit(dump_dom, base + "/", tmp / "chromium-profile", niceness=0)
-            time.sleep(0.5)
+            run.wait_for_output(0.5)
         if browser is not None:
             dom = browser.result(timeout=120)
         status = run.finish()
