@@ -79,56 +79,35 @@ class ECMGProtocol(SimulCryptStreamProtocol):
         return outputs
 
     def dataReceived(self, data: bytes) -> None:
-        """A read made only of whole CW_provisions of known layouts, on a connection with nothing
-        buffered or waiting for a later turn and within the guard's budget, is answered here: each
-        CW_provision's fields go to the machine (:meth:`_provide`), the ECM_responses leave in one
-        write, then the guard is told (:meth:`ConnectionWatch.message_done`). That is what the
-        shared path does with such a read, without the framer, the decoder and the guard's turn.
-        A CW_provision the machine does not take as it stands (another channel, an unknown stream)
-        hands it and the rest of the read to the shared path's :meth:`handle_frames`; the turn's
-        time (``[limits] turn_time``) is kept as there. Everything else takes the shared path."""
-        if type(data) is bytes:
-            # a layout's size, header and parameter lengths make a read of it one whole message,
-            # and it was learnt within the connection's max_message_length
-            fields = self.reader.read(data)
+        """A read made only of whole CW_provisions of known layouts (one, or the few a paced SCS's
+        read often holds, then at most the start of the next message), on a connection with
+        nothing buffered or waiting for a later turn and within the guard's budget, is answered
+        here: each CW_provision's fields go to the machine (:meth:`_provide`), the ECM_responses
+        leave in one write, then the guard's :meth:`ConnectionWatch.turn_done`. That is what the
+        shared path does with such a read, without the framer's copies, the decoder and the
+        guard's :meth:`ConnectionWatch.receive`. A CW_provision the machine does not take as it
+        stands (another channel, an unknown stream) hands it and the rest of the read to the
+        shared path's :meth:`handle_frames`; the turn's time (``[limits] turn_time``) is kept as
+        there. Everything else takes the shared path."""
+        if type(data) is bytes and data[1:3] == _CW_PROVISION:
             watch, outbox = self.watch, self.outbox
-            if fields is not None:
-                if (watch is not None and outbox.close is None and watch.takes_whole(len(data))
-                        and self.framer.at_boundary()):
-                    received_at = self.clock.seconds()
-                    outputs = self._provide(fields, received_at)
-                    if outputs is not None:
-                        self._answer(outputs, received_at, watch, outbox)
-                        return
-            elif (data[1:3] == _CW_PROVISION and watch is not None and outbox.close is None
-                    and watch.takes_whole(len(data)) and self.framer.at_boundary()):
+            if (watch is not None and outbox.close is None and watch.takes_whole(len(data))
+                    and self.framer.at_boundary()):
                 found = self._provisions(data)
                 if found is not None and watch.takes_whole(len(data), len(found[0])):
                     self._answer_all(found[0], found[1], watch, outbox)
                     return
         super().dataReceived(data)
 
-    def _answer(self, outputs: bytes | list[Output], now: float, watch, outbox) -> None:
-        """Send the machine's answer to the CW_provision of a whole read (:meth:`dataReceived`)."""
-        executor = self.executor
-        if type(outputs) is bytes:
-            if outbox.send is not None and not outbox.chunks:
-                outbox.send(outputs)  # straight to the socket (what the batch's flush would do)
-            else:
-                executor.begin()
-                executor.send_encoded(outbox, outputs)
-                executor.end()
-        else:
-            executor.run(outputs, now, self.reply_outbox)
-            if outbox.close is not None:
-                self._closing_watch()
-        watch.message_done(now)
-
     def _provisions(self, data: bytes) -> tuple[list[tuple[bytes, tuple]], bytes] | None:
         """``([(frame, fields)], tail)`` when *data* is whole CW_provisions of known layouts, then
         at most the start of one more message (*tail*, which the framer keeps: within the
-        connection's max_message_length as far as its header says), else ``None``."""
+        connection's max_message_length as far as its header says), else ``None``. A layout's
+        size, header and parameter lengths make a frame it reads one whole message."""
         read = self.reader.read
+        fields = read(data)
+        if fields is not None:  # the usual read: one CW_provision
+            return [(data, fields)], b""
         items = []
         pos, end = 0, len(data)
         while end - pos >= 5:
@@ -137,10 +116,11 @@ class ECMGProtocol(SimulCryptStreamProtocol):
                 if size > self.framer.max_length:
                     return None  # the framer reports it: the shared path's
                 break
-            fields = read(data[pos:pos + size])
+            frame = data[pos:pos + size]  # the read itself when it is one message
+            fields = read(frame)
             if fields is None:
                 return None
-            items.append((data[pos:pos + size], fields))
+            items.append((frame, fields))
             pos += size
         return (items, data[pos:]) if items else None
 
@@ -176,10 +156,7 @@ class ECMGProtocol(SimulCryptStreamProtocol):
             executor.end()
         if handled < count:
             watch.put_back([frame for frame, _ in items], handled, received_at)
-        if handled < count or tail:
-            watch.turn_done(handled > 0)  # the guard counts what waits (the rest, the tail) and times it
-        else:
-            watch.message_done(clock.seconds())
+        watch.turn_done(handled > 0)  # counts what waits (the rest, the tail), times it, re-arms the timeouts
 
     def handle(self, item: Message | PeerProtocolError, now: float, received_at: float) -> list[Output] | bytes:
         # the per-STKM hot path: the machine answers a CW_provision with the encoded ECM_response

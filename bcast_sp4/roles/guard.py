@@ -494,32 +494,12 @@ class ConnectionWatch:
 
     def takes_whole(self, size: int, messages: int = 1) -> bool:
         """Whether a read of *size* bytes made of *messages* whole messages may be handled at once
-        by the protocol's own path (then :meth:`message_done`, or :meth:`put_back` and
-        :meth:`turn_done` when the turn's time ran out): the connection is open, nothing of it
+        by the protocol's own path (then :meth:`put_back` of what the turn's time left, and
+        :meth:`turn_done`): the connection is open, nothing of it
         waits for a later turn, the read fits one :data:`READ_SLICE` and the messages the budget,
         so :meth:`receive` would hand them all back to be handled in this turn (its
         :attr:`deadline` is the protocol's to keep: the read's time + :attr:`turn_time`)."""
         return not self.closed and not self._queue and size <= READ_SLICE and messages <= self.budget
-
-    def message_done(self, now: float) -> None:
-        """:meth:`turn_done` after the protocol handled, at *now*, the one whole message of a read
-        that :meth:`takes_whole` let it take: the same checks, with nothing buffered or queued."""
-        if self.closed:
-            return
-        guard = self.guard
-        if self.buffered:
-            guard.buffered_total -= self.buffered
-            self.buffered = 0
-        limits = self.limits
-        if guard.buffered_total > limits.max_buffered_bytes_total:
-            self.close("closed_buffer_total", f"{guard.buffered_total} bytes buffered by all connections "
-                                              f"(max_buffered_bytes_total {limits.max_buffered_bytes_total})")
-            return
-        self._activity = now
-        self._test_sent_at = None
-        self._partial_since = None
-        if self._has_channel is not None:
-            self._channel_timers(now)
 
     def turn_done(self, handled: bool) -> None:
         """Call after each batch was handled (*handled*: at least one message was).

@@ -45,10 +45,6 @@ class Counting(ECMGProtocol):
         Counting.taken += outputs is not None
         return outputs
 
-    def _answer(self, *args):
-        Counting.whole_reads += 1
-        return super()._answer(*args)
-
     def _answer_all(self, *args):
         Counting.whole_reads += 1
         return super()._answer_all(*args)
