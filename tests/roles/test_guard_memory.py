@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import weakref
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, Logger, capturedLogs, formatEvent
@@ -25,6 +26,7 @@ from tests.doubles import cyclic_gc_off
 
 from .test_guard import Peer
 from .test_guard_roles import DRM, ECMG
+from .test_mux_server import guarded_connection
 
 
 def test_a_closed_connection_is_freed_without_the_cyclic_collector():
@@ -46,22 +48,8 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector():
 
 
 def test_a_closed_mux_connection_is_freed_without_the_cyclic_collector():
-    import attrs
-    from twisted.internet.address import IPv4Address
-
-    from bcast_sp4 import wire
-    from bcast_sp4.roles.mux_server import MuxServer
-
-    from .test_mux_server import make_server
-
-    reactor, server = make_server()
-    guard = ConnectionGuard(attrs.evolve(Limits(), first_channel_setup_timeout=30.0), reactor, role="MUX", server=True)
-    server = MuxServer(server.core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH,
-                       guard=guard)
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    protocol = server.factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    protocol.makeConnection(transport)
+    reactor, server, guard, protocol, transport = guarded_connection(
+        attrs.evolve(Limits(), first_channel_setup_timeout=30.0))
     protocol.dataReceived(bytes([3, 0x01, 0x11, 0x00, 0x20]) + bytes(10))  # half-sent
     alive = [weakref.ref(protocol), weakref.ref(protocol.framer)]
     with cyclic_gc_off():
@@ -73,12 +61,18 @@ def test_a_closed_mux_connection_is_freed_without_the_cyclic_collector():
     assert guard.connections == 0 and server.play_out.protocols == {}
 
 
-def test_the_reclaim_waits_for_the_end_of_the_flood():
+def reclaiming_guard():
+    """A guard whose reclaimer (after 100 connections; 2 s after the last went, at most 10 s on)
+    notes when it collects: ``(clock, guard, reclaimer, collects)``."""
     clock = Clock()
     collects = []
     reclaimer = Reclaimer(clock, connections=100, delay=2.0, max_wait=10.0, trim=lambda: None,
                           collect=lambda: collects.append(clock.seconds()) or 0)
-    guard = ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer)
+    return clock, ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer), reclaimer, collects
+
+
+def test_the_reclaim_waits_for_the_end_of_the_flood():
+    clock, guard, reclaimer, collects = reclaiming_guard()
     peers = [Peer(guard) for _ in range(1000)]
     # the flood goes over 5 s: 200 connections a second
     for second in range(5):
@@ -93,11 +87,7 @@ def test_the_reclaim_waits_for_the_end_of_the_flood():
 
 
 def test_steady_churn_still_gets_a_reclaim_within_max_wait():
-    clock = Clock()
-    collects = []
-    reclaimer = Reclaimer(clock, connections=100, delay=2.0, max_wait=10.0, trim=lambda: None,
-                          collect=lambda: collects.append(clock.seconds()) or 0)
-    guard = ConnectionGuard(Limits(), clock, role="TEST", server=True, reclaimer=reclaimer)
+    clock, guard, _reclaimer, collects = reclaiming_guard()
     peers = [Peer(guard) for _ in range(400)]
     for peer in peers[:100]:
         peer.watch.connection_lost()

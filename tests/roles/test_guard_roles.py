@@ -34,7 +34,7 @@ from bcast_sp4.wire.params import CPCWCombination as CW
 
 from ..integration.harness import ROOT
 from .test_guard import one_turn
-from .test_mux_server import BSM, make_server
+from .test_mux_server import BSM, guarded_connection, make_server
 
 KEYS = load_keyfile(ROOT / "etc" / "keys.example.toml")
 DRM = 0x00010001
@@ -256,15 +256,8 @@ def test_a_stream_error_with_10000_statuses_is_one_short_line():
 
 
 def test_the_mux_tests_an_idle_channel_with_its_client_id_and_checks_udp_sources():
-    reactor, server = make_server()
     limits = attrs.evolve(Limits(), idle_timeout=5.0, udp_allow=(ipaddress.ip_network("192.0.2.0/24"),))
-    guard = ConnectionGuard(limits, reactor, role="MUX", server=True)
-    server = MuxServer(server.core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH,
-                       guard=guard)
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
-    protocol = server.factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    protocol.makeConnection(transport)
+    reactor, server, guard, protocol, transport = guarded_connection(limits)
     protocol.dataReceived(emmg_mux.ChannelSetup(client_id=BSM, data_channel_id=3, section_TSpkt_flag=2,
                                                 protocol_version=3).encode())
     assert [type(r) for r in replies(transport, wire.Interface.EMMG_MUX)] == [emmg_mux.ChannelStatus]

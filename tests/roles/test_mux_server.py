@@ -41,6 +41,22 @@ def make_server(**kw):
     return reactor, server
 
 
+def guarded_connection(limits):
+    """A MUX server as ``bcast-mux`` builds it, under a guard of *limits* on its memory reactor, and
+    one TCP connection to it on a StringTransport: ``(reactor, server, guard, protocol, transport)``."""
+    from bcast_sp4.roles.guard import ConnectionGuard
+
+    reactor, server = make_server()
+    guard = ConnectionGuard(limits, reactor, role="MUX", server=True)
+    server = MuxServer(server.core, reactor, interface="127.0.0.1", max_message_length=wire.MAX_MESSAGE_LENGTH,
+                       guard=guard)
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    protocol = server.factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return reactor, server, guard, protocol, transport
+
+
 def egress(reactor, destination):
     (port,) = [p for p in reactor.udp if p.connected == destination]
     return port.socket
