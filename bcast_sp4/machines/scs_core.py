@@ -24,7 +24,6 @@ Outputs of the core: :class:`~.scs_records.ChannelOutput` (a :class:`~.outputs.S
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Callable, Hashable, Iterable
 
@@ -47,6 +46,9 @@ from .scs_records import (
 )
 from .scs_scheduler import PeriodTimer, ServiceScheduler, TEKSwitchTimer
 
+
+#: the outputs :meth:`SCSCore._route` acts on (every other one is the core's output as it is)
+_ROUTED = frozenset({Send, Close, RequestCWProvision, ECMArrived, ProvisionFailed, StreamUp, StreamDown, ChannelUp})
 
 #: s before a service's poll timer runs again after its poll raised (e.g. the TEK source failed)
 TIMER_RETRY = 1.0
@@ -151,36 +153,48 @@ class SCSCore:
     # -- routing -----------------------------------------------------------------------------------
 
     def _route(self, source: str | None, outputs: list, now: float) -> list:
+        for output in outputs:
+            if type(output) in _ROUTED:
+                break
+        else:  # nothing to route (a poll's timer, a switch): the outputs as they are
+            return outputs
+        # a FIFO of (origin, output) in two lists: what routing an output yields goes to the end
         result: list = []
-        queue = collections.deque((source, o) for o in outputs)
-        while queue:
-            origin, output = queue.popleft()
+        items = list(outputs)
+        origins = [source] * len(items)
+        i = 0
+        while i < len(items):
+            origin, output = origins[i], items[i]
+            i += 1
             kind = type(output)
             if kind is Send or kind is Close:
                 result.append(ChannelOutput(origin, output))
-            elif kind is RequestCWProvision:
+                continue
+            if kind is RequestCWProvision:
                 channel = self.services[output.service].spec.links[output.link].channel
-                queue.extend((channel, o) for o in self.channels[channel].provision(output, now))
+                outs, origin = self.channels[channel].provision(output, now), channel
             elif kind is ECMArrived:
                 svc, index = self._links[(output.channel, output.stream_id)]
-                outs = self.services[svc].ecm_arrived(index, output.cp_number, output.datagram, now)
-                queue.extend((None, o) for o in outs)
+                outs, origin = self.services[svc].ecm_arrived(index, output.cp_number, output.datagram, now), None
             elif kind is ProvisionFailed:
                 svc, index = self._links[(output.channel, output.stream_id)]
-                outs = self.services[svc].provision_failed(index, output.cp_number, output.error_status, now)
-                queue.extend((None, o) for o in outs)
+                outs, origin = self.services[svc].provision_failed(index, output.cp_number, output.error_status, now), None
             elif kind is StreamUp:
                 svc, index = self._links[(output.channel, output.stream_id)]
                 params = self.channels[output.channel].params
-                queue.extend((None, o) for o in self.services[svc].link_up(index, params, now))
+                outs, origin = self.services[svc].link_up(index, params, now), None
             elif kind is StreamDown:
                 svc, index = self._links[(output.channel, output.stream_id)]
-                queue.extend((None, o) for o in self.services[svc].link_down(index, now))
+                outs, origin = self.services[svc].link_down(index, now), None
             elif kind is ChannelUp:
+                outs, origin = [], None
                 for svc, index in self._members[output.channel]:
-                    queue.extend((None, o) for o in self.services[svc].link_params(index, output.params, now))
+                    outs += self.services[svc].link_params(index, output.params, now)
             else:
                 result.append(output)
+                continue
+            items += outs
+            origins += [origin] * len(outs)
         return result
 
 

@@ -198,6 +198,9 @@ class ServiceScheduler:
         self.lead = timing.provision_lead if timing.provision_lead is not None else self.period_length / 2
         self.links = [_Link(link) for link in spec.links]
         self.periods: dict[int, _Period] = {}
+        #: the PLANNED periods of :attr:`periods`, ascending (what a poll looks at; the others wait
+        #: only for their switch or their removal)
+        self._open: dict[int, _Period] = {}
         self.teks: dict[int, traffic.TrafficKeyMaterial] = {}
         self.first_period: int | None = None
         self.stats = SchedulerStats()
@@ -359,57 +362,63 @@ class ServiceScheduler:
 
     def poll(self, now: float) -> list:
         """Everything due at *now*; re-arms the service timer for the next due instant."""
-        if self.first_period is None:
+        first = self.first_period
+        if first is None:
             return []
         out: list = []
-        current = self.period_at(now)
-        periods, links = self.periods, self.links
+        current = math.floor((now - self.spec.phase) / self.period_length + 1e-9)  # period_at(now)
+        periods, links, open_ = self.periods, self.links, self._open
         # plan the periods whose provisioning can be due within about a period
         horizon = current + self._plan_ahead
-        low = max(self.first_period, current)
-        if self._planned_until is not None and self._planned_until >= low:
-            low = self._planned_until + 1
-        for n in range(low, horizon + 1):
-            periods[n] = _Period(n, self.period_start(n), [_Fetch() for _ in links])
-        if low <= horizon:
-            self._planned_until = horizon
+        planned_until = self._planned_until
+        if planned_until is None or planned_until < horizon:
+            low = max(first, current)
+            if planned_until is not None and planned_until >= low:
+                low = planned_until + 1
+            start = self.period_start
+            for n in range(low, horizon + 1):
+                periods[n] = open_[n] = _Period(n, start(n), [_Fetch() for _ in links])
+            if low <= horizon:
+                self._planned_until = horizon
+        # the PLANNED periods whose T(n) has come are skipped: they are the first ones (ascending n,
+        # ascending T(n)), and every one left starts after now
+        while open_:
+            period = open_[next(iter(open_))]
+            if now < period.start:
+                break
+            out += self._skip(period)
         wake = math.inf
-        planned, requested, waiting, up = PeriodState.PLANNED, Acquisition.REQUESTED, Acquisition.WAITING, LinkState.UP
-        # in ascending n: periods are only ever added above every one kept (old ones go below)
-        for period in periods.values():
-            if period.state is planned:
-                if now >= period.start:
-                    out += self._skip(period)
+        requested, waiting, up = Acquisition.REQUESTED, Acquisition.WAITING, LinkState.UP
+        for period in open_.values():
+            if period.start < wake:
+                wake = period.start
+            fetches = period.fetches
+            for index, link in enumerate(links):
+                if link.state is not up:
                     continue
-                if period.start < wake:
-                    wake = period.start
-                fetches = period.fetches
-                for index, link in enumerate(links):
-                    if link.state is not up:
+                fetch = fetches[index]
+                state = fetch.state
+                # the usual answers first, inline: waiting for the answer, or for provision_at
+                if state is requested:
+                    due = fetch.deadline
+                    if now < due:
+                        if due < wake:
+                            wake = due
                         continue
-                    fetch = fetches[index]
-                    state = fetch.state
-                    # the usual answers first, inline: waiting for the answer, or for provision_at
-                    if state is requested:
-                        due = fetch.deadline
-                        if now < due:
-                            if due < wake:
-                                wake = due
-                            continue
-                    elif state is waiting:
-                        if fetch.provision_params is not link.params:
-                            fetch.provision_at = self.provision_at(index, period.n)
-                            fetch.provision_params = link.params
-                        due = fetch.provision_at if fetch.provision_at > fetch.not_before else fetch.not_before
-                        if now < due:
-                            if due < wake:
-                                wake = due
-                            continue
-                    else:
+                elif state is waiting:
+                    if fetch.provision_params is not link.params:
+                        fetch.provision_at = self.provision_at(index, period.n)
+                        fetch.provision_params = link.params
+                    due = fetch.provision_at if fetch.provision_at > fetch.not_before else fetch.not_before
+                    if now < due:
+                        if due < wake:
+                            wake = due
                         continue
-                    due = self._advance_fetch(period, index, now, out)
-                    if due < wake:
-                        wake = due
+                else:
+                    continue
+                due = self._advance_fetch(period, index, now, out)
+                if due < wake:
+                    wake = due
         while periods and next(iter(periods)) < current - 1:
             del periods[next(iter(periods))]
         teks = self.teks
@@ -481,22 +490,33 @@ class ServiceScheduler:
         )
 
     def _try_ready(self, period: _Period, now: float) -> list:
-        if any(f.state is not Acquisition.RECEIVED for f in period.fetches) or now >= period.start:
+        if now >= period.start:
             return []
+        received = Acquisition.RECEIVED
+        for fetch in period.fetches:
+            if fetch.state is not received:
+                return []
         period.state = PeriodState.READY
+        del self._open[period.n]
         self.stats.periods_ready += 1
         out: list = []
         late = []
+        n, start, stats = period.n, period.start, self.stats
+        cp_number = n & CP_NUMBER_MASK
         for index, (link, fetch) in enumerate(zip(self.links, period.fetches)):
-            on_air = self.on_air_from(index, period.n)
+            params = link.params  # on_air_from(index, n), inline
+            if n == self.first_period and params.transition_delay_start is not None:
+                on_air = start + params.transition_delay_start
+            else:
+                on_air = start + params.delay_start
             if now > on_air:
                 late.append(index)
-                self.stats.stkms_late += 1
-            self.stats.stkms_submitted += 1
-            out.append(SubmitSTKM(link.spec.super_CAS_id, link.spec.ECM_id, period.n & CP_NUMBER_MASK, fetch.stkm, on_air,
-                                  link.params.ECM_rep_period))
-        out.append(ProvideTEK(self.name, period.n & CP_NUMBER_MASK, self.tek(period.n), period.start))
-        out.append(StartTimer(TEKSwitchTimer(self.name, period.n), period.start - now))
+                stats.stkms_late += 1
+            stats.stkms_submitted += 1
+            spec = link.spec
+            out.append(SubmitSTKM(spec.super_CAS_id, spec.ECM_id, cp_number, fetch.stkm, on_air, params.ECM_rep_period))
+        out.append(ProvideTEK(self.name, cp_number, self.tek(n), start))
+        out.append(StartTimer(TEKSwitchTimer(self.name, n), start - now))
         if late:
             out.append(Notify("stkm_late", {"service": self.name, "cp_number": period.n & CP_NUMBER_MASK, "links": [self._link_name(i) for i in late],
                                             "late_by_ms": round((now - min(self.on_air_from(i, period.n) for i in late)) * 1000, 1)},
@@ -511,6 +531,7 @@ class ServiceScheduler:
 
     def _skip(self, period: _Period) -> list:
         period.state = PeriodState.SKIPPED
+        self._open.pop(period.n, None)
         self.stats.periods_skipped += 1
         missing = [i for i, f in enumerate(period.fetches) if f.state is not Acquisition.RECEIVED]
         for i in missing:

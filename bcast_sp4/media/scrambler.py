@@ -286,7 +286,11 @@ class Scrambler:
         else:
             context = ESPContext(material, self.inner_destination, self._rng)
         key = _Key(at, cp_number, material, context)
-        self._pending = [k for k in self._pending if k.at != at]
+        pending = self._pending
+        if not pending or pending[-1].at < at:  # the usual hand-over: the next TEK, after every pending one
+            pending.append(key)
+            return
+        self._pending = [k for k in pending if k.at != at]
         bisect.insort(self._pending, key, key=lambda k: k.at)
 
     def activate(self, now: float) -> list[Switch]:

@@ -278,7 +278,7 @@ class SCSRunner(Service):
         return d.addTimeout(bound, self.clock).addErrback(late)
 
     def _timer(self, key: Hashable, now: float) -> list:
-        if key == self.GC_TUNING:
+        if type(key) is str and key == self.GC_TUNING:  # the core's keys: no __eq__ call with a str
             self._tune_gc()
             return []
         return self.core.timer(key, now)
