@@ -309,7 +309,8 @@ def generate(
     :raises TrafficKeyError: on a bad parameter value.
     :raises UnsupportedTrafficProtectionError: on a protection code we do not implement.
     """
-    protection = TrafficProtection.from_code(protection)
+    if type(protection) is not TrafficProtection:  # a member already: no enum lookup
+        protection = TrafficProtection.from_code(protection)
     if protection is TrafficProtection.IPSEC:
         _only(params, "spi", "authenticated")
         spi = params.get("spi")

@@ -383,9 +383,11 @@ class ServiceScheduler:
         # the PLANNED periods whose T(n) has come are skipped: they are the first ones (ascending n,
         # ascending T(n)), and every one left starts after now
         while open_:
-            period = open_[next(iter(open_))]
+            n = next(iter(open_))
+            period = open_[n]
             if now < period.start:
                 break
+            del open_[n]
             out += self._skip(period)
         wake = math.inf
         requested, waiting, up = Acquisition.REQUESTED, Acquisition.WAITING, LinkState.UP
@@ -472,7 +474,7 @@ class ServiceScheduler:
 
     def _request(self, n: int, index: int) -> RequestCWProvision:
         link = self.links[index]
-        combinations = tuple(self._combination(cp) for cp in link.params.cp_window(n))
+        combinations = tuple([self._combination(cp) for cp in link.params.cp_window(n)])
         header = None
         encryption = link.spec.cw_encryption
         if encryption is not None:
@@ -530,8 +532,7 @@ class ServiceScheduler:
         return f"{spec.channel} ECM_id {spec.ECM_id:#06x}"
 
     def _skip(self, period: _Period) -> list:
-        period.state = PeriodState.SKIPPED
-        self._open.pop(period.n, None)
+        period.state = PeriodState.SKIPPED  # (the poll took it out of _open)
         self.stats.periods_skipped += 1
         missing = [i for i, f in enumerate(period.fetches) if f.state is not Acquisition.RECEIVED]
         for i in missing:
