@@ -631,6 +631,7 @@ def instructions(modes: list[str], calls: int, trees: list[Path | None]) -> None
         totals = [int(next(line.split()[1] for line in f.read_text().splitlines() if line.startswith("summary:")))
                   for f in parts]
         loops = totals[1:]  # the first dump is everything before the first mark
+        shutil.rmtree(work, ignore_errors=True)
         for index, mode in enumerate(modes):
             whole, decode, handle, build, empty, bare = loops[7 * index: 7 * index + 6]
             whole, decode, handle, build, bare = ((x - empty) / calls / 1000 for x in (whole, decode, handle, build, bare))
@@ -768,6 +769,7 @@ def main() -> int:
         for proc in processes:
             proc.terminate()
             proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)  # the servers' configs, keys and logs
     return 0
 
 
