@@ -681,17 +681,24 @@ class FuzzConnection:
             time.sleep(0.1)
         raise RuntimeError("the server keeps refusing the harness's channel set-up")
 
+    def _receive(self) -> list[bytes] | None:
+        """The whole frames of one read; ``None`` (and ``closed`` set) once the server closed, reset or went quiet."""
+        try:
+            data = self.sock.recv(262144)
+        except (ConnectionResetError, socket.timeout):
+            data = b""
+        if not data:
+            self.closed = True
+            return None
+        return self.frames.feed(data)
+
     def _read_until(self, count: int) -> list[bytes]:
         out: list[bytes] = []
         while len(out) < count:
-            try:
-                data = self.sock.recv(262144)
-            except (ConnectionResetError, socket.timeout):
-                data = b""
-            if not data:
-                self.closed = True
+            frames = self._receive()
+            if frames is None:
                 return out
-            out += self.frames.feed(data)
+            out += frames
         return out
 
     def batch(self, messages: list[bytes]) -> list[list[bytes]] | None:
@@ -704,14 +711,10 @@ class FuzzConnection:
         groups: list[list[bytes]] = []
         current: list[bytes] = []
         while len(groups) < len(messages) and not self.closed:
-            try:
-                data = self.sock.recv(262144)
-            except (ConnectionResetError, socket.timeout):
-                data = b""
-            if not data:
-                self.closed = True
+            frames = self._receive()
+            if frames is None:
                 break
-            for frame in self.frames.feed(data):
+            for frame in frames:
                 if self.is_probe_reply(frame):
                     groups.append(current)
                     current = []

@@ -109,7 +109,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument("--subscribers", metavar="FILE",
                      help="subscriber file (device keys): verify LTKMs and unwrap their keys (implies --payloads)")
     out.add_argument("--show-keys", action="store_true",
-                     help="print TEK and delivered key bytes (hidden otherwise; implies --payloads)")
+                     help="print TEK and delivered key bytes, CWs included (hidden otherwise; implies --payloads)")
     dec.set_defaults(command_run=run, command_parser=dec)
     return dec
 
@@ -225,7 +225,7 @@ class _Output:
             for problem in view.errors:
                 self.error(origin, f"{view.label}: {problem}")
         if self.args.json:
-            obj = to_json_dict(message)
+            obj = to_json_dict(message, self.args.show_keys)
             if origin.transport is not None:
                 obj["source"] = {
                     "transport": origin.transport,
@@ -242,7 +242,7 @@ class _Output:
                 obj["payloads"] = [view.to_json() for view in views]
             self.out.write(json.dumps(obj) + "\n")
             return
-        lines = [to_text(message, self._where(origin))]
+        lines = [to_text(message, self._where(origin), self.args.show_keys)]
         lines += [f"  ! deviation {d.value}: {d.description}" for d in sorted(message.deviations, key=lambda d: d.value)]
         for view in views:
             lines += view.text_lines("  ")

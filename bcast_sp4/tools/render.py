@@ -52,33 +52,38 @@ def _present(message: Message):
         yield ptype, value
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, show_keys: bool) -> Any:
     if isinstance(value, CPCWCombination):
-        return {"CP_number": value.CP_number, "CW": value.CW.hex()}
+        if show_keys:
+            return {"CP_number": value.CP_number, "CW": value.CW.hex()}
+        return {"CP_number": value.CP_number, "CW": None, "CW_length": len(value.CW)}
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
     if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
+        return [_json_value(v, show_keys) for v in value]
     if isinstance(value, bool):
         return value
     return int(value)
 
 
-def to_json_dict(message: Message) -> dict[str, Any]:
-    """The JSON object of the decode CLI for *message*."""
+def to_json_dict(message: Message, show_keys: bool = False) -> dict[str, Any]:
+    """The JSON object of the decode CLI for *message*. A CW (a TEK, or the key material a scrambler
+    uses) is ``null`` beside its ``CW_length`` unless *show_keys*."""
     return {
         "interface": message.INTERFACE.value,
         "version": message.protocol_version,
         "type": message.NAME,
         "type_code": message.MESSAGE_TYPE,
-        "params": {ptype.name: _json_value(value) for ptype, value in _present(message)},
+        "params": {ptype.name: _json_value(value, show_keys) for ptype, value in _present(message)},
     }
 
 
-def _describe(message: Message, ptype, value) -> str:
+def _describe(message: Message, ptype, value, show_keys: bool) -> str:
     name = ptype.name
     if isinstance(value, CPCWCombination):
-        return f"CP {value.CP_number}, CW {value.CW.hex()} ({len(value.CW)} bytes)"
+        if show_keys:
+            return f"CP {value.CP_number}, CW {value.CW.hex()} ({len(value.CW)} bytes)"
+        return f"CP {value.CP_number}, CW {len(value.CW)} bytes (hidden; --show-keys prints it)"
     if isinstance(value, bytes):
         return f"{value.hex()} ({len(value)} bytes)" if value else "(empty)"
     if name in ("Super_CAS_id", "client_id"):
@@ -105,12 +110,12 @@ def _describe(message: Message, ptype, value) -> str:
     return str(value)
 
 
-def to_text(message: Message, source: str = "") -> str:
-    """Multi-line human description of *message*."""
+def to_text(message: Message, source: str = "", show_keys: bool = False) -> str:
+    """Multi-line human description of *message* (CWs by their length unless *show_keys*)."""
     head = f"{message.INTERFACE.value} v{message.protocol_version} {message.NAME} ({message.MESSAGE_TYPE:#06x})"
     lines = [f"{head}  {source}".rstrip()]
     for ptype, value in _present(message):
         values = value if isinstance(value, tuple) and not isinstance(value, CPCWCombination) else (value,)
         for item in values:
-            lines.append(f"  {ptype.name:<30} {_describe(message, ptype, item)}")
+            lines.append(f"  {ptype.name:<30} {_describe(message, ptype, item, show_keys)}")
     return "\n".join(lines)

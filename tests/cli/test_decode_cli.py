@@ -23,7 +23,7 @@ def test_text_output_names_every_field_and_interprets_codes():
     status, out, err = run(["decode", E5, E9, "030011001300010004000100070003000200010002000102"])
     assert status == 0 and err == ""
     assert "ecmg-scs v3 CW_provision (0x0201)" in out
-    assert "CP 6, CW 99aabbccddeeff00 (8 bytes)" in out
+    assert "CP 6, CW 8 bytes (hidden; --show-keys prints it)" in out and "99aabbccddeeff00" not in out  # a TEK
     assert "CP_duration                    100 (10000 ms)" in out
     assert "0x000b (not enough control words to compute ECM)" in out
     assert "BCAST Drm Profile, user part 0x0007" in out
@@ -43,8 +43,8 @@ def test_json_contract():
         "ECM_stream_id": 1,
         "CP_number": 5,
         "CP_CW_combination": [
-            {"CP_number": 5, "CW": "1122334455667788"},
-            {"CP_number": 6, "CW": "99aabbccddeeff00"},
+            {"CP_number": 5, "CW": None, "CW_length": 8},
+            {"CP_number": 6, "CW": None, "CW_length": 8},
         ],
         "CP_duration": 100,
         "access_criteria": "c0ffee01",
@@ -52,6 +52,21 @@ def test_json_contract():
     assert objects[1]["params"]["error_status"] == [11]
     assert objects[2]["interface"] == "emmg-mux"
     assert objects[2]["params"] == {"client_id": 0x01000001, "data_id": 1, "datagram": ["827005deadbeef01"]}
+
+
+def test_cws_only_with_show_keys():
+    """A CW is a TEK (or what a scrambler keys with): its bytes only when --show-keys asks."""
+    status, out, _ = run(["decode", "--show-keys", E5])
+    assert status == 0 and "CP 5, CW 1122334455667788 (8 bytes)" in out and "CP 6, CW 99aabbccddeeff00 (8 bytes)" in out
+    status, out, _ = run(["decode", "--json", "--show-keys", E5])
+    assert status == 0
+    assert json.loads(out)["params"]["CP_CW_combination"] == [
+        {"CP_number": 5, "CW": "1122334455667788"},
+        {"CP_number": 6, "CW": "99aabbccddeeff00"},
+    ]
+    for argv in (["decode", E5], ["decode", "--json", E5], ["decode", "--payloads", E5]):
+        status, out, _ = run(argv)
+        assert status == 0 and "1122334455667788" not in out and "99aabbccddeeff00" not in out, (argv, out)
 
 
 def test_stdin_lines_and_errors_keep_going():

@@ -20,6 +20,8 @@ import pytest
 
 from bcast_sp4.ops.startup import CONFIG_ERROR_STATUS, LISTEN_ERROR_STATUS
 
+from ..integration.harness import lab_port_bases
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -41,6 +43,11 @@ def _edit(path: Path, old: str, new: str) -> Path:
     assert old in text, (path, old)
     path.write_text(text.replace(old, new, 1))
     return path
+
+
+def _held_elsewhere(stderr: str, in_use: str) -> bool:
+    """The lab stopped on one of its own ports (another process held it), not the endpoint under test."""
+    return "cannot listen on tcp:" in stderr and f"cannot listen on {in_use}:" not in stderr
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,10 @@ def runs(tmp_path_factory):
     ecmg = str(ROOT / "etc" / "ecmg.toml")
 
     in_use = f"tcp:{tcp_port}:interface=127.0.0.1"
-    lab_base = 20000 + os.getpid() % 8000  # the lab's own ports, below the ephemeral range the held ports come from
+    # the lab binds its own ports (moved to a base below the ephemeral range the held ports come
+    # from) before its metrics endpoint: a base another process holds a port of is retried below
+    lab_bases = lab_port_bases()
+    lab_base = lab_bases.pop()
     cases = {
         "ecmg tcp in use": (LISTEN_ERROR_STATUS, f"bcast-ecmg: cannot listen on {in_use}: address already in use\n",
                             _twistd("bcast-ecmg", "--config", ecmg, "--endpoint", in_use)),
@@ -118,7 +128,15 @@ def runs(tmp_path_factory):
     try:
         with ThreadPoolExecutor(4) as pool:
             futures = {name: pool.submit(_run, argv, base) for name, (_s, _e, argv) in cases.items()}
-            return {name: (cases[name][0], cases[name][1], future.result()) for name, future in futures.items()}
+            runs = {name: (cases[name][0], cases[name][1], future.result()) for name, future in futures.items()}
+        lab = "lab metrics port in use"
+        while lab_bases and _held_elsewhere(runs[lab][2].stderr, in_use):
+            argv = cases[lab][2]
+            next_base = lab_bases.pop()
+            argv[argv.index(str(lab_base))] = str(next_base)
+            lab_base = next_base
+            runs[lab] = (cases[lab][0], cases[lab][1], _run(argv, base))
+        return runs
     finally:
         tcp.close()
         udp.close()
