@@ -49,6 +49,14 @@ def scheduler(links: int, period: int) -> ServiceScheduler:
                             tek_factory=lambda n: traffic.generate(SRTP, rng=lambda k: bytes(k), mki=n.to_bytes(4, "big")))
 
 
+def started(now: float = 100.0) -> ServiceScheduler:
+    """A one-link scheduler on 10 s periods, its link up and its schedule started at *now*."""
+    s = scheduler(1, 10)
+    s.link_up(0, params(), now)
+    s.start(now)
+    return s
+
+
 def scanned_wake(s: ServiceScheduler) -> float:
     """The next due instant by the poll's rule, over every period (the scan the poll made before)."""
     wake = math.inf
@@ -116,10 +124,7 @@ def test_poll_scans_planned_periods_as_the_full_scan_did(links, period, run):
 
 
 def test_an_ecm_response_that_readies_a_period_takes_it_out_of_the_poll():
-    s = scheduler(1, 10)
-    now = 100.0
-    s.link_up(0, params(), now)
-    s.start(now)
+    s = started()
     n = s.first_period
     now = s.provision_at(0, n)
     s.poll(now)
@@ -135,10 +140,7 @@ def test_an_ecm_response_that_readies_a_period_takes_it_out_of_the_poll():
 
 
 def test_skipped_periods_leave_the_poll_in_order():
-    s = scheduler(1, 10)
-    now = 100.0
-    s.link_up(0, params(), now)
-    s.start(now)
+    s = started()
     first = s.first_period
     now = s.period_start(first + 1) + 0.001  # never answered: T(first) and T(first + 1) passed
     out = s.poll(now)
