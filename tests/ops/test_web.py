@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
@@ -84,10 +83,7 @@ class _Scrambler:
 class Endpoint(TestCase):
     timeout = 60
 
-    def test_metrics_and_status_over_http(self):
-        return ensureDeferred(self._scrape())
-
-    async def _scrape(self):
+    async def test_metrics_and_status_over_http(self):  # trial runs a coroutine test as a Deferred
         session = SessionManager(reactor)
         metrics, board = Metrics("bcast-test", reactor), StatusBoard("bcast-test", reactor)
         for watcher in (metrics, board):
