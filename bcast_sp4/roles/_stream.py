@@ -249,39 +249,33 @@ class SimulCryptStreamProtocol(Protocol):
         try:
             for item in frames:
                 outputs = None
-                if quick is not None and type(item) is bytes:
-                    try:
-                        outputs = quick(item, received_at)
-                    except Exception:
-                        self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
-                        outputs = _INTERNAL_ERROR
-                if outputs is not None:  # the role's own path took it (it counted it for the meter)
-                    if type(outputs) is bytes:
-                        executor.send_encoded(reply_outbox, outputs)
-                    else:
-                        executor.run(outputs, clock.seconds(), reply_outbox)
-                else:
-                    if not isinstance(item, PeerProtocolError):
-                        try:
-                            item = decode(item, interface, tolerate=tolerate)
-                        except PeerProtocolError as exc:
-                            item = bare(exc)
-                        else:
-                            if meter is not None:
-                                meter.message_received(executor.role, outbox.peer, item, received_at)
-                    now = clock.seconds()
-                    try:
+                try:
+                    if quick is not None and type(item) is bytes:
+                        outputs = quick(item, received_at)  # the role's own path (it counts what it takes)
+                    decoded = outputs is None
+                    if decoded:
+                        if not isinstance(item, PeerProtocolError):
+                            try:
+                                item = decode(item, interface, tolerate=tolerate)
+                            except PeerProtocolError as exc:
+                                item = bare(exc)
+                            else:
+                                if meter is not None:
+                                    meter.message_received(executor.role, outbox.peer, item, received_at)
+                        now = clock.seconds()
                         outputs = self.handle(item, now, received_at)
-                    except Exception:
-                        # Our bug, not the peer's: log it, drop this connection, keep the process serving.
-                        self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
-                        outputs = _INTERNAL_ERROR
-                    if type(outputs) is bytes:  # a hot path's reply, already encoded
-                        executor.send_encoded(reply_outbox, outputs)
-                        if meter is not None:  # the ECM_response to the CW_provision *item*
-                            meter.encoded_reply(executor.role, outbox.peer, item, clock.seconds())
                     else:
-                        executor.run(outputs, now, reply_outbox)
+                        now = clock.seconds()
+                except Exception:
+                    # Our bug, not the peer's: log it, drop this connection, keep the process serving.
+                    self.log.failure("unhandled error handling a message from {peer}", Failure(), peer=self.peer)
+                    outputs, decoded, now = _INTERNAL_ERROR, False, clock.seconds()
+                if type(outputs) is bytes:  # a hot path's reply, already encoded
+                    executor.send_encoded(reply_outbox, outputs)
+                    if meter is not None and decoded:  # the ECM_response to the CW_provision *item*
+                        meter.encoded_reply(executor.role, outbox.peer, item, clock.seconds())
+                else:
+                    executor.run(outputs, now, reply_outbox)
                 handled += 1
                 if outbox.close is not None:  # closing
                     self._closing_watch()
