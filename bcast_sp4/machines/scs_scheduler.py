@@ -366,7 +366,7 @@ class ServiceScheduler:
         if first is None:
             return []
         out: list = []
-        current = math.floor((now - self.spec.phase) / self.period_length + 1e-9)  # period_at(now)
+        current = self.period_at(now)
         periods, links, open_ = self.periods, self.links, self._open
         # plan the periods whose provisioning can be due within about a period
         horizon = current + self._plan_ahead
@@ -506,17 +506,13 @@ class ServiceScheduler:
         n, start, stats = period.n, period.start, self.stats
         cp_number = n & CP_NUMBER_MASK
         for index, (link, fetch) in enumerate(zip(self.links, period.fetches)):
-            params = link.params  # on_air_from(index, n), inline
-            if n == self.first_period and params.transition_delay_start is not None:
-                on_air = start + params.transition_delay_start
-            else:
-                on_air = start + params.delay_start
+            on_air = self.on_air_from(index, n)
             if now > on_air:
                 late.append(index)
                 stats.stkms_late += 1
             stats.stkms_submitted += 1
             spec = link.spec
-            out.append(SubmitSTKM(spec.super_CAS_id, spec.ECM_id, cp_number, fetch.stkm, on_air, params.ECM_rep_period))
+            out.append(SubmitSTKM(spec.super_CAS_id, spec.ECM_id, cp_number, fetch.stkm, on_air, link.params.ECM_rep_period))
         out.append(ProvideTEK(self.name, cp_number, self.tek(n), start))
         out.append(StartTimer(TEKSwitchTimer(self.name, n), start - now))
         if late:
